@@ -1,0 +1,80 @@
+# torchserve model zoo. `make help` lists the targets.
+#   make serve   set up, build every archive, start TorchServe (the main job)
+#   make test    set up, build every archive, run all tests (what CI runs)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BUILD ?= build
+STORE ?= model_store
+# WEIGHTS_DIR=<dir>: use <dir>/<model>.pth (or .pt) instead of looking elsewhere.
+WEIGHTS_DIR ?=
+# STRICT=1: fail instead of building any model with random weights.
+STRICT ?=
+
+MODELS := $(shell $(PYTHON) scripts/zoo.py names)
+PY := $(VENV)/bin/python
+SETUP := $(VENV)/.setup-done
+# Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
+ACTIVATE := source $(VENV)/bin/activate &&
+COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict)
+COMPILE_SRC := scripts/compile.py scripts/classifiers.py scripts/weights.py scripts/models.py scripts/zoo.py
+HANDLER_SRC := $(wildcard handlers/*.py)
+
+.PHONY: help setup archive models serve stop test test-unit lint clean distclean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+
+setup: $(SETUP) ## create .venv with the pinned dependencies and a Java for TorchServe
+
+$(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/setup_env.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
+	$(PY) scripts/setup_env.py --venv $(VENV)
+	touch $@
+
+# Compiled TorchScript, one per model; rebuilt when the build code, the venv or a
+# weights file in WEIGHTS_DIR changes.
+.SECONDEXPANSION:
+$(BUILD)/%.pt: $(COMPILE_SRC) $(SETUP) $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.pt*))
+	$(PY) -m scripts.compile $* --output $@ $(COMPILE_FLAGS)
+
+# One archive recipe for every model; scripts/zoo.py says what goes in.
+$(STORE)/%.mar: $(BUILD)/%.pt scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/archive.py
+	$(PY) -m scripts.archive $* --serialized-file $< --export-path $(STORE)
+
+.SECONDARY: $(MODELS:%=$(BUILD)/%.pt)
+
+archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_store/ (STRICT=1, WEIGHTS_DIR=...)
+	@$(PY) -m scripts.models $(if $(filter 1,$(STRICT)),--strict) $(MODELS:%=$(BUILD)/%.pt)
+
+models: $(MODELS:%=$(BUILD)/%.pt) ## show each compiled model's weights and input size
+	@$(PY) -m scripts.models $^
+
+serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait until it is ready
+	mkdir -p logs
+	$(ACTIVATE) torchserve --start --ncs --models all --ts-config config.properties > logs/console.log 2>&1 \
+		|| { cat logs/console.log; exit 1; }
+	$(PY) -m scripts.server wait
+
+stop: ## stop TorchServe
+	$(ACTIVATE) torchserve --stop
+
+test: archive lint ## run every test: unit, handler and a real TorchServe (what CI runs)
+	$(ACTIVATE) pytest
+
+lint: $(SETUP) ## check style (ruff)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test-unit: $(SETUP) ## run the tests that need neither archives nor Java
+	$(ACTIVATE) pytest tests/unit tests/handler
+
+clean: ## remove compiled models and archives
+	rm -rf $(BUILD) $(STORE)/*.mar
+
+distclean: clean ## also remove the virtualenv
+	rm -rf $(VENV)

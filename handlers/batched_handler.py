@@ -1,0 +1,201 @@
+"""The batched image handler every model shares.
+
+A batch flows: per request decode (a failure answers that request alone with a 4xx)
+-> per image `prepare` to a fixed size -> one stacked tensor -> one forward pass under
+`torch.inference_mode()` -> per request `postprocess`. TorchServe gets exactly one
+response per request, in order, each with its own status and content type.
+
+A task subclass sets `settings_class`, `request_params` and `task`, and implements
+`prepare`, `to_model_input` and `postprocess` (and `setup` if it needs data files).
+"""
+
+import http
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from imaging import InputError, decode_image
+from payload import split_request
+from runtime import configure_threads, load_compiled_model, select_device
+from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Response:
+    """One request's answer: body, content type and HTTP status."""
+
+    body: bytes
+    content_type: str = "application/json"
+    status: int = 200
+
+    @classmethod
+    def json(cls, document: Any, status: int = 200) -> "Response":
+        return cls((json.dumps(document, separators=(",", ":")) + "\n").encode(), "application/json", status)
+
+    @classmethod
+    def error(cls, status: int, error: str, detail: str) -> "Response":
+        return cls.json({"error": error, "detail": detail}, status=status)
+
+
+@dataclass
+class Item:
+    """One decoded request travelling through the batch."""
+
+    index: int  # position in TorchServe's batch
+    image: torch.Tensor  # uint8 [3, H, W] RGB at original size, on the model's device
+    settings: Any  # the handler settings with this request's overrides applied
+    input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
+    meta: Any = None  # what `prepare` tells `postprocess` (e.g. letterbox scale/padding)
+
+
+class BatchedImageHandler:
+    settings_class: type = ImageHandlerSettings
+    request_params: tuple[str, ...] = ()  # settings a request may override
+    task: str = ""  # the compiled model's metadata["task"] this handler serves
+
+    # --- TorchServe entry points -------------------------------------------------
+
+    def initialize(self, context) -> None:
+        yaml_config = context.model_yaml_config or {}
+        self.model_name = context.model_name
+        self.settings = settings_from_mapping(self.settings_class, yaml_config.get("handler"))
+        self.device = select_device(context.system_properties.get("gpu_id"))
+        workers = max(int(yaml_config.get("minWorkers", 1)), int(yaml_config.get("maxWorkers", 1)))
+        threads = configure_threads(self.settings.num_threads, workers) if self.device.type == "cpu" else 0
+        model_dir = Path(context.system_properties["model_dir"])
+        model_file = model_dir / context.manifest["model"]["serializedFile"]
+        self.model, self.metadata = load_compiled_model(model_file, self.device)
+        if self.metadata.get("task") != self.task:
+            raise ValueError(f"{model_file.name} is a {self.metadata.get('task')!r} model, not {self.task!r}")
+        self.setup(model_dir)
+        if self.settings.warmup:
+            self.warmup()
+        logger.info(
+            "%s ready on %s (%s threads), weights: %s",
+            self.model_name,
+            self.device,
+            threads or "n/a",
+            self.metadata["weights"]["name"],
+        )
+
+    def handle(self, data: list[dict], context) -> list[bytes]:
+        started = time.perf_counter()
+        with torch.inference_mode():
+            # results[i] is request i's Item while it is in flight, then its Response.
+            with self._timed(context, "ImageDecodeTime"):
+                results = [self._guarded(index, self._decode, index, row) for index, row in enumerate(data)]
+            with self._timed(context, "PreprocessTime"):
+                results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
+            items = [result for result in results if isinstance(result, Item)]
+            if items:
+                outputs = self._forward(items, context)
+                with self._timed(context, "PostprocessTime"):
+                    for item, output in zip(items, outputs, strict=True):
+                        if not isinstance(output, Response):
+                            output = self._guarded(item.index, self.postprocess, output, item)
+                        results[item.index] = output
+        self._record(context, "HandlerTime", started)
+        return self._respond(results, context)
+
+    # --- task hooks --------------------------------------------------------------
+
+    def setup(self, model_dir: Path) -> None:
+        """Read data files and check metadata, after the model is loaded."""
+
+    def prepare(self, image: torch.Tensor, settings: Any) -> tuple[torch.Tensor, Any]:
+        """uint8 [3, H, W] -> (uint8 [3, h, w] of the model's fixed input size, meta)."""
+        raise NotImplementedError
+
+    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, h, w] -> the model's input tensor (normalised floats)."""
+        raise NotImplementedError
+
+    def postprocess(self, output: Any, item: Item) -> Response:
+        """One image's slice of the model output -> that request's response."""
+        raise NotImplementedError
+
+    def warmup(self) -> None:
+        """Run a dummy image through the model so that lazy initialisation (and
+        TorchScript's profiling runs) happen at load time, not on a client's request."""
+        image = torch.full((3, 480, 640), 114, dtype=torch.uint8, device=self.device)
+        with torch.inference_mode():
+            prepared, _meta = self.prepare(image, self.settings)
+            for _ in range(2):
+                self.model(self.to_model_input(prepared.unsqueeze(0)))
+
+    # --- the batch pipeline ------------------------------------------------------
+
+    def _decode(self, index: int, row: dict) -> Item:
+        data, params = split_request(row)
+        settings = with_overrides(self.settings, params, self.request_params)
+        if len(data) > settings.max_image_bytes:
+            raise InputError(
+                "image too large", f"{len(data)} bytes exceeds the limit of {settings.max_image_bytes}", 413
+            )
+        image = decode_image(data, settings.max_image_pixels)
+        return Item(index, image.to(self.device, non_blocking=True), settings)
+
+    def _prepare(self, item: Item) -> Item:
+        item.input, item.meta = self.prepare(item.image, item.settings)
+        return item
+
+    def _forward(self, items: list[Item], context) -> list[Any]:
+        """Per-item model outputs (or error Responses), in the order of `items`."""
+        try:
+            with self._timed(context, "InferenceTime"):
+                outputs = self.model(self.to_model_input(torch.stack([item.input for item in items])))
+            return list(unbatch(outputs, len(items)))
+        except Exception:
+            if len(items) == 1:
+                logger.exception("inference failed for request %d", items[0].index)
+                return [Response.error(500, "inference failed", "the model failed on this image; see the worker log")]
+            # Retry one by one so that an image the model cannot process fails alone.
+            logger.exception("batched inference failed; retrying its %d images one by one", len(items))
+            return [output for item in items for output in self._forward([item], context)]
+
+    @staticmethod
+    def _guarded(index: int, step, *args) -> Any:
+        """Run one request's step; its failure becomes that request's error response."""
+        try:
+            return step(*args)
+        except InputError as err:
+            return Response.error(err.status, err.error, err.detail)
+        except Exception:  # a bug or resource failure on one request must not fail the batch
+            logger.exception("request %d of the batch failed in %s", index, getattr(step, "__name__", step))
+            return Response.error(500, "internal error", "processing this request failed; see the worker log")
+
+    @staticmethod
+    def _respond(responses: list[Response], context) -> list[bytes]:
+        for index, response in enumerate(responses):
+            context.set_response_content_type(index, response.content_type)
+            if response.status != 200:
+                context.set_response_status(response.status, http.HTTPStatus(response.status).phrase, index)
+        return [response.body for response in responses]
+
+    @contextmanager
+    def _timed(self, context, metric: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self._record(context, metric, started)
+
+    def _record(self, context, metric: str, started: float) -> None:
+        if getattr(context, "metrics", None) is not None:
+            context.metrics.add_time(metric, round((time.perf_counter() - started) * 1000, 3), None, "ms")
+
+
+def unbatch(outputs: Any, size: int) -> Iterator[Any]:
+    """Split a batched model output (a tensor, or a tuple/list of tensors) per image."""
+    for index in range(size):
+        if isinstance(outputs, torch.Tensor):
+            yield outputs[index]
+        else:
+            yield type(outputs)(part[index] for part in outputs)

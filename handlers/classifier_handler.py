@@ -1,0 +1,32 @@
+"""TorchServe handler for the ImageNet classifiers (ResNet, MobileNetV2)."""
+
+from pathlib import Path
+
+import torch
+
+from batched_handler import BatchedImageHandler, Item, Response
+from classification import ClassifierSettings, load_labels, top_k_predictions
+from imaging import normalize_batch, resize_center_crop
+
+
+class ClassifierHandler(BatchedImageHandler):
+    settings_class = ClassifierSettings
+    request_params = ("top_k",)
+    task = "classification"
+
+    def setup(self, model_dir: Path) -> None:
+        meta = self.metadata
+        self.labels = load_labels(model_dir / "index_to_name.json", meta["num_classes"])
+        self.resize_size, self.crop_size = meta["resize_size"], meta["input_size"][0]
+        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
+        self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
+
+    def prepare(self, image: torch.Tensor, settings: ClassifierSettings) -> tuple[torch.Tensor, None]:
+        return resize_center_crop(image, self.resize_size, self.crop_size), None
+
+    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        return normalize_batch(batch, self.mean, self.std)
+
+    def postprocess(self, logits: torch.Tensor, item: Item) -> Response:
+        predictions = top_k_predictions(logits, item.settings.top_k, self.labels)
+        return Response.json({"model": self.model_name, **self.provenance, "predictions": predictions})

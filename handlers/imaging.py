@@ -1,0 +1,172 @@
+"""Image decoding and preprocessing on uint8 tensors: pure functions, no TorchServe.
+
+Every image leaves `decode_image` as a uint8 tensor [3, H, W] in RGB with its EXIF
+orientation applied, whatever the container (JPEG, PNG, WebP, GIF, BMP, TIFF) or
+mode (grayscale, palette, RGBA, CMYK, 16-bit). Anything that is not such an image
+raises `InputError`, which the handler turns into an HTTP 4xx for that request only.
+"""
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode
+from torchvision.io import decode_image as tv_decode_image
+
+# Formats decoded by torchvision's C decoders (faster than PIL); the rest go through
+# PIL. PNG is not among them: torchvision 0.29's libpng wrapper segfaults on a PNG
+# with corrupt pixel data (tests/unit/test_imaging.py::test_png_with_bad_crc_is_corrupt),
+# which would kill the worker and every request in its batch.
+TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "GIF"})
+SUPPORTED_FORMATS = TORCHVISION_FORMATS | {"PNG", "BMP", "TIFF"}
+
+# Leading bytes of the formats we decode.
+IMAGE_SIGNATURES = (
+    b"\xff\xd8\xff",  # JPEG (and MPO)
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",  # TIFF, little endian
+    b"MM\x00*",  # TIFF, big endian
+)
+
+# ImageNet channel statistics, as in torchvision's ImageClassification preset.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class InputError(Exception):
+    """A problem with one request that the client must fix (HTTP 4xx).
+
+    `error` is a short stable description, `detail` says what exactly was wrong.
+    """
+
+    def __init__(self, error: str, detail: str, status: int = 400):
+        super().__init__(f"{error}: {detail}")
+        self.error = error
+        self.detail = detail
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+
+
+def probe_image(data: bytes) -> ImageInfo:
+    """Read only the header: format and size, without decoding any pixels."""
+    if not data:
+        raise InputError("empty request", "the request carries no image bytes")
+    try:
+        with warnings.catch_warnings():
+            # We enforce our own pixel limit below; PIL's warning would only be noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                return ImageInfo(image.format or "unknown", image.width, image.height)
+    except Image.DecompressionBombError as err:
+        raise InputError("image too large", str(err), status=413) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if looks_like_image(data):
+            raise InputError("corrupt image", f"the image header cannot be read: {err}") from err
+        head = bytes(data[:16])
+        raise InputError(
+            "unsupported image format",
+            f"the body is not an image in a supported format "
+            f"({', '.join(sorted(SUPPORTED_FORMATS))}); it starts with {head!r}",
+            status=415,
+        ) from err
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Whether the bytes start like one of the formats we decode."""
+    return data.startswith(IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
+    """Decode image bytes to uint8 [3, H, W] RGB, EXIF orientation applied.
+
+    The pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb costs nothing. Animated images give their first frame.
+    """
+    info = probe_image(data)
+    if info.format not in SUPPORTED_FORMATS:
+        raise InputError(
+            "unsupported image format",
+            f"{info.format} images are not accepted; send one of {', '.join(sorted(SUPPORTED_FORMATS))}",
+            status=415,
+        )
+    if info.width * info.height > max_pixels:
+        raise InputError(
+            "image too large",
+            f"{info.width}x{info.height} = {info.width * info.height} pixels exceeds the limit of {max_pixels} pixels",
+            status=413,
+        )
+    try:
+        if info.format in TORCHVISION_FORMATS:
+            image = _decode_with_torchvision(data)
+        else:
+            image = _decode_with_pil(data)
+    except (RuntimeError, OSError, SyntaxError, ValueError) as err:
+        raise InputError("corrupt image", f"{info.format} data cannot be decoded: {err}") from err
+    return _to_uint8(image)
+
+
+def _decode_with_torchvision(data: bytes) -> torch.Tensor:
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    image = tv_decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    return image[0] if image.ndim == 4 else image  # animated GIF: [frames, 3, H, W]
+
+
+def _decode_with_pil(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        image.seek(0)
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+            # 16-bit grayscale (PIL's "I" also holds 16-bit data): convert("RGB")
+            # would clip at 255, so keep the most significant byte instead.
+            array = np.asarray(image, dtype=np.int64)
+            gray = torch.from_numpy(np.clip(array >> 8, 0, 255).astype(np.uint8))
+            return gray.expand(3, *gray.shape).contiguous()
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    if image.dtype == torch.uint16:  # 16-bit PNG: keep the most significant byte
+        return (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
+
+
+def center_crop_box(height: int, width: int, resize_size: int, crop_size: int) -> tuple[int, int, int, int]:
+    """The region of the original image that `resize(resize_size)` followed by
+    `center_crop(crop_size)` keeps, as (top, left, height, width) in original pixels.
+
+    Cropping first and resizing only that region gives the same picture (up to
+    sub-pixel rounding) at a fraction of the cost, and never materialises the huge
+    intermediate an extremely elongated image would produce (1x10000 -> 256x2560000).
+    """
+    scale = resize_size / min(height, width)  # original pixels -> resized pixels
+    side = crop_size / scale  # the crop's side in original pixels
+    crop_h = max(1, min(height, round(side)))
+    crop_w = max(1, min(width, round(side)))
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
+    """uint8 [3, H, W] -> uint8 [3, crop_size, crop_size], ImageNet-style evaluation crop."""
+    top, left, height, width = center_crop_box(image.shape[-2], image.shape[-1], resize_size, crop_size)
+    return F.resized_crop(image, top, left, height, width, [crop_size, crop_size], antialias=True)
+
+
+def normalize_batch(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 [B, 3, H, W], scaled to [0, 1] then standardised."""
+    mean_t = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
+    return (batch.float() / 255.0 - mean_t) / std_t

@@ -1,0 +1,85 @@
+"""Split one TorchServe request into image bytes and per-request parameters.
+
+TorchServe hands a handler one dict per request. What is in it depends on how the
+client sent the image:
+
+- raw body (`curl -T img.jpg`, `--data-binary` with an image Content-Type):
+  `{"body": bytearray}`
+- multipart form (`curl -F data=@img.jpg -F top_k=3`): one key per form field
+- JSON (`{"data": "<base64>", "top_k": 3}` with Content-Type application/json):
+  `{"body": dict}`, already parsed by TorchServe
+- plain base64 text as the body: `{"body": bytearray or str}`
+- query strings reach the handler only on TorchServe's `/invocations` and
+  `/<model>/predict` routes (its `/predictions/<model>` route drops them).
+"""
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from imaging import InputError, looks_like_image
+
+# Where the image may be, in order of preference.
+IMAGE_FIELDS = ("data", "body", "image", "file")
+# Fields TorchServe itself uses for routing (`/invocations?model_name=...`).
+ROUTING_FIELDS = frozenset({"model_name"})
+
+_DATA_URI = re.compile(rb"^data:[\w/+.-]*;base64,")
+_BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
+
+
+def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """Return (image bytes, parameters) of one request; raise InputError if no image."""
+    fields = dict(row)
+    body = fields.get("body")
+    if isinstance(body, dict):  # a JSON object: its keys are the request's fields
+        del fields["body"]
+        fields.update(body)
+    elif isinstance(body, list):
+        raise InputError("invalid JSON request", 'expected a JSON object like {"data": "<base64 image>"}, got a list')
+    for key in ROUTING_FIELDS:
+        fields.pop(key, None)
+    image_key = next((key for key in IMAGE_FIELDS if key in fields), None)
+    if image_key is None:
+        received = ", ".join(sorted(fields)) or "none"
+        raise InputError(
+            "no image in request",
+            "send the image as the request body, as a multipart field named 'data', "
+            f'or as JSON {{"data": "<base64>"}}; fields received: {received}',
+        )
+    return image_bytes(fields.pop(image_key)), fields
+
+
+def image_bytes(value: Any) -> bytes:
+    """The image bytes of a field that holds either raw bytes or base64 text."""
+    if isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+        if looks_like_image(data) or not _looks_like_base64(data):
+            return data
+        try:
+            decoded = _decode_base64(data)
+        except InputError:
+            return data
+        # Text that happens to be valid base64 but is no image stays as sent, so the
+        # decoder's error quotes what the client actually sent.
+        return decoded if looks_like_image(decoded) else data
+    if isinstance(value, str):
+        return _decode_base64(value.encode("ascii", errors="replace"))
+    raise InputError("invalid image field", f"expected image bytes or a base64 string, got JSON {type(value).__name__}")
+
+
+def _looks_like_base64(data: bytes) -> bool:
+    head = data[:4096]
+    return bool(_DATA_URI.match(head) or _BASE64_TEXT.match(head))
+
+
+def _decode_base64(text: bytes) -> bytes:
+    text = _DATA_URI.sub(b"", text.strip(), count=1)
+    compact = re.sub(rb"\s+", b"", text)
+    altchars = b"-_" if (b"-" in compact or b"_" in compact) else None
+    try:
+        return base64.b64decode(compact, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise InputError("invalid base64", f"the image field is neither an image nor valid base64: {err}") from err

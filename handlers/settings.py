@@ -1,0 +1,116 @@
+"""Handler settings: frozen dataclasses read from the `handler:` section of a model's
+model-config.yaml, optionally overridden per request.
+
+Unknown keys and out-of-range values fail loudly: in the YAML they stop the worker
+from loading (a deployment error), in a request they give that request a 400.
+"""
+
+import dataclasses
+import math
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from imaging import InputError
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ImageHandlerSettings:
+    """Settings every image handler understands."""
+
+    # Decoded-pixel limit, checked from the header before decoding (decompression bombs).
+    max_image_pixels: int = 40_000_000
+    # Request body limit; TorchServe's own max_request_size (default 6553500) applies first.
+    max_image_bytes: int = 6_553_500
+    # Intra-op threads per worker on CPU; 0 = CPU cores / maxWorkers (never oversubscribed).
+    num_threads: int = 0
+    # Run one dummy batch at load so the first client does not pay for lazy initialisation.
+    warmup: bool = True
+
+    def __post_init__(self):
+        check_range("max_image_pixels", self.max_image_pixels, 1, 1_000_000_000)
+        check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
+        check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
+
+
+def settings_from_mapping(cls: type[S], mapping: Mapping[str, Any] | None) -> S:
+    """Build `cls` from a YAML mapping; unknown keys and bad values raise ValueError."""
+    mapping = dict(mapping or {})
+    fields = {field.name: field for field in dataclasses.fields(cls)}
+    unknown = sorted(set(mapping) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown handler setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
+    values = {name: coerce(name, value, hints[name]) for name, value in mapping.items()}
+    return cls(**values)
+
+
+def with_overrides(settings: S, params: Mapping[str, Any], allowed: tuple[str, ...]) -> S:
+    """Apply per-request parameters to `settings`; any problem is the client's (400)."""
+    if not params:
+        return settings
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        accepted = ", ".join(allowed) or "none"
+        raise InputError("unknown parameter", f"{', '.join(unknown)} (accepted per request: {accepted})")
+    hints = typing.get_type_hints(type(settings))
+    try:
+        values = {name: coerce(name, value, hints[name]) for name, value in params.items()}
+        return dataclasses.replace(settings, **values)
+    except ValueError as err:
+        raise InputError("invalid parameter", str(err)) from err
+
+
+def coerce(name: str, value: Any, target: Any) -> Any:
+    """Convert a YAML, JSON, form or query value to the field's type, or raise ValueError."""
+    if isinstance(value, (bytes, bytearray)):
+        value = value.decode("utf-8", errors="replace")
+    origin = typing.get_origin(target)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {value!r}")
+        (item_type, _ellipsis) = typing.get_args(target)
+        return tuple(coerce(name, item, item_type) for item in items if item != "")
+    if target is bool:
+        return _to_bool(name, value)
+    if target in (int, float):
+        return _to_number(name, value, target)
+    if target is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported settings type {target!r} for {name}")
+
+
+def _to_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _to_number(name: str, value: Any, target: type) -> int | float:
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not isinstance(number, (int, float)) or not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if target is int:
+        if number != int(number):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(number)
+    return float(number)

@@ -1,0 +1,1 @@
+"""Build-time tools: model table, weights, compilation, archiving, benchmarks."""

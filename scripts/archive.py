@@ -1,0 +1,69 @@
+"""Pack one compiled model into a TorchServe archive: the one recipe for every model.
+
+    python -m scripts.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
+
+The archive holds the TorchScript file, the family's handler module, the shared
+handler modules (TorchServe copies extra files flat into the model directory, which
+is on the worker's PYTHONPATH), the family's data files and the model's YAML config.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from scripts.zoo import FAMILIES, HANDLERS_DIR, REPO, ModelSpec, get_model, shared_handler_modules
+
+ARCHIVE_VERSION = "1.0"
+
+
+def archiver_command(spec: ModelSpec, serialized_file: Path, export_path: Path) -> list[str]:
+    family = FAMILIES[spec.family]
+    extra_files = [*shared_handler_modules(), *(REPO / name for name in family.data_files)]
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    return [
+        str(archiver if archiver.exists() else "torch-model-archiver"),
+        "--model-name", spec.name,
+        "--version", ARCHIVE_VERSION,
+        "--serialized-file", str(serialized_file),
+        "--handler", str(HANDLERS_DIR / family.handler),
+        "--extra-files", ",".join(str(path) for path in extra_files),
+        "--config-file", str(spec.config_file),
+        "--export-path", str(export_path),
+        "--force",
+    ]  # fmt: skip
+
+
+def build_archive(spec: ModelSpec, serialized_file: Path, export_path: Path) -> Path:
+    """Write <export_path>/<name>.mar atomically and return its path."""
+    for required in (serialized_file, spec.config_file):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required} is missing (run `make archive`)")
+    export_path.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
+        subprocess.run(archiver_command(spec, serialized_file, Path(staging)), check=True)
+        target = export_path / f"{spec.name}.mar"
+        os.replace(Path(staging) / target.name, target)
+    return target
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Archive one compiled zoo model as a .mar file.")
+    parser.add_argument("model", help="a model name from scripts/zoo.py")
+    parser.add_argument("--serialized-file", type=Path, required=True, help="the compiled TorchScript file")
+    parser.add_argument("--export-path", type=Path, default=REPO / "model_store")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    try:
+        target = build_archive(get_model(args.model), args.serialized_file, args.export_path)
+    except (KeyError, FileNotFoundError, subprocess.CalledProcessError) as err:
+        sys.exit(f"error: {err}")
+    print(f"{target}: {target.stat().st_size / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

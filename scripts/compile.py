@@ -1,0 +1,129 @@
+"""Compile one model of the zoo to TorchScript, prove it matches the eager model on
+real photos, and embed its metadata (task, input contract, weights provenance).
+
+    python -m scripts.compile mobilenet_v2 --output build/mobilenet_v2.pt
+"""
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from scripts.classifiers import build_classifier, check_classifier_parity, classifier_metadata, parity_batch
+from scripts.models import METADATA_FILE
+from scripts.weights import Weights, WeightsError, resolve_classifier_weights
+from scripts.zoo import ModelSpec, get_model
+
+METADATA_FORMAT = 1
+
+
+class ParityError(Exception):
+    """The compiled model does not reproduce the eager one."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one family is built: weights, eager model, check inputs, metadata, parity."""
+
+    resolve_weights: Callable[..., Weights]
+    build: Callable[[ModelSpec, Weights], torch.nn.Module]
+    example: Callable[[Weights], torch.Tensor]
+    metadata: Callable[[ModelSpec, Weights], dict]
+    check: Callable[[torch.Tensor, torch.Tensor], float]
+
+
+RECIPES = {
+    "classifier": Recipe(
+        resolve_classifier_weights,
+        build_classifier,
+        lambda weights: parity_batch(weights.preset),
+        classifier_metadata,
+        check_classifier_parity,
+    ),
+}
+
+
+def script_and_freeze(model: torch.nn.Module) -> torch.jit.ScriptModule:
+    """TorchScript with parameters folded in as constants (conv+BN fused by freeze)."""
+    return torch.jit.freeze(torch.jit.script(model.eval()))
+
+
+def save_compiled(module: torch.jit.ScriptModule, metadata: dict, path: Path) -> None:
+    """Write atomically: an interrupted build never leaves a half-written model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.jit.save(module, str(partial), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+    os.replace(partial, path)
+
+
+def compile_model(spec: ModelSpec, weights: Weights, output: Path) -> dict:
+    recipe = RECIPES[spec.family]
+    eager = recipe.build(spec, weights)
+    example = recipe.example(weights)
+    compiled = script_and_freeze(eager)
+    with torch.inference_mode():
+        reference, result = eager(example), compiled(example)
+    try:
+        parity = recipe.check(reference, result)
+    except ValueError as err:
+        raise ParityError(f"{spec.name}: the compiled model does not match the eager one: {err}") from err
+    metadata = {
+        "format": METADATA_FORMAT,
+        "model": spec.name,
+        **recipe.metadata(spec, weights),
+        "weights": weights.describe(),
+        "torch_version": torch.__version__,
+        "compiler": "torch.jit.script + torch.jit.freeze",
+        "parity_max_abs_diff": parity,
+    }
+    save_compiled(compiled, metadata, output)
+    # Check the file as it will be served, not only the in-memory module.
+    with torch.inference_mode():
+        reloaded = torch.jit.load(str(output), map_location="cpu")(example)
+    if not all(torch.equal(a, b) for a, b in zip(_tensors(result), _tensors(reloaded), strict=True)):
+        output.unlink()
+        raise ParityError(f"{spec.name}: the saved file {output} does not reproduce the compiled module")
+    return metadata
+
+
+def _tensors(output) -> list[torch.Tensor]:
+    return [output] if isinstance(output, torch.Tensor) else list(output)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Compile one zoo model to TorchScript.")
+    parser.add_argument("model", help="a model name from scripts/zoo.py")
+    parser.add_argument("--output", type=Path, required=True, help="the TorchScript file to write")
+    parser.add_argument("--weights", type=Path, help="a state-dict file to use (highest priority)")
+    parser.add_argument("--weights-dir", type=Path, help="a directory holding <model>.pth or <model>.pt")
+    parser.add_argument("--no-download", action="store_true", help="never try to download weights")
+    parser.add_argument("--strict", action="store_true", help="fail instead of using random weights")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    # torch 2.14 marks every torch.jit entry point deprecated; TorchScript is still
+    # the format TorchServe loads here, so the warnings would only bury the output.
+    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please (switch to|use)", category=FutureWarning)
+    try:
+        spec = get_model(args.model)
+        weights = RECIPES[spec.family].resolve_weights(
+            spec, args.weights, args.weights_dir, download=not args.no_download, strict=args.strict
+        )
+        metadata = compile_model(spec, weights, args.output)
+    except (KeyError, WeightsError, ParityError) as err:
+        sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) else err}")
+    print(
+        f"{args.output}: {spec.name}, weights {metadata['weights']['name']}, "
+        f"parity max |diff| {metadata['parity_max_abs_diff']:.2e}"
+    )
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

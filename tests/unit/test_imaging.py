@@ -1,0 +1,180 @@
+"""Decoding of every accepted format and of broken input; the classification crop."""
+
+import io
+import random
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+
+from imaging import InputError, center_crop_box, decode_image, normalize_batch, probe_image, resize_center_crop
+from tests.images import encode
+
+LIMIT = 40_000_000
+
+
+def as_array(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(np.int16).transpose(2, 0, 1)
+
+
+def mean_abs_diff(tensor: torch.Tensor, expected: np.ndarray) -> float:
+    return float(np.abs(tensor.numpy().astype(np.int16) - expected).mean())
+
+
+@pytest.mark.parametrize(
+    "fmt, mode, options, tolerance",
+    [
+        ("JPEG", "RGB", {"quality": 95}, 0.0),
+        ("PNG", "RGB", {}, 0.0),
+        ("WEBP", "RGB", {"lossless": True}, 0.0),
+        ("BMP", "RGB", {}, 0.0),
+        ("TIFF", "RGB", {}, 0.0),
+        ("PNG", "L", {}, 0.0),
+        ("JPEG", "L", {}, 0.0),
+        ("PNG", "RGBA", {}, 0.0),
+        ("PNG", "P", {}, 0.0),
+        ("GIF", "P", {}, 0.0),
+        ("JPEG", "CMYK", {}, 2.0),
+    ],
+)
+def test_decodes_formats_and_modes_to_rgb_uint8(chelsea, fmt, mode, options, tolerance):
+    source = chelsea.convert(mode)
+    data = encode(source, fmt, **options)
+    decoded = decode_image(data, LIMIT)
+    assert decoded.dtype == torch.uint8 and decoded.shape == (3, 300, 451)
+    # Compare with PIL's own RGB rendering of what was written (JPEG/CMYK: lossy).
+    with Image.open(io.BytesIO(data)) as written:
+        expected = as_array(written)
+    assert mean_abs_diff(decoded, expected) <= tolerance + 1.0
+
+
+def test_16_bit_png_keeps_the_most_significant_byte(chelsea):
+    gray = np.asarray(chelsea.convert("L")).astype(np.uint16) * 257  # 8-bit values spread to 16 bits
+    decoded = decode_image(encode(Image.fromarray(gray), "PNG"), LIMIT)
+    assert decoded.dtype == torch.uint8
+    assert torch.equal(decoded[0], torch.from_numpy((gray >> 8).astype(np.uint8)))
+    assert torch.equal(decoded[0], decoded[2])
+
+
+def test_animated_gif_gives_its_first_frame():
+    frames = [Image.new("RGB", (32, 24), color) for color in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_image(data, LIMIT)
+    assert decoded.shape == (3, 24, 32)
+    assert decoded[0].float().mean() > 200 and decoded[2].float().mean() < 50  # red, not blue
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
+def test_exif_orientation_is_applied(chelsea, fmt):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    decoded = decode_image(encode(chelsea, fmt, exif=exif), LIMIT)
+    assert decoded.shape == (3, 451, 300)  # portrait, as a viewer shows it
+    upright = as_array(chelsea.transpose(Image.Transpose.ROTATE_270))
+    assert mean_abs_diff(decoded, upright) < 3.0
+
+
+@pytest.mark.parametrize(
+    "data, status, error",
+    [
+        (b"", 400, "empty request"),
+        (b"hello, this is text", 415, "unsupported image format"),
+        (b"<html><body>not an image</body></html>", 415, "unsupported image format"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg"/>', 415, "unsupported image format"),
+    ],
+)
+def test_non_images_are_refused(data, status, error):
+    with pytest.raises(InputError) as caught:
+        decode_image(data, LIMIT)
+    assert (caught.value.status, caught.value.error) == (status, error)
+
+
+def test_truncated_jpeg_is_corrupt(chelsea_jpeg):
+    with pytest.raises(InputError) as caught:
+        decode_image(chelsea_jpeg[: len(chelsea_jpeg) // 2], LIMIT)
+    assert caught.value.status == 400 and caught.value.error == "corrupt image"
+
+
+@pytest.mark.parametrize("where", ["header", "pixels"])
+def test_png_with_bad_crc_is_corrupt(chelsea, where):
+    data = bytearray(encode(chelsea, "PNG"))
+    # IHDR's width field sits at byte 16; pixel data fills the second half of the file.
+    data[18 if where == "header" else len(data) // 2] ^= 0xFF
+    with pytest.raises(InputError) as caught:
+        decode_image(bytes(data), LIMIT)
+    assert caught.value.status == 400 and caught.value.error == "corrupt image"
+
+
+def test_jpeg_with_corrupt_header_is_corrupt(chelsea_jpeg):
+    data = chelsea_jpeg[:4] + b"\x00" * 200 + chelsea_jpeg[204:]
+    with pytest.raises(InputError) as caught:
+        decode_image(data, LIMIT)
+    assert caught.value.status == 400
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    # A 1 MB-pixel PNG compresses to about a kilobyte: the header alone must refuse it.
+    bomb = encode(Image.new("L", (1000, 1000)), "PNG")
+    assert len(bomb) < 5000
+    with pytest.raises(InputError) as caught:
+        decode_image(bomb, max_pixels=999_999)
+    assert caught.value.status == 413
+    assert probe_image(bomb).width == 1000
+
+
+def test_unsupported_container_is_415():
+    data = encode(Image.new("RGB", (8, 8)), "ICO")
+    with pytest.raises(InputError) as caught:
+        decode_image(data, LIMIT)
+    assert caught.value.status == 415 and "ICO" in caught.value.detail
+
+
+@pytest.mark.parametrize("height, width", [(300, 451), (451, 300), (224, 224), (256, 1000), (1, 10000), (1, 1)])
+def test_center_crop_box_lies_inside_the_image(height, width):
+    top, left, crop_h, crop_w = center_crop_box(height, width, 256, 224)
+    assert 0 <= top and top + crop_h <= height and 0 <= left and left + crop_w <= width
+    assert crop_h == crop_w == max(1, round(min(height, width) * 224 / 256))
+
+
+def test_resize_center_crop_matches_torchvision_reference(chelsea):
+    """Cropping first then resizing equals resize(256) + center_crop(224), up to
+    resampling at the crop's border."""
+    image = torch.from_numpy(np.array(chelsea)).permute(2, 0, 1).contiguous()
+    ours = resize_center_crop(image, 256, 224).float()
+    reference = F.center_crop(F.resize(image, 256, antialias=True), 224).float()
+    assert ours.shape == reference.shape == (3, 224, 224)
+    assert (ours - reference).abs().mean() < 4.0
+    assert (ours[:, 8:-8, 8:-8] - reference[:, 8:-8, 8:-8]).abs().mean() < 4.0
+
+
+@pytest.mark.parametrize("shape", [(3, 1, 10000), (3, 10000, 1), (3, 1, 1)])
+def test_resize_center_crop_handles_extreme_shapes(shape):
+    image = torch.randint(0, 256, shape, dtype=torch.uint8)
+    assert resize_center_crop(image, 256, 224).shape == (3, 224, 224)
+
+
+def test_normalize_batch_uses_mean_and_std():
+    batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    out = normalize_batch(batch, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert out.dtype == torch.float32
+    assert torch.allclose(out[:, :, 0, 0], torch.tensor([[2.0, 1.0, 0.5]] * 2))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_mutated_images_decode_or_raise_input_error(chelsea, fmt):
+    """Random byte flips in a real photo: an image or InputError, never a crash
+    (torchvision's PNG decoder segfaulted on exactly this, hence PNG goes through PIL)."""
+    small = chelsea.resize((120, 80))
+    original = encode(small.convert("P") if fmt == "GIF" else small, fmt)
+    for seed in range(60):
+        rng = random.Random(seed)
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            image = decode_image(bytes(data), max_pixels=10_000_000)
+        except InputError:
+            continue
+        assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3

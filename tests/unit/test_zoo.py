@@ -1,0 +1,47 @@
+"""The model table, its configs and the label file agree with each other."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torchvision
+import yaml
+
+from classification import ClassifierSettings
+from scripts.zoo import FAMILIES, MODELS, REPO, get_model, shared_handler_modules
+from settings import settings_from_mapping
+
+SETTINGS = {"classifier": ClassifierSettings}
+TORCHSERVE_KEYS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "handler"}
+
+
+def test_issue_models_are_in_the_table():
+    assert {"resnet18", "resnet50", "resnet152", "mobilenet_v2"} <= {spec.name for spec in MODELS}
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(KeyError, match="resnet18"):
+        get_model("resnet19")
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda spec: spec.name)
+def test_every_model_has_a_valid_config(spec):
+    config = yaml.safe_load(spec.config_file.read_text())
+    assert set(config) <= TORCHSERVE_KEYS
+    assert 1 <= config["minWorkers"] <= config["maxWorkers"] and config["batchSize"] >= 1
+    settings_from_mapping(SETTINGS[spec.family], config.get("handler"))  # raises on unknown keys
+
+
+def test_handler_modules_are_split_into_entry_points_and_shared():
+    shared = {path.name for path in shared_handler_modules()}
+    assert {"batched_handler.py", "imaging.py", "payload.py"} <= shared
+    assert not shared & {family.handler for family in FAMILIES.values()}
+    for family in FAMILIES.values():
+        assert (REPO / "handlers" / family.handler).is_file()
+        assert all((REPO / name).is_file() for name in family.data_files)
+
+
+def test_labels_are_torchvisions_imagenet_categories():
+    labels = json.loads(Path(REPO / "index_to_name.json").read_text())
+    weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    assert [labels[str(i)] for i in range(1000)] == weights.meta["categories"]
