@@ -8,8 +8,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BUILD ?= build
 STORE ?= model_store
-# WEIGHTS_DIR=<dir>: use <dir>/<model>.pth (or .pt) instead of looking elsewhere.
-WEIGHTS_DIR ?=
+# WEIGHTS_DIR=<dir>: use <dir>/<model>.pth (or .pt) instead of looking elsewhere;
+# YOLO_WEIGHTS=<dir> is the same, named for the directory of yolov5s.pt, yolov5m.pt, ...
+YOLO_WEIGHTS ?=
+WEIGHTS_DIR ?= $(YOLO_WEIGHTS)
 # STRICT=1: fail instead of building any model with random weights.
 STRICT ?=
 
@@ -19,7 +21,7 @@ SETUP := $(VENV)/.setup-done
 # Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
 ACTIVATE := source $(VENV)/bin/activate &&
 COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict)
-COMPILE_SRC := scripts/compile.py scripts/classifiers.py scripts/weights.py scripts/models.py scripts/zoo.py
+COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py,$(wildcard scripts/*.py))
 HANDLER_SRC := $(wildcard handlers/*.py)
 
 .PHONY: help setup archive models serve stop test test-unit lint clean distclean

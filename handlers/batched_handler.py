@@ -59,7 +59,7 @@ class Item:
 
 class BatchedImageHandler:
     settings_class: type = ImageHandlerSettings
-    request_params: tuple[str, ...] = ()  # settings a request may override
+    request_params: dict[str, str] = {}  # request parameter -> the setting it overrides
     task: str = ""  # the compiled model's metadata["task"] this handler serves
 
     # --- TorchServe entry points -------------------------------------------------

@@ -11,7 +11,7 @@ from imaging import normalize_batch, resize_center_crop
 
 class ClassifierHandler(BatchedImageHandler):
     settings_class = ClassifierSettings
-    request_params = ("top_k",)
+    request_params = {"top_k": "top_k"}
     task = "classification"
 
     def setup(self, model_dir: Path) -> None:

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode
 from torchvision.io import decode_image as tv_decode_image
+from torchvision.io import encode_jpeg as tv_encode_jpeg
 
 # Formats decoded by torchvision's C decoders (faster than PIL); the rest go through
 # PIL. PNG is not among them: torchvision 0.29's libpng wrapper segfaults on a PNG
@@ -58,6 +60,18 @@ class ImageInfo:
     format: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class ImageMeta:
+    """How an original image maps into the model's input: x_input = x * scale_x + pad_left."""
+
+    width: int  # original size, after EXIF orientation
+    height: int
+    scale_x: float  # input pixels per original pixel
+    scale_y: float
+    pad_left: int
+    pad_top: int
 
 
 def probe_image(data: bytes) -> ImageInfo:
@@ -170,3 +184,33 @@ def normalize_batch(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[flo
     mean_t = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
     return (batch.float() / 255.0 - mean_t) / std_t
+
+
+def letterbox(image: torch.Tensor, size: int, fill: int = 114) -> tuple[torch.Tensor, ImageMeta]:
+    """uint8 [3, H, W] -> uint8 [3, size, size]: resized to fit with its aspect ratio
+    kept (up or down, as ultralytics' letterbox for inference), centred, padded with
+    `fill`. The returned ImageMeta undoes it (`unletterbox_boxes`)."""
+    height, width = image.shape[-2:]
+    ratio = size / max(height, width)
+    new_h, new_w = max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
+    if (new_h, new_w) != (height, width):
+        image = F.resize(image, [new_h, new_w], antialias=True)
+    pad_left, pad_top = (size - new_w) // 2, (size - new_h) // 2
+    padding = (pad_left, size - new_w - pad_left, pad_top, size - new_h - pad_top)
+    padded = nnf.pad(image, padding, value=fill)
+    return padded, ImageMeta(width, height, new_w / width, new_h / height, pad_left, pad_top)
+
+
+def unletterbox_boxes(boxes: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
+    """boxes (Tensor[N, 4]) in (x1, y1, x2, y2) model-input pixels -> the same boxes in
+    original-image pixels, clipped to the image. Returns a new tensor."""
+    offset = torch.tensor([meta.pad_left, meta.pad_top] * 2, dtype=boxes.dtype, device=boxes.device)
+    scale = torch.tensor([meta.scale_x, meta.scale_y] * 2, dtype=boxes.dtype, device=boxes.device)
+    original = (boxes - offset) / scale
+    limits = torch.tensor([meta.width, meta.height] * 2, dtype=boxes.dtype, device=boxes.device)
+    return original.clamp(min=torch.zeros_like(limits), max=limits)
+
+
+def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:
+    """uint8 [3, H, W] (any device) -> JPEG bytes."""
+    return tv_encode_jpeg(image.cpu().contiguous(), quality=quality).numpy().tobytes()

@@ -54,20 +54,21 @@ def settings_from_mapping(cls: type[S], mapping: Mapping[str, Any] | None) -> S:
     return cls(**values)
 
 
-def with_overrides(settings: S, params: Mapping[str, Any], allowed: tuple[str, ...]) -> S:
-    """Apply per-request parameters to `settings`; any problem is the client's (400)."""
-    if not params:
-        return settings
+def with_overrides(settings: S, params: Mapping[str, Any], allowed: Mapping[str, str]) -> S:
+    """Apply per-request parameters (`allowed` maps each accepted parameter to the
+    setting it overrides); any problem is the client's: InputError, HTTP 400."""
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         accepted = ", ".join(allowed) or "none"
         raise InputError("unknown parameter", f"{', '.join(unknown)} (accepted per request: {accepted})")
     hints = typing.get_type_hints(type(settings))
-    try:
-        values = {name: coerce(name, value, hints[name]) for name, value in params.items()}
-        return dataclasses.replace(settings, **values)
-    except ValueError as err:
-        raise InputError("invalid parameter", str(err)) from err
+    for name, value in params.items():
+        field = allowed[name]
+        try:
+            settings = dataclasses.replace(settings, **{field: coerce(name, value, hints[field])})
+        except ValueError as err:
+            raise InputError("invalid parameter", f"{name}: {err}") from err
+    return settings
 
 
 def coerce(name: str, value: Any, target: Any) -> Any:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from scripts.classifiers import build_classifier, check_classifier_parity, classifier_metadata, parity_batch
+from scripts.detectors import build_detector, check_detector_parity, detector_metadata, resolve_detector_weights
+from scripts.detectors import parity_batch as detector_parity_batch
 from scripts.models import METADATA_FILE
 from scripts.weights import Weights, WeightsError, resolve_classifier_weights
 from scripts.zoo import ModelSpec, get_model
@@ -45,6 +47,13 @@ RECIPES = {
         lambda weights: parity_batch(weights.preset),
         classifier_metadata,
         check_classifier_parity,
+    ),
+    "detector": Recipe(
+        resolve_detector_weights,
+        build_detector,
+        detector_parity_batch,
+        detector_metadata,
+        check_detector_parity,
     ),
 }
 

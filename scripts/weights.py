@@ -36,7 +36,8 @@ class Weights:
     origin: str  # where the bytes came from: a path, a URL or a package
     sha256: str | None
     state_dict: dict | None = field(default=None, repr=False)  # None: random initialisation
-    preset: dict = field(default_factory=lambda: dict(IMAGENET_PRESET))  # preprocessing they expect
+    preset: dict = field(default_factory=lambda: dict(IMAGENET_PRESET))  # classifiers' preprocessing
+    class_names: list[str] | None = None  # detectors: the names a checkpoint carries
 
     @property
     def is_random(self) -> bool:
@@ -68,13 +69,16 @@ def load_state_dict(path: Path) -> dict:
     return checkpoint
 
 
-def explicit_weights_file(spec: ModelSpec, weights: Path | None, weights_dir: Path | None) -> Path | None:
+def explicit_weights_file(
+    spec: ModelSpec, weights: Path | None, weights_dir: Path | None, suffixes: tuple[str, ...] = (".pth", ".pt")
+) -> Path | None:
+    """`weights` if given, else `<weights_dir>/<model name><suffix>` if it exists."""
     if weights is not None:
         if not weights.is_file():
             raise WeightsError(f"--weights {weights}: no such file")
         return weights
     if weights_dir is not None:
-        for suffix in (".pth", ".pt"):
+        for suffix in suffixes:
             candidate = weights_dir / f"{spec.name}{suffix}"
             if candidate.is_file():
                 return candidate
@@ -98,8 +102,10 @@ def resolve_classifier_weights(
     return random_weights(spec, strict)
 
 
-def random_weights(spec: ModelSpec, strict: bool) -> Weights:
-    advice = (
+def random_weights(spec: ModelSpec, strict: bool, advice: str | None = None) -> Weights:
+    """Random initialisation, announced loudly; `strict` refuses it. `advice` says how
+    to supply real weights for this kind of model."""
+    advice = advice or (
         f"put {spec.name}.pth in a directory and pass it with `make archive WEIGHTS_DIR=<dir>` "
         f"(or `--weights <file>`), or place torchvision's file in $TORCH_HOME/hub/checkpoints/"
     )

@@ -46,6 +46,7 @@ class ModelSpec:
 
 FAMILIES = {
     "classifier": Family(handler="classifier_handler.py", data_files=("index_to_name.json",)),
+    "detector": Family(handler="detector_handler.py"),  # class names travel in the model's metadata
 }
 
 MODELS = (
@@ -65,6 +66,9 @@ MODELS = (
             weights="MobileNet_V2_Weights.IMAGENET1K_V1",
         ),
     ),
+    ModelSpec("yolov5s", "detector", "yolov5s"),
+    ModelSpec("yolov5m", "detector", "yolov5m"),
+    ModelSpec("yolov5l", "detector", "yolov5l"),
 )
 
 

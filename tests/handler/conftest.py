@@ -83,7 +83,7 @@ class FakeContext:
 
 
 def write_model_dir(path: Path, module: torch.nn.Module, metadata: dict | None = None) -> Path:
-    """A model directory as TorchServe unpacks an archive: model + labels."""
+    """A model directory as TorchServe unpacks an archive: model + data files."""
     path.mkdir(parents=True, exist_ok=True)
     scripted = torch.jit.script(module)
     if metadata is None:
@@ -100,13 +100,14 @@ DEFAULT_YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "handler": {"t
 
 @pytest.fixture
 def make_handler(tmp_path):
-    """make_handler(module=..., metadata=..., yaml=...) -> (initialised handler, context)."""
+    """make_handler(module=..., metadata=..., yaml=..., handler_class=...) -> (initialised handler, context).
+    Defaults: the classifier handler on TinyColorClassifier."""
     from classifier_handler import ClassifierHandler
 
-    def make(module=None, metadata=TINY_METADATA, yaml=DEFAULT_YAML):
+    def make(module=None, metadata=TINY_METADATA, yaml=DEFAULT_YAML, handler_class=ClassifierHandler):
         model_dir = write_model_dir(tmp_path / "model", module or TinyColorClassifier(), metadata)
         context = FakeContext(model_dir, yaml)
-        handler = ClassifierHandler()
+        handler = handler_class()
         handler.initialize(context)
         return handler, context
 

@@ -9,7 +9,18 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from imaging import InputError, center_crop_box, decode_image, normalize_batch, probe_image, resize_center_crop
+from imaging import (
+    ImageMeta,
+    InputError,
+    center_crop_box,
+    decode_image,
+    encode_jpeg,
+    letterbox,
+    normalize_batch,
+    probe_image,
+    resize_center_crop,
+    unletterbox_boxes,
+)
 from tests.images import encode
 
 LIMIT = 40_000_000
@@ -178,3 +189,40 @@ def test_mutated_images_decode_or_raise_input_error(chelsea, fmt):
         except InputError:
             continue
         assert image.dtype == torch.uint8 and image.ndim == 3 and image.shape[0] == 3
+
+
+SHAPES = [(300, 451), (451, 300), (640, 640), (1, 1000), (1000, 1), (17, 33), (1080, 1920)]
+
+
+@pytest.mark.parametrize("height, width", SHAPES)
+@pytest.mark.parametrize("size", [320, 640])
+def test_letterbox_then_unletterbox_round_trips_boxes_within_a_pixel(height, width, size):
+    image = torch.zeros(3, height, width, dtype=torch.uint8)
+    boxed, meta = letterbox(image, size)
+    assert boxed.shape == (3, size, size) and (meta.width, meta.height) == (width, height)
+    generator = torch.Generator().manual_seed(height * 7919 + width)
+    corners = torch.rand(50, 2, 2, generator=generator) * torch.tensor([width, height])
+    boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)  # [50, 4] xyxy
+    scale = torch.tensor([meta.scale_x, meta.scale_y] * 2)
+    in_input = boxes * scale + torch.tensor([meta.pad_left, meta.pad_top] * 2)
+    assert (in_input >= 0).all() and (in_input <= size).all()
+    assert torch.allclose(unletterbox_boxes(in_input, meta), boxes, atol=1.0)
+
+
+def test_letterbox_pads_with_grey_and_keeps_the_picture_centred():
+    image = torch.full((3, 100, 200), 255, dtype=torch.uint8)
+    boxed, meta = letterbox(image, 64)
+    assert (meta.pad_left, meta.pad_top) == (0, 16)
+    assert (boxed[:, :16] == 114).all() and (boxed[:, 48:] == 114).all() and (boxed[:, 16:48] == 255).all()
+
+
+def test_unletterbox_clips_to_the_image():
+    meta = ImageMeta(width=100, height=50, scale_x=1.0, scale_y=1.0, pad_left=0, pad_top=25)
+    boxes = torch.tensor([[-10.0, 0.0, 120.0, 100.0]])
+    assert unletterbox_boxes(boxes, meta).tolist() == [[0.0, 0.0, 100.0, 50.0]]
+
+
+def test_encode_jpeg_round_trips(chelsea):
+    image = torch.from_numpy(np.array(chelsea)).permute(2, 0, 1).contiguous()
+    decoded = decode_image(encode_jpeg(image, quality=95), LIMIT)
+    assert decoded.shape == image.shape and (decoded.float() - image.float()).abs().mean() < 3

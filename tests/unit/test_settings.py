@@ -6,6 +6,8 @@ from classification import ClassifierSettings
 from imaging import InputError
 from settings import ImageHandlerSettings, coerce, settings_from_mapping, with_overrides
 
+TOP_K = {"top_k": "top_k"}
+
 
 def test_defaults_when_section_is_missing():
     assert settings_from_mapping(ClassifierSettings, None) == ClassifierSettings()
@@ -28,12 +30,12 @@ def test_out_of_range_yaml_value_fails(mapping):
 
 
 def test_request_override_from_form_bytes():
-    assert with_overrides(ClassifierSettings(), {"top_k": bytearray(b"2")}, ("top_k",)).top_k == 2
+    assert with_overrides(ClassifierSettings(), {"top_k": bytearray(b"2")}, TOP_K).top_k == 2
 
 
 def test_no_parameters_returns_the_same_settings():
     settings = ClassifierSettings()
-    assert with_overrides(settings, {}, ("top_k",)) is settings
+    assert with_overrides(settings, {}, TOP_K) is settings
 
 
 @pytest.mark.parametrize(
@@ -50,7 +52,7 @@ def test_no_parameters_returns_the_same_settings():
 )
 def test_bad_request_parameters_are_the_clients_fault(params, error, detail):
     with pytest.raises(InputError) as caught:
-        with_overrides(ClassifierSettings(), params, ("top_k",))
+        with_overrides(ClassifierSettings(), params, TOP_K)
     assert caught.value.status == 400 and caught.value.error == error and detail in caught.value.detail
 
 

@@ -8,10 +8,11 @@ import torchvision
 import yaml
 
 from classification import ClassifierSettings
+from detection import DetectorSettings
 from scripts.zoo import FAMILIES, MODELS, REPO, get_model, shared_handler_modules
 from settings import settings_from_mapping
 
-SETTINGS = {"classifier": ClassifierSettings}
+SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings}
 TORCHSERVE_KEYS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "handler"}
 
 

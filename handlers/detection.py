@@ -1,0 +1,108 @@
+"""Object detection: settings, YOLOv5 output decoding with class-aware NMS, drawing.
+Pure functions."""
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.ops import batched_nms, box_convert
+
+from settings import ImageHandlerSettings, check_range
+
+OUTPUT_FORMATS = ("json", "image")
+# ultralytics' non_max_suppression keeps at most this many boxes before NMS (max_nms).
+MAX_NMS_CANDIDATES = 30_000
+
+
+@dataclass(frozen=True)
+class DetectorSettings(ImageHandlerSettings):
+    # Letterbox size; 0 = the size the model was compiled and checked at (640).
+    input_size: int = 0
+    score_threshold: float = 0.25  # objectness x class probability
+    iou_threshold: float = 0.45  # NMS, per class
+    max_detections: int = 300
+    classes: tuple[str, ...] = ()  # keep only these class names or indices; () = all
+    format: str = "json"  # "json": the detections; "image": the photo with boxes, as JPEG
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("input_size", self.input_size, 0, 4096)
+        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
+        check_range("max_detections", self.max_detections, 1, 10_000)
+        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+
+
+def class_filter(classes: tuple[str, ...], names: list[str]) -> torch.Tensor | None:
+    """Class names or indices -> a tensor of class indices (None: no filter).
+    Raises ValueError naming an unknown class."""
+    if not classes:
+        return None
+    indices = []
+    for token in classes:
+        token = token.strip()
+        if token.isdigit() and int(token) < len(names):
+            indices.append(int(token))
+        elif token in names:
+            indices.append(names.index(token))
+        else:
+            example = f"a name such as {names[0]!r} or an index 0..{len(names) - 1}"
+            raise ValueError(f"unknown class {token!r} in classes; use {example}")
+    return torch.tensor(indices)
+
+
+def detect_objects(
+    predictions: torch.Tensor,
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+    classes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image's YOLOv5 output -> its detections, best first.
+
+    predictions (Tensor[N, 5 + C]): (cx, cy, w, h, objectness, C class probabilities).
+    Returns boxes (Tensor[K, 4]) in (x1, y1, x2, y2), scores (Tensor[K]) =
+    objectness x best class probability, labels (Tensor[K]) -- one label per box, as
+    ultralytics' detect.py, with class-aware NMS (boxes of different classes never
+    suppress each other).
+    """
+    candidates = predictions[predictions[:, 4] > score_threshold]  # cheap objectness pre-filter
+    scores, labels = (candidates[:, 5:] * candidates[:, 4:5]).max(dim=1)
+    keep = scores > score_threshold
+    if classes is not None:
+        keep &= torch.isin(labels, classes.to(labels.device))
+    boxes = box_convert(candidates[keep, :4], "cxcywh", "xyxy")
+    scores, labels = scores[keep], labels[keep]
+    if scores.numel() > MAX_NMS_CANDIDATES:
+        top = scores.topk(MAX_NMS_CANDIDATES).indices
+        boxes, scores, labels = boxes[top], scores[top], labels[top]
+    kept = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
+    return boxes[kept], scores[kept], labels[kept]
+
+
+def draw_detections(image: torch.Tensor, boxes: torch.Tensor, labels: list[int], captions: list[str]) -> torch.Tensor:
+    """uint8 [3, H, W] -> a copy with each box (x1, y1, x2, y2) outlined in its class's
+    colour and captioned; line width and font scale with the photo."""
+    picture = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
+    draw = ImageDraw.Draw(picture)
+    line = max(2, round(max(picture.size) / 300))
+    font = ImageFont.load_default(size=max(12, 6 * line))
+    for (x1, y1, x2, y2), label, caption in zip(boxes.tolist(), labels, captions, strict=True):
+        colour = class_colour(label)
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
+        left, top, right, bottom = draw.textbbox((x1, y1), caption, font=font)
+        text_y = y1 - (bottom - top) - 2 if y1 - (bottom - top) - 2 >= 0 else y1  # above the box if it fits
+        draw.rectangle([x1, text_y, x1 + right - left + 4, text_y + bottom - top + 4], fill=colour)
+        draw.text((x1 + 2, text_y + 2 - (top - y1)), caption, fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)
+
+
+def class_colour(label: int) -> tuple[int, int, int]:
+    """A distinct, stable colour per class: hues spaced by the golden ratio."""
+    red, green, blue = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 0.9)
+    return round(red * 255), round(green * 255), round(blue * 255)

@@ -1,0 +1,69 @@
+"""TorchServe handler for the YOLOv5 object detectors."""
+
+from pathlib import Path
+
+import torch
+
+from batched_handler import BatchedImageHandler, Item, Response
+from detection import DetectorSettings, class_filter, detect_objects, draw_detections
+from imaging import InputError, encode_jpeg, letterbox, unletterbox_boxes
+
+
+class DetectorHandler(BatchedImageHandler):
+    settings_class = DetectorSettings
+    # request parameter -> setting
+    request_params = {
+        "confidence": "score_threshold",
+        "iou": "iou_threshold",
+        "max_detections": "max_detections",
+        "classes": "classes",
+        "format": "format",
+    }
+    task = "detection"
+
+    def setup(self, model_dir: Path) -> None:
+        meta = self.metadata
+        self.class_names = meta["class_names"]
+        self.input_size = self.settings.input_size or meta["input_size"][0]
+        if self.input_size % meta["stride"]:
+            raise ValueError(f"input_size {self.input_size} is not a multiple of the model's stride {meta['stride']}")
+        self.fill = meta["letterbox_fill"]
+        self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
+
+    def prepare(self, image: torch.Tensor, settings: DetectorSettings):
+        return letterbox(image, self.input_size, self.fill)
+
+    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.float() / 255
+
+    def postprocess(self, predictions: torch.Tensor, item: Item) -> Response:
+        settings, meta = item.settings, item.meta
+        try:
+            wanted = class_filter(settings.classes, self.class_names)
+        except ValueError as err:
+            raise InputError("invalid parameter", str(err)) from err
+        boxes, scores, labels = detect_objects(
+            predictions, settings.score_threshold, settings.iou_threshold, settings.max_detections, wanted
+        )
+        boxes = unletterbox_boxes(boxes, meta)
+        names = [self.class_names[label] for label in labels.tolist()]
+        if settings.format == "image":
+            captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist(), strict=True)]
+            drawn = draw_detections(item.image, boxes, labels.tolist(), captions)
+            return Response(encode_jpeg(drawn, settings.jpeg_quality), "image/jpeg")
+        detections = [
+            {
+                "left": round(x1, 1),
+                "top": round(y1, 1),
+                "right": round(x2, 1),
+                "bottom": round(y2, 1),
+                "confidence": round(score, 4),
+                "class_index": label,
+                "class_name": name,
+            }
+            for (x1, y1, x2, y2), score, label, name in zip(
+                boxes.tolist(), scores.tolist(), labels.tolist(), names, strict=True
+            )
+        ]
+        document = {"model": self.model_name, "image_size": [meta.width, meta.height], **self.provenance}
+        return Response.json({**document, "detections": detections})

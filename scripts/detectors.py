@@ -1,0 +1,115 @@
+"""The YOLOv5 detectors: weights, eager models, the real photos their compiled
+versions are checked on, and their metadata."""
+
+import torch
+import torch.nn.functional as nnf
+import torchvision.transforms.v2.functional as F
+from skimage import data as photos
+
+from scripts.weights import RANDOM_SEED, Weights, WeightsError, explicit_weights_file, random_weights, sha256_file
+from scripts.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
+from scripts.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.zoo import ModelSpec
+
+INPUT_SIZE = 640  # the size YOLOv5 P5 models are trained and published at
+LETTERBOX_FILL = 114  # ultralytics' letterbox grey
+PARITY_PHOTOS = ("astronaut", "coffee")
+
+# COCO's 80 detection classes in YOLOv5's index order (ultralytics data/coco.yaml).
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)  # fmt: skip
+
+
+def resolve_detector_weights(
+    spec: ModelSpec,
+    weights=None,
+    weights_dir=None,
+    download: bool = True,  # ultralytics' releases are not fetched: bring the file
+    strict: bool = False,
+) -> Weights:
+    path = explicit_weights_file(spec, weights, weights_dir, suffixes=(".pt", ".pth"))
+    if path is None:
+        advice = (
+            f"put an ultralytics/yolov5 release checkpoint {spec.name}.pt (v6.0-v7.0) or a state dict in a "
+            f"directory and pass it with `make archive YOLO_WEIGHTS=<dir>` (or `--weights <file>`)"
+        )
+        return random_weights(spec, strict, advice)
+    try:
+        state_dict, names = load_yolov5_checkpoint(path)
+    except CheckpointError as err:
+        raise WeightsError(str(err)) from err
+    return Weights(f"file:{path.name}", str(path.resolve()), sha256_file(path), state_dict, class_names=names)
+
+
+def num_classes(weights: Weights) -> int:
+    if weights.is_random:
+        return len(COCO_CLASSES)
+    anchors = weights.state_dict["model.24.anchors"].shape[1]
+    return weights.state_dict["model.24.m.0.weight"].shape[0] // anchors - 5
+
+
+def class_names(weights: Weights) -> list[str]:
+    count = num_classes(weights)
+    if weights.class_names is not None and len(weights.class_names) == count:
+        return list(weights.class_names)
+    if count == len(COCO_CLASSES):
+        return list(COCO_CLASSES)
+    return [f"class_{index}" for index in range(count)]
+
+
+def build_detector(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
+    torch.manual_seed(RANDOM_SEED)
+    base = SIZES[spec.architecture]
+    model = YOLOv5(YOLOv5Config(base.depth_multiple, base.width_multiple, num_classes(weights)))
+    if weights.is_random:
+        model.model[24].initialize_biases()
+    else:
+        try:
+            model.load_state_dict(weights.state_dict, strict=True)
+        except RuntimeError as err:
+            raise WeightsError(f"{weights.origin} does not fit {spec.architecture}: {err}") from err
+    return model.eval()
+
+
+def parity_batch(weights: Weights) -> torch.Tensor:
+    """The parity photos letterboxed to 640x640 (reference implementation) in [0, 1]."""
+    batch = []
+    for name in PARITY_PHOTOS:
+        image = torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1)
+        height, width = image.shape[1:]
+        scale = INPUT_SIZE / max(height, width)
+        resized = F.resize(image, [round(height * scale), round(width * scale)], antialias=True)
+        pad_h, pad_w = INPUT_SIZE - resized.shape[1], INPUT_SIZE - resized.shape[2]
+        padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+        batch.append(nnf.pad(resized, padding, value=LETTERBOX_FILL))
+    return torch.stack(batch).float() / 255
+
+
+def detector_metadata(spec: ModelSpec, weights: Weights) -> dict:
+    return {
+        "task": "detection",
+        "architecture": spec.architecture,
+        "input_size": [INPUT_SIZE, INPUT_SIZE],
+        "stride": max(STRIDES),
+        "letterbox_fill": LETTERBOX_FILL,
+        "output": "[B, N, 5 + classes]: cx, cy, w, h in input pixels, objectness, class probabilities",
+        "num_classes": num_classes(weights),
+        "class_names": class_names(weights),
+    }
+
+
+def check_detector_parity(eager: torch.Tensor, compiled: torch.Tensor) -> float:
+    """allclose (atol 1e-4) on every output: boxes in pixels, objectness, class probabilities."""
+    difference = (eager - compiled).abs().max().item()
+    if eager.shape != compiled.shape or not torch.allclose(eager, compiled, rtol=0, atol=1e-4):
+        raise ValueError(f"outputs differ by up to {difference:.3g} (> atol 1e-4)")
+    return difference

@@ -1,0 +1,78 @@
+"""The YOLOv5 detectors served by a real TorchServe next to the classifiers."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from scripts.zoo import MODELS
+from tests.images import photo_bytes
+
+pytestmark = pytest.mark.integration
+
+DETECTORS = [spec.name for spec in MODELS if spec.family == "detector"]
+DETECTION_KEYS = {"left", "top", "right", "bottom", "confidence", "class_index", "class_name"}
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> bytes:
+    return photo_bytes("astronaut")  # 512x512
+
+
+@pytest.fixture(scope="module")
+def rocket() -> bytes:
+    return photo_bytes("rocket")  # 640x427
+
+
+@pytest.mark.parametrize("model", DETECTORS)
+def test_every_detector_answers_json(torchserve, rocket, model):
+    response = torchserve.predict(model, data=rocket)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert (result["model"], result["image_size"]) == (model, [640, 427])
+    assert result["weights"] == "random" or len(result["weights_sha256"]) == 64
+    assert isinstance(result["detections"], list)
+
+
+def test_boxes_lie_inside_the_original_image(torchserve, rocket):
+    # Threshold 0 makes even an untrained model answer with many boxes.
+    form = {"confidence": "0", "max_detections": "50"}
+    detections = torchserve.predict("yolov5s", method="POST", files={"data": rocket}, data=form).json()["detections"]
+    assert 0 < len(detections) <= 50
+    for detection in detections:
+        assert set(detection) == DETECTION_KEYS
+        assert 0 <= detection["left"] <= detection["right"] <= 640
+        assert 0 <= detection["top"] <= detection["bottom"] <= 427
+        assert 0 < detection["confidence"] <= 1
+    confidences = [d["confidence"] for d in detections]
+    assert confidences == sorted(confidences, reverse=True)
+
+
+def test_class_filter_and_max_detections(torchserve, rocket):
+    form = {"confidence": "0", "max_detections": "3", "classes": "person,car"}
+    detections = torchserve.predict("yolov5s", method="POST", files={"data": rocket}, data=form).json()["detections"]
+    assert len(detections) == 3 and {d["class_name"] for d in detections} <= {"person", "car"}
+
+
+def test_format_image_returns_a_jpeg_of_the_photo(torchserve, astronaut):
+    response = torchserve.predict(
+        "yolov5s", method="POST", files={"data": astronaut}, data={"format": "image", "confidence": "0"}
+    )
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "JPEG" and image.size == (512, 512)
+
+
+@pytest.mark.parametrize(
+    "form, detail",
+    [
+        ({"format": "xml"}, "format must be one of json, image"),
+        ({"confidence": "abc"}, "confidence must be a number"),
+        ({"iou": "2"}, "iou: iou_threshold must be between"),
+        ({"classes": "dragon"}, "unknown class 'dragon'"),
+        ({"top_k": "3"}, "top_k (accepted per request: confidence, iou, max_detections, classes, format)"),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_problem(torchserve, astronaut, form, detail):
+    response = torchserve.predict("yolov5s", method="POST", files={"data": astronaut}, data=form)
+    assert response.status_code == 400 and detail in response.json()["detail"]
