@@ -21,13 +21,15 @@ SETUP := $(VENV)/.setup-done
 # Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
 ACTIVATE := source $(VENV)/bin/activate &&
 COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict)
-COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py,$(wildcard scripts/*.py))
+# Everything in scripts/ that the compiled models depend on (not the tools around them).
+COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py,\
+	$(wildcard scripts/*.py))
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: help setup archive models serve stop test test-unit lint clean distclean
+.PHONY: help setup archive models yolov5-sizes serve stop test test-unit lint clean distclean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
 
 setup: $(SETUP) ## create .venv with the pinned dependencies and a Java for TorchServe
 
@@ -38,10 +40,10 @@ $(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/
 	$(PY) scripts/setup_env.py --venv $(VENV)
 	touch $@
 
-# Compiled TorchScript, one per model; rebuilt when the build code, the venv or a
-# weights file in WEIGHTS_DIR changes.
+# Compiled TorchScript, one per model; rebuilt when the build code, the build
+# requirements or a weights file in WEIGHTS_DIR changes (test-only requirements do not).
 .SECONDEXPANSION:
-$(BUILD)/%.pt: $(COMPILE_SRC) $(SETUP) $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.pt*))
+$(BUILD)/%.pt: $(COMPILE_SRC) requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.pt*)) | $(SETUP)
 	$(PY) -m scripts.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
@@ -55,6 +57,9 @@ archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_stor
 
 models: $(MODELS:%=$(BUILD)/%.pt) ## show each compiled model's weights and input size
 	@$(PY) -m scripts.models $^
+
+yolov5-sizes: $(BUILD)/yolov5s.pt $(BUILD)/yolov5m.pt $(BUILD)/yolov5l.pt ## measure YOLOv5 S/M/L side by side -> docs/yolov5_sizes.md
+	$(PY) -m scripts.compare_yolov5 --output docs/yolov5_sizes.md
 
 serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait until it is ready
 	mkdir -p logs

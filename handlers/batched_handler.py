@@ -36,6 +36,7 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     status: int = 200
+    headers: tuple[tuple[str, str], ...] = ()  # extra HTTP response headers
 
     @classmethod
     def json(cls, document: Any, status: int = 200) -> "Response":
@@ -149,7 +150,19 @@ class BatchedImageHandler:
         return item
 
     def _forward(self, items: list[Item], context) -> list[Any]:
-        """Per-item model outputs (or error Responses), in the order of `items`."""
+        """Per-item model outputs (or error Responses), in the order of `items`: one
+        forward pass per input shape (a request may ask for another input size)."""
+        outputs: list[Any] = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for position, item in enumerate(items):
+            groups.setdefault(tuple(item.input.shape), []).append(position)
+        for positions in groups.values():
+            results = self._forward_group([items[position] for position in positions], context)
+            for position, result in zip(positions, results, strict=True):
+                outputs[position] = result
+        return outputs
+
+    def _forward_group(self, items: list[Item], context) -> list[Any]:
         try:
             with self._timed(context, "InferenceTime"):
                 outputs = self.model(self.to_model_input(torch.stack([item.input for item in items])))
@@ -160,7 +173,7 @@ class BatchedImageHandler:
                 return [Response.error(500, "inference failed", "the model failed on this image; see the worker log")]
             # Retry one by one so that an image the model cannot process fails alone.
             logger.exception("batched inference failed; retrying its %d images one by one", len(items))
-            return [output for item in items for output in self._forward([item], context)]
+            return [output for item in items for output in self._forward_group([item], context)]
 
     @staticmethod
     def _guarded(index: int, step, *args) -> Any:
@@ -177,6 +190,8 @@ class BatchedImageHandler:
     def _respond(responses: list[Response], context) -> list[bytes]:
         for index, response in enumerate(responses):
             context.set_response_content_type(index, response.content_type)
+            for name, value in response.headers:
+                context.set_response_header(index, name, value)
             if response.status != 200:
                 context.set_response_status(response.status, http.HTTPStatus(response.status).phrase, index)
         return [response.body for response in responses]

@@ -8,11 +8,11 @@ raises `InputError`, which the handler turns into an HTTP 4xx for that request o
 
 import io
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode
@@ -186,29 +186,36 @@ def normalize_batch(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[flo
     return (batch.float() / 255.0 - mean_t) / std_t
 
 
-def letterbox(image: torch.Tensor, size: int, fill: int = 114) -> tuple[torch.Tensor, ImageMeta]:
+def letterbox(image: torch.Tensor, size: int, fill: int | Sequence[int] = 114) -> tuple[torch.Tensor, ImageMeta]:
     """uint8 [3, H, W] -> uint8 [3, size, size]: resized to fit with its aspect ratio
     kept (up or down, as ultralytics' letterbox for inference), centred, padded with
-    `fill`. The returned ImageMeta undoes it (`unletterbox_boxes`)."""
+    `fill` (one value, or one per channel). The returned ImageMeta undoes it
+    (`unletterbox_boxes`)."""
     height, width = image.shape[-2:]
     ratio = size / max(height, width)
     new_h, new_w = max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
     if (new_h, new_w) != (height, width):
         image = F.resize(image, [new_h, new_w], antialias=True)
     pad_left, pad_top = (size - new_w) // 2, (size - new_h) // 2
-    padding = (pad_left, size - new_w - pad_left, pad_top, size - new_h - pad_top)
-    padded = nnf.pad(image, padding, value=fill)
-    return padded, ImageMeta(width, height, new_w / width, new_h / height, pad_left, pad_top)
+    fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+    canvas = fill_values.expand(3, size, size).clone()
+    canvas[:, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = image
+    return canvas, ImageMeta(width, height, new_w / width, new_h / height, pad_left, pad_top)
+
+
+def unletterbox_points(points: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
+    """points (Tensor[..., 2]) as (x, y) in model-input pixels -> original-image pixels,
+    clipped to the image. Returns a new tensor."""
+    offset = torch.tensor([meta.pad_left, meta.pad_top], dtype=points.dtype, device=points.device)
+    scale = torch.tensor([meta.scale_x, meta.scale_y], dtype=points.dtype, device=points.device)
+    limits = torch.tensor([meta.width, meta.height], dtype=points.dtype, device=points.device)
+    return ((points - offset) / scale).clamp(min=torch.zeros_like(limits), max=limits)
 
 
 def unletterbox_boxes(boxes: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
     """boxes (Tensor[N, 4]) in (x1, y1, x2, y2) model-input pixels -> the same boxes in
     original-image pixels, clipped to the image. Returns a new tensor."""
-    offset = torch.tensor([meta.pad_left, meta.pad_top] * 2, dtype=boxes.dtype, device=boxes.device)
-    scale = torch.tensor([meta.scale_x, meta.scale_y] * 2, dtype=boxes.dtype, device=boxes.device)
-    original = (boxes - offset) / scale
-    limits = torch.tensor([meta.width, meta.height] * 2, dtype=boxes.dtype, device=boxes.device)
-    return original.clamp(min=torch.zeros_like(limits), max=limits)
+    return unletterbox_points(boxes.reshape(-1, 2, 2), meta).reshape(boxes.shape)
 
 
 def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:

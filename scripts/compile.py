@@ -18,6 +18,8 @@ import torch
 from scripts.classifiers import build_classifier, check_classifier_parity, classifier_metadata, parity_batch
 from scripts.detectors import build_detector, check_detector_parity, detector_metadata, resolve_detector_weights
 from scripts.detectors import parity_batch as detector_parity_batch
+from scripts.faces import build_face_detector, check_face_parity, face_metadata, resolve_face_weights
+from scripts.faces import parity_batch as face_parity_batch
 from scripts.models import METADATA_FILE
 from scripts.weights import Weights, WeightsError, resolve_classifier_weights
 from scripts.zoo import ModelSpec, get_model
@@ -54,6 +56,13 @@ RECIPES = {
         detector_parity_batch,
         detector_metadata,
         check_detector_parity,
+    ),
+    "face": Recipe(
+        resolve_face_weights,
+        build_face_detector,
+        face_parity_batch,
+        face_metadata,
+        check_face_parity,
     ),
 }
 

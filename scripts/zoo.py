@@ -47,6 +47,7 @@ class ModelSpec:
 FAMILIES = {
     "classifier": Family(handler="classifier_handler.py", data_files=("index_to_name.json",)),
     "detector": Family(handler="detector_handler.py"),  # class names travel in the model's metadata
+    "face": Family(handler="face_pixelizer_handler.py"),
 }
 
 MODELS = (
@@ -69,6 +70,7 @@ MODELS = (
     ModelSpec("yolov5s", "detector", "yolov5s"),
     ModelSpec("yolov5m", "detector", "yolov5m"),
     ModelSpec("yolov5l", "detector", "yolov5l"),
+    ModelSpec("face_pixelizer", "face", "retinaface_mobilenet0.25"),
 )
 
 

@@ -71,12 +71,16 @@ class FakeContext:
         self.metrics = MetricsRecorder()
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.headers: dict[int, dict[str, str]] = defaultdict(dict)
 
     def set_response_status(self, code=200, phrase="", idx=0):
         self.statuses[idx] = (code, phrase)
 
     def set_response_content_type(self, idx, value):
         self.content_types[idx] = value
+
+    def set_response_header(self, idx, key, value):
+        self.headers[idx][key] = value
 
     def status(self, idx: int) -> int:
         return self.statuses.get(idx, (200, ""))[0]

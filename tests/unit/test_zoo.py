@@ -9,10 +9,11 @@ import yaml
 
 from classification import ClassifierSettings
 from detection import DetectorSettings
+from faces import FaceSettings
 from scripts.zoo import FAMILIES, MODELS, REPO, get_model, shared_handler_modules
 from settings import settings_from_mapping
 
-SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings}
+SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings, "face": FaceSettings}
 TORCHSERVE_KEYS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "handler"}
 
 

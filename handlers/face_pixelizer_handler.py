@@ -1,0 +1,74 @@
+"""TorchServe handler for the face pixelizer: photo in, the same photo with every face
+pixelated out (or, with format=json, the faces found)."""
+
+from pathlib import Path
+
+import torch
+
+from batched_handler import BatchedImageHandler, Item, Response
+from faces import FaceSettings, decode_faces, expand_boxes, pixelate_regions, prior_boxes
+from imaging import encode_jpeg, letterbox, unletterbox_boxes, unletterbox_points
+
+
+class FacePixelizerHandler(BatchedImageHandler):
+    settings_class = FaceSettings
+    # request parameter -> setting
+    request_params = {
+        "input_size": "input_size",
+        "confidence": "score_threshold",
+        "iou": "iou_threshold",
+        "max_faces": "max_faces",
+        "mode": "mode",
+        "blocks": "blocks",
+        "block_size": "block_size",
+        "margin": "margin",
+        "format": "format",
+    }
+    task = "face_detection"
+
+    def setup(self, model_dir: Path) -> None:
+        meta = self.metadata
+        self.default_size = self.settings.input_size or meta["input_size"][0]
+        if self.default_size % meta["stride"]:
+            raise ValueError(f"input_size {self.default_size} is not a multiple of the model's stride {meta['stride']}")
+        self.mean_bgr = torch.tensor(meta["mean_bgr"], device=self.device).view(1, 3, 1, 1)
+        # Letterbox padding in the mean colour: after mean subtraction the model sees zeros.
+        self.fill = [round(value) for value in reversed(meta["mean_bgr"])]
+        self.priors_config = meta["priors"]
+        self.priors: dict[tuple[int, int], torch.Tensor] = {}
+        self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
+
+    def prepare(self, image: torch.Tensor, settings: FaceSettings):
+        return letterbox(image, settings.input_size or self.default_size, self.fill)
+
+    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.flip(1).float() - self.mean_bgr  # RGB -> BGR, minus the training mean
+
+    def postprocess(self, outputs: tuple[torch.Tensor, ...], item: Item) -> Response:
+        loc, conf, landmarks = outputs
+        settings, meta = item.settings, item.meta
+        variances = tuple(self.priors_config["variances"])
+        faces = decode_faces(loc, conf, landmarks, self.priors_for(*item.input.shape[-2:]), variances, settings)
+        boxes, points = unletterbox_boxes(faces.boxes, meta), unletterbox_points(faces.landmarks, meta)
+        if settings.format == "json":
+            rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
+            found = [face_record(box, score, marks) for box, score, marks in rows]
+            document = {"model": self.model_name, "image_size": [meta.width, meta.height], **self.provenance}
+            return Response.json({**document, "faces": found})
+        regions = expand_boxes(boxes, settings.margin, meta.width, meta.height)
+        anonymised = pixelate_regions(item.image, regions, settings)
+        headers = (("X-Faces", str(len(regions))),)
+        return Response(encode_jpeg(anonymised, settings.jpeg_quality), "image/jpeg", headers=headers)
+
+    def priors_for(self, height: int, width: int) -> torch.Tensor:
+        """Prior boxes per input size, computed once."""
+        if (height, width) not in self.priors:
+            config = self.priors_config
+            self.priors[(height, width)] = prior_boxes(height, width, config["min_sizes"], config["steps"], self.device)
+        return self.priors[(height, width)]
+
+
+def face_record(box: list[float], score: float, landmarks: list[list[float]]) -> dict:
+    x1, y1, x2, y2 = (round(value, 1) for value in box)
+    points = [[round(x, 1), round(y, 1)] for x, y in landmarks]
+    return {"left": x1, "top": y1, "right": x2, "bottom": y2, "score": round(score, 4), "landmarks": points}

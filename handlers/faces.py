@@ -1,0 +1,141 @@
+"""Face anonymisation: settings, RetinaFace prior boxes and decoding, and the
+mosaic/blur that replaces every face. Pure functions on tensors, any device."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as nnf
+import torchvision.transforms.v2.functional as F
+from torchvision.ops import nms
+
+from settings import ImageHandlerSettings, check_range
+
+MODES = ("mosaic", "blur")
+OUTPUT_FORMATS = ("image", "json")
+STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
+Region = tuple[int, int, int, int]  # (x1, y1, x2, y2) in whole pixels
+
+
+@dataclass(frozen=True)
+class FaceSettings(ImageHandlerSettings):
+    # Letterbox size (long side); 0 = the size the model was compiled and checked at (640).
+    input_size: int = 0
+    score_threshold: float = 0.5  # face probability
+    iou_threshold: float = 0.4  # NMS
+    top_k: int = 5000  # best candidates kept before NMS
+    max_faces: int = 750  # faces kept after NMS
+    mode: str = "mosaic"  # "mosaic" (irreversible) or "blur"
+    blocks: int = 8  # mosaic cells across a face's longer side...
+    block_size: int = 0  # ...or, when > 0, cells of this many pixels
+    margin: float = 0.15  # each box grows by this fraction of its size on every side
+    format: str = "image"  # "image": the anonymised photo (JPEG); "json": the faces found
+    jpeg_quality: int = 90
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("input_size", self.input_size, 0, 4096)
+        if self.input_size % STRIDE:
+            raise ValueError(f"input_size must be a multiple of {STRIDE}, got {self.input_size}")
+        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
+        check_range("top_k", self.top_k, 1, 100_000)
+        check_range("max_faces", self.max_faces, 1, 10_000)
+        check_range("blocks", self.blocks, 1, 256)
+        check_range("block_size", self.block_size, 0, 4096)
+        check_range("margin", self.margin, 0.0, 2.0)
+        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        for name, value, allowed in (("mode", self.mode, MODES), ("format", self.format, OUTPUT_FORMATS)):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Faces:
+    boxes: torch.Tensor  # [K, 4] (x1, y1, x2, y2)
+    scores: torch.Tensor  # [K]
+    landmarks: torch.Tensor  # [K, 5, 2] (x, y): eyes, nose, mouth corners, image-left first
+
+
+def prior_boxes(height: int, width: int, min_sizes: list[list[int]], steps: list[int], device=None) -> torch.Tensor:
+    """RetinaFace's anchors for an input of height x width, as (cx, cy, w, h) in input
+    pixels (Tensor[N, 4]): per level, cells row-major, each cell's sizes in order --
+    the order of the model's outputs. As Pytorch_Retinaface's PriorBox with clip off."""
+    levels = []
+    for sizes, step in zip(min_sizes, steps, strict=True):
+        rows, cols = math.ceil(height / step), math.ceil(width / step)
+        cy, cx = torch.meshgrid(
+            (torch.arange(rows, device=device) + 0.5) * step,
+            (torch.arange(cols, device=device) + 0.5) * step,
+            indexing="ij",
+        )
+        centres = torch.stack([cx, cy], dim=-1).reshape(-1, 1, 2).expand(-1, len(sizes), 2)
+        extents = torch.tensor(sizes, dtype=torch.float32, device=device).view(1, -1, 1).expand(centres.shape)
+        levels.append(torch.cat([centres, extents], dim=-1).reshape(-1, 4))
+    return torch.cat(levels)
+
+
+def decode_faces(
+    loc: torch.Tensor,
+    conf: torch.Tensor,
+    landmarks: torch.Tensor,
+    priors: torch.Tensor,
+    variances: tuple[float, float],
+    settings: FaceSettings,
+) -> Faces:
+    """One image's outputs (loc [N, 4], conf [N, 2], landmarks [N, 10]) -> its faces in
+    input pixels, best first: threshold, top-k, decode, NMS, max_faces."""
+    scores = conf[:, 1]
+    keep = (scores > settings.score_threshold).nonzero().squeeze(1)
+    keep = keep[scores[keep].argsort(descending=True)[: settings.top_k]]
+    priors, scores = priors[keep], scores[keep]
+    centres = priors[:, :2] + loc[keep, :2] * variances[0] * priors[:, 2:]
+    sizes = priors[:, 2:] * torch.exp(loc[keep, 2:] * variances[1])
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
+    points = priors[:, None, :2] + landmarks[keep].view(-1, 5, 2) * variances[0] * priors[:, None, 2:]
+    kept = nms(boxes, scores, settings.iou_threshold)[: settings.max_faces]
+    return Faces(boxes[kept], scores[kept], points[kept])
+
+
+def expand_boxes(boxes: torch.Tensor, margin: float, width: int, height: int) -> list[Region]:
+    """Grow each (x1, y1, x2, y2) by `margin` of its size on every side, round outwards
+    to whole pixels and clip to the image; empty boxes are dropped."""
+    size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    grown = boxes + size * margin * torch.tensor([-1.0, -1.0, 1.0, 1.0], device=boxes.device)
+    regions = []
+    for x1, y1, x2, y2 in grown.tolist():
+        x1, y1 = max(0, math.floor(x1)), max(0, math.floor(y1))
+        x2, y2 = min(width, math.ceil(x2)), min(height, math.ceil(y2))
+        if x2 > x1 and y2 > y1:
+            regions.append((x1, y1, x2, y2))
+    return regions
+
+
+def mosaic_grid(height: int, width: int, blocks: int, block_size: int) -> tuple[int, int]:
+    """Mosaic cells (rows, cols) for a height x width region: `blocks` across its longer
+    side, or cells of `block_size` pixels when that is set."""
+    cell = block_size or max(1, math.ceil(max(height, width) / blocks))
+    return max(1, math.ceil(height / cell)), max(1, math.ceil(width / cell))
+
+
+def pixelate_regions(
+    image: torch.Tensor, regions: list[tuple[int, int, int, int]], settings: FaceSettings
+) -> torch.Tensor:
+    """uint8 [3, H, W] -> a copy in which every region (x1, y1, x2, y2) is anonymised.
+
+    mosaic: each cell becomes one flat colour, the mean of the pixels under it, so no
+    original pixel value survives inside a region; blur: the region is reduced to the
+    same grid, Gaussian-blurred and smoothly enlarged again."""
+    out = image.clone()
+    for x1, y1, x2, y2 in regions:
+        region = out[:, y1:y2, x1:x2].float().unsqueeze(0)
+        grid = mosaic_grid(y2 - y1, x2 - x1, settings.blocks, settings.block_size)
+        cells = nnf.adaptive_avg_pool2d(region, grid)
+        if settings.mode == "mosaic":
+            anonymised = nnf.interpolate(cells, size=(y2 - y1, x2 - x1), mode="nearest")
+        else:
+            if min(grid) >= 2:  # reflect padding needs two cells
+                cells = F.gaussian_blur(cells, [3, 3], sigma=1.0)
+            anonymised = nnf.interpolate(cells, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
+        out[:, y1:y2, x1:x2] = anonymised.squeeze(0).round().clamp(0, 255).to(torch.uint8)
+    return out

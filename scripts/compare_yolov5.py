@@ -1,0 +1,152 @@
+"""Compare YOLOv5 S/M/L side by side on this machine and write docs/yolov5_sizes.md:
+parameters, GFLOPs at 640, eager vs compiled latency at batch 1, compiled
+throughput at batch 8 -- all measured in one run -- next to ultralytics' published
+COCO accuracy.
+
+    python -m scripts.compare_yolov5 --output docs/yolov5_sizes.md   # make yolov5-sizes
+"""
+
+import argparse
+import datetime
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from scripts.detectors import INPUT_SIZE, parity_batch
+from scripts.yolov5 import SIZES, YOLOv5
+from scripts.zoo import REPO
+
+# ultralytics/yolov5 v7.0 README (COCO val2017, 640 px; speeds on their hardware).
+PUBLISHED = {
+    "yolov5s": {"map": 37.4, "map50": 56.8, "params_m": 7.2, "gflops": 16.5, "cpu_ms": 98, "v100_ms": 6.4},
+    "yolov5m": {"map": 45.4, "map50": 64.1, "params_m": 21.2, "gflops": 49.0, "cpu_ms": 224, "v100_ms": 8.2},
+    "yolov5l": {"map": 49.0, "map50": 67.3, "params_m": 46.5, "gflops": 109.1, "cpu_ms": 430, "v100_ms": 10.1},
+}
+
+
+def median_seconds(function, repeats: int, device: torch.device) -> float:
+    def synchronized():
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    synchronized()  # warm-up: allocator, TorchScript profiling
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        synchronized()
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def gflops(model: torch.nn.Module, size: int) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> dict:
+    eager = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
+    flops = gflops(eager, INPUT_SIZE)
+    eager = eager.to(device)
+    compiled = torch.jit.load(str(build_dir / f"{name}.pt"), map_location=device)
+    photos = parity_batch(None).to(device)
+    single, batch8 = photos[:1], photos.repeat(4, 1, 1, 1)
+    with torch.inference_mode():
+        eager_b1 = median_seconds(lambda: eager(single), repeats, device)
+        compiled_b1 = median_seconds(lambda: compiled(single), repeats, device)
+        compiled_b8 = median_seconds(lambda: compiled(batch8), max(2, repeats // 2), device)
+    return {
+        "params_m": sum(p.numel() for p in eager.parameters()) / 1e6,
+        "gflops": flops,
+        "eager_b1_ms": eager_b1 * 1000,
+        "compiled_b1_ms": compiled_b1 * 1000,
+        "speedup": eager_b1 / compiled_b1,
+        "b8_images_per_s": 8 / compiled_b8,
+    }
+
+
+def describe_hardware(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {threads} threads, torch {torch.__version__}, no GPU"
+
+
+def render(results: dict[str, dict], hardware: str, repeats: int) -> str:
+    today = datetime.date.today().isoformat()
+    lines = [
+        "# YOLOv5 S / M / L side by side",
+        "",
+        f"Measured by `make yolov5-sizes` (`scripts/compare_yolov5.py`) on {today}, in one run,",
+        f"on {hardware}.",
+        f"Input: real photos (scikit-image astronaut, coffee) letterboxed to {INPUT_SIZE}x{INPUT_SIZE};",
+        f"latency = median of {repeats} runs after a warm-up. *Compiled* is the frozen TorchScript",
+        "file the archive serves (`build/<model>.pt`); *eager* is the same model in PyTorch.",
+        "Timings do not depend on the weights, so untrained weights are used here.",
+        "",
+        "| model | params (M) | GFLOPs @640 | eager b1 (ms) | compiled b1 (ms) | compiled / eager speed-up"
+        " | compiled b8 (img/s) | COCO mAP50-95 | mAP50 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in results.items():
+        published = PUBLISHED[name]
+        lines.append(
+            f"| {name} | {r['params_m']:.2f} | {r['gflops']:.1f} | {r['eager_b1_ms']:.0f} | {r['compiled_b1_ms']:.0f}"
+            f" | {r['speedup']:.2f}x | {r['b8_images_per_s']:.2f} | {published['map']} | {published['map50']} |"
+        )
+    smallest = results["yolov5s"]
+    lines += [
+        "",
+        "Relative to yolov5s, measured here: "
+        + ", ".join(
+            f"{name} {r['compiled_b1_ms'] / smallest['compiled_b1_ms']:.1f}x the latency"
+            for name, r in results.items()
+            if name != "yolov5s"
+        )
+        + ".",
+        "",
+        "Published by ultralytics for v7.0 (their hardware, for reference): params 7.2 / 21.2 / 46.5 M,",
+        "16.5 / 49.0 / 109.1 GFLOPs, CPU (ONNX, b1) 98 / 224 / 430 ms, V100 (b1) 6.4 / 8.2 / 10.1 ms.",
+        "The accuracy columns are theirs too: COCO val2017 at 640 with the release checkpoints, which",
+        "`make archive YOLO_WEIGHTS=<dir>` imports; the archives built offline here carry random weights.",
+        "",
+        "GPU: no GPU was available for this run, so there is no GPU column; the same script measures",
+        "on a CUDA machine with `--device cuda`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "yolov5_sizes.md")
+    parser.add_argument("--build-dir", type=Path, default=REPO / "build")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda[:N]")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    missing = [name for name in ("yolov5s", "yolov5m", "yolov5l") if not (args.build_dir / f"{name}.pt").is_file()]
+    if missing:
+        sys.exit(f"error: {', '.join(missing)} not compiled in {args.build_dir}; run `make archive` first")
+    results = {}
+    for name in ("yolov5s", "yolov5m", "yolov5l"):
+        results[name] = measure(name, args.build_dir, args.repeats, args.device)
+        print(f"{name}: {results[name]}", file=sys.stderr)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(render(results, describe_hardware(args.device, args.threads), args.repeats))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

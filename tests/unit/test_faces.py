@@ -1,0 +1,119 @@
+"""RetinaFace priors and decoding, box expansion, and the mosaic/blur that anonymises."""
+
+import pytest
+import torch
+
+from faces import FaceSettings, decode_faces, expand_boxes, mosaic_grid, pixelate_regions, prior_boxes
+
+MIN_SIZES, STEPS, VARIANCES = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
+
+
+@pytest.mark.parametrize("height, width", [(640, 640), (480, 640), (100, 75)])
+def test_priors_cover_every_cell_of_every_level_in_output_order(height, width):
+    priors = prior_boxes(height, width, MIN_SIZES, STEPS)
+    cells = [-(-height // s) * -(-width // s) for s in STEPS]  # ceil divisions
+    assert priors.shape == (2 * sum(cells), 4)
+    assert priors[:4].tolist() == [[4, 4, 16, 16], [4, 4, 32, 32], [12, 4, 16, 16], [12, 4, 32, 32]]
+    last = priors[-1].tolist()  # bottom-right cell of the stride-32 level, largest anchor
+    assert last == [(-(-width // 32) - 0.5) * 32, (-(-height // 32) - 0.5) * 32, 512, 512]
+
+
+def outputs_for(priors, faces):
+    """Model outputs in which the given (prior index, score) pairs are faces with zero offsets."""
+    n = priors.shape[0]
+    loc, landmarks = torch.zeros(n, 4), torch.zeros(n, 10)
+    conf = torch.tensor([[1.0, 0.0]]).repeat(n, 1)
+    for index, score in faces:
+        conf[index] = torch.tensor([1 - score, score])
+    return loc, conf, landmarks
+
+
+def test_zero_offsets_decode_to_the_priors_and_landmarks_to_their_centres():
+    priors = prior_boxes(64, 64, MIN_SIZES, STEPS)
+    loc, conf, landmarks = outputs_for(priors, [(10, 0.9)])
+    faces = decode_faces(loc, conf, landmarks, priors, VARIANCES, FaceSettings())
+    cx, cy, w, h = priors[10].tolist()
+    assert faces.boxes.tolist() == [[cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]]
+    assert faces.landmarks.shape == (1, 5, 2) and (faces.landmarks[0] == torch.tensor([cx, cy])).all()
+    assert faces.scores.tolist() == pytest.approx([0.9])
+
+
+def test_offsets_follow_the_variances():
+    priors = torch.tensor([[100.0, 100.0, 20.0, 40.0]])
+    loc = torch.tensor([[1.0, -1.0, 0.0, 5.0]])  # centre moves by 0.1 * size; height grows by exp(0.2 * 5)
+    landmarks = torch.tensor([[1.0, 0.0] * 5])
+    faces = decode_faces(loc, torch.tensor([[0.0, 1.0]]), landmarks, priors, VARIANCES, FaceSettings())
+    height = 40 * torch.exp(torch.tensor(1.0)).item()
+    assert faces.boxes[0].tolist() == pytest.approx([92.0, 96.0 - height / 2, 112.0, 96.0 + height / 2])
+    assert faces.landmarks[0, 0].tolist() == pytest.approx([102.0, 100.0])
+
+
+def test_threshold_nms_and_max_faces():
+    priors = prior_boxes(64, 64, MIN_SIZES, STEPS)
+    # priors 0 and 1 share a centre (16px and 32px boxes, IoU 0.25); prior 2 is the next cell.
+    loc, conf, landmarks = outputs_for(priors, [(0, 0.95), (1, 0.9), (2, 0.8), (5, 0.3)])
+    faces = decode_faces(loc, conf, landmarks, priors, VARIANCES, FaceSettings())
+    assert faces.scores.tolist() == pytest.approx([0.95, 0.9, 0.8])  # 0.3 is below 0.5
+    strict = decode_faces(loc, conf, landmarks, priors, VARIANCES, FaceSettings(iou_threshold=0.2, max_faces=1))
+    assert strict.scores.tolist() == pytest.approx([0.95])
+
+
+def test_no_faces_gives_empty_tensors():
+    priors = prior_boxes(64, 64, MIN_SIZES, STEPS)
+    faces = decode_faces(*outputs_for(priors, []), priors, VARIANCES, FaceSettings())
+    assert faces.boxes.shape == (0, 4) and faces.landmarks.shape == (0, 5, 2)
+
+
+def test_expand_boxes_grows_rounds_outwards_and_clips():
+    boxes = torch.tensor([[10.2, 20.7, 30.2, 40.7], [-5.0, 90.0, 5.0, 130.0], [50.0, 50.0, 50.0, 50.0]])
+    assert expand_boxes(boxes, 0.1, width=100, height=120) == [(8, 18, 33, 43), (0, 86, 6, 120)]
+
+
+@pytest.mark.parametrize("blocks, block_size, grid", [(8, 0, (8, 4)), (8, 10, (10, 5)), (200, 0, (100, 50))])
+def test_mosaic_grid_of_a_100x50_region(blocks, block_size, grid):
+    assert mosaic_grid(100, 50, blocks, block_size) == grid
+
+
+@pytest.fixture
+def noise() -> torch.Tensor:
+    return torch.randint(0, 256, (3, 120, 160), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+def test_mosaic_changes_only_the_regions_with_uniform_blocks(noise):
+    regions = [(16, 8, 80, 72), (100, 60, 160, 120)]
+    out = pixelate_regions(noise, regions, FaceSettings(blocks=8))
+    inside = torch.zeros(120, 160, dtype=torch.bool)
+    for x1, y1, x2, y2 in regions:
+        inside[y1:y2, x1:x2] = True
+    assert torch.equal(out[:, ~inside], noise[:, ~inside])  # nothing outside moved
+    block = out[:, 8:16, 16:24]  # first 8x8 cell of the 64x64 region
+    assert (block == block[:, :1, :1]).all()
+    assert len(torch.unique(out[:, 8:72, 16:80].reshape(3, -1), dim=1).T) <= 64  # one colour per cell
+    # Irreversible: the noise's values are gone, replaced by cell means near the middle grey.
+    assert (out[:, inside] == noise[:, inside]).float().mean() < 0.02
+    assert (out[:, inside].float() - 127.5).abs().max() < 40
+
+
+def test_block_size_sets_the_cell_size(noise):
+    out = pixelate_regions(noise, [(0, 0, 40, 40)], FaceSettings(block_size=20))
+    assert len(torch.unique(out[:, :40, :40].reshape(3, -1), dim=1).T) == 4
+
+
+def test_blur_changes_only_the_region_and_smooths_it(noise):
+    out = pixelate_regions(noise, [(20, 20, 100, 100)], FaceSettings(mode="blur"))
+    assert torch.equal(out[:, :20], noise[:, :20]) and torch.equal(out[:, :, 100:], noise[:, :, 100:])
+    assert out[:, 20:100, 20:100].float().std() < noise[:, 20:100, 20:100].float().std() / 4
+
+
+def test_input_is_never_modified(noise):
+    before = noise.clone()
+    pixelate_regions(noise, [(0, 0, 50, 50)], FaceSettings())
+    assert torch.equal(noise, before)
+
+
+@pytest.mark.parametrize(
+    "values", [{"input_size": 100}, {"mode": "erase"}, {"format": "png"}, {"margin": -0.1}, {"blocks": 0}]
+)
+def test_settings_reject_bad_values(values):
+    with pytest.raises(ValueError):
+        FaceSettings(**values)
