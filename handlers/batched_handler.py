@@ -15,13 +15,13 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imaging import InputError, decode_image
+from imaging import InputError, decode_image, encode_jpeg
 from payload import split_request
 from runtime import configure_threads, load_compiled_model, select_device
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
@@ -46,6 +46,20 @@ class Response:
     def error(cls, status: int, error: str, detail: str) -> "Response":
         return cls.json({"error": error, "detail": detail}, status=status)
 
+    @classmethod
+    def jpeg(cls, image: torch.Tensor, quality: int, max_bytes: int, headers=()) -> "Response":
+        """uint8 [3, H, W] as a JPEG answer, refused (413) above `max_bytes`: TorchServe
+        would otherwise fail the request on its own max_response_size with a bare 500."""
+        body = encode_jpeg(image, quality)
+        if len(body) > max_bytes:
+            raise InputError(
+                "result too large",
+                f"the {image.shape[-1]}x{image.shape[-2]} JPEG answer is {len(body)} bytes, over the limit of "
+                f"{max_bytes}; send a smaller image or ask for format=json",
+                413,
+            )
+        return cls(body, "image/jpeg", headers=tuple(headers))
+
 
 @dataclass
 class Item:
@@ -56,6 +70,7 @@ class Item:
     settings: Any  # the handler settings with this request's overrides applied
     input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
     meta: Any = None  # what `prepare` tells `postprocess` (e.g. letterbox scale/padding)
+    batch_size: int = 0  # requests in the forward pass this one was part of
 
 
 class BatchedImageHandler:
@@ -103,6 +118,8 @@ class BatchedImageHandler:
                     for item, output in zip(items, outputs, strict=True):
                         if not isinstance(output, Response):
                             output = self._guarded(item.index, self.postprocess, output, item)
+                        if item.settings.batch_size_header:
+                            output = replace(output, headers=(*output.headers, ("X-Batch-Size", str(item.batch_size))))
                         results[item.index] = output
         self._record(context, "HandlerTime", started)
         return self._respond(results, context)
@@ -163,6 +180,8 @@ class BatchedImageHandler:
         return outputs
 
     def _forward_group(self, items: list[Item], context) -> list[Any]:
+        for item in items:
+            item.batch_size = len(items)
         try:
             with self._timed(context, "InferenceTime"):
                 outputs = self.model(self.to_model_input(torch.stack([item.input for item in items])))

@@ -6,7 +6,7 @@ import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
 from detection import DetectorSettings, class_filter, detect_objects, draw_detections
-from imaging import InputError, encode_jpeg, letterbox, unletterbox_boxes
+from imaging import InputError, letterbox, unletterbox_boxes
 
 
 class DetectorHandler(BatchedImageHandler):
@@ -50,7 +50,7 @@ class DetectorHandler(BatchedImageHandler):
         if settings.format == "image":
             captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist(), strict=True)]
             drawn = draw_detections(item.image, boxes, labels.tolist(), captions)
-            return Response(encode_jpeg(drawn, settings.jpeg_quality), "image/jpeg")
+            return Response.jpeg(drawn, settings.jpeg_quality, settings.max_response_bytes)
         detections = [
             {
                 "left": round(x1, 1),

@@ -7,7 +7,7 @@ import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
 from faces import FaceSettings, decode_faces, expand_boxes, pixelate_regions, prior_boxes
-from imaging import encode_jpeg, letterbox, unletterbox_boxes, unletterbox_points
+from imaging import letterbox, unletterbox_boxes, unletterbox_points
 
 
 class FacePixelizerHandler(BatchedImageHandler):
@@ -57,8 +57,8 @@ class FacePixelizerHandler(BatchedImageHandler):
             return Response.json({**document, "faces": found})
         regions = expand_boxes(boxes, settings.margin, meta.width, meta.height)
         anonymised = pixelate_regions(item.image, regions, settings)
-        headers = (("X-Faces", str(len(regions))),)
-        return Response(encode_jpeg(anonymised, settings.jpeg_quality), "image/jpeg", headers=headers)
+        headers = [("X-Faces", str(len(regions)))]
+        return Response.jpeg(anonymised, settings.jpeg_quality, settings.max_response_bytes, headers)
 
     def priors_for(self, height: int, width: int) -> torch.Tensor:
         """Prior boxes per input size, computed once."""

@@ -15,6 +15,7 @@ client sent the image:
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -33,7 +34,11 @@ _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
 def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Return (image bytes, parameters) of one request; raise InputError if no image."""
     fields = dict(row)
+    if not fields:
+        raise InputError("empty request", "the request has no body; send an image")
     body = fields.get("body")
+    if isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] in (b"{", b"["):
+        body = _parse_json(body)  # JSON sent without Content-Type: application/json
     if isinstance(body, dict):  # a JSON object: its keys are the request's fields
         del fields["body"]
         fields.update(body)
@@ -50,6 +55,13 @@ def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
             f'or as JSON {{"data": "<base64>"}}; fields received: {received}',
         )
     return image_bytes(fields.pop(image_key)), fields
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise InputError("invalid JSON request", f"the body starts like JSON but does not parse: {err}") from err
 
 
 def image_bytes(value: Any) -> bytes:

@@ -24,16 +24,23 @@ class ImageHandlerSettings:
 
     # Decoded-pixel limit, checked from the header before decoding (decompression bombs).
     max_image_pixels: int = 40_000_000
-    # Request body limit; TorchServe's own max_request_size (default 6553500) applies first.
-    max_image_bytes: int = 6_553_500
+    # Image size limit. Kept below TorchServe's max_request_size (16 MiB in config.properties)
+    # so that too-large images get this handler's JSON 413 rather than the frontend's empty one.
+    max_image_bytes: int = 16_000_000
+    # Image-output size limit, below TorchServe's max_response_size (16 MiB in config.properties).
+    max_response_bytes: int = 16_000_000
     # Intra-op threads per worker on CPU; 0 = CPU cores / maxWorkers (never oversubscribed).
     num_threads: int = 0
     # Run one dummy batch at load so the first client does not pay for lazy initialisation.
     warmup: bool = True
+    # Send X-Batch-Size (requests in this forward pass) with every answer. Useful when tuning
+    # batchSize/maxBatchDelay; off by default because it tells clients about others' traffic.
+    batch_size_header: bool = False
 
     def __post_init__(self):
         check_range("max_image_pixels", self.max_image_pixels, 1, 1_000_000_000)
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
+        check_range("max_response_bytes", self.max_response_bytes, 1, 2**31 - 1)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
 
 

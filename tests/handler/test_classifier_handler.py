@@ -159,3 +159,13 @@ def test_threads_follow_settings_then_workers(make_handler, monkeypatch, handler
         assert torch.get_num_threads() == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_batch_size_header_is_opt_in(make_handler):
+    handler, context = make_handler()
+    handler.handle([body(solid(RED)), body(solid(BLUE))], context)
+    assert dict(context.headers) == {}
+    handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"batch_size_header": True}})
+    handler.handle([body(solid(RED)), body(b"junk"), body(solid(BLUE))], context)
+    assert context.headers[0]["X-Batch-Size"] == context.headers[2]["X-Batch-Size"] == "2"
+    assert "X-Batch-Size" not in context.headers[1]  # it never reached the model

@@ -143,3 +143,13 @@ def test_input_size_from_the_config_changes_the_letterbox(make_handler):
     (result,) = handler.handle([{"body": photo_with_red_box((640, 480), (100, 50, 300, 200))}], context)
     car = json.loads(result)["detections"][0]
     assert [car["left"], car["top"], car["right"], car["bottom"]] == pytest.approx([100, 50, 300, 200], abs=6)
+
+
+def test_an_image_answer_over_the_response_limit_is_a_413(make_handler):
+    yaml = {**YAML, "handler": {"max_response_bytes": 2000}}
+    handler, context = make_handler(RedBoxDetector(), DETECTOR_METADATA, yaml, DetectorHandler)
+    image = photo_with_red_box((400, 300), (100, 100, 200, 200))
+    small = photo_with_red_box((40, 30), (10, 10, 20, 20))
+    results = handler.handle([{"data": image, "format": b"image"}, {"data": small, "format": b"image"}], context)
+    assert context.status(0) == 413 and json.loads(results[0])["error"] == "result too large"
+    assert context.status(1) == 200 and context.content_types[1] == "image/jpeg"

@@ -30,6 +30,11 @@ def test_json_object_with_base64_data_and_parameters():
     assert split_request(row) == (JPEG, {"top_k": 2})
 
 
+def test_json_body_without_json_content_type_is_parsed():
+    row = {"body": bytearray(b'  {"data": "' + base64.b64encode(JPEG) + b'", "top_k": 2}')}
+    assert split_request(row) == (JPEG, {"top_k": 2})
+
+
 def test_invocations_query_parameters_without_routing_field():
     row = {"model_name": "mobilenet_v2", "top_k": "1", "body": bytearray(JPEG)}
     assert split_request(row) == (JPEG, {"top_k": "1"})
@@ -58,7 +63,8 @@ def test_bodies_that_are_not_base64_pass_through_for_the_decoder(data):
 @pytest.mark.parametrize(
     "row, error",
     [
-        ({}, "no image in request"),
+        ({}, "empty request"),
+        ({"body": bytearray(b'{"data": "aGk=", oops')}, "invalid JSON request"),
         ({"top_k": b"3"}, "no image in request"),
         ({"body": {"top_k": 3}}, "no image in request"),
         ({"body": [1, 2]}, "invalid JSON request"),
