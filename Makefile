@@ -22,11 +22,12 @@ SETUP := $(VENV)/.setup-done
 ACTIVATE := source $(VENV)/bin/activate &&
 COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict)
 # Everything in scripts/ that the compiled models depend on (not the tools around them).
-COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py,\
+COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py \
+	scripts/loadgen.py scripts/soak.py scripts/photos.py,\
 	$(wildcard scripts/*.py))
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: help setup archive models yolov5-sizes serve stop test test-unit lint clean distclean
+.PHONY: help setup archive models yolov5-sizes soak serve stop test test-unit lint clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -60,6 +61,9 @@ models: $(MODELS:%=$(BUILD)/%.pt) ## show each compiled model's weights and inpu
 
 yolov5-sizes: $(BUILD)/yolov5s.pt $(BUILD)/yolov5m.pt $(BUILD)/yolov5l.pt ## measure YOLOv5 S/M/L side by side -> docs/yolov5_sizes.md
 	$(PY) -m scripts.compare_yolov5 --output docs/yolov5_sizes.md
+
+soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
+	$(PY) -m scripts.soak --duration 600 --concurrency 8 --markdown docs/soak.md
 
 serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait until it is ready
 	mkdir -p logs

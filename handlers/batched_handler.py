@@ -70,7 +70,6 @@ class Item:
     settings: Any  # the handler settings with this request's overrides applied
     input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
     meta: Any = None  # what `prepare` tells `postprocess` (e.g. letterbox scale/padding)
-    batch_size: int = 0  # requests in the forward pass this one was part of
 
 
 class BatchedImageHandler:
@@ -118,10 +117,11 @@ class BatchedImageHandler:
                     for item, output in zip(items, outputs, strict=True):
                         if not isinstance(output, Response):
                             output = self._guarded(item.index, self.postprocess, output, item)
-                        if item.settings.batch_size_header:
-                            output = replace(output, headers=(*output.headers, ("X-Batch-Size", str(item.batch_size))))
                         results[item.index] = output
         self._record(context, "HandlerTime", started)
+        if self.settings.batch_size_header:
+            header = ("X-Batch-Size", str(len(data)))
+            results = [replace(response, headers=(*response.headers, header)) for response in results]
         return self._respond(results, context)
 
     # --- task hooks --------------------------------------------------------------
@@ -180,8 +180,6 @@ class BatchedImageHandler:
         return outputs
 
     def _forward_group(self, items: list[Item], context) -> list[Any]:
-        for item in items:
-            item.batch_size = len(items)
         try:
             with self._timed(context, "InferenceTime"):
                 outputs = self.model(self.to_model_input(torch.stack([item.input for item in items])))

@@ -33,8 +33,8 @@ class ImageHandlerSettings:
     num_threads: int = 0
     # Run one dummy batch at load so the first client does not pay for lazy initialisation.
     warmup: bool = True
-    # Send X-Batch-Size (requests in this forward pass) with every answer. Useful when tuning
-    # batchSize/maxBatchDelay; off by default because it tells clients about others' traffic.
+    # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
+    # when tuning batchSize/maxBatchDelay; off by default: it tells clients about others' traffic.
     batch_size_header: bool = False
 
     def __post_init__(self):

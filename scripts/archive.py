@@ -19,32 +19,36 @@ from scripts.zoo import FAMILIES, HANDLERS_DIR, REPO, ModelSpec, get_model, shar
 ARCHIVE_VERSION = "1.0"
 
 
-def archiver_command(spec: ModelSpec, serialized_file: Path, export_path: Path) -> list[str]:
+def archiver_command(spec: ModelSpec, serialized_file: Path, export_path: Path, name: str, config: Path) -> list[str]:
     family = FAMILIES[spec.family]
-    extra_files = [*shared_handler_modules(), *(REPO / name for name in family.data_files)]
+    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in family.data_files)]
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     return [
         str(archiver if archiver.exists() else "torch-model-archiver"),
-        "--model-name", spec.name,
+        "--model-name", name,
         "--version", ARCHIVE_VERSION,
         "--serialized-file", str(serialized_file),
         "--handler", str(HANDLERS_DIR / family.handler),
         "--extra-files", ",".join(str(path) for path in extra_files),
-        "--config-file", str(spec.config_file),
+        "--config-file", str(config),
         "--export-path", str(export_path),
         "--force",
     ]  # fmt: skip
 
 
-def build_archive(spec: ModelSpec, serialized_file: Path, export_path: Path) -> Path:
-    """Write <export_path>/<name>.mar atomically and return its path."""
-    for required in (serialized_file, spec.config_file):
+def build_archive(
+    spec: ModelSpec, serialized_file: Path, export_path: Path, name: str | None = None, config: Path | None = None
+) -> Path:
+    """Write <export_path>/<name>.mar atomically and return its path. `name` and
+    `config` default to the model's own; tests archive variants with other settings."""
+    name, config = name or spec.name, config or spec.config_file
+    for required in (serialized_file, config):
         if not required.is_file():
             raise FileNotFoundError(f"{required} is missing (run `make archive`)")
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
-        subprocess.run(archiver_command(spec, serialized_file, Path(staging)), check=True)
-        target = export_path / f"{spec.name}.mar"
+        subprocess.run(archiver_command(spec, serialized_file, Path(staging), name, config), check=True)
+        target = export_path / f"{name}.mar"
         os.replace(Path(staging) / target.name, target)
     return target
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from detector_handler import DetectorHandler
-from tests.images import encode
+from scripts.photos import encode
 
 NAMES = ["person", "bicycle", "car"]
 DETECTOR_METADATA = {

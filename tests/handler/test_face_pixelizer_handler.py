@@ -15,9 +15,9 @@ from faces import expand_boxes
 from imaging import encode_jpeg
 from scripts.compile import compile_model
 from scripts.faces import resolve_face_weights
+from scripts.photos import encode, photo
 from scripts.zoo import get_model
 from tests.handler.conftest import FakeContext
-from tests.images import encode, photo
 
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.
 ASTRONAUT_FACE = (170, 50, 280, 190)

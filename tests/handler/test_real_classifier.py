@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from scripts.models import read_metadata
+from scripts.photos import photo_bytes
 from scripts.zoo import REPO
 from tests.handler.conftest import DEFAULT_YAML, FakeContext
-from tests.images import photo_bytes
 
 COMPILED = REPO / "build" / "mobilenet_v2.pt"
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
+from scripts.archive import build_archive
 from scripts.server import Keys, read_keys, read_properties, wait_until_ready
-from scripts.zoo import MODELS, REPO
+from scripts.zoo import MODELS, REPO, get_model
 
 STORE = REPO / "model_store"
 STARTUP_TIMEOUT = 300  # s: every model's worker loads torch and warms up on 2 cores
@@ -27,6 +29,7 @@ class Server:
     management: str
     keys: Keys
     workdir: Path
+    process: subprocess.Popen | None = None  # the launcher; TorchServe's Java frontend is its child
 
     def inference_api(self, method: str, path: str, authorized: bool = True, **kwargs) -> requests.Response:
         headers = {**(self.keys.header("inference") if authorized else {}), **kwargs.pop("headers", {})}
@@ -40,6 +43,10 @@ class Server:
         headers = self.keys.header("management") if authorized else {}
         return requests.request(method, f"{self.management}{path}", headers=headers, timeout=120, **kwargs)
 
+    def workers(self, model: str) -> list[dict]:
+        (description,) = self.manage("GET", f"/models/{model}").json()
+        return description["workers"]
+
 
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
@@ -51,7 +58,7 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def write_config(workdir: Path) -> dict[str, str]:
+def write_config(workdir: Path, store: Path) -> dict[str, str]:
     """The repo's config.properties with this session's ports and model store."""
     inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     properties = read_properties(REPO / "config.properties")
@@ -61,27 +68,43 @@ def write_config(workdir: Path) -> dict[str, str]:
         metrics_address=f"http://127.0.0.1:{metrics}",
         grpc_inference_port=str(grpc_inference),
         grpc_management_port=str(grpc_management),
-        model_store=str(STORE),
+        model_store=str(store),
     )
     (workdir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     return properties
 
 
+# Test-only variants of mobilenet_v2, archived by the same recipe with other settings.
+PROBES = {
+    # A long batch delay, so that concurrent clients surely share a batch, and the header that shows it.
+    "batching_probe": {"batchSize": 8, "maxBatchDelay": 500, "handler": {"batch_size_header": True}},
+    # A model whose worker the fault test may kill without disturbing the other tests.
+    "fault_probe": {"batchSize": 4, "maxBatchDelay": 20},
+}
+
+
 @pytest.fixture(scope="session")
-def archives() -> list[str]:
-    """Every model's archive, built (or found up to date) by the project's own recipe."""
+def archives(tmp_path_factory) -> tuple[Path, list[str]]:
+    """A model store with every model's archive, built (or found up to date) by the
+    project's own recipe, and the probe variants: (store, model names)."""
     subprocess.run(["make", "--no-print-directory", "archive"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    names = [spec.name for spec in MODELS]
-    assert all((STORE / f"{name}.mar").is_file() for name in names)
-    return names
+    store = tmp_path_factory.mktemp("model_store")
+    for spec in MODELS:
+        (store / f"{spec.name}.mar").symlink_to(STORE / f"{spec.name}.mar")
+    for name, settings in PROBES.items():
+        config = store / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "responseTimeout": 60, **settings}))
+        build_archive(get_model("mobilenet_v2"), REPO / "build" / "mobilenet_v2.pt", store, name, config)
+    return store, [spec.name for spec in MODELS] + list(PROBES)
 
 
 @pytest.fixture(scope="session")
 def torchserve(archives) -> Server:
+    store, names = archives
     # A short private directory: TorchServe puts its pid file, worker sockets (path
     # length limit 108) and unpacked models under TMPDIR/TEMP, so two servers never meet.
     workdir = Path(tempfile.mkdtemp(prefix="ts-"))
-    properties = write_config(workdir)
+    properties = write_config(workdir, store)
     env = {
         **os.environ,
         "TMPDIR": str(workdir),
@@ -91,19 +114,19 @@ def torchserve(archives) -> Server:
         "METRICS_LOCATION": str(workdir / "logs"),
     }
     torchserve = str(Path(sys.executable).with_name("torchserve"))
-    command = [torchserve, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in archives)]
+    command = [torchserve, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in names)]
     with open(workdir / "console.log", "wb") as console:
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = Server(properties["inference_address"], properties["management_address"], None, workdir)
+    server = Server(properties["inference_address"], properties["management_address"], None, workdir, process)
     try:
         wait_until_ready(
             server.inference,
             server.management,
             workdir / "key_file.json",
             STARTUP_TIMEOUT,
-            expected=len(archives),
+            expected=len(names),
             alive=lambda: process.poll() is None,
         )
         server.keys = read_keys(workdir / "key_file.json")

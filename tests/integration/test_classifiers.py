@@ -1,5 +1,5 @@
 """Every classifier served by a real TorchServe: request encodings, real labels,
-error isolation under concurrency, token authorization and worker scaling."""
+error isolation under concurrency and worker scaling (tokens: test_security.py)."""
 
 import base64
 import threading
@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from scripts.photos import photo_bytes
 from scripts.zoo import MODELS
-from tests.images import photo_bytes
 
 pytestmark = pytest.mark.integration
 
@@ -110,27 +110,9 @@ def test_bad_requests_fail_alone_among_concurrent_good_ones(torchserve, cat_png)
             assert set(response.json()) == {"error", "detail"}
 
 
-def test_inference_and_management_need_their_tokens(torchserve, cat_png):
-    assert torchserve.predict("mobilenet_v2", data=cat_png, authorized=False).status_code in (400, 401)
-    assert torchserve.predict("mobilenet_v2", data=cat_png, headers={"Authorization": "Bearer wrong"}).status_code in (
-        400,
-        401,
-    )
-    assert torchserve.manage("GET", "/models", authorized=False).status_code in (400, 401)
-    assert torchserve.manage("GET", "/models").status_code == 200
-
-
-def test_model_registration_api_is_off(torchserve):
-    before = torchserve.manage("GET", "/models").json()
-    response = torchserve.manage("POST", "/models?url=https://example.com/evil.mar")
-    assert 400 <= response.status_code < 500, response.text
-    assert torchserve.manage("GET", "/models").json() == before
-
-
 def test_scale_workers_through_the_management_api(torchserve, cat_png):
     def ready_workers() -> int:
-        (description,) = torchserve.manage("GET", "/models/resnet18").json()
-        return sum(worker["status"] == "READY" for worker in description["workers"])
+        return sum(worker["status"] == "READY" for worker in torchserve.workers("resnet18"))
 
     scaled = torchserve.manage("PUT", "/models/resnet18?min_worker=2&max_worker=2&synchronous=true")
     assert scaled.status_code == 200, scaled.text

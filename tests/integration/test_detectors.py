@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image
 
+from scripts.photos import photo_bytes
 from scripts.zoo import MODELS
-from tests.images import photo_bytes
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from faces import expand_boxes
 from imaging import encode_jpeg
-from tests.images import encode, photo
+from scripts.photos import encode, photo
 
 pytestmark = pytest.mark.integration
 

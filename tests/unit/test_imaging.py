@@ -21,7 +21,7 @@ from imaging import (
     resize_center_crop,
     unletterbox_boxes,
 )
-from tests.images import encode
+from scripts.photos import encode
 
 LIMIT = 40_000_000
 

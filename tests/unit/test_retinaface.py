@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as nnf
 
 from scripts.faces import packaged_onnx_file, read_onnx_bytes, state_dict_from_onnx, to_model_input
+from scripts.photos import photo
 from scripts.retinaface import RetinaFace
-from tests.images import photo
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Real photos (scikit-image's sample data) and encoders, for every test layer."""
+"""Real photos (scikit-image's sample data, public domain) and an encoder: test and
+benchmark inputs wherever a result must make sense."""
 
 import io
 

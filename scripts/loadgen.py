@@ -1,0 +1,116 @@
+"""Closed-loop load generation against a TorchServe inference API, and its statistics.
+
+Each of `concurrency` clients sends its next request as soon as the previous one is
+answered, until `duration` seconds or `max_requests` requests have passed: the load
+stays bounded whatever the server does. Used by scripts/soak.py and the benchmarks.
+"""
+
+import itertools
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import requests
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request to send: where, how, and which statuses count as correct."""
+
+    model: str
+    label: str  # e.g. "good:chelsea.jpg" or "bad:truncated jpeg"
+    kwargs: dict = field(repr=False)  # for requests.request: method, data, files, ...
+    expected: tuple[int, ...] = (200,)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    request: Request
+    started: float  # time.monotonic()
+    latency: float  # seconds
+    status: int  # HTTP status, or 0 when no answer came (connection error, timeout)
+    detail: str = ""
+
+    @property
+    def unexpected(self) -> bool:
+        return self.status not in self.request.expected
+
+
+def run_load(
+    url: str,
+    headers: dict[str, str],
+    mix: list[Request],
+    concurrency: int,
+    duration: float,
+    max_requests: int = 0,
+    timeout: float = 120,
+) -> list[Outcome]:
+    """Send the requests of `mix` round-robin from `concurrency` closed-loop clients."""
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+    order = itertools.cycle(mix)
+    deadline = time.monotonic() + duration
+    sent = itertools.count()
+
+    def client() -> None:
+        session = requests.Session()
+        while time.monotonic() < deadline:
+            if max_requests and next(sent) >= max_requests:
+                return
+            with lock:
+                request = next(order)
+            started = time.monotonic()
+            try:
+                response = session.request(
+                    url=f"{url}/predictions/{request.model}", headers=headers, timeout=timeout, **request.kwargs
+                )
+                status, detail = response.status_code, "" if response.ok else response.text[:200]
+            except requests.RequestException as err:
+                status, detail = 0, repr(err)[:200]
+            outcome = Outcome(request, started, time.monotonic() - started, status, detail)
+            with lock:
+                outcomes.append(outcome)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100), linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, round(q) - 1))]
+
+
+def summarize(outcomes: list[Outcome], elapsed: float) -> dict:
+    """Throughput, latency percentiles (ms) and status counts, overall and per model."""
+
+    def stats(group: list[Outcome]) -> dict:
+        latencies = sorted(o.latency * 1000 for o in group)
+        return {
+            "requests": len(group),
+            "req_per_s": len(group) / elapsed if elapsed else 0.0,
+            "p50_ms": percentile(latencies, 50),
+            "p90_ms": percentile(latencies, 90),
+            "p99_ms": percentile(latencies, 99),
+            "statuses": dict(sorted(Counter(o.status for o in group).items())),
+            "unexpected": sum(o.unexpected for o in group),
+        }
+
+    models = sorted({o.request.model for o in outcomes})
+    return {
+        "elapsed_s": elapsed,
+        "overall": stats(outcomes),
+        "models": {model: stats([o for o in outcomes if o.request.model == model]) for model in models},
+        "unexpected_examples": [
+            f"{o.request.model} {o.request.label}: {o.status} {o.detail}" for o in outcomes if o.unexpected
+        ][:10],
+    }

@@ -1,0 +1,160 @@
+"""The bad-input corpus: every case built by code from real photos, with the status a
+client must get. Sent through a real TorchServe to every model kind
+(tests/integration/test_hardening.py); malformed or unsupported input must get a 4xx
+with a JSON {"error", "detail"}, supported input a 200 with a valid result -- never a
+5xx, never a worker restart."""
+
+import base64
+import io
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from scripts.photos import encode, photo
+
+# Kept in step with the handlers' defaults (handlers/settings.py) and config.properties.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_BYTES = 16_000_000
+FRONTEND_MAX_REQUEST = 16_777_216
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    request: dict  # keyword arguments for Server.predict (method, data, files, json)
+    status: int | tuple[int, ...]  # what the client must get
+    error: str | None = None  # the JSON "error" of a 4xx
+    size: tuple[int, int] | None = None  # (width, height) a 200's result must report
+    tags: frozenset = field(default_factory=frozenset)
+
+    def expects(self, status: int) -> bool:
+        return status in (self.status if isinstance(self.status, tuple) else (self.status,))
+
+
+def raw(data: bytes) -> dict:
+    return {"method": "PUT", "data": data}  # curl -T
+
+
+def png_with_bad_crc() -> bytes:
+    data = bytearray(encode(photo("coffee").resize((120, 80)), "PNG"))
+    data[len(data) // 2] ^= 0xFF  # inside IDAT: its CRC no longer matches
+    return bytes(data)
+
+
+def jpeg_with_corrupt_header() -> bytes:
+    data = encode(photo("coffee"), "JPEG")
+    return data[:4] + b"\x00" * 300 + data[304:]  # the quantisation and Huffman tables are gone
+
+
+def decompression_bomb() -> bytes:
+    """A ~6 kB PNG that claims 10000 x 5000 = 50 M pixels (above the 40 M limit)."""
+    bomb = encode(Image.new("1", (10_000, 5_000)), "PNG")
+    assert len(bomb) < 20_000
+    return bomb
+
+
+def oversized_png() -> bytes:
+    """A valid PNG of 16.2 MB: above the handler's limit, below TorchServe's own."""
+    small = encode(photo("coffee"), "PNG")
+    oversized = small + bytes(16_200_000 - len(small))  # decoders ignore bytes after IEND
+    assert MAX_IMAGE_BYTES < len(oversized) < FRONTEND_MAX_REQUEST
+    return oversized
+
+
+def animated_gif() -> bytes:
+    frames = [photo("chelsea").convert("P"), photo("coffee").resize((451, 300)).convert("P")]
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def sixteen_bit_png() -> bytes:
+    gray = np.asarray(photo("coffee").convert("L")).astype(np.uint16) * 257
+    return encode(Image.fromarray(gray), "PNG")
+
+
+def exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    return encode(photo("chelsea"), "JPEG", exif=exif)  # stored 451x300, displayed 300x451
+
+
+def elongated() -> bytes:
+    return encode(photo("coffee").resize((10_000, 1)), "PNG")
+
+
+def image_cases() -> list[Case]:
+    """Cases whose answer does not depend on the model kind."""
+    coffee, chelsea = photo("coffee"), photo("chelsea")
+    not_an_image = b"hello, this is just text and no image at all"
+    html = b"<!DOCTYPE html><html><body><h1>not an image</h1></body></html>"
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
+    jpeg = encode(coffee, "JPEG")
+    palette = encode(chelsea.convert("P"), "PNG", transparency=0)
+    data_uri = "data:image/png;base64," + base64.b64encode(encode(chelsea, "PNG")).decode()
+    multipart = {"data": ("cat.jpg", encode(chelsea, "JPEG"), "image/jpeg")}
+    return [
+        Case("empty body", raw(b""), 400, "empty request"),
+        Case("text", raw(not_an_image), 415, "unsupported image format"),
+        Case("html", raw(html), 415, "unsupported image format"),
+        Case("svg", raw(svg), 415, "unsupported image format"),
+        Case("ico", raw(encode(coffee.resize((32, 32)), "ICO")), 415, "unsupported image format"),
+        Case("json without data", {"method": "POST", "json": {"image_url": "http://x"}}, 400, "no image in request"),
+        Case("json list", {"method": "POST", "json": [1, 2, 3]}, 400, "invalid JSON request"),
+        Case("invalid json", raw(b'{"data": "abc", '), 400, "invalid JSON request"),
+        Case("invalid base64", {"method": "POST", "json": {"data": "@@@ not base64 @@@"}}, 400, "invalid base64"),
+        Case(
+            "base64 of non-image bytes",
+            {"method": "POST", "json": {"data": base64.b64encode(not_an_image).decode()}},
+            415,
+            "unsupported image format",
+        ),
+        Case("multipart without a file", {"method": "POST", "files": {"note": (None, "hello")}}, 400),
+        Case("truncated jpeg", raw(jpeg[: len(jpeg) // 3]), 400, "corrupt image"),
+        Case("jpeg with corrupt header", raw(jpeg_with_corrupt_header()), 400, "corrupt image"),
+        Case("png with bad crc", raw(png_with_bad_crc()), 400, "corrupt image"),
+        Case("zlib stream, not png", raw(b"\x89PNG\r\n\x1a\n" + zlib.compress(b"x" * 1000)), 400, "corrupt image"),
+        Case("decompression bomb", raw(decompression_bomb()), 413, "image too large"),
+        Case("above the byte limit", raw(oversized_png()), 413, "image too large"),
+        # Supported input: a 200 with a result for an image of this (displayed) size.
+        Case("1x1", raw(encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")), 200, size=(1, 1)),
+        Case("10000x1", raw(elongated()), 200, size=(10_000, 1)),
+        Case("animated gif", raw(animated_gif()), 200, size=(451, 300)),
+        Case("16-bit png", raw(sixteen_bit_png()), 200, size=(600, 400)),
+        Case("cmyk jpeg", raw(encode(coffee.convert("CMYK"), "JPEG")), 200, size=(600, 400)),
+        Case("palette png with transparency", raw(palette), 200, size=(451, 300)),
+        Case("rgba png", raw(encode(chelsea.convert("RGBA"), "PNG")), 200, size=(451, 300)),
+        Case("grayscale jpeg", raw(encode(coffee.convert("L"), "JPEG")), 200, size=(600, 400)),
+        Case("exif-rotated jpeg", raw(exif_rotated_jpeg()), 200, size=(300, 451)),
+        Case("webp", raw(encode(chelsea, "WEBP")), 200, size=(451, 300)),
+        Case("bmp", raw(encode(chelsea, "BMP")), 200, size=(451, 300)),
+        Case("tiff", raw(encode(chelsea, "TIFF")), 200, size=(451, 300)),
+        Case("json base64 data uri", {"method": "POST", "json": {"data": data_uri}}, 200, size=(451, 300)),
+        Case("multipart", {"method": "POST", "files": multipart}, 200, size=(451, 300)),
+    ]
+
+
+def parameter_cases(kind: str) -> list[Case]:
+    """Per-request parameters: out of range, wrong type, unknown; one valid override."""
+    image = encode(photo("chelsea"), "JPEG")
+
+    def form(**params) -> dict:
+        return {"method": "POST", "files": {"data": ("cat.jpg", image, "image/jpeg")}, "data": params}
+
+    valid = {"classifier": {"top_k": "3"}, "detector": {"confidence": "0.5"}, "face": {"format": "json"}}[kind]
+    return [
+        Case("top_k=-1", form(top_k="-1"), 400),
+        Case("confidence=abc", form(confidence="abc"), 400),
+        Case("format=xml", form(format="xml"), 400),
+        Case("unknown parameter", form(colour="blue"), 400, "unknown parameter"),
+        Case(f"valid {next(iter(valid))}", form(**valid), 200, size=(451, 300)),
+    ]
+
+
+def corpus(kind: str) -> list[Case]:
+    return image_cases() + parameter_cases(kind)
+
+
+def read_image_size(body: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(body)) as image:
+        return image.size

@@ -1,0 +1,57 @@
+"""The repo's own security-relevant files and settings (docs/security.md)."""
+
+import subprocess
+
+import pytest
+import torch
+
+from runtime import load_compiled_model
+from scripts.server import read_properties
+from scripts.zoo import REPO
+
+PROPERTIES = read_properties(REPO / "config.properties")
+
+
+def test_every_address_is_loopback():
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert PROPERTIES[key].startswith("http://127.0.0.1:"), key
+    assert PROPERTIES["grpc_inference_address"] == PROPERTIES["grpc_management_address"] == "127.0.0.1"
+
+
+def test_token_authorization_on_registration_off_and_no_dependency_installs():
+    assert PROPERTIES["disable_token_authorization"] == "false"
+    assert PROPERTIES["enable_model_api"] == "false"
+    assert PROPERTIES["install_py_dep_per_model"] == "false"
+    assert PROPERTIES["allowed_urls"].startswith("file://") and "http" not in PROPERTIES["allowed_urls"]
+
+
+def test_handler_limits_sit_below_torchserves():
+    from settings import ImageHandlerSettings
+
+    defaults = ImageHandlerSettings()
+    assert defaults.max_image_bytes < int(PROPERTIES["max_request_size"])
+    assert defaults.max_response_bytes < int(PROPERTIES["max_response_size"])
+
+
+@pytest.mark.parametrize("path", ["key_file.json", "logs/model_log.log", "model_store/resnet18.mar", "build/x.pt"])
+def test_secrets_logs_and_build_outputs_are_git_ignored(path):
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode == 0
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_serving_loads_torchscript_only_never_a_pickle(tmp_path):
+    """A pickled module put where the model belongs is refused without running its payload."""
+    marker = tmp_path / "pwned"
+    torch.save({"model": Exploit(marker)}, tmp_path / "model.pt")
+    with pytest.raises(RuntimeError):
+        load_compiled_model(tmp_path / "model.pt", torch.device("cpu"))
+    assert not marker.exists()
