@@ -7,10 +7,15 @@ ready worker, and print the commands to use it.
 import argparse
 import json
 import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -91,6 +96,106 @@ def _ready_workers(management_url: str, keys: Keys) -> dict[str, int]:
         workers = described.json()[0]["workers"]
         ready[model["modelName"]] = sum(worker["status"] == "READY" for worker in workers)
     return ready
+
+
+@dataclass
+class Server:
+    """A running TorchServe and the calls tests and benchmarks make to it."""
+
+    inference: str
+    management: str
+    keys: Keys
+    workdir: Path
+    process: subprocess.Popen | None = None  # the launcher; TorchServe's Java frontend is its child
+
+    def inference_api(self, method: str, path: str, authorized: bool = True, **kwargs) -> requests.Response:
+        headers = {**(self.keys.header("inference") if authorized else {}), **kwargs.pop("headers", {})}
+        return requests.request(method, f"{self.inference}{path}", headers=headers, timeout=120, **kwargs)
+
+    def predict(self, model: str, method: str = "PUT", **kwargs) -> requests.Response:
+        """PUT of the raw file is what `curl -T` does; pass method="POST" for forms and JSON."""
+        return self.inference_api(method, f"/predictions/{model}", **kwargs)
+
+    def manage(self, method: str, path: str, authorized: bool = True, **kwargs) -> requests.Response:
+        headers = self.keys.header("management") if authorized else {}
+        return requests.request(method, f"{self.management}{path}", headers=headers, timeout=120, **kwargs)
+
+    def workers(self, model: str) -> list[dict]:
+        (description,) = self.manage("GET", f"/models/{model}").json()
+        return description["workers"]
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def write_config(workdir: Path, store: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The repo's config.properties with free ports, this model store and `overrides`."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    properties = read_properties(REPO / "config.properties")
+    properties.update(
+        inference_address=f"http://127.0.0.1:{inference}",
+        management_address=f"http://127.0.0.1:{management}",
+        metrics_address=f"http://127.0.0.1:{metrics}",
+        grpc_inference_port=str(grpc_inference),
+        grpc_management_port=str(grpc_management),
+        model_store=str(store),
+        **(overrides or {}),
+    )
+    (workdir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
+    return properties
+
+
+@contextmanager
+def local_torchserve(
+    store: Path, models: list[str], overrides: dict[str, str] | None = None, timeout: float = 300
+) -> Iterator[Server]:
+    """Start a private TorchServe serving `models` from `store`, wait until every model
+    has a ready worker, and stop it afterwards. Nothing is shared with another server:
+    TorchServe puts its pid file, worker sockets (path length limit 108, hence a short
+    directory) and unpacked models under TMPDIR/TEMP, and its logs under the workdir."""
+    workdir = Path(tempfile.mkdtemp(prefix="ts-"))
+    properties = write_config(workdir, store, overrides)
+    env = {
+        **os.environ,
+        "TMPDIR": str(workdir),
+        "TEMP": str(workdir),
+        "TS_CONFIG_FILE": str(workdir / "config.properties"),  # beats any activated venv's
+        "LOG_LOCATION": str(workdir / "logs"),
+        "METRICS_LOCATION": str(workdir / "logs"),
+    }
+    launcher = str(Path(sys.executable).with_name("torchserve"))
+    command = [launcher, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in models)]
+    with open(workdir / "console.log", "wb") as console:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(properties["inference_address"], properties["management_address"], None, workdir, process)
+    try:
+        wait_until_ready(
+            server.inference,
+            server.management,
+            workdir / "key_file.json",
+            timeout,
+            expected=len(models),
+            alive=lambda: process.poll() is None,
+        )
+        server.keys = read_keys(workdir / "key_file.json")
+        yield server
+    finally:
+        subprocess.run([launcher, "--stop"], env=env, cwd=workdir, capture_output=True, timeout=120)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

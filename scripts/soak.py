@@ -25,25 +25,27 @@ DEFAULT_MODELS = ("mobilenet_v2", "yolov5s", "face_pixelizer")
 
 
 def request_mix(models: list[str], bad_every: int) -> list[Request]:
-    """Real photos for every model, and after every `bad_every` good requests a bad one
-    (truncated image, text, invalid parameter) with the 4xx it must get."""
-    good = {name: encode(photo(name), "JPEG") for name in ("chelsea", "coffee", "astronaut")}
+    """For every model: real photos, and after every `bad_every` of them one bad request
+    (truncated image, text, unknown parameter, in turn) with the 4xx it must get.
+    Models are interleaved, so every client keeps all of them busy."""
+    good = [(name, encode(photo(name), "JPEG")) for name in ("chelsea", "coffee", "astronaut")]
     bad = [
-        ("truncated jpeg", {"method": "PUT", "data": good["coffee"][:3000]}, (400,)),
+        ("truncated jpeg", {"method": "PUT", "data": good[1][1][:3000]}, (400,)),
         ("text", {"method": "PUT", "data": b"this is not an image"}, (415,)),
-        (
-            "invalid parameter",
-            {"method": "POST", "files": {"data": good["chelsea"]}, "data": {"nonsense": "1"}},
-            (400,),
-        ),
+        ("unknown parameter", {"method": "POST", "files": {"data": good[0][1]}, "data": {"x": "1"}}, (400,)),
     ]
-    mix = []
-    for index, (model, (name, image)) in enumerate((m, g) for m in models for g in good.items()):
-        mix.append(Request(model, f"good:{name}", {"method": "PUT", "data": image}))
-        if bad_every and (index + 1) % bad_every == 0:
-            label, kwargs, expected = bad[(index // bad_every) % len(bad)]
-            mix.append(Request(model, f"bad:{label}", kwargs, expected))
-    return mix
+    per_model = []
+    for model in models:
+        sequence = []
+        for round_ in range(len(bad) if bad_every else 1):
+            for index in range(bad_every or len(good)):
+                name, image = good[(round_ * (bad_every or 1) + index) % len(good)]
+                sequence.append(Request(model, f"good:{name}", {"method": "PUT", "data": image}))
+            if bad_every:
+                label, kwargs, expected = bad[round_]
+                sequence.append(Request(model, f"bad:{label}", kwargs, expected))
+        per_model.append(sequence)
+    return [request for group in zip(*per_model, strict=True) for request in group]
 
 
 class MemorySampler(threading.Thread):
@@ -149,11 +151,31 @@ def render_markdown(report: dict) -> str:
             f"| {model} | {memory['start_mb']:.0f} | {memory['end_mb']:.0f} | {memory['peak_mb']:.0f}"
             f" | {memory['growth_mb']:+.0f} | {', '.join(map(str, memory['pids']))} |"
         )
+    lines += ["", *memory_timeline(report["memory_samples"], report["duration_s"])]
     if report["unexpected_examples"]:
         lines += ["", "Unexpected answers (first 10):", ""] + [
             f"- {example}" for example in report["unexpected_examples"]
         ]
     return "\n".join(lines) + "\n"
+
+
+def memory_timeline(samples: list[dict], duration: float, columns: int = 10) -> list[str]:
+    """RSS per model at `columns` evenly spaced moments: does memory plateau or keep growing?"""
+    models = sorted({sample["model"] for sample in samples})
+    moments = [duration * i / columns for i in range(columns + 1)]
+
+    def rss_at(model: str, moment: float) -> str:
+        series = [s for s in samples if s["model"] == model and s["t"] <= moment + 1e-6]
+        return f"{series[-1]['rss_mb']:.0f}" if series else "-"
+
+    lines = [
+        "RSS (MiB) over time (s):",
+        "",
+        "| model | " + " | ".join(f"{moment:.0f}" for moment in moments) + " |",
+        "| --- |" + " ---: |" * len(moments),
+    ]
+    lines += [f"| {model} | " + " | ".join(rss_at(model, moment) for moment in moments) + " |" for model in models]
+    return lines
 
 
 def get_args_parser() -> argparse.ArgumentParser:
