@@ -16,6 +16,9 @@ WEIGHTS_DIR ?= $(YOLO_WEIGHTS)
 STRICT ?=
 
 MODELS := $(shell $(PYTHON) scripts/zoo.py names)
+# Each model's compiled file: build/<name>.pt (TorchScript) or build/<name>.pt2 (AOTInductor).
+ARTIFACTS := $(addprefix $(BUILD)/,$(shell $(PYTHON) scripts/zoo.py artifacts))
+artifact = $(filter $(BUILD)/$(1).pt $(BUILD)/$(1).pt2,$(ARTIFACTS))
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.setup-done
 # Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
@@ -44,22 +47,25 @@ $(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/
 # Compiled TorchScript, one per model; rebuilt when the build code, the build
 # requirements or a weights file in WEIGHTS_DIR changes (test-only requirements do not).
 .SECONDEXPANSION:
-$(BUILD)/%.pt: $(COMPILE_SRC) requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.pt*)) | $(SETUP)
+COMPILE_DEPS = $(COMPILE_SRC) requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
+$(BUILD)/%.pt: $(COMPILE_DEPS) | $(SETUP)
+	$(PY) -m scripts.compile $* --output $@ $(COMPILE_FLAGS)
+$(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
 	$(PY) -m scripts.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
-$(STORE)/%.mar: $(BUILD)/%.pt scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/archive.py
+$(STORE)/%.mar: $$(call artifact,$$*) scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/archive.py
 	$(PY) -m scripts.archive $* --serialized-file $< --export-path $(STORE)
 
-.SECONDARY: $(MODELS:%=$(BUILD)/%.pt)
+.SECONDARY: $(ARTIFACTS)
 
 archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_store/ (STRICT=1, WEIGHTS_DIR=...)
-	@$(PY) -m scripts.models $(if $(filter 1,$(STRICT)),--strict) $(MODELS:%=$(BUILD)/%.pt)
+	@$(PY) -m scripts.models $(if $(filter 1,$(STRICT)),--strict) $(ARTIFACTS)
 
-models: $(MODELS:%=$(BUILD)/%.pt) ## show each compiled model's weights and input size
+models: $(ARTIFACTS) ## show each compiled model's weights and input size
 	@$(PY) -m scripts.models $^
 
-yolov5-sizes: $(BUILD)/yolov5s.pt $(BUILD)/yolov5m.pt $(BUILD)/yolov5l.pt ## measure YOLOv5 S/M/L side by side -> docs/yolov5_sizes.md
+yolov5-sizes: $(call artifact,yolov5s) $(call artifact,yolov5m) $(call artifact,yolov5l) ## measure YOLOv5 S/M/L -> docs/yolov5_sizes.md
 	$(PY) -m scripts.compare_yolov5 --output docs/yolov5_sizes.md
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md

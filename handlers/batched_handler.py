@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from imaging import InputError, decode_image, encode_jpeg
+from imaging import InputError, decode_image, decode_image_at_least, encode_jpeg
 from payload import split_request
 from runtime import configure_threads, load_compiled_model, select_device
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
@@ -68,6 +68,7 @@ class Item:
     index: int  # position in TorchServe's batch
     image: torch.Tensor  # uint8 [3, H, W] RGB at original size, on the model's device
     settings: Any  # the handler settings with this request's overrides applied
+    original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
     input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
     meta: Any = None  # what `prepare` tells `postprocess` (e.g. letterbox scale/padding)
 
@@ -84,11 +85,12 @@ class BatchedImageHandler:
         self.model_name = context.model_name
         self.settings = settings_from_mapping(self.settings_class, yaml_config.get("handler"))
         self.device = select_device(context.system_properties.get("gpu_id"))
+        self.batch_size = int(context.system_properties.get("batch_size") or 1)
         workers = max(int(yaml_config.get("minWorkers", 1)), int(yaml_config.get("maxWorkers", 1)))
         threads = configure_threads(self.settings.num_threads, workers) if self.device.type == "cpu" else 0
         model_dir = Path(context.system_properties["model_dir"])
         model_file = model_dir / context.manifest["model"]["serializedFile"]
-        self.model, self.metadata = load_compiled_model(model_file, self.device)
+        self.model, self.metadata = load_compiled_model(model_file, self.device, self.settings.optimize)
         if self.metadata.get("task") != self.task:
             raise ValueError(f"{model_file.name} is a {self.metadata.get('task')!r} model, not {self.task!r}")
         self.setup(model_dir)
@@ -129,8 +131,13 @@ class BatchedImageHandler:
     def setup(self, model_dir: Path) -> None:
         """Read data files and check metadata, after the model is loaded."""
 
-    def prepare(self, image: torch.Tensor, settings: Any) -> tuple[torch.Tensor, Any]:
-        """uint8 [3, H, W] -> (uint8 [3, h, w] of the model's fixed input size, meta)."""
+    def decode_at_least(self, settings: Any) -> tuple[int, str] | None:
+        """(size, "cover" | "contain") when the task only needs the image at that size:
+        large JPEGs are then decoded at a reduced scale. None: decode at full size."""
+        return None
+
+    def prepare(self, item: Item) -> tuple[torch.Tensor, Any]:
+        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, meta)."""
         raise NotImplementedError
 
     def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
@@ -145,10 +152,12 @@ class BatchedImageHandler:
         """Run a dummy image through the model so that lazy initialisation (and
         TorchScript's profiling runs) happen at load time, not on a client's request."""
         image = torch.full((3, 480, 640), 114, dtype=torch.uint8, device=self.device)
+        item = Item(0, image, self.settings, (640, 480))
         with torch.inference_mode():
-            prepared, _meta = self.prepare(image, self.settings)
-            for _ in range(2):
-                self.model(self.to_model_input(prepared.unsqueeze(0)))
+            prepared, _meta = self.prepare(item)
+            for batch in sorted({1, self.batch_size}):  # TorchScript specialises on each batch shape
+                for _ in range(3):
+                    self.model(self.to_model_input(prepared.expand(batch, *prepared.shape)))
 
     # --- the batch pipeline ------------------------------------------------------
 
@@ -159,11 +168,16 @@ class BatchedImageHandler:
             raise InputError(
                 "image too large", f"{len(data)} bytes exceeds the limit of {settings.max_image_bytes}", 413
             )
-        image = decode_image(data, settings.max_image_pixels)
-        return Item(index, image.to(self.device, non_blocking=True), settings)
+        hint = self.decode_at_least(settings)
+        if hint is None:
+            image = decode_image(data, settings.max_image_pixels)
+            original = (image.shape[-1], image.shape[-2])
+        else:
+            image, original = decode_image_at_least(data, settings.max_image_pixels, *hint)
+        return Item(index, image.to(self.device, non_blocking=True), settings, original)
 
     def _prepare(self, item: Item) -> Item:
-        item.input, item.meta = self.prepare(item.image, item.settings)
+        item.input, item.meta = self.prepare(item)
         return item
 
     def _forward(self, items: list[Item], context) -> list[Any]:

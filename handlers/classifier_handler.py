@@ -21,8 +21,11 @@ class ClassifierHandler(BatchedImageHandler):
         self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
         self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
-    def prepare(self, image: torch.Tensor, settings: ClassifierSettings) -> tuple[torch.Tensor, None]:
-        return resize_center_crop(image, self.resize_size, self.crop_size), None
+    def decode_at_least(self, settings: ClassifierSettings) -> tuple[int, str]:
+        return self.resize_size, "cover"  # the short side is resized to resize_size anyway
+
+    def prepare(self, item: Item) -> tuple[torch.Tensor, None]:
+        return resize_center_crop(item.image, self.resize_size, self.crop_size), None
 
     def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
         return normalize_batch(batch, self.mean, self.std)

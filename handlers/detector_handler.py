@@ -30,8 +30,11 @@ class DetectorHandler(BatchedImageHandler):
         self.fill = meta["letterbox_fill"]
         self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
-    def prepare(self, image: torch.Tensor, settings: DetectorSettings):
-        return letterbox(image, self.input_size, self.fill)
+    def decode_at_least(self, settings: DetectorSettings) -> tuple[int, str]:
+        return self.input_size, "contain"  # the long side is letterboxed to input_size anyway
+
+    def prepare(self, item: Item):
+        return letterbox(item.image, self.input_size, self.fill, item.original_size)
 
     def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.float() / 255

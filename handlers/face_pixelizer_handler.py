@@ -38,8 +38,9 @@ class FacePixelizerHandler(BatchedImageHandler):
         self.priors: dict[tuple[int, int], torch.Tensor] = {}
         self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
-    def prepare(self, image: torch.Tensor, settings: FaceSettings):
-        return letterbox(image, settings.input_size or self.default_size, self.fill)
+    def prepare(self, item: Item):
+        # Decoded at full size: the anonymised photo goes back at its original resolution.
+        return letterbox(item.image, item.settings.input_size or self.default_size, self.fill)
 
     def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.flip(1).float() - self.mean_bgr  # RGB -> BGR, minus the training mean

@@ -103,12 +103,8 @@ def looks_like_image(data: bytes) -> bool:
     return data.startswith(IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
-def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
-    """Decode image bytes to uint8 [3, H, W] RGB, EXIF orientation applied.
-
-    The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb costs nothing. Animated images give their first frame.
-    """
+def check_image(data: bytes, max_pixels: int) -> ImageInfo:
+    """The header of a supported image within the pixel limit, or InputError."""
     info = probe_image(data)
     if info.format not in SUPPORTED_FORMATS:
         raise InputError(
@@ -122,6 +118,16 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
             f"{info.width}x{info.height} = {info.width * info.height} pixels exceeds the limit of {max_pixels} pixels",
             status=413,
         )
+    return info
+
+
+def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
+    """Decode image bytes to uint8 [3, H, W] RGB, EXIF orientation applied.
+
+    The pixel count is checked from the header before any pixel is decoded, so a
+    decompression bomb costs nothing. Animated images give their first frame.
+    """
+    info = check_image(data, max_pixels)
     try:
         if info.format in TORCHVISION_FORMATS:
             image = _decode_with_torchvision(data)
@@ -130,6 +136,34 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     except (RuntimeError, OSError, SyntaxError, ValueError) as err:
         raise InputError("corrupt image", f"{info.format} data cannot be decoded: {err}") from err
     return _to_uint8(image)
+
+
+def jpeg_reduction(width: int, height: int, size: int, fit: str) -> int:
+    """The largest JPEG DCT scale-down (1, 2, 4 or 8) after which the image still has
+    its short side ("cover") or its long side ("contain") at least `size` pixels."""
+    side = min(width, height) if fit == "cover" else max(width, height)
+    return max((scale for scale in (1, 2, 4, 8) if side // scale >= size), default=1)
+
+
+def decode_image_at_least(data: bytes, max_pixels: int, size: int, fit: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Like decode_image, for a consumer that will shrink the image to `size` anyway: a
+    large JPEG is decoded at a reduced DCT scale (libjpeg's draft mode, several times
+    faster) that keeps at least `size` pixels on its short ("cover") or long ("contain")
+    side. Returns the image and the original (width, height) as displayed."""
+    info = check_image(data, max_pixels)
+    scale = jpeg_reduction(info.width, info.height, size, fit) if info.format in ("JPEG", "MPO") else 1
+    if scale == 1:
+        image = decode_image(data, max_pixels)
+        return image, (image.shape[-1], image.shape[-2])
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap axes
+            image.draft("RGB", (info.width // scale, info.height // scale))  # PIL picks the scale from these
+            array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as err:
+        raise InputError("corrupt image", f"JPEG data cannot be decoded: {err}") from err
+    original = (info.height, info.width) if rotated else (info.width, info.height)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), original
 
 
 def _decode_with_torchvision(data: bytes) -> torch.Tensor:
@@ -186,11 +220,14 @@ def normalize_batch(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[flo
     return (batch.float() / 255.0 - mean_t) / std_t
 
 
-def letterbox(image: torch.Tensor, size: int, fill: int | Sequence[int] = 114) -> tuple[torch.Tensor, ImageMeta]:
+def letterbox(
+    image: torch.Tensor, size: int, fill: int | Sequence[int] = 114, original_size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, ImageMeta]:
     """uint8 [3, H, W] -> uint8 [3, size, size]: resized to fit with its aspect ratio
     kept (up or down, as ultralytics' letterbox for inference), centred, padded with
     `fill` (one value, or one per channel). The returned ImageMeta undoes it
-    (`unletterbox_boxes`)."""
+    (`unletterbox_boxes`) -- into the pixels of `original_size` (width, height) when the
+    image was decoded at a reduced scale from a larger original."""
     height, width = image.shape[-2:]
     ratio = size / max(height, width)
     new_h, new_w = max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
@@ -200,7 +237,8 @@ def letterbox(image: torch.Tensor, size: int, fill: int | Sequence[int] = 114) -
     fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
     canvas = fill_values.expand(3, size, size).clone()
     canvas[:, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = image
-    return canvas, ImageMeta(width, height, new_w / width, new_h / height, pad_left, pad_top)
+    original_w, original_h = original_size or (width, height)
+    return canvas, ImageMeta(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
 
 
 def unletterbox_points(points: torch.Tensor, meta: ImageMeta) -> torch.Tensor:

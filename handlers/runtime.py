@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -55,13 +56,33 @@ def configure_threads(requested: int, workers: int) -> int:
     return threads
 
 
-def load_compiled_model(path: Path, device: torch.device) -> tuple[torch.jit.ScriptModule, dict]:
-    """Load a TorchScript file built by scripts/compile.py, with its embedded metadata."""
-    extra_files = {METADATA_FILE: ""}
-    with warnings.catch_warnings():  # torch 2.14 marks torch.jit.load deprecated
+def load_compiled_model(path: Path, device: torch.device, optimize: bool = True) -> tuple[object, dict]:
+    """Load a model built by scripts/compile.py, with its embedded metadata: a TorchScript
+    file (.pt), optimised for inference on CPU (oneDNN-prepacked convolutions -- the step
+    that cannot be saved, so it runs here), or an AOTInductor package (.pt2)."""
+    path = Path(path)
+    metadata = read_embedded_metadata(path)
+    if path.suffix == ".pt2":
+        built_for = metadata.get("device", "cpu")
+        if torch.device(built_for).type != device.type:
+            raise ValueError(f"{path.name} was compiled by AOTInductor for {built_for}, not {device}: rebuild it there")
+        return torch._inductor.aoti_load_package(str(path)), metadata
+    with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated
         warnings.simplefilter("ignore", FutureWarning)
-        model = torch.jit.load(str(path), map_location=device, _extra_files=extra_files)
-    if not extra_files[METADATA_FILE]:
-        raise ValueError(f"{path} has no embedded {METADATA_FILE}: it was not built by scripts/compile.py")
-    model.eval()
-    return model, json.loads(extra_files[METADATA_FILE])
+        model = torch.jit.load(str(path), map_location=device)
+        model.eval()
+        if optimize and device.type == "cpu":
+            model = torch.jit.optimize_for_inference(model)
+    return model, metadata
+
+
+def read_embedded_metadata(path: Path) -> dict:
+    """metadata.json from a TorchScript file or an AOTInductor package (both are zips)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
+            if name is None:
+                raise ValueError(f"{path} has no embedded {METADATA_FILE}: it was not built by scripts/compile.py")
+            return json.loads(archive.read(name))
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{path} is not a compiled model (TorchScript or AOTInductor package): {err}") from err

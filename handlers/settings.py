@@ -33,6 +33,8 @@ class ImageHandlerSettings:
     num_threads: int = 0
     # Run one dummy batch at load so the first client does not pay for lazy initialisation.
     warmup: bool = True
+    # TorchScript on CPU: torch.jit.optimize_for_inference at load (oneDNN-prepacked weights).
+    optimize: bool = True
     # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
     # when tuning batchSize/maxBatchDelay; off by default: it tells clients about others' traffic.
     batch_size_header: bool = False

@@ -9,11 +9,13 @@ import json
 import os
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.export import Dim
 
 from scripts.classifiers import build_classifier, check_classifier_parity, classifier_metadata, parity_batch
 from scripts.detectors import build_detector, check_detector_parity, detector_metadata, resolve_detector_weights
@@ -33,13 +35,15 @@ class ParityError(Exception):
 
 @dataclass(frozen=True)
 class Recipe:
-    """How one family is built: weights, eager model, check inputs, metadata, parity."""
+    """How one family is built: weights, eager model, check inputs, metadata, parity,
+    and which input dimensions may vary in a torch.export graph."""
 
     resolve_weights: Callable[..., Weights]
     build: Callable[[ModelSpec, Weights], torch.nn.Module]
     example: Callable[[Weights], torch.Tensor]
     metadata: Callable[[ModelSpec, Weights], dict]
     check: Callable[[torch.Tensor, torch.Tensor], float]
+    spatial_dynamic: bool = False  # letterboxed families take any multiple of 32 as height/width
 
 
 RECIPES = {
@@ -56,6 +60,7 @@ RECIPES = {
         detector_parity_batch,
         detector_metadata,
         check_detector_parity,
+        spatial_dynamic=True,
     ),
     "face": Recipe(
         resolve_face_weights,
@@ -63,6 +68,7 @@ RECIPES = {
         face_parity_batch,
         face_metadata,
         check_face_parity,
+        spatial_dynamic=True,
     ),
 }
 
@@ -80,13 +86,43 @@ def save_compiled(module: torch.jit.ScriptModule, metadata: dict, path: Path) ->
     os.replace(partial, path)
 
 
+def export_and_package(model: torch.nn.Module, example: torch.Tensor, spatial_dynamic: bool, path: Path) -> Path:
+    """torch.export with a dynamic batch (and height/width in multiples of 32 for the
+    letterboxing families), compiled ahead of time by AOTInductor with its weights
+    frozen in, into a .pt2 package -- written next to `path`, not over it."""
+    dims = {0: Dim("batch", min=1, max=64)}
+    if spatial_dynamic:
+        dims.update({2: 32 * Dim("rows", min=1, max=128), 3: 32 * Dim("cols", min=1, max=128)})
+    with torch.inference_mode():
+        program = torch.export.export(model.eval(), (example,), dynamic_shapes={"x": dims})
+    partial = path.with_name(path.stem + ".partial.pt2")  # the packager insists on the suffix
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs={"freezing": True})
+    return partial
+
+
+def add_metadata(package: Path, metadata: dict) -> None:
+    """Embed metadata.json in an AOTInductor package, beside the files its loader reads."""
+    with zipfile.ZipFile(package, "a") as archive:
+        top = archive.namelist()[0].split("/", 1)[0]
+        archive.writestr(f"{top}/extra/{METADATA_FILE}", json.dumps(metadata, indent=1))
+
+
 def compile_model(spec: ModelSpec, weights: Weights, output: Path) -> dict:
+    """Compile to TorchScript (`output` ending in .pt) or an AOTInductor package (.pt2),
+    check it against the eager model on real photos, embed the metadata."""
     recipe = RECIPES[spec.family]
     eager = recipe.build(spec, weights)
     example = recipe.example(weights)
-    compiled = script_and_freeze(eager)
     with torch.inference_mode():
-        reference, result = eager(example), compiled(example)
+        reference = eager(example)
+    if output.suffix == ".pt2":
+        partial = export_and_package(eager, example, recipe.spatial_dynamic, output)
+        compiled, compiler = torch._inductor.aoti_load_package(str(partial)), "torch.export + AOTInductor (freezing)"
+    else:
+        partial, compiled, compiler = None, script_and_freeze(eager), "torch.jit.script + torch.jit.freeze"
+    with torch.inference_mode():
+        result = compiled(example)
     try:
         parity = recipe.check(reference, result)
     except ValueError as err:
@@ -97,17 +133,28 @@ def compile_model(spec: ModelSpec, weights: Weights, output: Path) -> dict:
         **recipe.metadata(spec, weights),
         "weights": weights.describe(),
         "torch_version": torch.__version__,
-        "compiler": "torch.jit.script + torch.jit.freeze",
+        "compiler": compiler,
+        "device": "cpu",  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
     }
-    save_compiled(compiled, metadata, output)
+    if partial is None:
+        save_compiled(compiled, metadata, output)
+    else:
+        add_metadata(partial, metadata)
+        os.replace(partial, output)
     # Check the file as it will be served, not only the in-memory module.
     with torch.inference_mode():
-        reloaded = torch.jit.load(str(output), map_location="cpu")(example)
+        reloaded = load_artifact(output)(example)
     if not all(torch.equal(a, b) for a, b in zip(_tensors(result), _tensors(reloaded), strict=True)):
         output.unlink()
         raise ParityError(f"{spec.name}: the saved file {output} does not reproduce the compiled module")
     return metadata
+
+
+def load_artifact(path: Path):
+    if path.suffix == ".pt2":
+        return torch._inductor.aoti_load_package(str(path))
+    return torch.jit.load(str(path), map_location="cpu")
 
 
 def _tensors(output) -> list[torch.Tensor]:

@@ -5,10 +5,12 @@ answered, until `duration` seconds or `max_requests` requests have passed: the l
 stays bounded whatever the server does. Used by scripts/soak.py and the benchmarks.
 """
 
+import asyncio
 import itertools
 import statistics
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -114,3 +116,66 @@ def summarize(outcomes: list[Outcome], elapsed: float) -> dict:
             f"{o.request.model} {o.request.label}: {o.status} {o.detail}" for o in outcomes if o.unexpected
         ][:10],
     }
+
+
+def closed_loop_raw(
+    url: str,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    max_requests: int = 0,
+    timeout: float = 120,
+) -> list[tuple[float, float, int]]:
+    """The same closed loop with one fixed request, on asyncio and raw HTTP/1.1
+    keep-alive connections: a few microseconds of client CPU per request, so that on a
+    small machine the load generator does not eat the server's cores. Returns
+    (started, latency s, status) per request; status 0 for a failed connection."""
+    return asyncio.run(_closed_loop(url, path, headers, body, concurrency, duration, max_requests, timeout))
+
+
+async def _closed_loop(url, path, headers, body, concurrency, duration, max_requests, timeout):
+    parsed = urllib.parse.urlsplit(url)
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    request = (
+        f"PUT {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\n{head}"
+        f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    deadline = time.monotonic() + duration
+    sent = itertools.count()
+    results: list[tuple[float, float, int]] = []
+
+    async def client() -> None:
+        connection = None
+        while time.monotonic() < deadline and not (max_requests and next(sent) >= max_requests):
+            started = time.monotonic()
+            try:
+                connection = connection or await asyncio.open_connection(parsed.hostname, parsed.port)
+                status, keep_alive = await asyncio.wait_for(_exchange(*connection, request), timeout)
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+                status, keep_alive = 0, False
+            results.append((started, time.monotonic() - started, status))
+            if not keep_alive and connection is not None:
+                connection[1].close()
+                connection = None
+        if connection is not None:
+            connection[1].close()
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return results
+
+
+async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
+    writer.write(request)
+    await writer.drain()
+    status = int((await reader.readline()).split()[1])
+    length, keep_alive = 0, True
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.strip().lower() == "content-length":
+            length = int(value)
+        elif name.strip().lower() == "connection" and value.strip().lower() == "close":
+            keep_alive = False
+    await reader.readexactly(length)
+    return status, keep_alive

@@ -146,15 +146,21 @@ def write_config(workdir: Path, store: Path, overrides: dict[str, str] | None = 
         grpc_inference_port=str(grpc_inference),
         grpc_management_port=str(grpc_management),
         model_store=str(store),
-        **(overrides or {}),
     )
+    # Paths in vmargs are relative to the repo root, where `make serve` starts TorchServe.
+    properties["vmargs"] = properties.get("vmargs", "").replace("=scripts/", f"={REPO}/scripts/")
+    properties.update(overrides or {})
     (workdir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     return properties
 
 
 @contextmanager
 def local_torchserve(
-    store: Path, models: list[str], overrides: dict[str, str] | None = None, timeout: float = 300
+    store: Path,
+    models: list[str],
+    overrides: dict[str, str] | None = None,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Start a private TorchServe serving `models` from `store`, wait until every model
     has a ready worker, and stop it afterwards. Nothing is shared with another server:
@@ -169,6 +175,7 @@ def local_torchserve(
         "TS_CONFIG_FILE": str(workdir / "config.properties"),  # beats any activated venv's
         "LOG_LOCATION": str(workdir / "logs"),
         "METRICS_LOCATION": str(workdir / "logs"),
+        **(env or {}),
     }
     launcher = str(Path(sys.executable).with_name("torchserve"))
     command = [launcher, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in models)]

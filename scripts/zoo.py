@@ -32,16 +32,27 @@ class OfflineWeights:
     weights: str  # the torchvision weights enum entry the file is identical to
 
 
+# Compile targets: TorchScript (script + freeze) or torch.export + AOTInductor.
+COMPILERS = {"torchscript": ".pt", "aoti": ".pt2"}
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: str
     architecture: str
     offline_weights: OfflineWeights | None = None
+    # The faster target on CPU as measured by `make bench` (docs/benchmarks.md).
+    compiler: str = "torchscript"
 
     @property
     def config_file(self) -> Path:
         return CONFIG_DIR / f"{self.name}.yaml"
+
+    @property
+    def artifact(self) -> str:
+        """The compiled file's name: <name>.pt (TorchScript) or <name>.pt2 (AOTInductor package)."""
+        return self.name + COMPILERS[self.compiler]
 
 
 FAMILIES = {
@@ -90,14 +101,16 @@ def shared_handler_modules() -> list[Path]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="List the models of the zoo.")
-    parser.add_argument("command", choices=["names"], help="names: print model names")
+    parser.add_argument(
+        "command", choices=["names", "artifacts"], help="names: model names; artifacts: their compiled files"
+    )
     parser.add_argument("--family", choices=sorted(FAMILIES), help="only this family")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
-    names = [spec.name for spec in MODELS if args.family in (None, spec.family)]
-    print(" ".join(names))
+    specs = [spec for spec in MODELS if args.family in (None, spec.family)]
+    print(" ".join(spec.name if args.command == "names" else spec.artifact for spec in specs))
 
 
 if __name__ == "__main__":

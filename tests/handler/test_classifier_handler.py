@@ -110,7 +110,8 @@ def test_image_limits(make_handler):
 
 
 def test_a_failing_batch_is_retried_image_by_image(make_handler):
-    handler, context = make_handler(module=FailsOnBatches())
+    no_warmup = {**DEFAULT_YAML, "handler": {"warmup": False}}  # its warm-up batch would fail
+    handler, context = make_handler(module=FailsOnBatches(), yaml=no_warmup)
     results = answers(handler.handle([body(solid(RED)), body(solid(GREEN)), body(solid(BLUE))], context))
     assert [top1(r) for r in results] == ["red", "green", "blue"]
 

@@ -153,3 +153,13 @@ def test_an_image_answer_over_the_response_limit_is_a_413(make_handler):
     results = handler.handle([{"data": image, "format": b"image"}, {"data": small, "format": b"image"}], context)
     assert context.status(0) == 413 and json.loads(results[0])["error"] == "result too large"
     assert context.status(1) == 200 and context.content_types[1] == "image/jpeg"
+
+
+def test_a_large_photo_decoded_at_reduced_scale_maps_boxes_to_its_full_size(detector):
+    handler, context = detector
+    big = photo_with_red_box((3200, 2400), (800, 400, 2400, 1600), fmt="JPEG")  # 1/4-scale decode for 320
+    (result,) = handler.handle([{"body": big}], context)
+    document = json.loads(result)
+    assert document["image_size"] == [3200, 2400]
+    car = document["detections"][0]
+    assert [car["left"], car["top"], car["right"], car["bottom"]] == pytest.approx([800, 400, 2400, 1600], abs=25)

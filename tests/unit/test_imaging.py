@@ -14,7 +14,9 @@ from imaging import (
     InputError,
     center_crop_box,
     decode_image,
+    decode_image_at_least,
     encode_jpeg,
+    jpeg_reduction,
     letterbox,
     normalize_batch,
     probe_image,
@@ -226,3 +228,52 @@ def test_encode_jpeg_round_trips(chelsea):
     image = torch.from_numpy(np.array(chelsea)).permute(2, 0, 1).contiguous()
     decoded = decode_image(encode_jpeg(image, quality=95), LIMIT)
     assert decoded.shape == image.shape and (decoded.float() - image.float()).abs().mean() < 3
+
+
+@pytest.mark.parametrize(
+    "width, height, size, fit, scale",
+    [(451, 300, 256, "cover", 1), (1411, 1411, 256, "cover", 4), (4000, 3000, 256, "cover", 8),
+     (4000, 3000, 640, "contain", 4), (1280, 300, 640, "contain", 2), (600, 400, 640, "contain", 1)],
+)  # fmt: skip
+def test_jpeg_reduction_keeps_enough_pixels(width, height, size, fit, scale):
+    assert jpeg_reduction(width, height, size, fit) == scale
+    side = min(width, height) if fit == "cover" else max(width, height)
+    assert side // scale >= size or scale == 1
+
+
+def test_large_jpeg_is_decoded_reduced_and_reports_its_original_size(chelsea):
+    large = chelsea.resize((2000, 1330))
+    image, original = decode_image_at_least(encode(large, "JPEG", quality=95), LIMIT, 256, "cover")
+    assert original == (2000, 1330)
+    assert image.shape == (3, 333, 500)  # 1/4 scale: still >= 256 on the short side
+    reference = np.asarray(large.resize((500, 333))).astype(np.int16).transpose(2, 0, 1)
+    assert mean_abs_diff(image, reference) < 4
+
+
+def test_reduced_decode_applies_exif_orientation(chelsea):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(chelsea.resize((2000, 1330)), "JPEG", exif=exif)
+    image, original = decode_image_at_least(data, LIMIT, 256, "cover")
+    assert original == (1330, 2000) and image.shape == (3, 500, 333)
+
+
+def test_small_images_and_other_formats_decode_in_full(chelsea):
+    for data in (encode(chelsea, "JPEG"), encode(chelsea.resize((2000, 1330)), "PNG")):
+        image, original = decode_image_at_least(data, LIMIT, 256, "cover")
+        assert (image.shape[-1], image.shape[-2]) == original
+
+
+def test_reduced_decode_of_a_truncated_jpeg_is_corrupt(chelsea):
+    data = encode(chelsea.resize((2000, 1330)), "JPEG")
+    with pytest.raises(InputError) as caught:
+        decode_image_at_least(data[: len(data) // 2], LIMIT, 256, "cover")
+    assert caught.value.status == 400
+
+
+def test_letterbox_maps_back_to_the_original_of_a_reduced_decode():
+    reduced = torch.zeros(3, 250, 500, dtype=torch.uint8)  # a 2000x1000 photo decoded at 1/4
+    _, meta = letterbox(reduced, 640, original_size=(2000, 1000))
+    assert (meta.width, meta.height) == (2000, 1000)
+    box_in_input = torch.tensor([[64.0, 160.0 + 32.0, 128.0, 160.0 + 64.0]])  # pad_top 160
+    assert unletterbox_boxes(box_in_input, meta).tolist() == [[200.0, 100.0, 400.0, 200.0]]

@@ -52,6 +52,9 @@ def test_serving_loads_torchscript_only_never_a_pickle(tmp_path):
     """A pickled module put where the model belongs is refused without running its payload."""
     marker = tmp_path / "pwned"
     torch.save({"model": Exploit(marker)}, tmp_path / "model.pt")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="not built by scripts/compile.py"):
         load_compiled_model(tmp_path / "model.pt", torch.device("cpu"))
     assert not marker.exists()
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04 an old-style pickle, not a zip")
+    with pytest.raises(ValueError, match="not a compiled model"):
+        load_compiled_model(tmp_path / "model.pt", torch.device("cpu"))
