@@ -14,6 +14,8 @@ YOLO_WEIGHTS ?=
 WEIGHTS_DIR ?= $(YOLO_WEIGHTS)
 # STRICT=1: fail instead of building any model with random weights.
 STRICT ?=
+# PRECISION=bf16|fp16: reduced-precision builds (parity within a documented tolerance).
+PRECISION ?= fp32
 
 MODELS := $(shell $(PYTHON) scripts/zoo.py names)
 # Each model's compiled file: build/<name>.pt (TorchScript) or build/<name>.pt2 (AOTInductor).
@@ -23,7 +25,8 @@ PY := $(VENV)/bin/python
 SETUP := $(VENV)/.setup-done
 # Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
 ACTIVATE := source $(VENV)/bin/activate &&
-COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict)
+COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict) \
+	--precision $(PRECISION)
 # Everything in scripts/ that the compiled models depend on (not the tools around them).
 COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py \
 	scripts/loadgen.py scripts/soak.py scripts/photos.py,\

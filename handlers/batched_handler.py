@@ -21,7 +21,16 @@ from typing import Any
 
 import torch
 
-from imaging import InputError, decode_image, decode_image_at_least, encode_jpeg
+from imaging import (
+    JPEG_FORMATS,
+    ImageInfo,
+    InputError,
+    check_image,
+    decode_image,
+    decode_image_at_least,
+    decode_jpegs,
+    encode_jpeg,
+)
 from payload import split_request
 from runtime import configure_threads, load_compiled_model, select_device
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
@@ -59,6 +68,16 @@ class Response:
                 413,
             )
         return cls(body, "image/jpeg", headers=tuple(headers))
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A request that was read and whose image header passed the checks, not yet decoded."""
+
+    index: int
+    data: bytes
+    settings: Any
+    info: ImageInfo
 
 
 @dataclass
@@ -109,7 +128,7 @@ class BatchedImageHandler:
         with torch.inference_mode():
             # results[i] is request i's Item while it is in flight, then its Response.
             with self._timed(context, "ImageDecodeTime"):
-                results = [self._guarded(index, self._decode, index, row) for index, row in enumerate(data)]
+                results = self._decode_batch(data)
             with self._timed(context, "PreprocessTime"):
                 results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
             items = [result for result in results if isinstance(result, Item)]
@@ -161,20 +180,52 @@ class BatchedImageHandler:
 
     # --- the batch pipeline ------------------------------------------------------
 
-    def _decode(self, index: int, row: dict) -> Item:
+    def _decode_batch(self, data: list[dict]) -> list["Item | Response"]:
+        read = [self._guarded(index, self._read, index, row) for index, row in enumerate(data)]
+        together = self._decode_jpegs_together([r for r in read if isinstance(r, Encoded)])
+        return [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
+
+    def _read(self, index: int, row: dict) -> Encoded:
         data, params = split_request(row)
         settings = with_overrides(self.settings, params, self.request_params)
         if len(data) > settings.max_image_bytes:
             raise InputError(
                 "image too large", f"{len(data)} bytes exceeds the limit of {settings.max_image_bytes}", 413
             )
+        return Encoded(index, data, settings, check_image(data, settings.max_image_pixels))
+
+    def _decode_jpegs_together(self, requests: list[Encoded]) -> dict[int, torch.Tensor]:
+        """The batch's JPEGs decoded in one call on the model's device, when configured
+        (on CUDA by default). If any of them is corrupt, none are: each is then decoded
+        on its own, so that only the corrupt one fails."""
+        mode = self.settings.jpeg_decoder
+        if mode == "per_image" or (mode == "auto" and self.device.type != "cuda"):
+            return {}
+        jpegs = [request for request in requests if request.info.format in JPEG_FORMATS]
+        if not jpegs:
+            return {}
+        try:
+            images = decode_jpegs([request.data for request in jpegs], self.device)
+        except RuntimeError:
+            return {}
+        return {request.index: image for request, image in zip(jpegs, images, strict=True)}
+
+    def _decode(self, request: Encoded, decoded: dict[int, torch.Tensor]) -> Item:
+        settings = request.settings
         hint = self.decode_at_least(settings)
-        if hint is None:
-            image = decode_image(data, settings.max_image_pixels)
+        if request.index in decoded:
+            image = decoded[request.index]
+            original = (image.shape[-1], image.shape[-2])
+        elif hint is None:
+            image = decode_image(request.data, settings.max_image_pixels)
             original = (image.shape[-1], image.shape[-2])
         else:
-            image, original = decode_image_at_least(data, settings.max_image_pixels, *hint)
-        return Item(index, image.to(self.device, non_blocking=True), settings, original)
+            image, original = decode_image_at_least(request.data, settings.max_image_pixels, *hint)
+        if image.device != self.device:
+            if self.device.type == "cuda":
+                image = image.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
+            image = image.to(self.device, non_blocking=True)
+        return Item(request.index, image, settings, original)
 
     def _prepare(self, item: Item) -> Item:
         item.input, item.meta = self.prepare(item)
@@ -196,7 +247,10 @@ class BatchedImageHandler:
     def _forward_group(self, items: list[Item], context) -> list[Any]:
         try:
             with self._timed(context, "InferenceTime"):
-                outputs = self.model(self.to_model_input(torch.stack([item.input for item in items])))
+                inputs = self.to_model_input(torch.stack([item.input for item in items]))
+                if self.settings.channels_last:
+                    inputs = inputs.contiguous(memory_format=torch.channels_last)
+                outputs = self.model(inputs)
             return list(unbatch(outputs, len(items)))
         except Exception:
             if len(items) == 1:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.io import decode_image as tv_decode_image
 from torchvision.io import encode_jpeg as tv_encode_jpeg
 
@@ -24,6 +24,7 @@ from torchvision.io import encode_jpeg as tv_encode_jpeg
 # with corrupt pixel data (tests/unit/test_imaging.py::test_png_with_bad_crc_is_corrupt),
 # which would kill the worker and every request in its batch.
 TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "GIF"})
+JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 SUPPORTED_FORMATS = TORCHVISION_FORMATS | {"PNG", "BMP", "TIFF"}
 
 # Leading bytes of the formats we decode.
@@ -138,6 +139,14 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     return _to_uint8(image)
 
 
+def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    """Decode several JPEGs in one call, on `device` (nvJPEG in a batch on CUDA) -> uint8
+    [3, H, W] RGB each, EXIF orientation applied. Raises if any of them is corrupt: the
+    caller then decodes them one by one to find which."""
+    buffers = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
+    return decode_jpeg(buffers, mode=ImageReadMode.RGB, apply_exif_orientation=True, device=device)
+
+
 def jpeg_reduction(width: int, height: int, size: int, fit: str) -> int:
     """The largest JPEG DCT scale-down (1, 2, 4 or 8) after which the image still has
     its short side ("cover") or its long side ("contain") at least `size` pixels."""
@@ -151,7 +160,7 @@ def decode_image_at_least(data: bytes, max_pixels: int, size: int, fit: str) -> 
     faster) that keeps at least `size` pixels on its short ("cover") or long ("contain")
     side. Returns the image and the original (width, height) as displayed."""
     info = check_image(data, max_pixels)
-    scale = jpeg_reduction(info.width, info.height, size, fit) if info.format in ("JPEG", "MPO") else 1
+    scale = jpeg_reduction(info.width, info.height, size, fit) if info.format in JPEG_FORMATS else 1
     if scale == 1:
         image = decode_image(data, max_pixels)
         return image, (image.shape[-1], image.shape[-2])

@@ -35,6 +35,11 @@ class ImageHandlerSettings:
     warmup: bool = True
     # TorchScript on CPU: torch.jit.optimize_for_inference at load (oneDNN-prepacked weights).
     optimize: bool = True
+    # JPEGs of a batch: "batched" decodes them in one call on the model's device (nvJPEG on
+    # a GPU); "per_image" on the CPU, large ones at a reduced scale; "auto": batched on CUDA.
+    jpeg_decoder: str = "auto"
+    # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
+    channels_last: bool = False
     # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
     # when tuning batchSize/maxBatchDelay; off by default: it tells clients about others' traffic.
     batch_size_header: bool = False
@@ -44,6 +49,8 @@ class ImageHandlerSettings:
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
         check_range("max_response_bytes", self.max_response_bytes, 1, 2**31 - 1)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
+        if self.jpeg_decoder not in ("auto", "batched", "per_image"):
+            raise ValueError(f"jpeg_decoder must be auto, batched or per_image, got {self.jpeg_decoder!r}")
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:

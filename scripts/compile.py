@@ -42,7 +42,7 @@ class Recipe:
     build: Callable[[ModelSpec, Weights], torch.nn.Module]
     example: Callable[[Weights], torch.Tensor]
     metadata: Callable[[ModelSpec, Weights], dict]
-    check: Callable[[torch.Tensor, torch.Tensor], float]
+    check: Callable[..., float]  # (eager, compiled, precision) -> max abs difference
     spatial_dynamic: bool = False  # letterboxed families take any multiple of 32 as height/width
 
 
@@ -71,6 +71,24 @@ RECIPES = {
         spatial_dynamic=True,
     ),
 }
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ReducedPrecision(torch.nn.Module):
+    """Runs the model in bf16/fp16 behind an fp32 interface: the handlers stay the same."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model = model.to(dtype)
+        self.dtype = dtype
+
+    def forward(self, x: torch.Tensor):
+        outputs = self.model(x.to(self.dtype))
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float()
+        return [output.float() for output in outputs]
 
 
 def script_and_freeze(model: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -108,14 +126,17 @@ def add_metadata(package: Path, metadata: dict) -> None:
         archive.writestr(f"{top}/extra/{METADATA_FILE}", json.dumps(metadata, indent=1))
 
 
-def compile_model(spec: ModelSpec, weights: Weights, output: Path) -> dict:
+def compile_model(spec: ModelSpec, weights: Weights, output: Path, precision: str = "fp32") -> dict:
     """Compile to TorchScript (`output` ending in .pt) or an AOTInductor package (.pt2),
-    check it against the eager model on real photos, embed the metadata."""
+    in fp32 or reduced precision, check it against the fp32 eager model on real photos
+    (within the family's documented tolerance for bf16/fp16), embed the metadata."""
     recipe = RECIPES[spec.family]
     eager = recipe.build(spec, weights)
     example = recipe.example(weights)
     with torch.inference_mode():
         reference = eager(example)
+    if precision != "fp32":
+        eager = ReducedPrecision(eager, PRECISIONS[precision]).eval()
     if output.suffix == ".pt2":
         partial = export_and_package(eager, example, recipe.spatial_dynamic, output)
         compiled, compiler = torch._inductor.aoti_load_package(str(partial)), "torch.export + AOTInductor (freezing)"
@@ -124,7 +145,7 @@ def compile_model(spec: ModelSpec, weights: Weights, output: Path) -> dict:
     with torch.inference_mode():
         result = compiled(example)
     try:
-        parity = recipe.check(reference, result)
+        parity = recipe.check(reference, result, precision)
     except ValueError as err:
         raise ParityError(f"{spec.name}: the compiled model does not match the eager one: {err}") from err
     metadata = {
@@ -134,6 +155,7 @@ def compile_model(spec: ModelSpec, weights: Weights, output: Path) -> dict:
         "weights": weights.describe(),
         "torch_version": torch.__version__,
         "compiler": compiler,
+        "precision": precision,
         "device": "cpu",  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
     }
@@ -169,6 +191,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", type=Path, help="a directory holding <model>.pth or <model>.pt")
     parser.add_argument("--no-download", action="store_true", help="never try to download weights")
     parser.add_argument("--strict", action="store_true", help="fail instead of using random weights")
+    parser.add_argument(
+        "--precision", choices=sorted(PRECISIONS), default="fp32", help="bf16/fp16: reduced-precision variant"
+    )
     return parser
 
 
@@ -181,7 +206,7 @@ def main(args: argparse.Namespace) -> None:
         weights = RECIPES[spec.family].resolve_weights(
             spec, args.weights, args.weights_dir, download=not args.no_download, strict=args.strict
         )
-        metadata = compile_model(spec, weights, args.output)
+        metadata = compile_model(spec, weights, args.output, args.precision)
     except (KeyError, WeightsError, ParityError) as err:
         sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) else err}")
     print(

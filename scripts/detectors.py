@@ -107,9 +107,19 @@ def detector_metadata(spec: ModelSpec, weights: Weights) -> dict:
     }
 
 
-def check_detector_parity(eager: torch.Tensor, compiled: torch.Tensor) -> float:
-    """allclose (atol 1e-4) on every output: boxes in pixels, objectness, class probabilities."""
+def check_detector_parity(eager: torch.Tensor, compiled: torch.Tensor, precision: str = "fp32") -> float:
+    """fp32: allclose (atol 1e-4) on every output -- boxes in pixels, objectness, class
+    probabilities. bf16/fp16: boxes within 1 % of the input size (6.4 px at 640) and
+    probabilities within 0.02."""
+    if eager.shape != compiled.shape:
+        raise ValueError(f"output shape {tuple(compiled.shape)} differs from {tuple(eager.shape)}")
     difference = (eager - compiled).abs().max().item()
-    if eager.shape != compiled.shape or not torch.allclose(eager, compiled, rtol=0, atol=1e-4):
-        raise ValueError(f"outputs differ by up to {difference:.3g} (> atol 1e-4)")
+    if precision == "fp32":
+        if not torch.allclose(eager, compiled, rtol=0, atol=1e-4):
+            raise ValueError(f"outputs differ by up to {difference:.3g} (> atol 1e-4)")
+        return difference
+    boxes = (eager[..., :4] - compiled[..., :4]).abs().max().item()
+    scores = (eager[..., 4:] - compiled[..., 4:]).abs().max().item()
+    if boxes > 0.01 * INPUT_SIZE or scores > 0.02:
+        raise ValueError(f"{precision}: boxes differ by up to {boxes:.3g} px, probabilities by {scores:.3g}")
     return difference

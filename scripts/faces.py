@@ -122,9 +122,18 @@ def face_metadata(spec: ModelSpec, weights: Weights) -> dict:
     }
 
 
-def check_face_parity(eager: tuple, compiled: tuple) -> float:
-    """allclose (atol 1e-4) on all three outputs."""
+def check_face_parity(eager: tuple, compiled: tuple, precision: str = "fp32") -> float:
+    """fp32: allclose (atol 1e-4) on all three outputs. bf16/fp16: on the anchors that
+    find a face (probability > 0.5 in either model), probabilities within 0.02 and box
+    and landmark offsets within 0.1 (in the decoder's units: 1 % of the prior box)."""
     differences = [(a - b).abs().max().item() for a, b in zip(eager, compiled, strict=True)]
-    if not all(torch.allclose(a, b, rtol=0, atol=1e-4) for a, b in zip(eager, compiled, strict=True)):
-        raise ValueError(f"loc/conf/landmarks differ by up to {differences} (> atol 1e-4)")
-    return max(differences)
+    if precision == "fp32":
+        if max(differences) > 1e-4:
+            raise ValueError(f"loc/conf/landmarks differ by up to {differences} (> atol 1e-4)")
+        return max(differences)
+    faces = (eager[1][..., 1] > 0.5) | (compiled[1][..., 1] > 0.5)
+    pairs = zip(eager, compiled, strict=True)
+    on_faces = [(a[faces] - b[faces]).abs().max().item() if faces.any() else 0.0 for a, b in pairs]
+    if on_faces[1] > 0.02 or on_faces[0] > 0.1 or on_faces[2] > 0.1:
+        raise ValueError(f"{precision}: on face anchors loc/conf/landmarks differ by up to {on_faces}")
+    return max(on_faces)

@@ -169,3 +169,20 @@ def test_batch_size_header_is_opt_in(make_handler):
     handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"batch_size_header": True}})
     handler.handle([body(solid(RED)), body(b"junk"), body(solid(BLUE))], context)
     assert [context.headers[i]["X-Batch-Size"] for i in range(3)] == ["3", "3", "3"]
+
+
+@pytest.mark.parametrize("decoder", ["batched", "per_image"])
+def test_both_jpeg_decoders_give_the_same_answers_and_isolate_corrupt_ones(make_handler, decoder):
+    """"batched" is the GPU path (nvJPEG, one call per batch); on CPU it runs the same code."""
+    handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"jpeg_decoder": decoder}})
+    good = [solid(RED, (640, 480)), solid(GREEN, (31, 17)), solid(BLUE, (300, 451), "PNG")]
+    truncated = solid(GREEN, (400, 400))[:500]
+    results = handler.handle([body(good[0]), body(truncated), body(good[1]), body(good[2])], context)
+    assert [context.status(i) for i in range(4)] == [200, 400, 200, 200]
+    assert [top1(json.loads(results[i])) for i in (0, 2, 3)] == ["red", "green", "blue"]
+
+
+def test_channels_last_inputs_give_the_same_answers(make_handler):
+    handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"channels_last": True}})
+    (result,) = handler.handle([body(solid(RED))], context)
+    assert top1(json.loads(result)) == "red"

@@ -7,7 +7,7 @@ from runtime import load_compiled_model
 from scripts import compile as compile_script
 from scripts.classifiers import check_classifier_parity, parity_batch
 from scripts.models import read_metadata
-from scripts.weights import IMAGENET_PRESET, random_weights
+from scripts.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights
 from scripts.zoo import get_model
 
 
@@ -66,3 +66,40 @@ def test_metadata_round_trips_through_save(tmp_path):
     module = torch.jit.script(torch.nn.Identity())
     compile_script.save_compiled(module, {"task": "x", "n": [1, 2]}, tmp_path / "m.pt")
     assert read_metadata(tmp_path / "m.pt") == {"task": "x", "n": [1, 2]}
+
+
+def test_bf16_variant_keeps_the_answer_within_its_tolerance(tmp_path):
+    spec = get_model("mobilenet_v2")
+    weights = resolve_classifier_weights(spec, download=False)
+    if weights.is_random:
+        pytest.skip("the offline MobileNetV2 weights are not installed")
+    metadata = compile_script.compile_model(spec, weights, tmp_path / "mobilenet_v2.pt", precision="bf16")
+    assert metadata["precision"] == "bf16" and metadata["parity_max_abs_diff"] < 2.0
+    model, _ = load_compiled_model(tmp_path / "mobilenet_v2.pt", torch.device("cpu"))
+    with torch.inference_mode():
+        logits = model(parity_batch(weights.preset))
+    assert logits.dtype == torch.float32  # an fp32 interface, whatever runs inside
+    assert 281 <= logits[0].argmax().item() <= 285  # chelsea: a cat
+
+
+def test_reduced_precision_checks_are_looser_but_real():
+    logits = torch.randn(2, 1000) * 5
+    check_classifier_parity(logits, logits + 0.1, "bf16")  # 2 % of the largest logit: fine
+    with pytest.raises(ValueError, match="top-1 class differs"):
+        check_classifier_parity(logits, -logits, "bf16")
+    with pytest.raises(ValueError, match="logits differ"):
+        check_classifier_parity(logits, logits + 0.1, "fp32")
+
+
+def test_aoti_package_serves_through_the_same_loader(tmp_path):
+    """torch.export + AOTInductor: the .pt2 carries its metadata and loads like TorchScript."""
+    spec = get_model("face_pixelizer")  # the smallest network of the zoo, so the C++ build is short
+    from scripts.faces import resolve_face_weights
+
+    metadata = compile_script.compile_model(spec, resolve_face_weights(spec), tmp_path / "face.pt2")
+    assert metadata["compiler"].startswith("torch.export + AOTInductor") and read_metadata(tmp_path / "face.pt2")
+    model, loaded = load_compiled_model(tmp_path / "face.pt2", torch.device("cpu"))
+    assert loaded == metadata
+    with torch.inference_mode():
+        loc, conf, landmarks = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
+    assert loc.shape == (3, 2 * (40 * 60 + 20 * 30 + 10 * 15), 4) and conf.shape[-1] == 2
