@@ -16,6 +16,8 @@ WEIGHTS_DIR ?= $(YOLO_WEIGHTS)
 STRICT ?=
 # PRECISION=bf16|fp16: reduced-precision builds (parity within a documented tolerance).
 PRECISION ?= fp32
+# DEVICE=cuda: check the builds on the GPU and compile the AOTInductor (.pt2) models for it.
+DEVICE ?= cpu
 
 MODELS := $(shell $(PYTHON) scripts/zoo.py names)
 # Each model's compiled file: build/<name>.pt (TorchScript) or build/<name>.pt2 (AOTInductor).
@@ -26,7 +28,7 @@ SETUP := $(VENV)/.setup-done
 # Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
 ACTIVATE := source $(VENV)/bin/activate &&
 COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict) \
-	--precision $(PRECISION)
+	--precision $(PRECISION) --device $(DEVICE)
 # Everything in scripts/ that the compiled models depend on (not the tools around them).
 COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py \
 	scripts/loadgen.py scripts/soak.py scripts/photos.py,\

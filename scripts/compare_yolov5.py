@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from scripts.detectors import INPUT_SIZE, parity_batch
 from scripts.yolov5 import SIZES, YOLOv5
-from scripts.zoo import REPO
+from scripts.zoo import REPO, get_model
 
 # ultralytics/yolov5 v7.0 README (COCO val2017, 640 px; speeds on their hardware).
 PUBLISHED = {
@@ -52,10 +52,12 @@ def gflops(model: torch.nn.Module, size: int) -> float:
 
 
 def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> dict:
+    from runtime import load_compiled_model
+
     eager = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
     flops = gflops(eager, INPUT_SIZE)
     eager = eager.to(device)
-    compiled = torch.jit.load(str(build_dir / f"{name}.pt"), map_location=device)
+    compiled, _ = load_compiled_model(build_dir / get_model(name).artifact, device)  # as the handler loads it
     photos = parity_batch(None).to(device)
     single, batch8 = photos[:1], photos.repeat(4, 1, 1, 1)
     with torch.inference_mode():
@@ -87,8 +89,9 @@ def render(results: dict[str, dict], hardware: str, repeats: int) -> str:
         f"Measured by `make yolov5-sizes` (`scripts/compare_yolov5.py`) on {today}, in one run,",
         f"on {hardware}.",
         f"Input: real photos (scikit-image astronaut, coffee) letterboxed to {INPUT_SIZE}x{INPUT_SIZE};",
-        f"latency = median of {repeats} runs after a warm-up. *Compiled* is the frozen TorchScript",
-        "file the archive serves (`build/<model>.pt`); *eager* is the same model in PyTorch.",
+        f"latency = median of {repeats} runs after a warm-up. *Compiled* is the file the archive serves",
+        "(`build/<model>.pt2`, torch.export + AOTInductor, loaded as the handler loads it); *eager* is",
+        "the same model in PyTorch.",
         "Timings do not depend on the weights, so untrained weights are used here.",
         "",
         "| model | params (M) | GFLOPs @640 | eager b1 (ms) | compiled b1 (ms) | compiled / eager speed-up"
@@ -136,7 +139,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    missing = [name for name in ("yolov5s", "yolov5m", "yolov5l") if not (args.build_dir / f"{name}.pt").is_file()]
+    sys.path.insert(0, str(REPO / "handlers"))  # the handlers' loader, as on TorchServe's PYTHONPATH
+    names = ("yolov5s", "yolov5m", "yolov5l")
+    missing = [name for name in names if not (args.build_dir / get_model(name).artifact).is_file()]
     if missing:
         sys.exit(f"error: {', '.join(missing)} not compiled in {args.build_dir}; run `make archive` first")
     results = {}

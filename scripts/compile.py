@@ -126,13 +126,18 @@ def add_metadata(package: Path, metadata: dict) -> None:
         archive.writestr(f"{top}/extra/{METADATA_FILE}", json.dumps(metadata, indent=1))
 
 
-def compile_model(spec: ModelSpec, weights: Weights, output: Path, precision: str = "fp32") -> dict:
+def compile_model(
+    spec: ModelSpec, weights: Weights, output: Path, precision: str = "fp32", device: str = "cpu"
+) -> dict:
     """Compile to TorchScript (`output` ending in .pt) or an AOTInductor package (.pt2),
     in fp32 or reduced precision, check it against the fp32 eager model on real photos
-    (within the family's documented tolerance for bf16/fp16), embed the metadata."""
+    (within the family's documented tolerance for bf16/fp16), embed the metadata.
+    AOTInductor packages run on the device they were compiled on (`device`); TorchScript
+    files load on any device."""
     recipe = RECIPES[spec.family]
-    eager = recipe.build(spec, weights)
-    example = recipe.example(weights)
+    device = torch.device(device)
+    eager = recipe.build(spec, weights).to(device)
+    example = recipe.example(weights).to(device)
     with torch.inference_mode():
         reference = eager(example)
     if precision != "fp32":
@@ -156,7 +161,7 @@ def compile_model(spec: ModelSpec, weights: Weights, output: Path, precision: st
         "torch_version": torch.__version__,
         "compiler": compiler,
         "precision": precision,
-        "device": "cpu",  # AOTInductor packages run on the device they were compiled for
+        "device": str(device),  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
     }
     if partial is None:
@@ -166,17 +171,17 @@ def compile_model(spec: ModelSpec, weights: Weights, output: Path, precision: st
         os.replace(partial, output)
     # Check the file as it will be served, not only the in-memory module.
     with torch.inference_mode():
-        reloaded = load_artifact(output)(example)
+        reloaded = load_artifact(output, device)(example)
     if not all(torch.equal(a, b) for a, b in zip(_tensors(result), _tensors(reloaded), strict=True)):
         output.unlink()
         raise ParityError(f"{spec.name}: the saved file {output} does not reproduce the compiled module")
     return metadata
 
 
-def load_artifact(path: Path):
+def load_artifact(path: Path, device: torch.device):
     if path.suffix == ".pt2":
         return torch._inductor.aoti_load_package(str(path))
-    return torch.jit.load(str(path), map_location="cpu")
+    return torch.jit.load(str(path), map_location=device)
 
 
 def _tensors(output) -> list[torch.Tensor]:
@@ -194,6 +199,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--precision", choices=sorted(PRECISIONS), default="fp32", help="bf16/fp16: reduced-precision variant"
     )
+    parser.add_argument("--device", default="cpu", help="where to check (and, for .pt2, compile for): cpu, cuda")
     return parser
 
 
@@ -206,7 +212,7 @@ def main(args: argparse.Namespace) -> None:
         weights = RECIPES[spec.family].resolve_weights(
             spec, args.weights, args.weights_dir, download=not args.no_download, strict=args.strict
         )
-        metadata = compile_model(spec, weights, args.output, args.precision)
+        metadata = compile_model(spec, weights, args.output, args.precision, args.device)
     except (KeyError, WeightsError, ParityError) as err:
         sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) else err}")
     print(

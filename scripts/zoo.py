@@ -78,10 +78,10 @@ MODELS = (
             weights="MobileNet_V2_Weights.IMAGENET1K_V1",
         ),
     ),
-    ModelSpec("yolov5s", "detector", "yolov5s"),
-    ModelSpec("yolov5m", "detector", "yolov5m"),
-    ModelSpec("yolov5l", "detector", "yolov5l"),
-    ModelSpec("face_pixelizer", "face", "retinaface_mobilenet0.25"),
+    ModelSpec("yolov5s", "detector", "yolov5s", compiler="aoti"),
+    ModelSpec("yolov5m", "detector", "yolov5m", compiler="aoti"),
+    ModelSpec("yolov5l", "detector", "yolov5l", compiler="aoti"),
+    ModelSpec("face_pixelizer", "face", "retinaface_mobilenet0.25", compiler="aoti"),
 )
 
 

@@ -173,7 +173,7 @@ def test_batch_size_header_is_opt_in(make_handler):
 
 @pytest.mark.parametrize("decoder", ["batched", "per_image"])
 def test_both_jpeg_decoders_give_the_same_answers_and_isolate_corrupt_ones(make_handler, decoder):
-    """"batched" is the GPU path (nvJPEG, one call per batch); on CPU it runs the same code."""
+    """ "batched" is the GPU path (nvJPEG, one call per batch); on CPU it runs the same code."""
     handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"jpeg_decoder": decoder}})
     good = [solid(RED, (640, 480)), solid(GREEN, (31, 17)), solid(BLUE, (300, 451), "PNG")]
     truncated = solid(GREEN, (400, 400))[:500]
