@@ -31,11 +31,11 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 	--precision $(PRECISION) --device $(DEVICE)
 # Everything in scripts/ that the compiled models depend on (not the tools around them).
 COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py \
-	scripts/loadgen.py scripts/soak.py scripts/photos.py,\
+	scripts/loadgen.py scripts/soak.py scripts/photos.py scripts/bench%.py,\
 	$(wildcard scripts/*.py))
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: help setup archive models yolov5-sizes soak serve stop test test-unit lint clean distclean
+.PHONY: help setup archive models yolov5-sizes bench soak serve stop test test-unit lint clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -72,6 +72,9 @@ models: $(ARTIFACTS) ## show each compiled model's weights and input size
 
 yolov5-sizes: $(call artifact,yolov5s) $(call artifact,yolov5m) $(call artifact,yolov5l) ## measure YOLOv5 S/M/L -> docs/yolov5_sizes.md
 	$(PY) -m scripts.compare_yolov5 --output docs/yolov5_sizes.md
+
+bench: archive ## measure ours vs TorchServe's built-in handler vs FastAPI vs the model alone -> docs/benchmarks.md
+	$(PY) -m scripts.bench
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.soak --duration 600 --concurrency 8 --markdown docs/soak.md

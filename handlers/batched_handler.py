@@ -6,7 +6,8 @@ A batch flows: per request decode (a failure answers that request alone with a 4
 response per request, in order, each with its own status and content type.
 
 A task subclass sets `settings_class`, `request_params` and `task`, and implements
-`prepare`, `to_model_input` and `postprocess` (and `setup` if it needs data files).
+`prepare` and `postprocess` (and `setup` if it needs data files). The compiled model
+takes the stacked uint8 images as they are: it normalises them itself, in its graph.
 """
 
 import http
@@ -36,6 +37,9 @@ from runtime import configure_threads, load_compiled_model, select_device
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
 
 logger = logging.getLogger(__name__)
+
+# What every compiled model takes (scripts/compile.py): the prepared images as they are.
+INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class BatchedImageHandler:
         self.model, self.metadata = load_compiled_model(model_file, self.device, self.settings.optimize)
         if self.metadata.get("task") != self.task:
             raise ValueError(f"{model_file.name} is a {self.metadata.get('task')!r} model, not {self.task!r}")
+        if self.metadata.get("input_format") != INPUT_FORMAT:
+            raise ValueError(f"{model_file.name} does not take {INPUT_FORMAT} batches: rebuild it with `make archive`")
         self.setup(model_dir)
         if self.settings.warmup:
             self.warmup()
@@ -159,10 +165,6 @@ class BatchedImageHandler:
         """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, meta)."""
         raise NotImplementedError
 
-    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 [B, 3, h, w] -> the model's input tensor (normalised floats)."""
-        raise NotImplementedError
-
     def postprocess(self, output: Any, item: Item) -> Response:
         """One image's slice of the model output -> that request's response."""
         raise NotImplementedError
@@ -176,7 +178,7 @@ class BatchedImageHandler:
             prepared, _meta = self.prepare(item)
             for batch in sorted({1, self.batch_size}):  # TorchScript specialises on each batch shape
                 for _ in range(3):
-                    self.model(self.to_model_input(prepared.expand(batch, *prepared.shape)))
+                    self.model(prepared.expand(batch, *prepared.shape).contiguous())
 
     # --- the batch pipeline ------------------------------------------------------
 
@@ -247,7 +249,7 @@ class BatchedImageHandler:
     def _forward_group(self, items: list[Item], context) -> list[Any]:
         try:
             with self._timed(context, "InferenceTime"):
-                inputs = self.to_model_input(torch.stack([item.input for item in items]))
+                inputs = torch.stack([item.input for item in items])  # uint8: the model converts
                 if self.settings.channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 outputs = self.model(inputs)

@@ -6,7 +6,7 @@ import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
 from classification import ClassifierSettings, load_labels, top_k_predictions
-from imaging import normalize_batch, resize_center_crop
+from imaging import resize_center_crop
 
 
 class ClassifierHandler(BatchedImageHandler):
@@ -18,7 +18,6 @@ class ClassifierHandler(BatchedImageHandler):
         meta = self.metadata
         self.labels = load_labels(model_dir / "index_to_name.json", meta["num_classes"])
         self.resize_size, self.crop_size = meta["resize_size"], meta["input_size"][0]
-        self.mean, self.std = tuple(meta["mean"]), tuple(meta["std"])
         self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
     def decode_at_least(self, settings: ClassifierSettings) -> tuple[int, str]:
@@ -26,9 +25,6 @@ class ClassifierHandler(BatchedImageHandler):
 
     def prepare(self, item: Item) -> tuple[torch.Tensor, None]:
         return resize_center_crop(item.image, self.resize_size, self.crop_size), None
-
-    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        return normalize_batch(batch, self.mean, self.std)
 
     def postprocess(self, logits: torch.Tensor, item: Item) -> Response:
         predictions = top_k_predictions(logits, item.settings.top_k, self.labels)

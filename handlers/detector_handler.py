@@ -36,9 +36,6 @@ class DetectorHandler(BatchedImageHandler):
     def prepare(self, item: Item):
         return letterbox(item.image, self.input_size, self.fill, item.original_size)
 
-    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.float() / 255
-
     def postprocess(self, predictions: torch.Tensor, item: Item) -> Response:
         settings, meta = item.settings, item.meta
         try:

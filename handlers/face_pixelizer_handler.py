@@ -31,8 +31,7 @@ class FacePixelizerHandler(BatchedImageHandler):
         self.default_size = self.settings.input_size or meta["input_size"][0]
         if self.default_size % meta["stride"]:
             raise ValueError(f"input_size {self.default_size} is not a multiple of the model's stride {meta['stride']}")
-        self.mean_bgr = torch.tensor(meta["mean_bgr"], device=self.device).view(1, 3, 1, 1)
-        # Letterbox padding in the mean colour: after mean subtraction the model sees zeros.
+        # Letterbox padding in the mean colour: after its mean subtraction the model sees zeros.
         self.fill = [round(value) for value in reversed(meta["mean_bgr"])]
         self.priors_config = meta["priors"]
         self.priors: dict[tuple[int, int], torch.Tensor] = {}
@@ -41,9 +40,6 @@ class FacePixelizerHandler(BatchedImageHandler):
     def prepare(self, item: Item):
         # Decoded at full size: the anonymised photo goes back at its original resolution.
         return letterbox(item.image, item.settings.input_size or self.default_size, self.fill)
-
-    def to_model_input(self, batch: torch.Tensor) -> torch.Tensor:
-        return batch.flip(1).float() - self.mean_bgr  # RGB -> BGR, minus the training mean
 
     def postprocess(self, outputs: tuple[torch.Tensor, ...], item: Item) -> Response:
         loc, conf, landmarks = outputs

@@ -222,13 +222,6 @@ def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int) ->
     return F.resized_crop(image, top, left, height, width, [crop_size, crop_size], antialias=True)
 
 
-def normalize_batch(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float32 [B, 3, H, W], scaled to [0, 1] then standardised."""
-    mean_t = torch.tensor(mean, device=batch.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=batch.device).view(1, -1, 1, 1)
-    return (batch.float() / 255.0 - mean_t) / std_t
-
-
 def letterbox(
     image: torch.Tensor, size: int, fill: int | Sequence[int] = 114, original_size: tuple[int, int] | None = None
 ) -> tuple[torch.Tensor, ImageMeta]:

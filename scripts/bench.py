@@ -4,15 +4,18 @@ settings, and a naive single-process FastAPI app -- in one run, on one machine, 
 the same real-photo JPEGs. Writes docs/benchmarks.md, docs/benchmarks.png and the
 raw numbers in docs/benchmarks.json.
 
-    python -m scripts.bench            # make bench: the full run for the doc (~15 min on 2 cores)
+    python -m scripts.bench            # make bench: the full run for the doc (~20 min on 2 cores)
     python -m scripts.bench --quick    # CI: mobilenet_v2 only, short points (< 2 min)
 """
 
 import argparse
 import datetime
+import importlib
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,19 +31,23 @@ import yaml
 from scripts.archive import ARCHIVE_VERSION
 from scripts.loadgen import closed_loop_raw, percentile
 from scripts.photos import encode, photo
-from scripts.server import free_ports, local_torchserve
-from scripts.zoo import REPO, get_model
+from scripts.server import free_ports, local_torchserve, read_properties
+from scripts.zoo import COMPILERS, MODELS, REPO, get_model
 
 CONCURRENCY = (1, 8, 32)
 CLASSIFIERS = ("mobilenet_v2", "resnet18")
 OTHERS = ("yolov5s", "face_pixelizer")
-# TorchServe's own defaults for what our config.properties tunes (docs/configuration.md).
+HANDLER_BENCH = ("resnet50", "yolov5s", "face_pixelizer")  # the GPU measurement's models
+# TorchServe's own defaults for what our config.properties tunes (its docs/configuration.md).
 TORCHSERVE_DEFAULTS = {"vmargs": "", "metrics_mode": "log"}
+# TorchServe's cumulative Prometheus counters (metrics_mode=prometheus), per model.
+COUNTERS = ("ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
+HANDLER_MODULES = {"classifier": "classifier_handler", "detector": "detector_handler", "face": "face_pixelizer_handler"}
 
 
 @dataclass
 class Point:
-    server: str  # "ours", "built-in", "fastapi"
+    server: str  # "ours", "built-in" or "fastapi"
     model: str
     image: str  # "small" or "large"
     concurrency: int
@@ -51,6 +58,8 @@ class Point:
     p99_ms: float
     errors: int
     log_bytes_per_request: float | None = None
+    queue_ms: float | None = None  # TorchServe: mean wait in its job queue
+    inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
 
 
 def images() -> dict[str, bytes]:
@@ -64,7 +73,7 @@ def images() -> dict[str, bytes]:
     }
 
 
-# --- the ceiling: the compiled model alone ---------------------------------------------
+# --- the ceiling: the compiled model alone ----------------------------------------------
 
 
 def served_settings(model: str) -> tuple[int, int]:
@@ -73,33 +82,71 @@ def served_settings(model: str) -> tuple[int, int]:
 
     config = yaml.safe_load(get_model(model).config_file.read_text())
     handler_threads = config.get("handler", {}).get("num_threads")
-    threads = handler_threads or threads_per_worker(usable_cores(), config["maxWorkers"])
-    return config["batchSize"], threads
+    return config["batchSize"], handler_threads or threads_per_worker(usable_cores(), config["maxWorkers"])
+
+
+def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int, float]:
+    """img/s of a compiled file, loaded as the handler loads it, on ready-made inputs."""
+    from runtime import load_compiled_model
+
+    compiled, metadata = load_compiled_model(path, torch.device("cpu"))
+    height, width = metadata["input_size"]
+    result = {}
+    for batch in batches:
+        inputs = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)  # as the handler sends
+        with torch.inference_mode():
+            for _ in range(8):  # TorchScript profiles and specialises on the first runs of a shape
+                compiled(inputs)
+            runs, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds or runs < 3:
+                compiled(inputs)
+                runs += 1
+        result[batch] = runs * batch / (time.perf_counter() - started)
+    return result
 
 
 def ceiling(model: str, seconds: float) -> dict:
-    """img/s of the served compiled file (loaded as the handler loads it) on ready-made
-    input tensors, at the served batch size and thread count, and at batch 1."""
-    from runtime import load_compiled_model
-
+    """The compiled model alone on the share of the machine it is served with: as many
+    processes as workers, each with the worker's threads and batch size, all at once."""
     spec = get_model(model)
     batch, threads = served_settings(model)
+    workers = yaml.safe_load(spec.config_file.read_text())["maxWorkers"]
     torch.set_num_threads(threads)
-    compiled, metadata = load_compiled_model(REPO / "build" / spec.artifact, torch.device("cpu"))
-    height, width = metadata["input_size"]
-    result = {"batch": batch, "threads": threads, "compiler": metadata["compiler"]}
-    for size in sorted({1, batch}):
-        inputs = torch.rand(size, 3, height, width)
-        with torch.inference_mode():
-            for _ in range(3):
-                compiled(inputs)
-            runs, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                compiled(inputs)
-                runs += 1
-        result[f"b{size}_img_per_s"] = runs * size / (time.perf_counter() - started)
-    result["served_img_per_s"] = result[f"b{batch}_img_per_s"]
-    return result
+    if workers == 1:
+        throughput = model_throughput(REPO / "build" / spec.artifact, sorted({1, batch}), seconds)
+    else:
+        command = [sys.executable, "-m", "scripts.bench", "--model-alone", model, "--duration", str(seconds)]
+        processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
+        parts = [json.loads(process.communicate()[0].strip().splitlines()[-1]) for process in processes]
+        throughput = {int(b): sum(part[b] for part in parts) for b in parts[0]}
+    return {
+        "workers": workers,
+        "batch": batch,
+        "threads": threads,
+        "compiler": spec.compiler,
+        "b1": throughput[1],
+        "served": throughput[batch],
+    }
+
+
+def compile_targets(models: list[str], seconds: float, workdir: Path) -> dict[str, dict]:
+    """Both compile targets of each model side by side (the reason for the table's choice)."""
+    results = {}
+    for model in models:
+        spec = get_model(model)
+        batch, threads = served_settings(model)
+        torch.set_num_threads(threads)
+        batches = sorted({1, 2, 4, 8} if spec.family == "classifier" else {1, 2, 4})
+        results[model] = {"chosen": spec.compiler}
+        for compiler, suffix in COMPILERS.items():
+            path = REPO / "build" / spec.artifact
+            if compiler != spec.compiler:
+                path = workdir / f"{model}{suffix}"
+                command = [sys.executable, "-m", "scripts.compile", model, "--output", str(path), "--no-download"]
+                subprocess.run(command, cwd=REPO, check=True, capture_output=True)
+            results[model][compiler] = model_throughput(path, batches, seconds)
+        print(f"{model}: {results[model]}", file=sys.stderr, flush=True)
+    return results
 
 
 # --- servers ------------------------------------------------------------------------
@@ -144,11 +191,23 @@ def fastapi_server(architecture: str):
         process.wait(timeout=30)
 
 
-def measure(server, base, headers, model, image, body, concurrency, duration, logs: Path | None = None) -> Point:
+def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]:
+    """TorchServe's cumulative queue and inference latency (microseconds) for a model."""
+    if metrics_url is None:
+        return {}
+    text = requests.get(f"{metrics_url}/metrics", timeout=10).text
+    counters = {}
+    for name in COUNTERS:
+        match = re.search(rf'^{name}{{model_name="{model}".*}} (\S+)$', text, re.M)
+        counters[name] = float(match.group(1)) if match else 0.0
+    return counters
+
+
+def measure(server, base, headers, model, image, body, concurrency, duration, logs=None, metrics=None) -> Point:
+    closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(3, duration))  # warm-up
     logged_before = directory_bytes(logs) if logs else 0
-    outcomes = closed_loop_raw(
-        base, f"/predictions/{model}", headers, body, concurrency, duration, max_requests=100_000
-    )
+    counters_before = torchserve_counters(metrics, model)
+    outcomes = closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, duration, 100_000)
     elapsed = max(started + latency for started, latency, _ in outcomes) - min(s for s, _, _ in outcomes)
     latencies = sorted(latency * 1000 for _, latency, _ in outcomes)
     point = Point(
@@ -163,6 +222,11 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         percentile(latencies, 99),
         sum(status != 200 for _, _, status in outcomes),
     )
+    if metrics:
+        after = torchserve_counters(metrics, model)
+        point.queue_ms, point.inference_ms = (
+            (after[name] - counters_before[name]) / 1000 / len(outcomes) for name in COUNTERS
+        )
     if logs:
         time.sleep(1.5)  # let asynchronous log appenders flush
         point.log_bytes_per_request = (directory_bytes(logs) - logged_before) / max(1, len(outcomes))
@@ -174,27 +238,35 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def sweep(server, base, headers, models, bodies, concurrencies, duration, logs=None) -> list[Point]:
-    points = []
-    for model in models:
-        requests.put(f"{base}/predictions/{model}", data=bodies["small"], headers=headers, timeout=120)  # warm-up
-        for image, body in bodies.items():
-            levels = concurrencies if image == "small" else [c for c in concurrencies if c == 8] or concurrencies[-1:]
-            for concurrency in levels:
-                points.append(measure(server, base, headers, model, image, body, concurrency, duration, logs))
-    return points
+def sweep(server_name, base, headers, models, bodies, concurrencies, duration, logs=None, metrics=None) -> list[Point]:
+    """Every model at every concurrency with the small photo, and at 8 with the large one."""
+    runs = [
+        (model, image, c) for model in models for image in bodies for c in (concurrencies if image == "small" else [8])
+    ]
+    return [
+        measure(server_name, base, headers, model, image, bodies[image], c, duration, logs, metrics)
+        for model, image, c in runs
+    ]
 
 
-# --- where the time goes ------------------------------------------------------------
+def serve_and_sweep(store: Path, names: list[str], label: str, bodies, concurrencies, duration, overrides=None):
+    with local_torchserve(store, names, overrides=overrides) as server:
+        properties = read_properties(server.workdir / "config.properties")
+        metrics = properties["metrics_address"] if properties.get("metrics_mode") == "prometheus" else None
+        return sweep(label, server.inference, server.keys.header("inference"), names, bodies, concurrencies,
+                     duration, server.workdir / "logs", metrics)  # fmt: skip
+
+
+# --- where the time goes inside our handler -------------------------------------------------
 
 
 class _Context:
     """Just enough of TorchServe's context to drive a handler in-process."""
 
-    def __init__(self, model_dir: Path, config: dict, spec_name: str, artifact: str):
-        self.model_name = spec_name
-        self.manifest = {"model": {"modelName": spec_name, "serializedFile": artifact}}
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": config["batchSize"]}
+    def __init__(self, model_dir: Path, config: dict, name: str, artifact: str, gpu_id: int | None = None):
+        self.model_name = name
+        self.manifest = {"model": {"modelName": name, "serializedFile": artifact}}
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": config["batchSize"]}
         self.model_yaml_config = config
         self.times: dict[str, list[float]] = {}
         self.metrics = self
@@ -212,38 +284,38 @@ class _Context:
         pass
 
 
-def stage_breakdown(model: str, body: bytes, batches: int = 8) -> dict[str, float]:
-    """ms per image spent in each stage of our handler at the served batch size."""
-    import importlib
-    import shutil
-
+def load_handler(model: str, model_dir: Path, batch_size: int | None = None, gpu_id: int | None = None):
+    """Our handler for `model`, initialised in-process on a copy of its build (on the GPU
+    `gpu_id` when given, as TorchServe assigns one)."""
     spec = get_model(model)
     config = yaml.safe_load(spec.config_file.read_text())
+    if batch_size:
+        config["batchSize"] = batch_size
+    shutil.copy(REPO / "build" / spec.artifact, model_dir)
+    shutil.copy(REPO / "index_to_name.json", model_dir)
+    context = _Context(model_dir, config, model, spec.artifact, gpu_id)
+    module = importlib.import_module(HANDLER_MODULES[spec.family])
+    (handler_class,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    handler = handler_class()
+    handler.initialize(context)
+    return handler, context
+
+
+def stage_breakdown(model: str, body: bytes, batches: int) -> dict[str, float]:
+    """ms per image spent in each stage of our handler at the served batch size."""
     with tempfile.TemporaryDirectory() as model_dir:
-        shutil.copy(REPO / "build" / spec.artifact, model_dir)
-        shutil.copy(REPO / "index_to_name.json", model_dir)
-        context = _Context(Path(model_dir), config, model, spec.artifact)
-        family = {"classifier": "classifier_handler", "detector": "detector_handler", "face": "face_pixelizer_handler"}
-        module = importlib.import_module(family[spec.family])
-        (handler_class,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
-        handler = handler_class()
-        handler.initialize(context)
-        batch = [{"body": bytearray(body)} for _ in range(config["batchSize"])]
+        handler, context = load_handler(model, Path(model_dir))
+        batch_size = context.model_yaml_config["batchSize"]
+        batch = [{"body": bytearray(body)} for _ in range(batch_size)]
         handler.handle(batch, context)  # warm-up
         context.times.clear()
         for _ in range(batches):
             handler.handle(batch, context)
-    per_image = {name: sum(values) / (len(values) * config["batchSize"]) for name, values in context.times.items()}
-    return {"batch": config["batchSize"], **{k: round(v, 2) for k, v in per_image.items()}}
+    per_image = {name: sum(values) / (len(values) * batch_size) for name, values in context.times.items()}
+    return {"batch": batch_size, **{name: round(value, 2) for name, value in per_image.items()}}
 
 
-# --- report -------------------------------------------------------------------------
-
-
-def render(results: dict) -> str:
-    from scripts.bench_report import render_markdown
-
-    return render_markdown(results)
+# --- main ---------------------------------------------------------------------------
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -251,55 +323,68 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="CI mode: mobilenet_v2, short points, no doc")
     parser.add_argument("--duration", type=float, help="seconds per point (default 15, quick 3)")
     parser.add_argument("--output-dir", type=Path, default=REPO / "docs")
+    parser.add_argument("--json", type=Path, help="also write the raw results here (quick mode)")
+    parser.add_argument("--model-alone", metavar="MODEL", help=argparse.SUPPRESS)  # one ceiling worker process
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(REPO / "handlers"))  # in-process handler and runtime, as on TorchServe's PYTHONPATH
+    sys.path.insert(0, str(REPO / "handlers"))  # in-process handlers and loader, as on TorchServe's PYTHONPATH
+    if args.model_alone:  # one of a ceiling's processes: print {batch: img/s}
+        batch, threads = served_settings(args.model_alone)
+        torch.set_num_threads(threads)
+        path = REPO / "build" / get_model(args.model_alone).artifact
+        print(json.dumps(model_throughput(path, sorted({1, batch}), args.duration)))
+        return
     duration = args.duration or (3 if args.quick else 15)
     classifiers = ["mobilenet_v2"] if args.quick else list(CLASSIFIERS)
-    others = [] if args.quick else list(OTHERS)
+    served = classifiers + ([] if args.quick else list(OTHERS))
     concurrencies = (1, 8) if args.quick else CONCURRENCY
-    bodies = images() if not args.quick else {"small": images()["small"]}
+    bodies = {"small": images()["small"]} if args.quick else images()
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU",
         "duration_s": duration,
         "quick": args.quick,
-        "ceilings": {},
-        "breakdown": {},
+        "ceilings": {model: ceiling(model, 2 if args.quick else 5) for model in served},
+        "breakdown": {model: stage_breakdown(model, bodies["small"], 2 if args.quick else 8) for model in served},
         "points": [],
     }
-    for model in classifiers + others:
-        results["ceilings"][model] = ceiling(model, 2 if args.quick else 5)
-        results["breakdown"][model] = stage_breakdown(model, bodies["small"], 2 if args.quick else 8)
-        print(f"{model}: ceiling {results['ceilings'][model]}, stages {results['breakdown'][model]}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="bench-store-") as store_dir:
-        store = Path(store_dir)
-        for model in classifiers + others:
+    if not args.quick:
+        from scripts.bench_handler import measure as handler_vs_model
+
+        results["handler_vs_model"] = [
+            handler_vs_model(model, batch, torch.device("cpu"), 3) for model in HANDLER_BENCH for batch in (1, 8)
+        ]
+    with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+        if not args.quick:
+            results["compile_targets"] = compile_targets([spec.name for spec in MODELS], 3, Path(workdir))
+        store = Path(workdir) / "store"
+        store.mkdir()
+        for model in served:
             (store / f"{model}.mar").symlink_to(REPO / "model_store" / f"{model}.mar")
-        with local_torchserve(store, classifiers + others) as server:
-            headers = server.keys.header("inference")
-            points = sweep("ours", server.inference, headers, classifiers + others, bodies, concurrencies, duration,
-                           server.workdir / "logs")  # fmt: skip
-            results["points"] += [asdict(p) for p in points]
+        results["points"] += map(asdict, serve_and_sweep(store, served, "ours", bodies, concurrencies, duration))
         names = builtin_store(store, classifiers)
-        with local_torchserve(store, names, overrides=TORCHSERVE_DEFAULTS) as server:
-            headers = server.keys.header("inference")
-            points = sweep("built-in", server.inference, headers, names, bodies, concurrencies, duration,
-                           server.workdir / "logs")  # fmt: skip
-            results["points"] += [asdict(p) for p in points]
+        points = serve_and_sweep(store, names, "built-in", bodies, concurrencies, duration, TORCHSERVE_DEFAULTS)
+        results["points"] += map(asdict, points)
     for model in classifiers:
         with fastapi_server(get_model(model).architecture) as url:
             points = sweep("fastapi", url, {}, [model], {"small": bodies["small"]}, concurrencies, duration)
-            results["points"] += [asdict(p) for p in points]
+            results["points"] += map(asdict, points)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
     if args.quick:
-        print(json.dumps(results, indent=1))
+        from scripts.bench_report import summary_lines
+
+        print("\n".join(summary_lines(results)))
         return
+    from scripts.bench_report import plot, render_markdown
+
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "benchmarks.json").write_text(json.dumps(results, indent=1))
-    (args.output_dir / "benchmarks.md").write_text(render(results))
-    print(f"wrote {args.output_dir / 'benchmarks.md'}")
+    plot(results, args.output_dir / "benchmarks.png")
+    (args.output_dir / "benchmarks.md").write_text(render_markdown(results))
+    print(f"wrote {args.output_dir / 'benchmarks.md'} and benchmarks.png")
 
 
 if __name__ == "__main__":

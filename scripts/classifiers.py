@@ -6,6 +6,7 @@ import torchvision
 import torchvision.transforms.v2 as T
 from skimage import data as photos
 
+from scripts.inputs import ImageNetInput
 from scripts.weights import RANDOM_SEED, Weights, WeightsError
 from scripts.zoo import ModelSpec
 
@@ -25,17 +26,15 @@ def build_classifier(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
 
 
 def parity_batch(preset: dict) -> torch.Tensor:
-    """The parity photos preprocessed with torchvision's reference evaluation pipeline."""
-    transform = T.Compose(
-        [
-            T.Resize(preset["resize_size"], antialias=True),
-            T.CenterCrop(preset["crop_size"]),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(preset["mean"], preset["std"]),
-        ]
-    )
+    """The parity photos, resized and centre-cropped by torchvision's reference evaluation
+    pipeline: uint8 RGB, as the handler feeds the compiled model (which normalises)."""
+    transform = T.Compose([T.Resize(preset["resize_size"], antialias=True), T.CenterCrop(preset["crop_size"])])
     images = [torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1) for name in PARITY_PHOTOS]
     return torch.stack([transform(image) for image in images])
+
+
+def classifier_input(weights: Weights) -> ImageNetInput:
+    return ImageNetInput(weights.preset["mean"], weights.preset["std"])
 
 
 def classifier_metadata(spec: ModelSpec, weights: Weights) -> dict:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from scripts.detectors import INPUT_SIZE, parity_batch
+from scripts.inputs import UnitScaleInput, WithInput
 from scripts.yolov5 import SIZES, YOLOv5
 from scripts.zoo import REPO, get_model
 
@@ -54,8 +55,9 @@ def gflops(model: torch.nn.Module, size: int) -> float:
 def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> dict:
     from runtime import load_compiled_model
 
-    eager = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
-    flops = gflops(eager, INPUT_SIZE)
+    network = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
+    flops = gflops(network, INPUT_SIZE)
+    eager = WithInput(UnitScaleInput(), network)  # takes uint8 RGB, as the compiled file
     eager = eager.to(device)
     compiled, _ = load_compiled_model(build_dir / get_model(name).artifact, device)  # as the handler loads it
     photos = parity_batch(None).to(device)
@@ -65,7 +67,7 @@ def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> d
         compiled_b1 = median_seconds(lambda: compiled(single), repeats, device)
         compiled_b8 = median_seconds(lambda: compiled(batch8), max(2, repeats // 2), device)
     return {
-        "params_m": sum(p.numel() for p in eager.parameters()) / 1e6,
+        "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
         "gflops": flops,
         "eager_b1_ms": eager_b1 * 1000,
         "compiled_b1_ms": compiled_b1 * 1000,

@@ -17,16 +17,25 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
-from scripts.classifiers import build_classifier, check_classifier_parity, classifier_metadata, parity_batch
+from scripts.classifiers import (
+    build_classifier,
+    check_classifier_parity,
+    classifier_input,
+    classifier_metadata,
+    parity_batch,
+)
 from scripts.detectors import build_detector, check_detector_parity, detector_metadata, resolve_detector_weights
 from scripts.detectors import parity_batch as detector_parity_batch
-from scripts.faces import build_face_detector, check_face_parity, face_metadata, resolve_face_weights
+from scripts.faces import build_face_detector, check_face_parity, face_input, face_metadata, resolve_face_weights
 from scripts.faces import parity_batch as face_parity_batch
+from scripts.inputs import UnitScaleInput, WithInput
 from scripts.models import METADATA_FILE
 from scripts.weights import Weights, WeightsError, resolve_classifier_weights
 from scripts.zoo import ModelSpec, get_model
 
 METADATA_FORMAT = 1
+# Every compiled model takes the handler's batch as is and converts it in its graph.
+INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
 
 
 class ParityError(Exception):
@@ -43,6 +52,7 @@ class Recipe:
     example: Callable[[Weights], torch.Tensor]
     metadata: Callable[[ModelSpec, Weights], dict]
     check: Callable[..., float]  # (eager, compiled, precision) -> max abs difference
+    input_adapter: Callable[[Weights], torch.nn.Module]  # uint8 RGB -> what the network expects
     spatial_dynamic: bool = False  # letterboxed families take any multiple of 32 as height/width
 
 
@@ -53,6 +63,7 @@ RECIPES = {
         lambda weights: parity_batch(weights.preset),
         classifier_metadata,
         check_classifier_parity,
+        classifier_input,
     ),
     "detector": Recipe(
         resolve_detector_weights,
@@ -60,6 +71,7 @@ RECIPES = {
         detector_parity_batch,
         detector_metadata,
         check_detector_parity,
+        lambda weights: UnitScaleInput(),
         spatial_dynamic=True,
     ),
     "face": Recipe(
@@ -68,6 +80,7 @@ RECIPES = {
         face_parity_batch,
         face_metadata,
         check_face_parity,
+        face_input,
         spatial_dynamic=True,
     ),
 }
@@ -136,12 +149,14 @@ def compile_model(
     files load on any device."""
     recipe = RECIPES[spec.family]
     device = torch.device(device)
-    eager = recipe.build(spec, weights).to(device)
-    example = recipe.example(weights).to(device)
+    network = recipe.build(spec, weights)
+    eager = WithInput(recipe.input_adapter(weights), network).eval().to(device)
+    example = recipe.example(weights).to(device)  # uint8 RGB, as the handlers send it
     with torch.inference_mode():
         reference = eager(example)
     if precision != "fp32":
-        eager = ReducedPrecision(eager, PRECISIONS[precision]).eval()
+        reduced = ReducedPrecision(network, PRECISIONS[precision])
+        eager = WithInput(recipe.input_adapter(weights), reduced).eval().to(device)
     if output.suffix == ".pt2":
         partial = export_and_package(eager, example, recipe.spatial_dynamic, output)
         compiled, compiler = torch._inductor.aoti_load_package(str(partial)), "torch.export + AOTInductor (freezing)"
@@ -161,6 +176,7 @@ def compile_model(
         "torch_version": torch.__version__,
         "compiler": compiler,
         "precision": precision,
+        "input_format": INPUT_FORMAT,
         "device": str(device),  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
     }

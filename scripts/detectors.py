@@ -80,8 +80,8 @@ def build_detector(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
     return model.eval()
 
 
-def parity_batch(weights: Weights) -> torch.Tensor:
-    """The parity photos letterboxed to 640x640 (reference implementation) in [0, 1]."""
+def parity_batch(weights: Weights | None = None) -> torch.Tensor:
+    """The parity photos letterboxed to 640x640 (reference implementation), uint8 RGB."""
     batch = []
     for name in PARITY_PHOTOS:
         image = torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1)
@@ -91,7 +91,7 @@ def parity_batch(weights: Weights) -> torch.Tensor:
         pad_h, pad_w = INPUT_SIZE - resized.shape[1], INPUT_SIZE - resized.shape[2]
         padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         batch.append(nnf.pad(resized, padding, value=LETTERBOX_FILL))
-    return torch.stack(batch).float() / 255
+    return torch.stack(batch)
 
 
 def detector_metadata(spec: ModelSpec, weights: Weights) -> dict:

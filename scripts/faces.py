@@ -19,6 +19,7 @@ import torch
 from onnx import numpy_helper
 from skimage import data as photos
 
+from scripts.inputs import BGRMeanInput
 from scripts.retinaface import RetinaFace
 from scripts.weights import Weights, WeightsError, explicit_weights_file, sha256_file
 from scripts.zoo import ModelSpec
@@ -97,17 +98,16 @@ def build_face_detector(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
     return model.eval()
 
 
-def to_model_input(images: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB [B, 3, H, W] -> float BGR minus the training mean, as the model expects."""
-    mean = torch.tensor(MEAN_BGR, device=images.device).view(1, 3, 1, 1)
-    return images.flip(1).float() - mean
+def face_input(weights: Weights | None = None) -> BGRMeanInput:
+    """uint8 RGB -> BGR minus the training mean: the network's input convention."""
+    return BGRMeanInput(MEAN_BGR)
 
 
 def parity_batch(weights: Weights | None = None) -> torch.Tensor:
-    """Two real photos at 640x640 (resized), in the model's input convention."""
+    """Two real photos resized to 640x640, uint8 RGB."""
     images = [torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1) for name in PARITY_PHOTOS]
     resized = [torch.nn.functional.interpolate(i[None].float(), size=(INPUT_SIZE, INPUT_SIZE)) for i in images]
-    return to_model_input(torch.cat(resized).round().to(torch.uint8))
+    return torch.cat(resized).round().to(torch.uint8)
 
 
 def face_metadata(spec: ModelSpec, weights: Weights) -> dict:

@@ -21,16 +21,23 @@ TINY_METADATA = {
     "std": [0.229, 0.224, 0.225],
     "num_classes": 4,
     "weights": {"name": "test-fixture", "origin": "tests/handler/conftest.py", "sha256": None},
+    "input_format": "uint8 RGB [B, 3, H, W]",
 }
 
 
 class TinyColorClassifier(torch.nn.Module):
-    """Logits = (mean normalised R, G, B, 1.0) * 10: a saturated red, green or blue
-    image is that colour's class, a mid-gray one is "gray". Exact, so tests can
-    expect exact answers."""
+    """Takes uint8 RGB like every compiled model, normalises with ImageNet statistics, and
+    answers logits = (mean normalised R, G, B, 1.0) * 10: a saturated red, green or blue
+    image is that colour's class, a mid-gray one is "gray". Exact, so tests can expect
+    exact answers."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.mean(dim=(2, 3))  # [B, 3]
+        channels = ((x.float() / 255 - self.mean) / self.std).mean(dim=(2, 3))  # [B, 3]
         return torch.cat([channels, torch.ones_like(channels[:, :1])], dim=1) * 10.0
 
 

@@ -23,6 +23,7 @@ DETECTOR_METADATA = {
     "num_classes": 3,
     "class_names": NAMES,
     "weights": {"name": "test-fixture", "origin": "tests/handler/test_detector_handler.py", "sha256": None},
+    "input_format": "uint8 RGB [B, 3, H, W]",
 }
 YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "handler": {}}
 
@@ -34,6 +35,7 @@ class RedBoxDetector(torch.nn.Module):
     0.5 (class-aware NMS keeps it). No red pixels: objectness 0."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255  # uint8 RGB in, as every compiled model
         red = (x[:, 0] > 0.8) & (x[:, 1] < 0.2) & (x[:, 2] < 0.2)  # [B, H, W]
         height, width = red.shape[1], red.shape[2]
         xs = torch.arange(width, dtype=x.dtype).view(1, 1, width).expand_as(red)

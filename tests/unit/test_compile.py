@@ -6,6 +6,7 @@ import torch
 from runtime import load_compiled_model
 from scripts import compile as compile_script
 from scripts.classifiers import check_classifier_parity, parity_batch
+from scripts.inputs import WithInput
 from scripts.models import read_metadata
 from scripts.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights
 from scripts.zoo import get_model
@@ -35,8 +36,11 @@ def test_served_file_matches_eager_on_real_photos_with_dynamic_batch(compiled_re
     output, _ = compiled_resnet18
     model, metadata = load_compiled_model(output, torch.device("cpu"))
     spec = get_model("resnet18")
-    eager = compile_script.RECIPES["classifier"].build(spec, random_weights(spec, strict=False))
+    weights = random_weights(spec, strict=False)
+    recipe = compile_script.RECIPES["classifier"]
+    eager = WithInput(recipe.input_adapter(weights), recipe.build(spec, weights)).eval()
     photos = parity_batch(IMAGENET_PRESET)
+    assert photos.dtype == torch.uint8  # what the handler feeds the model
     with torch.inference_mode():
         for batch in (photos[:1], photos, torch.cat([photos, photos])):
             check_classifier_parity(eager(batch), model(batch))

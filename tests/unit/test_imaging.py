@@ -18,7 +18,6 @@ from imaging import (
     encode_jpeg,
     jpeg_reduction,
     letterbox,
-    normalize_batch,
     probe_image,
     resize_center_crop,
     unletterbox_boxes,
@@ -166,13 +165,6 @@ def test_resize_center_crop_matches_torchvision_reference(chelsea):
 def test_resize_center_crop_handles_extreme_shapes(shape):
     image = torch.randint(0, 256, shape, dtype=torch.uint8)
     assert resize_center_crop(image, 256, 224).shape == (3, 224, 224)
-
-
-def test_normalize_batch_uses_mean_and_std():
-    batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
-    out = normalize_batch(batch, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
-    assert out.dtype == torch.float32
-    assert torch.allclose(out[:, :, 0, 0], torch.tensor([[2.0, 1.0, 0.5]] * 2))
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"])

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from scripts.faces import packaged_onnx_file, read_onnx_bytes, state_dict_from_onnx, to_model_input
+from scripts.faces import face_input, packaged_onnx_file, read_onnx_bytes, state_dict_from_onnx
 from scripts.photos import photo
 from scripts.retinaface import RetinaFace
 
@@ -28,7 +28,8 @@ def converted(onnx_bytes) -> RetinaFace:
 
 def photo_batch(name: str, height: int, width: int) -> torch.Tensor:
     image = torch.from_numpy(np.array(photo(name))).permute(2, 0, 1)[None].float()
-    return to_model_input(nnf.interpolate(image, size=(height, width), mode="bilinear").round().to(torch.uint8))
+    resized = nnf.interpolate(image, size=(height, width), mode="bilinear").round().to(torch.uint8)
+    return face_input()(resized)  # BGR minus the mean: the ONNX export's input convention
 
 
 def test_every_onnx_weight_is_used_once(onnx_bytes, converted):

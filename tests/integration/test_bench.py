@@ -1,0 +1,30 @@
+"""The benchmark's quick mode (what CI runs): it starts our TorchServe, the built-in
+handler's and the FastAPI baseline, measures each, and reports -- no speed is asserted
+here (shared CI machines are noisy; docs/benchmarks.md holds the measured numbers)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scripts.zoo import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark_runs_and_reports(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.bench", "--quick", "--json", str(tmp_path / "bench.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    servers = {(p["server"], p["concurrency"]) for p in report["points"]}
+    assert servers == {(s, c) for s in ("ours", "built-in", "fastapi") for c in (1, 8)}
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in report["points"])
+    assert report["ceilings"]["mobilenet_v2"]["served"] > 0
+    assert "ours" in result.stdout and ">= 2x built-in" in result.stdout  # the targets are reported
