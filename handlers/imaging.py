@@ -219,7 +219,8 @@ def center_crop_box(height: int, width: int, resize_size: int, crop_size: int) -
 def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, crop_size, crop_size], ImageNet-style evaluation crop."""
     top, left, height, width = center_crop_box(image.shape[-2], image.shape[-1], resize_size, crop_size)
-    return F.resized_crop(image, top, left, height, width, [crop_size, crop_size], antialias=True)
+    shrinking = height > crop_size  # antialiasing only matters when shrinking
+    return F.resized_crop(image, top, left, height, width, [crop_size, crop_size], antialias=shrinking)
 
 
 def letterbox(
@@ -234,7 +235,7 @@ def letterbox(
     ratio = size / max(height, width)
     new_h, new_w = max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
     if (new_h, new_w) != (height, width):
-        image = F.resize(image, [new_h, new_w], antialias=True)
+        image = F.resize(image, [new_h, new_w], antialias=new_h < height)  # antialiasing only matters shrinking
     pad_left, pad_top = (size - new_w) // 2, (size - new_h) // 2
     fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
     canvas = fill_values.expand(3, size, size).clone()

@@ -76,7 +76,8 @@ def render_markdown(results: dict) -> str:
         f"Measured by `make bench` (`scripts/bench.py`) on {results['date']} on this project's CI-class",
         f"machine ({results['machine']}), everything in one run: servers one after the other, each point",
         f"{results['duration_s']:.0f} s of closed-loop clients (asyncio, raw HTTP keep-alive, on the same 2 cores",
-        "as the server) after a short warm-up. Photos: *small* = skimage's cat, 451x300 JPEG;",
+        "as the server) after a short warm-up, each model in a TorchServe of its own. Photos: *small* =",
+        "skimage's cat, 451x300 JPEG;",
         "*large* = skimage's retina photo, 1411x1411 JPEG. Servers:",
         "",
         "- **ours**: this repo's archives and `config.properties` (TorchServe 0.12);",
@@ -169,11 +170,12 @@ def breakdown_section(results: dict, models: list[str]) -> list[str]:
         "",
         "## Where the time goes",
         "",
-        "Inside our handler (driven in-process at the served batch size, ms per image), and what",
-        "TorchServe's own counters (Prometheus metrics API) say per request at 8 clients: *queue* is",
-        "the wait for a worker, *worker* the time from its queue to the worker's answer (the batch's",
-        "decode + preprocess + forward + postprocess, shared by its requests). The rest of a request's",
-        "latency is the frontend and the client on the same two cores.",
+        "Inside our handler (driven in-process at the served batch size, ms per image: forward includes",
+        "stacking the batch), and what TorchServe's own counters (Prometheus metrics API) say per request",
+        "at 8 clients: *queue* is the wait for a free worker, *in TorchServe* the whole time from the",
+        "frontend receiving the request to it answering (queue included). A request costs the machine",
+        "*ms per request* (1000 / req/s): the handler's stages, plus the frontend's and the client's work",
+        "on the same two cores.",
         "",
     ]
     rows = []
@@ -195,7 +197,7 @@ def breakdown_section(results: dict, models: list[str]) -> list[str]:
             ]
         )
     lines += _table(
-        ["model", "batch", "decode", "preprocess", "forward", "postprocess", "queue (c=8)", "worker (c=8)",
+        ["model", "batch", "decode", "preprocess", "forward", "postprocess", "queue (c=8)", "in TorchServe (c=8)",
          "p50 (c=8)", "ms per request at c=8"],
         rows,
     )  # fmt: skip

@@ -107,3 +107,13 @@ def test_aoti_package_serves_through_the_same_loader(tmp_path):
     with torch.inference_mode():
         loc, conf, landmarks = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
     assert loc.shape == (3, 2 * (40 * 60 + 20 * 30 + 10 * 15), 4) and conf.shape[-1] == 2
+
+
+def test_build_and_serve_sides_agree_on_the_metadata_contract():
+    """scripts/ (writes) and handlers/ (reads) share no code: their constants must match."""
+    import batched_handler
+    import runtime
+    from scripts import models
+
+    assert compile_script.INPUT_FORMAT == batched_handler.INPUT_FORMAT
+    assert models.METADATA_FILE == runtime.METADATA_FILE
