@@ -118,6 +118,8 @@ class BatchedImageHandler:
             raise ValueError(f"{model_file.name} is a {self.metadata.get('task')!r} model, not {self.task!r}")
         if self.metadata.get("input_format") != INPUT_FORMAT:
             raise ValueError(f"{model_file.name} does not take {INPUT_FORMAT} batches: rebuild it with `make archive`")
+        weights = self.metadata["weights"]
+        self.provenance = {"weights": weights["name"], "weights_sha256": weights["sha256"]}
         self.setup(model_dir)
         if self.settings.warmup:
             self.warmup()
@@ -150,6 +152,19 @@ class BatchedImageHandler:
             header = ("X-Batch-Size", str(len(data)))
             results = [replace(response, headers=(*response.headers, header)) for response in results]
         return self._respond(results, context)
+
+    # --- for the task subclasses ---------------------------------------------------
+
+    def answer(self, **fields: Any) -> Response:
+        """A JSON answer: the model's name and the provenance of its weights, then `fields`."""
+        return Response.json({"model": self.model_name, **self.provenance, **fields})
+
+    def letterbox_size(self, configured: int) -> int:
+        """The configured letterbox size, or the model's own; a multiple of its stride."""
+        size, stride = configured or self.metadata["input_size"][0], self.metadata["stride"]
+        if size % stride:
+            raise ValueError(f"input_size {size} is not a multiple of the model's stride {stride}")
+        return size
 
     # --- task hooks --------------------------------------------------------------
 

@@ -18,7 +18,6 @@ class ClassifierHandler(BatchedImageHandler):
         meta = self.metadata
         self.labels = load_labels(model_dir / "index_to_name.json", meta["num_classes"])
         self.resize_size, self.crop_size = meta["resize_size"], meta["input_size"][0]
-        self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
     def decode_at_least(self, settings: ClassifierSettings) -> tuple[int, str]:
         return self.resize_size, "cover"  # the short side is resized to resize_size anyway
@@ -28,4 +27,4 @@ class ClassifierHandler(BatchedImageHandler):
 
     def postprocess(self, logits: torch.Tensor, item: Item) -> Response:
         predictions = top_k_predictions(logits, item.settings.top_k, self.labels)
-        return Response.json({"model": self.model_name, **self.provenance, "predictions": predictions})
+        return self.answer(predictions=predictions)

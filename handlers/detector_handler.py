@@ -24,11 +24,8 @@ class DetectorHandler(BatchedImageHandler):
     def setup(self, model_dir: Path) -> None:
         meta = self.metadata
         self.class_names = meta["class_names"]
-        self.input_size = self.settings.input_size or meta["input_size"][0]
-        if self.input_size % meta["stride"]:
-            raise ValueError(f"input_size {self.input_size} is not a multiple of the model's stride {meta['stride']}")
+        self.input_size = self.letterbox_size(self.settings.input_size)
         self.fill = meta["letterbox_fill"]
-        self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
     def decode_at_least(self, settings: DetectorSettings) -> tuple[int, str]:
         return self.input_size, "contain"  # the long side is letterboxed to input_size anyway
@@ -65,5 +62,4 @@ class DetectorHandler(BatchedImageHandler):
                 boxes.tolist(), scores.tolist(), labels.tolist(), names, strict=True
             )
         ]
-        document = {"model": self.model_name, "image_size": [meta.width, meta.height], **self.provenance}
-        return Response.json({**document, "detections": detections})
+        return self.answer(image_size=[meta.width, meta.height], detections=detections)

@@ -28,14 +28,11 @@ class FacePixelizerHandler(BatchedImageHandler):
 
     def setup(self, model_dir: Path) -> None:
         meta = self.metadata
-        self.default_size = self.settings.input_size or meta["input_size"][0]
-        if self.default_size % meta["stride"]:
-            raise ValueError(f"input_size {self.default_size} is not a multiple of the model's stride {meta['stride']}")
+        self.default_size = self.letterbox_size(self.settings.input_size)
         # Letterbox padding in the mean colour: after its mean subtraction the model sees zeros.
         self.fill = [round(value) for value in reversed(meta["mean_bgr"])]
         self.priors_config = meta["priors"]
         self.priors: dict[tuple[int, int], torch.Tensor] = {}
-        self.provenance = {"weights": meta["weights"]["name"], "weights_sha256": meta["weights"]["sha256"]}
 
     def prepare(self, item: Item):
         # Decoded at full size: the anonymised photo goes back at its original resolution.
@@ -50,8 +47,7 @@ class FacePixelizerHandler(BatchedImageHandler):
         if settings.format == "json":
             rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
             found = [face_record(box, score, marks) for box, score, marks in rows]
-            document = {"model": self.model_name, "image_size": [meta.width, meta.height], **self.provenance}
-            return Response.json({**document, "faces": found})
+            return self.answer(image_size=[meta.width, meta.height], faces=found)
         regions = expand_boxes(boxes, settings.margin, meta.width, meta.height)
         anonymised = pixelate_regions(item.image, regions, settings)
         headers = [("X-Faces", str(len(regions)))]

@@ -88,7 +88,8 @@ def test_a_bad_request_fails_alone_inside_a_shared_batch(torchserve):
 
 def test_a_killed_worker_costs_only_its_in_flight_requests(torchserve):
     """SIGKILL the worker under load: TorchServe restarts it, the requests of the batch
-    it was running get 507 "Worker died.", every queued request is answered."""
+    it was running get "Worker died." (507 or 500: TorchServe's status depends on where it
+    notices the death), every queued request is answered."""
     image = encode(photo("chelsea"), "JPEG")
     (worker,) = torchserve.workers("fault_probe")
     results, stop = [], threading.Event()
@@ -117,7 +118,7 @@ def test_a_killed_worker_costs_only_its_in_flight_requests(torchserve):
     assert answered_after and min(r[1] for r in answered_after) - killed_at < 30  # back within 30 s
     failed = [r for r in results if r[2] != 200]
     assert 1 <= len(failed) <= 4, failed  # at most the one batch (batchSize 4) that was running
-    assert all(r[2] == 507 and json.loads(r[3])["message"] == "Worker died." for r in failed)
+    assert all(r[2] in (500, 507) and json.loads(r[3])["message"] == "Worker died." for r in failed), failed
     (restarted,) = torchserve.workers("fault_probe")
     assert restarted["pid"] != worker["pid"] and restarted["status"] == "READY"
 
