@@ -122,7 +122,8 @@ def render_markdown(results: dict) -> str:
             "",
             "## Compile targets: TorchScript vs torch.export + AOTInductor",
             "",
-            "img/s of the compiled model alone per batch size (TorchScript: scripted, frozen, and",
+            "img/s of the compiled model alone per batch size, at each model's served thread count",
+            "(TorchScript: scripted, frozen, and",
             "`optimize_for_inference` at load; AOTInductor: weights frozen in). The model table",
             "(`scripts/zoo.py`) uses the faster one; its batch size in each model's YAML follows the same",
             "numbers.",
@@ -201,7 +202,48 @@ def breakdown_section(results: dict, models: list[str]) -> list[str]:
          "p50 (c=8)", "ms per request at c=8"],
         rows,
     )  # fmt: skip
+    return lines + shortfall_lines(results, models)
+
+
+STAGES = {"ImageDecodeTime": "decode", "PreprocessTime": "preprocess", "PostprocessTime": "postprocess"}
+
+
+def shortfall_lines(results: dict, models: list[str]) -> list[str]:
+    """For each model below CEILING_FACTOR at 8 clients, where its time goes, in this run's numbers:
+    a worker's wall time per request, split into the model, the handler's other stages, and the
+    rest (TorchServe's frontend and the benchmark's client, on the same cores)."""
+    lines = []
+    for model in models:
+        ceiling, stages = results["ceilings"][model], results["breakdown"][model]
+        ours = point(results, "ours", model, 8)
+        if not ours or ours["req_per_s"] >= CEILING_FACTOR * ceiling["served"]:
+            continue
+        workers = ceiling["workers"]
+        per_request = 1000 * workers / ours["req_per_s"]  # ms of one worker's wall time per request
+        alone = 1000 * workers / ceiling["served"]  # ms per image for the model alone, same share of the machine
+        others = {label: stages.get(name, 0.0) for name, label in STAGES.items()}
+        handler = stages.get("InferenceTime", 0.0) + sum(others.values())
+        needed = alone / CEILING_FACTOR
+        who = "Its worker" if workers == 1 else f"Each of its {workers} workers"
+        share = f"{_count(ceiling['threads'], 'thread')}, batch {ceiling['batch']}"
+        stage_list = ", ".join(f"{label} {value:.2f}" for label, value in others.items())
+        lines += [
+            "",
+            f"**Why {model} misses {CEILING_FACTOR:g}x its ceiling at 8 clients.** {who} spends"
+            f" {per_request:.1f} ms of wall time per request; the model alone spends {alone:.1f} ms per image on"
+            f" the same share of the machine ({share}), so the target allows {needed:.1f} ms. Inside the handler"
+            f" the forward pass takes {stages.get('InferenceTime', 0.0):.1f} ms, and {stage_list} ms (postprocess"
+            f" includes encoding an image answer) add {sum(others.values()):.1f} ms: the handler alone takes"
+            f" {handler:.1f} ms per image, {alone / handler:.2f}x the ceiling. The remaining"
+            f" {max(per_request - handler, 0.0):.1f} ms per request are TorchServe's frontend (HTTP parsing, the"
+            " batch queue, copying each request and its answer over the worker's socket) and the benchmark's"
+            " client, which share the machine's cores with the workers.",
+        ]
     return lines
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def logging_section(results: dict, models: list[str]) -> list[str]:

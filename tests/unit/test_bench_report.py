@@ -1,0 +1,36 @@
+"""The benchmark report's target checks and its explanation of a missed target."""
+
+from scripts.bench_report import render_markdown, shortfall_lines, targets
+
+
+def results(ours_req_per_s: float) -> dict:
+    """One model served by 2 workers at batch 2 whose model alone does 75 img/s."""
+    point = {
+        "server": "ours", "model": "face_pixelizer", "image": "small", "concurrency": 8, "requests": 500,
+        "req_per_s": ours_req_per_s, "p50_ms": 150.0, "p90_ms": 160.0, "p99_ms": 200.0, "errors": 0,
+        "log_bytes_per_request": 0.0, "queue_ms": 70.0, "inference_ms": 150.0,
+    }  # fmt: skip
+    stages = {"ImageDecodeTime": 0.75, "PreprocessTime": 1.0, "InferenceTime": 26.0, "PostprocessTime": 3.0}
+    return {
+        "date": "2026-11-21", "machine": "test", "duration_s": 15, "quick": False, "points": [point],
+        "ceilings": {"face_pixelizer": {"workers": 2, "batch": 2, "threads": 1, "compiler": "aoti", "b1": 76.0,
+                                        "served": 75.0}},
+        "breakdown": {"face_pixelizer": {"batch": 2, **stages}},
+    }  # fmt: skip
+
+
+def test_a_missed_ceiling_target_is_explained_with_this_runs_numbers():
+    missed = results(50.0)  # 0.67x of 75
+    assert [met for _, _, met in targets(missed)] == [False]
+    (_, paragraph) = shortfall_lines(missed, ["face_pixelizer"])
+    # 2 workers at 50 req/s: 40 ms per request each; alone 26.7 ms per image; the target allows 38.1 ms.
+    assert "spends 40.0 ms" in paragraph and "alone spends 26.7 ms" in paragraph and "allows 38.1 ms" in paragraph
+    assert "the handler alone takes 30.8 ms" in paragraph and "remaining 9.2 ms" in paragraph
+    assert "**Why face_pixelizer misses" in render_markdown(missed)
+
+
+def test_a_met_target_needs_no_explanation():
+    met = results(60.0)  # 0.8x of 75
+    assert [met for _, _, met in targets(met)] == [True]
+    assert shortfall_lines(met, ["face_pixelizer"]) == []
+    assert "**Why" not in render_markdown(met)
