@@ -128,14 +128,26 @@ def pixelate_regions(
     same grid, Gaussian-blurred and smoothly enlarged again."""
     out = image.clone()
     for x1, y1, x2, y2 in regions:
-        region = out[:, y1:y2, x1:x2].float().unsqueeze(0)
-        grid = mosaic_grid(y2 - y1, x2 - x1, settings.blocks, settings.block_size)
-        cells = nnf.adaptive_avg_pool2d(region, grid)
+        height, width = y2 - y1, x2 - x1
+        grid = mosaic_grid(height, width, settings.blocks, settings.block_size)
+        cells = nnf.adaptive_avg_pool2d(out[:, y1:y2, x1:x2].float().unsqueeze(0), grid).squeeze(0)
         if settings.mode == "mosaic":
-            anonymised = nnf.interpolate(cells, size=(y2 - y1, x2 - x1), mode="nearest")
+            out[:, y1:y2, x1:x2] = spread_cells(to_uint8(cells), height, width)
         else:
             if min(grid) >= 2:  # reflect padding needs two cells
                 cells = F.gaussian_blur(cells, [3, 3], sigma=1.0)
-            anonymised = nnf.interpolate(cells, size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)
-        out[:, y1:y2, x1:x2] = anonymised.squeeze(0).round().clamp(0, 255).to(torch.uint8)
+            smooth = nnf.interpolate(cells.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
+            out[:, y1:y2, x1:x2] = to_uint8(smooth.squeeze(0))
     return out
+
+
+def spread_cells(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[C, rows, cols] -> [C, height, width]: each pixel takes the value of the cell it falls
+    in (cell index = floor(pixel * cells / size)); a gather in the cells' dtype."""
+    rows = torch.arange(height, device=cells.device) * cells.shape[1] // height
+    cols = torch.arange(width, device=cells.device) * cells.shape[2] // width
+    return cells.index_select(1, rows).index_select(2, cols)
+
+
+def to_uint8(values: torch.Tensor) -> torch.Tensor:
+    return values.round().clamp(0, 255).to(torch.uint8)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from faces import FaceSettings, decode_faces, expand_boxes, mosaic_grid, pixelate_regions, prior_boxes
+from faces import FaceSettings, decode_faces, expand_boxes, mosaic_grid, pixelate_regions, prior_boxes, spread_cells
 
 MIN_SIZES, STEPS, VARIANCES = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
 
@@ -77,6 +77,21 @@ def test_mosaic_grid_of_a_100x50_region(blocks, block_size, grid):
 @pytest.fixture
 def noise() -> torch.Tensor:
     return torch.randint(0, 256, (3, 120, 160), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "rows", "cols"), [(300, 416, 6, 8), (7, 5, 3, 2), (64, 64, 8, 8), (1, 9, 1, 1)]
+)
+def test_spread_cells_tiles_the_region_with_contiguous_near_equal_blocks(height, width, rows, cols):
+    cells = torch.arange(rows * cols, dtype=torch.int64).reshape(1, rows, cols)
+    spread = spread_cells(cells, height, width)[0]
+    assert spread.shape == (height, width)
+    assert spread.unique().tolist() == list(range(rows * cols))  # every cell shows, nothing else
+    for r in range(rows):  # cell (r, c) is the block [r*h/rows, (r+1)*h/rows) x [c*w/cols, (c+1)*w/cols)
+        for c in range(cols):
+            ys, xs = (spread == r * cols + c).nonzero(as_tuple=True)
+            assert (ys.min(), ys.max() + 1) == (-(-r * height // rows), -(-(r + 1) * height // rows))
+            assert (xs.min(), xs.max() + 1) == (-(-c * width // cols), -(-(c + 1) * width // cols))
 
 
 def test_mosaic_changes_only_the_regions_with_uniform_blocks(noise):
