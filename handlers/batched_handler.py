@@ -231,13 +231,12 @@ class BatchedImageHandler:
         settings = request.settings
         hint = self.decode_at_least(settings)
         if request.index in decoded:
-            image = decoded[request.index]
-            original = (image.shape[-1], image.shape[-2])
+            image, original = decoded[request.index], None
         elif hint is None:
-            image = decode_image(request.data, settings.max_image_pixels)
-            original = (image.shape[-1], image.shape[-2])
+            image, original = decode_image(request.data, settings.max_image_pixels), None
         else:
             image, original = decode_image_at_least(request.data, settings.max_image_pixels, *hint)
+        original = original or (image.shape[-1], image.shape[-2])  # decoded at full size
         if image.device != self.device:
             if self.device.type == "cuda":
                 image = image.pin_memory()  # page-locked: the copy to the GPU runs asynchronously

@@ -22,6 +22,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import requests
@@ -29,6 +30,7 @@ import torch
 import yaml
 
 from scripts.archive import ARCHIVE_VERSION
+from scripts.bench_handler import images_per_second
 from scripts.loadgen import closed_loop_raw, percentile
 from scripts.photos import encode, photo
 from scripts.server import free_ports, local_torchserve, read_properties
@@ -42,6 +44,7 @@ HANDLER_BENCH = ("resnet50", "yolov5s", "face_pixelizer")  # the GPU measurement
 TORCHSERVE_DEFAULTS = {"vmargs": "", "metrics_mode": "log"}
 # TorchServe's cumulative Prometheus counters (metrics_mode=prometheus), per model.
 COUNTERS = ("ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
+CPU = torch.device("cpu")
 HANDLER_MODULES = {"classifier": "classifier_handler", "detector": "detector_handler", "face": "face_pixelizer_handler"}
 
 
@@ -95,13 +98,8 @@ def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int
     for batch in batches:
         inputs = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)  # as the handler sends
         with torch.inference_mode():
-            for _ in range(8):  # TorchScript profiles and specialises on the first runs of a shape
-                compiled(inputs)
-            runs, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds or runs < 3:
-                compiled(inputs)
-                runs += 1
-        result[batch] = runs * batch / (time.perf_counter() - started)
+            # warmup 8: TorchScript profiles and specialises on the first runs of a shape
+            result[batch] = images_per_second(partial(compiled, inputs), batch, CPU, seconds, warmup=8)
     return result
 
 

@@ -29,8 +29,9 @@ def synchronized(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def images_per_second(function, batch: int, device: torch.device, seconds: float) -> float:
-    for _ in range(3):
+def images_per_second(function, batch: int, device: torch.device, seconds: float, warmup: int = 3) -> float:
+    """img/s of `function` (one batch per call) over at least `seconds` and 3 calls, after `warmup` calls."""
+    for _ in range(warmup):
         function()
     synchronized(device)
     runs, started = 0, time.perf_counter()

@@ -24,11 +24,17 @@ from scripts.classifiers import (
     classifier_metadata,
     parity_batch,
 )
-from scripts.detectors import build_detector, check_detector_parity, detector_metadata, resolve_detector_weights
+from scripts.detectors import (
+    build_detector,
+    check_detector_parity,
+    detector_input,
+    detector_metadata,
+    resolve_detector_weights,
+)
 from scripts.detectors import parity_batch as detector_parity_batch
 from scripts.faces import build_face_detector, check_face_parity, face_input, face_metadata, resolve_face_weights
 from scripts.faces import parity_batch as face_parity_batch
-from scripts.inputs import UnitScaleInput, WithInput
+from scripts.inputs import WithInput
 from scripts.models import METADATA_FILE
 from scripts.weights import Weights, WeightsError, resolve_classifier_weights
 from scripts.zoo import ModelSpec, get_model
@@ -71,7 +77,7 @@ RECIPES = {
         detector_parity_batch,
         detector_metadata,
         check_detector_parity,
-        lambda weights: UnitScaleInput(),
+        detector_input,
         spatial_dynamic=True,
     ),
     "face": Recipe(

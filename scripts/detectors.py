@@ -6,6 +6,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from skimage import data as photos
 
+from scripts.inputs import UnitScaleInput
 from scripts.weights import RANDOM_SEED, Weights, WeightsError, explicit_weights_file, random_weights, sha256_file
 from scripts.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
 from scripts.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
@@ -92,6 +93,11 @@ def parity_batch(weights: Weights | None = None) -> torch.Tensor:
         padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
         batch.append(nnf.pad(resized, padding, value=LETTERBOX_FILL))
     return torch.stack(batch)
+
+
+def detector_input(weights: Weights | None = None) -> UnitScaleInput:
+    """uint8 RGB -> RGB in [0, 1]: YOLOv5's input convention."""
+    return UnitScaleInput()
 
 
 def detector_metadata(spec: ModelSpec, weights: Weights) -> dict:

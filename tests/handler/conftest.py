@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from batched_handler import INPUT_FORMAT
 from scripts.compile import save_compiled
 
 COLOR_LABELS = ["red", "green", "blue", "gray"]
@@ -21,7 +22,7 @@ TINY_METADATA = {
     "std": [0.229, 0.224, 0.225],
     "num_classes": 4,
     "weights": {"name": "test-fixture", "origin": "tests/handler/conftest.py", "sha256": None},
-    "input_format": "uint8 RGB [B, 3, H, W]",
+    "input_format": INPUT_FORMAT,
 }
 
 

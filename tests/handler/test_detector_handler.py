@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from batched_handler import INPUT_FORMAT
 from detector_handler import DetectorHandler
 from scripts.photos import encode
 
@@ -23,7 +24,7 @@ DETECTOR_METADATA = {
     "num_classes": 3,
     "class_names": NAMES,
     "weights": {"name": "test-fixture", "origin": "tests/handler/test_detector_handler.py", "sha256": None},
-    "input_format": "uint8 RGB [B, 3, H, W]",
+    "input_format": INPUT_FORMAT,
 }
 YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "handler": {}}
 
