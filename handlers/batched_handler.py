@@ -32,8 +32,8 @@ from imaging import (
     decode_jpegs,
     encode_jpeg,
 )
-from payload import split_request
-from runtime import configure_threads, load_compiled_model, select_device
+from payload import header_parameters, merge_parameters, split_request
+from runtime import ThreadBudget, load_compiled_model, select_device, thread_budget
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -109,8 +109,10 @@ class BatchedImageHandler:
         self.settings = settings_from_mapping(self.settings_class, yaml_config.get("handler"))
         self.device = select_device(context.system_properties.get("gpu_id"))
         self.batch_size = int(context.system_properties.get("batch_size") or 1)
-        workers = max(int(yaml_config.get("minWorkers", 1)), int(yaml_config.get("maxWorkers", 1)))
-        threads = configure_threads(self.settings.num_threads, workers) if self.device.type == "cpu" else 0
+        # CPU threads follow the workers alive on the machine (runtime.ThreadBudget).
+        self.threads: ThreadBudget | None = None
+        if self.device.type == "cpu":
+            self.threads = thread_budget(self.settings.num_threads)
         model_dir = Path(context.system_properties["model_dir"])
         model_file = model_dir / context.manifest["model"]["serializedFile"]
         self.model, self.metadata = load_compiled_model(model_file, self.device, self.settings.optimize)
@@ -127,16 +129,18 @@ class BatchedImageHandler:
             "%s ready on %s (%s threads), weights: %s",
             self.model_name,
             self.device,
-            threads or "n/a",
+            self.threads.threads if self.threads else "n/a",
             self.metadata["weights"]["name"],
         )
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         started = time.perf_counter()
+        if self.threads is not None:
+            self.threads.before_batch()
         with torch.inference_mode():
             # results[i] is request i's Item while it is in flight, then its Response.
             with self._timed(context, "ImageDecodeTime"):
-                results = self._decode_batch(data)
+                results = self._decode_batch(data, context)
             with self._timed(context, "PreprocessTime"):
                 results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
             items = [result for result in results if isinstance(result, Item)]
@@ -155,9 +159,24 @@ class BatchedImageHandler:
 
     # --- for the task subclasses ---------------------------------------------------
 
-    def answer(self, **fields: Any) -> Response:
-        """A JSON answer: the model's name and the provenance of its weights, then `fields`."""
-        return Response.json({"model": self.model_name, **self.provenance, **fields})
+    def answer(self, item: "Item", **fields: Any) -> Response:
+        """A JSON answer: the model's name and the provenance of its weights, then `fields`,
+        then the per-request parameters this answer was computed with."""
+        document = {"model": self.model_name, **self.provenance, **fields}
+        return Response.json({**document, "parameters": self.applied_parameters(item.settings)})
+
+    def image_answer(self, item: "Item", image: torch.Tensor, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+        """A JPEG answer; its X-Parameters header says what `answer` puts in "parameters"."""
+        settings = item.settings
+        applied = json.dumps(self.applied_parameters(settings), separators=(",", ":"))
+        headers = (*headers, ("X-Parameters", applied))
+        return Response.jpeg(image, settings.jpeg_quality, settings.max_response_bytes, headers)
+
+    def applied_parameters(self, settings: Any) -> dict[str, Any]:
+        """Every per-request parameter's value for this request: its own, else the default.
+        Lets a client see that a parameter it sent was (or was not) taken."""
+        values = {param: getattr(settings, field) for param, field in self.request_params.items()}
+        return {param: list(value) if isinstance(value, tuple) else value for param, value in values.items()}
 
     def letterbox_size(self, configured: int) -> int:
         """The configured letterbox size, or the model's own; a multiple of its stride."""
@@ -170,6 +189,11 @@ class BatchedImageHandler:
 
     def setup(self, model_dir: Path) -> None:
         """Read data files and check metadata, after the model is loaded."""
+
+    def resolve(self, settings: Any) -> Any:
+        """A request's settings, checked against the model and completed, before any
+        inference runs: raise InputError for a value the model cannot take."""
+        return settings
 
     def decode_at_least(self, settings: Any) -> tuple[int, str] | None:
         """(size, "cover" | "contain") when the task only needs the image at that size:
@@ -188,7 +212,7 @@ class BatchedImageHandler:
         """Run a dummy image through the model so that lazy initialisation (and
         TorchScript's profiling runs) happen at load time, not on a client's request."""
         image = torch.full((3, 480, 640), 114, dtype=torch.uint8, device=self.device)
-        item = Item(0, image, self.settings, (640, 480))
+        item = Item(0, image, self.resolve(self.settings), (640, 480))
         with torch.inference_mode():
             prepared, _meta = self.prepare(item)
             for batch in sorted({1, self.batch_size}):  # TorchScript specialises on each batch shape
@@ -197,14 +221,18 @@ class BatchedImageHandler:
 
     # --- the batch pipeline ------------------------------------------------------
 
-    def _decode_batch(self, data: list[dict]) -> list["Item | Response"]:
-        read = [self._guarded(index, self._read, index, row) for index, row in enumerate(data)]
+    def _decode_batch(self, data: list[dict], context) -> list["Item | Response"]:
+        read = [
+            self._guarded(index, self._read, index, row, request_headers(context, index))
+            for index, row in enumerate(data)
+        ]
         together = self._decode_jpegs_together([r for r in read if isinstance(r, Encoded)])
         return [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
 
-    def _read(self, index: int, row: dict) -> Encoded:
+    def _read(self, index: int, row: dict, headers: dict[str, Any]) -> Encoded:
         data, params = split_request(row)
-        settings = with_overrides(self.settings, params, self.request_params)
+        params = merge_parameters(params, header_parameters(headers, self.request_params))
+        settings = self.resolve(with_overrides(self.settings, params, self.request_params))
         if len(data) > settings.max_image_bytes:
             raise InputError(
                 "image too large", f"{len(data)} bytes exceeds the limit of {settings.max_image_bytes}", 413
@@ -306,6 +334,16 @@ class BatchedImageHandler:
     def _record(self, context, metric: str, started: float) -> None:
         if getattr(context, "metrics", None) is not None:
             context.metrics.add_time(metric, round((time.perf_counter() - started) * 1000, 3), None, "ms")
+
+
+def request_headers(context, index: int) -> dict[str, Any]:
+    """Request `index`'s HTTP headers as TorchServe hands them over (none from a context
+    without them)."""
+    get_all = getattr(context, "get_all_request_header", None)
+    try:
+        return dict(get_all(index) or {}) if get_all else {}
+    except (IndexError, KeyError, AttributeError, TypeError):
+        return {}
 
 
 def unbatch(outputs: Any, size: int) -> Iterator[Any]:

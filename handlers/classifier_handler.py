@@ -27,4 +27,4 @@ class ClassifierHandler(BatchedImageHandler):
 
     def postprocess(self, logits: torch.Tensor, item: Item) -> Response:
         predictions = top_k_predictions(logits, item.settings.top_k, self.labels)
-        return self.answer(predictions=predictions)
+        return self.answer(item, predictions=predictions)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.ops import batched_nms, box_convert
 
-from settings import ImageHandlerSettings, check_range
+from settings import ImageHandlerSettings, check_choice, check_range, shown
 
 OUTPUT_FORMATS = ("json", "image")
 # ultralytics' non_max_suppression keeps at most this many boxes before NMS (max_nms).
@@ -34,8 +34,7 @@ class DetectorSettings(ImageHandlerSettings):
         check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
         check_range("max_detections", self.max_detections, 1, 10_000)
         check_range("jpeg_quality", self.jpeg_quality, 1, 100)
-        if self.format not in OUTPUT_FORMATS:
-            raise ValueError(f"format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        check_choice("format", self.format, OUTPUT_FORMATS)
 
 
 def class_filter(classes: tuple[str, ...], names: list[str]) -> torch.Tensor | None:
@@ -52,7 +51,7 @@ def class_filter(classes: tuple[str, ...], names: list[str]) -> torch.Tensor | N
             indices.append(names.index(token))
         else:
             example = f"a name such as {names[0]!r} or an index 0..{len(names) - 1}"
-            raise ValueError(f"unknown class {token!r} in classes; use {example}")
+            raise ValueError(f"unknown class {shown(token)} in classes; use {example}")
     return torch.tensor(indices)
 
 

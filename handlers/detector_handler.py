@@ -27,7 +27,16 @@ class DetectorHandler(BatchedImageHandler):
         self.input_size = self.letterbox_size(self.settings.input_size)
         self.fill = meta["letterbox_fill"]
 
-    def decode_at_least(self, settings: DetectorSettings) -> tuple[int, str]:
+    def resolve(self, settings: DetectorSettings) -> DetectorSettings:
+        try:
+            class_filter(settings.classes, self.class_names)  # an unknown class: 400 before inference
+        except ValueError as err:
+            raise InputError("invalid parameter", f"classes: {err}") from err
+        return settings
+
+    def decode_at_least(self, settings: DetectorSettings) -> tuple[int, str] | None:
+        if settings.format == "image":
+            return None  # the boxes are drawn on the photo at its full size
         return self.input_size, "contain"  # the long side is letterboxed to input_size anyway
 
     def prepare(self, item: Item):
@@ -35,10 +44,7 @@ class DetectorHandler(BatchedImageHandler):
 
     def postprocess(self, predictions: torch.Tensor, item: Item) -> Response:
         settings, meta = item.settings, item.meta
-        try:
-            wanted = class_filter(settings.classes, self.class_names)
-        except ValueError as err:
-            raise InputError("invalid parameter", str(err)) from err
+        wanted = class_filter(settings.classes, self.class_names)  # checked by `resolve`
         boxes, scores, labels = detect_objects(
             predictions, settings.score_threshold, settings.iou_threshold, settings.max_detections, wanted
         )
@@ -47,7 +53,7 @@ class DetectorHandler(BatchedImageHandler):
         if settings.format == "image":
             captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist(), strict=True)]
             drawn = draw_detections(item.image, boxes, labels.tolist(), captions)
-            return Response.jpeg(drawn, settings.jpeg_quality, settings.max_response_bytes)
+            return self.image_answer(item, drawn)
         detections = [
             {
                 "left": round(x1, 1),
@@ -62,4 +68,4 @@ class DetectorHandler(BatchedImageHandler):
                 boxes.tolist(), scores.tolist(), labels.tolist(), names, strict=True
             )
         ]
-        return self.answer(image_size=[meta.width, meta.height], detections=detections)
+        return self.answer(item, image_size=[meta.width, meta.height], detections=detections)

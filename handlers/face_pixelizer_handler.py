@@ -1,6 +1,7 @@
 """TorchServe handler for the face pixelizer: photo in, the same photo with every face
 pixelated out (or, with format=json, the faces found)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -34,9 +35,12 @@ class FacePixelizerHandler(BatchedImageHandler):
         self.priors_config = meta["priors"]
         self.priors: dict[tuple[int, int], torch.Tensor] = {}
 
+    def resolve(self, settings: FaceSettings) -> FaceSettings:
+        return settings if settings.input_size else replace(settings, input_size=self.default_size)
+
     def prepare(self, item: Item):
         # Decoded at full size: the anonymised photo goes back at its original resolution.
-        return letterbox(item.image, item.settings.input_size or self.default_size, self.fill)
+        return letterbox(item.image, item.settings.input_size, self.fill)
 
     def postprocess(self, outputs: tuple[torch.Tensor, ...], item: Item) -> Response:
         loc, conf, landmarks = outputs
@@ -47,11 +51,10 @@ class FacePixelizerHandler(BatchedImageHandler):
         if settings.format == "json":
             rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
             found = [face_record(box, score, marks) for box, score, marks in rows]
-            return self.answer(image_size=[meta.width, meta.height], faces=found)
+            return self.answer(item, image_size=[meta.width, meta.height], faces=found)
         regions = expand_boxes(boxes, settings.margin, meta.width, meta.height)
         anonymised = pixelate_regions(item.image, regions, settings)
-        headers = [("X-Faces", str(len(regions)))]
-        return Response.jpeg(anonymised, settings.jpeg_quality, settings.max_response_bytes, headers)
+        return self.image_answer(item, anonymised, headers=(("X-Faces", str(len(regions))),))
 
     def priors_for(self, height: int, width: int) -> torch.Tensor:
         """Prior boxes per input size, computed once."""

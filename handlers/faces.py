@@ -9,7 +9,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from torchvision.ops import nms
 
-from settings import ImageHandlerSettings, check_range
+from settings import ImageHandlerSettings, check_choice, check_range
 
 MODES = ("mosaic", "blur")
 OUTPUT_FORMATS = ("image", "json")
@@ -45,9 +45,8 @@ class FaceSettings(ImageHandlerSettings):
         check_range("block_size", self.block_size, 0, 4096)
         check_range("margin", self.margin, 0.0, 2.0)
         check_range("jpeg_quality", self.jpeg_quality, 1, 100)
-        for name, value, allowed in (("mode", self.mode, MODES), ("format", self.format, OUTPUT_FORMATS)):
-            if value not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        check_choice("mode", self.mode, MODES)
+        check_choice("format", self.format, OUTPUT_FORMATS)
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,9 @@ def decode_image_at_least(data: bytes, max_pixels: int, size: int, fit: str) -> 
     try:
         with Image.open(io.BytesIO(data)) as image:
             rotated = image.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # EXIF orientations that swap axes
-            image.draft("RGB", (info.width // scale, info.height // scale))  # PIL picks the scale from these
+            # PIL picks the largest DCT scale that keeps at least this size; a side that the
+            # scale would shrink below one pixel (5000x3) asks for 1, so that PIL scales less.
+            image.draft("RGB", (max(1, info.width // scale), max(1, info.height // scale)))
             array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     except (OSError, SyntaxError, ValueError) as err:
         raise InputError("corrupt image", f"JPEG data cannot be decoded: {err}") from err

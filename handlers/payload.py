@@ -10,17 +10,24 @@ client sent the image:
   `{"body": dict}`, already parsed by TorchServe
 - plain base64 text as the body: `{"body": bytearray or str}`
 - query strings reach the handler only on TorchServe's `/invocations` and
-  `/<model>/predict` routes (its `/predictions/<model>` route drops them).
+  `/<model>/predict` routes (its `/predictions/<model>` route drops them);
+- HTTP headers reach it on every route: `X-Top-K: 3` is the parameter `top_k`
+  (`header_parameters`), the way to pass parameters with `curl -T`.
+
+TorchServe keeps only the last of a repeated form field or query parameter before a
+handler runs; what a handler can see repeated (a key twice in a JSON body it parses, a
+parameter both in a header and in the body) is refused.
 """
 
 import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from imaging import InputError, looks_like_image
+from settings import shown
 
 # Where the image may be, in order of preference.
 IMAGE_FIELDS = ("data", "body", "image", "file")
@@ -59,9 +66,20 @@ def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
 
 def _parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, ValueError) as err:
+        return json.loads(body, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise InputError("invalid JSON request", f"the body starts like JSON but does not parse: {err}") from err
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object that names a key twice is refused: which value would count is a guess.
+    (A body sent as application/json is parsed by TorchServe, which keeps the last.)"""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise InputError("repeated parameter", f"{shown(key)} appears more than once in the JSON body")
+        document[key] = value
+    return document
 
 
 def image_bytes(value: Any) -> bytes:
@@ -95,3 +113,31 @@ def _decode_base64(text: bytes) -> bytes:
         return base64.b64decode(compact, altchars=altchars, validate=True)
     except (binascii.Error, ValueError) as err:
         raise InputError("invalid base64", f"the image field is neither an image nor valid base64: {err}") from err
+
+
+def header_parameters(headers: Mapping[str, Any], accepted: Collection[str]) -> dict[str, str]:
+    """Per-request parameters sent as HTTP headers: `X-Top-K: 3` or `X-Top_K: 3` -> top_k.
+    Only headers that name an accepted parameter count: proxies add X- headers of their
+    own (X-Forwarded-For, X-Request-Id) that must not make a request fail. Values that
+    are not text are TorchServe's per-field entries, not HTTP headers."""
+    params: dict[str, str] = {}
+    for header, value in headers.items():
+        name = header.lower()
+        if not (isinstance(value, str) and name.startswith("x-")):
+            continue
+        param = name[2:].replace("-", "_")
+        if param in accepted:
+            if param in params:
+                raise InputError("repeated parameter", f"{param} is given by more than one X- header")
+            params[param] = value
+    return params
+
+
+def merge_parameters(body: Mapping[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+    """The body's parameters and the headers' together; a parameter in both is refused."""
+    both = sorted(set(body) & set(headers))
+    if both:
+        raise InputError(
+            "repeated parameter", f"{', '.join(both)} given both in an X- header and in the body; send it once"
+        )
+    return {**body, **headers}

@@ -8,6 +8,7 @@ from loading (a deployment error), in a request they give that request a 400.
 import dataclasses
 import math
 import os
+import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,13 +50,23 @@ class ImageHandlerSettings:
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
         check_range("max_response_bytes", self.max_response_bytes, 1, 2**31 - 1)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
-        if self.jpeg_decoder not in ("auto", "batched", "per_image"):
-            raise ValueError(f"jpeg_decoder must be auto, batched or per_image, got {self.jpeg_decoder!r}")
+        check_choice("jpeg_decoder", self.jpeg_decoder, ("auto", "batched", "per_image"))
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
+        raise ValueError(f"{name} must be between {low} and {high}, got {shown(value)}")
+
+
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}")
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A value for an error message, cut short: a client may send megabytes."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]} ({len(text)} characters)"
 
 
 def settings_from_mapping(cls: type[S], mapping: Mapping[str, Any] | None) -> S:
@@ -72,19 +83,30 @@ def settings_from_mapping(cls: type[S], mapping: Mapping[str, Any] | None) -> S:
 
 def with_overrides(settings: S, params: Mapping[str, Any], allowed: Mapping[str, str]) -> S:
     """Apply per-request parameters (`allowed` maps each accepted parameter to the
-    setting it overrides); any problem is the client's: InputError, HTTP 400."""
+    setting it overrides); any problem is the client's: InputError, HTTP 400 naming the
+    parameter. Nothing here can raise anything else, whatever JSON or form value it gets."""
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         accepted = ", ".join(allowed) or "none"
-        raise InputError("unknown parameter", f"{', '.join(unknown)} (accepted per request: {accepted})")
+        names = ", ".join(name if len(name) <= 40 else f"{name[:37]}..." for name in unknown)
+        raise InputError("unknown parameter", f"{names} (accepted per request: {accepted})")
     hints = typing.get_type_hints(type(settings))
     for name, value in params.items():
         field = allowed[name]
         try:
+            if is_empty(value):
+                raise ValueError(f"{name} is empty, got {shown(value)}; leave it out to use the default")
             settings = dataclasses.replace(settings, **{field: coerce(name, value, hints[field])})
         except ValueError as err:
             raise InputError("invalid parameter", f"{name}: {err}") from err
     return settings
+
+
+def is_empty(value: Any) -> bool:
+    """null, "", whitespace, [] or {}: a parameter sent without a value."""
+    if isinstance(value, (bytes, bytearray, str)):
+        return not value.strip()
+    return value is None or (isinstance(value, (list, tuple, dict)) and not value)
 
 
 def coerce(name: str, value: Any, target: Any) -> Any:
@@ -95,18 +117,27 @@ def coerce(name: str, value: Any, target: Any) -> Any:
     if origin is tuple:
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
-            raise ValueError(f"{name} must be a list, got {value!r}")
+            raise ValueError(f"{name} must be a list, got {shown(value)}")
         (item_type, _ellipsis) = typing.get_args(target)
-        return tuple(coerce(name, item, item_type) for item in items if item != "")
+        if any(is_empty(item) for item in items):
+            raise ValueError(f"{name} has an empty entry: {shown(value)}")
+        return tuple(coerce(name, _index_text(item, item_type), item_type) for item in items)
     if target is bool:
         return _to_bool(name, value)
     if target in (int, float):
         return _to_number(name, value, target)
     if target is str:
         if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
-        return value
+            raise ValueError(f"{name} must be a string, got {shown(value)}")
+        return value.strip()
     raise TypeError(f"unsupported settings type {target!r} for {name}")
+
+
+def _index_text(item: Any, item_type: Any) -> Any:
+    """A JSON integer in a list of names (`"classes": [0, "car"]`) is a class index."""
+    if item_type is str and isinstance(item, int) and not isinstance(item, bool):
+        return str(item)
+    return item
 
 
 def _to_bool(name: str, value: Any) -> bool:
@@ -114,20 +145,33 @@ def _to_bool(name: str, value: Any) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
         return value.strip().lower() in ("true", "1", "yes")
-    raise ValueError(f"{name} must be true or false, got {value!r}")
+    raise ValueError(f"{name} must be true or false, got {shown(value)}")
+
+
+_INTEGER = re.compile(r"\s*[+-]?\d+\s*")
 
 
 def _to_number(name: str, value: Any, target: type) -> int | float:
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    try:
-        number = float(value) if isinstance(value, str) else value
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not isinstance(number, (int, float)) or not math.isfinite(number):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if target is int:
-        if number != int(number):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(number)
-    return float(number)
+    """An int or float from a number or its text. Python ints are exact however many
+    digits a client sends, so they are range-checked as ints, never through float()
+    (which overflows); NaN and infinities (JSON's NaN, 1e999) are refused."""
+    if isinstance(value, str):
+        try:
+            value = int(value) if target is int and _INTEGER.fullmatch(value) else float(value)
+        except ValueError:  # not a number, or an integer of more than 4300 digits
+            raise ValueError(f"{name} must be a number, got {shown(value)}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {shown(value)}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {shown(value)}")
+        if target is int:
+            if not value.is_integer():
+                raise ValueError(f"{name} must be an integer, got {shown(value)}")
+            return int(value)
+        return value
+    if target is float:
+        if abs(value) > 2**53:  # beyond any setting's range, and float() may overflow
+            raise ValueError(f"{name} is out of range, got {shown(value)}")
+        return float(value)
+    return value

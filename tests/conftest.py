@@ -15,3 +15,15 @@ def chelsea() -> Image.Image:
 @pytest.fixture(scope="session")
 def chelsea_jpeg(chelsea) -> bytes:
     return encode(chelsea, "JPEG", quality=95)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def worker_registry(tmp_path_factory):
+    """Handlers built by the tests, and the TorchServe workers they start, register in a
+    registry of their own, not in the machine's (handlers/runtime.py::WorkerRegistry)."""
+    from runtime import REGISTRY_ENV
+
+    with pytest.MonkeyPatch.context() as patch:
+        directory = tmp_path_factory.mktemp("workers")
+        patch.setenv(REGISTRY_ENV, str(directory))
+        yield directory

@@ -42,6 +42,50 @@ class TinyColorClassifier(torch.nn.Module):
         return torch.cat([channels, torch.ones_like(channels[:, :1])], dim=1) * 10.0
 
 
+NAMES = ["person", "bicycle", "car"]
+DETECTOR_METADATA = {
+    "task": "detection",
+    "model": "tiny-detector",
+    "architecture": "RedBoxDetector",
+    "input_size": [320, 320],
+    "stride": 32,
+    "letterbox_fill": 114,
+    "num_classes": 3,
+    "class_names": NAMES,
+    "weights": {"name": "test-fixture", "origin": "tests/handler/test_detector_handler.py", "sha256": None},
+    "input_format": INPUT_FORMAT,
+}
+
+
+class RedBoxDetector(torch.nn.Module):
+    """YOLOv5-shaped output [B, 3, 5 + 3] in input pixels: row 0 the box around all
+    pure-red pixels as a "car" (score 0.9); row 1 the same box shifted by one pixel
+    with a lower score (NMS must drop it); row 2 the same box as a "person" scoring
+    0.5 (class-aware NMS keeps it). No red pixels: objectness 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float() / 255  # uint8 RGB in, as every compiled model
+        red = (x[:, 0] > 0.8) & (x[:, 1] < 0.2) & (x[:, 2] < 0.2)  # [B, H, W]
+        height, width = red.shape[1], red.shape[2]
+        xs = torch.arange(width, dtype=x.dtype).view(1, 1, width).expand_as(red)
+        ys = torch.arange(height, dtype=x.dtype).view(1, height, 1).expand_as(red)
+        x1 = torch.where(red, xs, float(width)).amin(dim=(1, 2))
+        x2 = torch.where(red, xs, -1.0).amax(dim=(1, 2)) + 1
+        y1 = torch.where(red, ys, float(height)).amin(dim=(1, 2))
+        y2 = torch.where(red, ys, -1.0).amax(dim=(1, 2)) + 1
+        found = red.flatten(1).any(dim=1).to(x.dtype)
+        box = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=1)  # [B, 4] cxcywh
+        car = torch.tensor([0.0, 0.0, 1.0]).expand(x.shape[0], 3)
+        person = torch.tensor([1.0, 0.0, 0.0]).expand(x.shape[0], 3)
+        shift = torch.tensor([1.0, 0.0, 0.0, 0.0])
+        rows = [
+            torch.cat([box, (0.9 * found).unsqueeze(1), car], 1),
+            torch.cat([box + shift, (0.8 * found).unsqueeze(1), car], 1),
+            torch.cat([box, (0.5 * found).unsqueeze(1), person], 1),
+        ]
+        return torch.stack(rows, dim=1)
+
+
 class FailsOnBatches(torch.nn.Module):
     """TinyColorClassifier on one image, an exception on several: a batch-level failure."""
 
@@ -80,6 +124,10 @@ class FakeContext:
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
         self.headers: dict[int, dict[str, str]] = defaultdict(dict)
+        self.request_headers: dict[int, dict[str, str]] = {}  # what clients sent, per batch index
+
+    def get_all_request_header(self, idx):
+        return self.request_headers.get(idx, {})
 
     def set_response_status(self, code=200, phrase="", idx=0):
         self.statuses[idx] = (code, phrase)
@@ -124,3 +172,17 @@ def make_handler(tmp_path):
         return handler, context
 
     return make
+
+
+@pytest.fixture(scope="session")
+def face_model_dir(tmp_path_factory) -> Path:
+    """The face pixelizer's real model (RetinaFace with its pretrained weights), compiled
+    once per test session into a model directory."""
+    from scripts.compile import compile_model
+    from scripts.faces import resolve_face_weights
+    from scripts.zoo import get_model
+
+    model_dir = tmp_path_factory.mktemp("face_pixelizer")
+    spec = get_model("face_pixelizer")
+    compile_model(spec, resolve_face_weights(spec), model_dir / "model.pt")
+    return model_dir

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from runtime import usable_cores
+from runtime import REGISTRY_ENV, WorkerRegistry, usable_cores
 from scripts.photos import encode
 from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
 
@@ -150,14 +150,24 @@ def test_labels_must_match_the_model(make_handler):
         make_handler(metadata={**TINY_METADATA, "num_classes": 10})
 
 
-@pytest.mark.parametrize("handler_settings, max_workers", [({"num_threads": 1}, 1), ({}, 2), ({}, 64)])
-def test_threads_follow_settings_then_workers(make_handler, monkeypatch, handler_settings, max_workers):
+@pytest.mark.parametrize("handler_settings", [{"num_threads": 1}, {}])
+def test_threads_follow_the_busy_workers_on_the_machine(make_handler, monkeypatch, tmp_path, handler_settings):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv(REGISTRY_ENV, str(tmp_path / "workers"))
     before = torch.get_num_threads()
     try:
-        make_handler(yaml={**DEFAULT_YAML, "maxWorkers": max_workers, "handler": handler_settings})
-        expected = handler_settings.get("num_threads") or max(1, usable_cores() // max_workers)
-        assert torch.get_num_threads() == expected
+        handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": handler_settings})
+        handler.threads.interval = 0  # re-read the registry at every batch
+        pinned = handler_settings.get("num_threads")
+        handler.handle([body(solid(RED))], context)
+        assert torch.get_num_threads() == (pinned or usable_cores())  # alone on the machine
+        another = WorkerRegistry(tmp_path / "workers")  # another model's worker gets busy
+        another.heartbeat()
+        handler.handle([body(solid(RED))], context)
+        assert torch.get_num_threads() == (pinned or max(1, usable_cores() // 2))
+        another.leave()  # scaled down
+        handler.handle([body(solid(RED))], context)
+        assert torch.get_num_threads() == (pinned or usable_cores())
     finally:
         torch.set_num_threads(before)
 

@@ -5,57 +5,15 @@ import base64
 import io
 import json
 
+import numpy as np
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
-from batched_handler import INPUT_FORMAT
 from detector_handler import DetectorHandler
 from scripts.photos import encode
+from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector
 
-NAMES = ["person", "bicycle", "car"]
-DETECTOR_METADATA = {
-    "task": "detection",
-    "model": "tiny-detector",
-    "architecture": "RedBoxDetector",
-    "input_size": [320, 320],
-    "stride": 32,
-    "letterbox_fill": 114,
-    "num_classes": 3,
-    "class_names": NAMES,
-    "weights": {"name": "test-fixture", "origin": "tests/handler/test_detector_handler.py", "sha256": None},
-    "input_format": INPUT_FORMAT,
-}
 YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "handler": {}}
-
-
-class RedBoxDetector(torch.nn.Module):
-    """YOLOv5-shaped output [B, 3, 5 + 3] in input pixels: row 0 the box around all
-    pure-red pixels as a "car" (score 0.9); row 1 the same box shifted by one pixel
-    with a lower score (NMS must drop it); row 2 the same box as a "person" scoring
-    0.5 (class-aware NMS keeps it). No red pixels: objectness 0."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float() / 255  # uint8 RGB in, as every compiled model
-        red = (x[:, 0] > 0.8) & (x[:, 1] < 0.2) & (x[:, 2] < 0.2)  # [B, H, W]
-        height, width = red.shape[1], red.shape[2]
-        xs = torch.arange(width, dtype=x.dtype).view(1, 1, width).expand_as(red)
-        ys = torch.arange(height, dtype=x.dtype).view(1, height, 1).expand_as(red)
-        x1 = torch.where(red, xs, float(width)).amin(dim=(1, 2))
-        x2 = torch.where(red, xs, -1.0).amax(dim=(1, 2)) + 1
-        y1 = torch.where(red, ys, float(height)).amin(dim=(1, 2))
-        y2 = torch.where(red, ys, -1.0).amax(dim=(1, 2)) + 1
-        found = red.flatten(1).any(dim=1).to(x.dtype)
-        box = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], dim=1)  # [B, 4] cxcywh
-        car = torch.tensor([0.0, 0.0, 1.0]).expand(x.shape[0], 3)
-        person = torch.tensor([1.0, 0.0, 0.0]).expand(x.shape[0], 3)
-        shift = torch.tensor([1.0, 0.0, 0.0, 0.0])
-        rows = [
-            torch.cat([box, (0.9 * found).unsqueeze(1), car], 1),
-            torch.cat([box + shift, (0.8 * found).unsqueeze(1), car], 1),
-            torch.cat([box, (0.5 * found).unsqueeze(1), person], 1),
-        ]
-        return torch.stack(rows, dim=1)
 
 
 def photo_with_red_box(size, box, fmt="PNG") -> bytes:
@@ -166,3 +124,61 @@ def test_a_large_photo_decoded_at_reduced_scale_maps_boxes_to_its_full_size(dete
     assert document["image_size"] == [3200, 2400]
     car = document["detections"][0]
     assert [car["left"], car["top"], car["right"], car["bottom"]] == pytest.approx([800, 400, 2400, 1600], abs=25)
+
+
+@pytest.mark.parametrize("size, box", [((400, 300), (100, 60, 260, 220)), ((3200, 2400), (800, 400, 2400, 1600))])
+def test_format_image_draws_at_full_size_where_the_json_puts_the_boxes(detector, size, box):
+    """A large JPEG is decoded at a reduced scale for detection; its drawn answer must
+    still have the photo's full size, with the box outline at the JSON's coordinates."""
+    handler, context = detector
+    photo = photo_with_red_box(size, box, fmt="JPEG")
+    document, jpeg = (
+        handler.handle([{"data": photo, "classes": b"car", "format": fmt}], context)[0] for fmt in (b"json", b"image")
+    )
+    (car,) = json.loads(document)["detections"]
+    drawn = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
+    original = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB")).astype(int)
+    assert drawn.shape == original.shape  # (height, width, 3) of the photo as sent
+    changed = np.abs(drawn - original).max(axis=-1) > 60
+    left, top, right, bottom = (round(car[side]) for side in ("left", "top", "right", "bottom"))
+    middle_x, middle_y = (left + right) // 2, (top + bottom) // 2
+    for x, y in [(left, middle_y), (right, middle_y), (middle_x, bottom)]:  # the outline, within 3 px
+        assert changed[y - 3 : y + 4, x - 3 : x + 4].any(), (x, y)
+    inset = max(20, size[0] // 100)  # beyond the outline's width
+    assert not changed[middle_y, left + inset : right - inset].any()  # inside the box: untouched
+    assert not changed[middle_y, inset : left - inset].any()  # left of it too
+
+
+def test_parameters_from_headers_and_the_answer_says_what_was_applied(detector):
+    handler, context = detector
+    image = photo_with_red_box((320, 240), (10, 10, 100, 100))
+    context.request_headers = {
+        0: {"X-Classes": "person", "X-Forwarded-For": "10.1.2.3"},  # a proxy's own X- header is no parameter
+        1: {"X-Format": "image"},  # what `curl -T img.jpg -H "X-Format: image"` sends
+        2: {"x-max_detections": "1"},
+        3: {"X-Confidence": "0.6"},  # and the same parameter in the body: refused, not guessed
+    }
+    rows = [{"body": image}, {"body": image}, {"body": image}, {"data": image, "confidence": b"0.3"}]
+    person, drawn, single, repeated = handler.handle(rows, context)
+    assert [context.status(i) for i in range(4)] == [200, 200, 200, 400]
+    person = json.loads(person)
+    assert [d["class_name"] for d in person["detections"]] == ["person"]
+    assert person["parameters"] == {
+        "confidence": 0.25,
+        "iou": 0.45,
+        "max_detections": 300,
+        "classes": ["person"],
+        "format": "json",
+    }
+    assert context.content_types[1] == "image/jpeg"
+    assert json.loads(context.headers[1]["X-Parameters"])["format"] == "image"
+    assert json.loads(single)["parameters"]["max_detections"] == 1 and len(json.loads(single)["detections"]) == 1
+    assert json.loads(repeated)["error"] == "repeated parameter" and "confidence" in json.loads(repeated)["detail"]
+
+
+def test_an_unknown_class_is_refused_before_any_inference(detector):
+    handler, context = detector
+    image = photo_with_red_box((320, 240), (10, 10, 100, 100))
+    (result,) = handler.handle([{"data": image, "classes": b"car,dragon"}], context)
+    assert context.status(0) == 400 and "classes: unknown class 'dragon'" in json.loads(result)["detail"]
+    assert "InferenceTime" not in context.metrics.times  # the model never ran

@@ -13,8 +13,6 @@ from PIL import Image
 from face_pixelizer_handler import FacePixelizerHandler
 from faces import expand_boxes
 from imaging import encode_jpeg
-from scripts.compile import compile_model
-from scripts.faces import resolve_face_weights
 from scripts.photos import encode, photo
 from scripts.zoo import get_model
 from tests.handler.conftest import FakeContext
@@ -24,11 +22,8 @@ ASTRONAUT_FACE = (170, 50, 280, 190)
 
 
 @pytest.fixture(scope="module")
-def pixelizer(tmp_path_factory):
-    model_dir = tmp_path_factory.mktemp("face_pixelizer")
-    spec = get_model("face_pixelizer")
-    compile_model(spec, resolve_face_weights(spec), model_dir / "model.pt")
-    context = FakeContext(model_dir, yaml.safe_load(spec.config_file.read_text()))
+def pixelizer(face_model_dir):
+    context = FakeContext(face_model_dir, yaml.safe_load(get_model("face_pixelizer").config_file.read_text()))
     handler = FacePixelizerHandler()
     handler.initialize(context)
     return handler, context

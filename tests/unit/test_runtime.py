@@ -1,9 +1,15 @@
 """Device and thread choices of a worker."""
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
-from runtime import configure_threads, select_device, threads_per_worker
+from runtime import ThreadBudget, WorkerRegistry, select_device, thread_budget, threads_per_worker
 
 
 @pytest.mark.parametrize(
@@ -30,12 +36,54 @@ def restore_threads():
     torch.set_num_threads(before)
 
 
-def test_explicit_thread_count_wins(restore_threads, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    assert configure_threads(requested=1, workers=1) == 1 == torch.get_num_threads()
+def test_an_explicit_thread_count_is_pinned(restore_threads, tmp_path):
+    budget = ThreadBudget(1, WorkerRegistry(tmp_path), cores=8, interval=0)
+    WorkerRegistry(tmp_path).heartbeat()  # another busy worker does not change a pinned count
+    assert budget.before_batch() == 1 == torch.get_num_threads()
 
 
-def test_operator_omp_num_threads_is_respected(restore_threads, monkeypatch):
+def test_operator_omp_num_threads_is_respected(restore_threads, monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
-    assert configure_threads(requested=0, workers=8) == 1
+    budget = ThreadBudget(0, WorkerRegistry(tmp_path), cores=8, interval=0)
+    assert budget.before_batch() == 1 == torch.get_num_threads()
+
+
+def test_threads_follow_the_busy_workers_alive(restore_threads, monkeypatch, tmp_path):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    budget = ThreadBudget(0, WorkerRegistry(tmp_path), cores=8, interval=0)
+    assert budget.threads == 8 == torch.get_num_threads()  # alone
+    others = [WorkerRegistry(tmp_path) for _ in range(3)]
+    for other in others:
+        other.heartbeat()
+    assert budget.before_batch() == 2 == torch.get_num_threads()  # four busy workers
+    others[0].leave()
+    os.utime(others[1].path, (0, 0))  # idle for longer than the active window
+    assert budget.before_batch() == 4 == torch.get_num_threads()
+    assert not others[0].path.exists()
+
+
+def test_a_killed_worker_is_never_counted_and_its_file_goes(tmp_path):
+    registry = WorkerRegistry(tmp_path)
+    code = (
+        "import sys, time; sys.path.insert(0, 'handlers'); from runtime import WorkerRegistry; "
+        f"r = WorkerRegistry({str(tmp_path)!r}); r.heartbeat(); print(r.path, flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        other = Path(child.stdout.readline().strip())
+        assert registry.active_workers() == 2
+        child.send_signal(signal.SIGKILL)  # no chance to clean up: the kernel drops its lock
+        child.wait(timeout=30)
+        assert registry.active_workers() == 1
+        assert not other.exists()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_without_a_usable_registry_the_worker_still_runs(restore_threads, tmp_path, caplog):
+    (tmp_path / "file").write_text("")
+    budget = thread_budget(0, tmp_path / "file" / "registry")  # cannot be a directory
+    assert budget.registry is None and budget.before_batch() == budget.threads >= 1
+    assert "worker registry unavailable" in caplog.text
