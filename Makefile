@@ -25,8 +25,11 @@ ARTIFACTS := $(addprefix $(BUILD)/,$(shell $(PYTHON) scripts/zoo.py artifacts))
 artifact = $(filter $(BUILD)/$(1).pt $(BUILD)/$(1).pt2,$(ARTIFACTS))
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.setup-done
-# Activation exports TS_CONFIG_FILE and, when setup installed a JDK, JAVA_HOME.
+# Activation exports JAVA_HOME when setup installed a JDK (and scopes torchserve's config
+# to this directory: scripts/setup_env.py).
 ACTIVATE := source $(VENV)/bin/activate &&
+# TorchServe's logging: nothing written per request (see the file).
+LOG_CONFIG := scripts/configs/log4j2.xml
 COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict) \
 	--precision $(PRECISION) --device $(DEVICE)
 # Everything in scripts/ that the compiled models depend on (not the tools around them).
@@ -81,7 +84,8 @@ soak: ## 10-minute load/soak run against the running server (make serve) -> docs
 
 serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait until it is ready
 	mkdir -p logs
-	$(ACTIVATE) torchserve --start --ncs --models all --ts-config config.properties > logs/console.log 2>&1 \
+	$(ACTIVATE) torchserve --start --ncs --models all --ts-config config.properties --log-config $(LOG_CONFIG) \
+		> logs/console.log 2>&1 \
 		|| { cat logs/console.log; exit 1; }
 	$(PY) -m scripts.server wait
 

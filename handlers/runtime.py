@@ -144,8 +144,12 @@ class ThreadBudget:
         now = time.monotonic()
         if not self.pinned and now - self._checked >= self.interval:
             self._checked = now
-            threads = threads_per_worker(self.cores, self.registry.active_workers())
+            active = self.registry.active_workers()
+            threads = threads_per_worker(self.cores, active)
             if threads != self.threads:
+                logger.info(
+                    "CPU threads %d -> %d: %d busy workers on %d cores", self.threads, threads, active, self.cores
+                )
                 torch.set_num_threads(threads)
                 self.threads = threads
         return self.threads

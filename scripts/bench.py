@@ -33,7 +33,7 @@ from scripts.archive import ARCHIVE_VERSION
 from scripts.bench_handler import images_per_second
 from scripts.loadgen import closed_loop_raw, percentile
 from scripts.photos import encode, photo
-from scripts.server import free_ports, local_torchserve, read_properties
+from scripts.server import LOG_CONFIG, free_ports, local_torchserve, read_properties
 from scripts.zoo import COMPILERS, MODELS, REPO, get_model
 
 CONCURRENCY = (1, 8, 32)
@@ -41,7 +41,7 @@ CLASSIFIERS = ("mobilenet_v2", "resnet18")
 OTHERS = ("yolov5s", "face_pixelizer")
 HANDLER_BENCH = ("resnet50", "yolov5s", "face_pixelizer")  # the GPU measurement's models
 # TorchServe's own defaults for what our config.properties tunes (its docs/configuration.md).
-TORCHSERVE_DEFAULTS = {"vmargs": "", "metrics_mode": "log"}
+TORCHSERVE_DEFAULTS = {"metrics_mode": "log"}  # and its own logging configuration (log_config=None)
 # TorchServe's cumulative Prometheus counters (metrics_mode=prometheus), per model.
 COUNTERS = ("ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
 CPU = torch.device("cpu")
@@ -248,7 +248,9 @@ def sweep(server_name, base, headers, models, bodies, concurrencies, duration, l
 
 
 def serve_and_sweep(store: Path, names: list[str], label: str, bodies, concurrencies, duration, overrides=None):
-    with local_torchserve(store, names, overrides=overrides) as server:
+    """overrides=TORCHSERVE_DEFAULTS: TorchServe's own settings and logging, for its built-in handler."""
+    log_config = None if overrides is TORCHSERVE_DEFAULTS else LOG_CONFIG
+    with local_torchserve(store, names, overrides=overrides, log_config=log_config) as server:
         properties = read_properties(server.workdir / "config.properties")
         metrics = properties["metrics_address"] if properties.get("metrics_mode") == "prometheus" else None
         return sweep(label, server.inference, server.keys.header("inference"), names, bodies, concurrencies,
@@ -379,12 +381,14 @@ def main(args: argparse.Namespace) -> None:
 
         print("\n".join(summary_lines(results)))
         return
-    from scripts.bench_report import plot, render_markdown
+    from scripts.bench_report import plot, render_markdown, section_of, with_section
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "benchmarks.json").write_text(json.dumps(results, indent=1))
     plot(results, args.output_dir / "benchmarks.png")
-    (args.output_dir / "benchmarks.md").write_text(render_markdown(results))
+    document = args.output_dir / "benchmarks.md"
+    kept = section_of(document.read_text()) if document.exists() else ""  # scripts/bench_scaling.py's
+    document.write_text(with_section(render_markdown(results), kept))
     print(f"wrote {args.output_dir / 'benchmarks.md'} and benchmarks.png")
 
 

@@ -9,6 +9,27 @@ CEILING_FACTOR = 0.7  # at least 0.7x the compiled model alone at the served bat
 LATENCY_SLACK = 1.10  # c=1: p50 no worse than the built-in handler's + 10 %
 
 
+# The scaling section (scripts/bench_scaling.py) lives between these markers and survives
+# a rewrite of the rest of docs/benchmarks.md by scripts/bench.py.
+SCALING_BEGIN = "<!-- scaling: written by scripts/bench_scaling.py -->"
+SCALING_END = "<!-- /scaling -->"
+
+
+def with_section(document: str, section: str) -> str:
+    """`document` with the marked section replaced by `section` (appended if absent)."""
+    if SCALING_BEGIN in document and SCALING_END in document:
+        before, rest = document.split(SCALING_BEGIN, 1)
+        return before + section + rest.split(SCALING_END, 1)[1]
+    return document.rstrip("\n") + "\n\n" + section + "\n" if section else document
+
+
+def section_of(document: str) -> str:
+    """The marked section of `document`, markers included ("" if absent)."""
+    if SCALING_BEGIN not in document or SCALING_END not in document:
+        return ""
+    return SCALING_BEGIN + document.split(SCALING_BEGIN, 1)[1].split(SCALING_END, 1)[0] + SCALING_END
+
+
 def point(results: dict, server: str, model: str, concurrency: int, image: str = "small") -> dict | None:
     for candidate in results["points"]:
         if (candidate["server"], candidate["model"], candidate["concurrency"], candidate["image"]) == (

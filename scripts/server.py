@@ -23,6 +23,8 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+# This repo's logging configuration: nothing written per request.
+LOG_CONFIG = REPO / "scripts" / "configs" / "log4j2.xml"
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,6 @@ def write_config(workdir: Path, store: Path, overrides: dict[str, str] | None = 
         grpc_management_port=str(grpc_management),
         model_store=str(store),
     )
-    # Paths in vmargs are relative to the repo root, where `make serve` starts TorchServe.
-    properties["vmargs"] = properties.get("vmargs", "").replace("=scripts/", f"={REPO}/scripts/")
     properties.update(overrides or {})
     (workdir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     return properties
@@ -161,11 +161,13 @@ def local_torchserve(
     overrides: dict[str, str] | None = None,
     timeout: float = 300,
     env: dict[str, str] | None = None,
+    log_config: Path | None = LOG_CONFIG,
 ) -> Iterator[Server]:
     """Start a private TorchServe serving `models` from `store`, wait until every model
     has a ready worker, and stop it afterwards. Nothing is shared with another server:
     TorchServe puts its pid file, worker sockets (path length limit 108, hence a short
-    directory) and unpacked models under TMPDIR/TEMP, and its logs under the workdir."""
+    directory) and unpacked models under TMPDIR/TEMP, and its logs under the workdir.
+    `log_config=None` keeps TorchServe's own logging configuration."""
     workdir = Path(tempfile.mkdtemp(prefix="ts-"))
     properties = write_config(workdir, store, overrides)
     env = {
@@ -179,6 +181,7 @@ def local_torchserve(
     }
     launcher = str(Path(sys.executable).with_name("torchserve"))
     command = [launcher, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in models)]
+    command += ["--log-config", str(log_config)] if log_config else []
     with open(workdir / "console.log", "wb") as console:
         process = subprocess.Popen(
             command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True

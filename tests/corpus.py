@@ -83,6 +83,19 @@ def elongated() -> bytes:
     return encode(photo("coffee").resize((10_000, 1)), "PNG")
 
 
+def jpeg_of(size: tuple[int, int]) -> bytes:
+    """A real photo scaled to `size`: the extreme shapes the property-based test
+    (tests/handler/test_image_shapes.py) searches, as JPEGs, whose reduced-scale decode
+    once divided by zero on a side of a few pixels."""
+    return encode(photo("coffee").resize(size), "JPEG")
+
+
+def at_the_pixel_limit() -> bytes:
+    """8000 x 5000 = exactly MAX_IMAGE_PIXELS, one flat colour (a small file)."""
+    assert 8000 * 5000 == MAX_IMAGE_PIXELS
+    return encode(Image.new("RGB", (8000, 5000), (90, 120, 150)), "JPEG")
+
+
 def image_cases() -> list[Case]:
     """Cases whose answer does not depend on the model kind."""
     coffee, chelsea = photo("coffee"), photo("chelsea")
@@ -119,6 +132,12 @@ def image_cases() -> list[Case]:
         # Supported input: a 200 with a result for an image of this (displayed) size.
         Case("1x1", raw(encode(Image.new("RGB", (1, 1), (200, 30, 30)), "PNG")), 200, size=(1, 1)),
         Case("10000x1", raw(elongated()), 200, size=(10_000, 1)),
+        Case("1x1 jpeg", raw(jpeg_of((1, 1))), 200, size=(1, 1)),
+        Case("1x640 jpeg", raw(jpeg_of((1, 640))), 200, size=(1, 640)),
+        Case("5000x3 jpeg", raw(jpeg_of((5000, 3))), 200, size=(5000, 3)),
+        Case("3x5000 jpeg", raw(jpeg_of((3, 5000))), 200, size=(3, 5000)),
+        Case("40000x1 jpeg", raw(jpeg_of((40_000, 1))), 200, size=(40_000, 1)),
+        Case("at the pixel limit", raw(at_the_pixel_limit()), 200, size=(8000, 5000)),
         Case("animated gif", raw(animated_gif()), 200, size=(451, 300)),
         Case("16-bit png", raw(sixteen_bit_png()), 200, size=(600, 400)),
         Case("cmyk jpeg", raw(encode(coffee.convert("CMYK"), "JPEG")), 200, size=(600, 400)),
@@ -134,20 +153,56 @@ def image_cases() -> list[Case]:
     ]
 
 
+# Per kind: an integer and a real-valued parameter, a valid override, and one given as a header.
+PARAMETERS = {
+    "classifier": ("top_k", "top_k", {"top_k": "3"}),
+    "detector": ("max_detections", "confidence", {"confidence": "0.5"}),
+    "face": ("max_faces", "margin", {"format": "json"}),
+}
+
+
 def parameter_cases(kind: str) -> list[Case]:
-    """Per-request parameters: out of range, wrong type, unknown; one valid override."""
+    """Per-request parameters: out of range, wrong type, huge, non-finite, empty, repeated,
+    unknown -- each a 400 naming the parameter; valid overrides in a form and a header."""
     image = encode(photo("chelsea"), "JPEG")
+    encoded = base64.b64encode(image).decode()
+    integer, real, valid = PARAMETERS[kind]
 
     def form(**params) -> dict:
         return {"method": "POST", "files": {"data": ("cat.jpg", image, "image/jpeg")}, "data": params}
 
-    valid = {"classifier": {"top_k": "3"}, "detector": {"confidence": "0.5"}, "face": {"format": "json"}}[kind]
+    def json_body(text: str) -> dict:  # as sent: Python's json refuses to write NaN
+        return {"method": "POST", "data": text.encode(), "headers": {"Content-Type": "application/json"}}
+
+    huge = "9" * 400
+    param, value = next(iter(valid.items()))
+    header = "X-" + param.replace("_", "-").title()  # top_k -> X-Top-K
     return [
         Case("top_k=-1", form(top_k="-1"), 400),
         Case("confidence=abc", form(confidence="abc"), 400),
         Case("format=xml", form(format="xml"), 400),
         Case("unknown parameter", form(colour="blue"), 400, "unknown parameter"),
-        Case(f"valid {next(iter(valid))}", form(**valid), 200, size=(451, 300)),
+        Case(f"{integer} of 400 digits, form", form(**{integer: huge}), 400, "invalid parameter"),
+        Case(f"{integer} of 400 digits, JSON", json_body(f'{{"data": "{encoded}", "{integer}": {huge}}}'), 400),
+        Case(f"{real}=1e999, JSON", json_body(f'{{"data": "{encoded}", "{real}": 1e999}}'), 400, "invalid parameter"),
+        Case(f"{real}=NaN, JSON", json_body(f'{{"data": "{encoded}", "{real}": NaN}}'), 400, "invalid parameter"),
+        Case(f"{integer} empty", form(**{integer: ""}), 400, "invalid parameter"),
+        Case(f"{integer} null, JSON", json_body(f'{{"data": "{encoded}", "{integer}": null}}'), 400),
+        Case(
+            "a key twice in a JSON body",
+            raw(f'{{"data": "{encoded}", "{integer}": 1, "{integer}": 2}}'.encode()),
+            400,
+            "repeated parameter",
+        ),
+        Case(
+            "in a header and in the form",
+            {**form(**valid), "headers": {header: value}},
+            400,
+            "repeated parameter",
+        ),
+        Case(f"invalid X-{integer} header", {**raw(image), "headers": {f"X-{integer}": "-5"}}, 400),
+        Case(f"valid {param}", form(**valid), 200, size=(451, 300)),
+        Case(f"valid {header} header", {**raw(image), "headers": {header: value}}, 200, size=(451, 300)),
     ]
 
 

@@ -1,11 +1,12 @@
 """The YOLOv5 detectors served by a real TorchServe next to the classifiers."""
 
 import io
+import json
 
 import pytest
 from PIL import Image
 
-from scripts.photos import photo_bytes
+from scripts.photos import encode, photo_bytes
 from scripts.zoo import MODELS
 
 pytestmark = pytest.mark.integration
@@ -76,3 +77,20 @@ def test_format_image_returns_a_jpeg_of_the_photo(torchserve, astronaut):
 def test_bad_parameters_are_400_naming_the_problem(torchserve, astronaut, form, detail):
     response = torchserve.predict("yolov5s", method="POST", files={"data": astronaut}, data=form)
     assert response.status_code == 400 and detail in response.json()["detail"]
+
+
+def test_curl_T_with_parameters_as_headers_draws_on_the_full_size_photo(torchserve):
+    """`curl -T big.jpg -H "X-Format: image" .../predictions/yolov5s`: TorchServe drops query
+    strings on that route, headers reach the handler. A 2400 px JPEG is detected on its
+    reduced-scale decode, but drawn on at its full size."""
+    big = photo_bytes("astronaut", "JPEG", quality=90)
+    big = encode(Image.open(io.BytesIO(big)).resize((2400, 2400)), "JPEG")
+    headers = {"X-Format": "image", "X-Confidence": "0", "X-Max-Detections": "5"}
+    response = torchserve.predict("yolov5s", data=big, headers=headers)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "image/jpeg", response.text[:300]
+    assert Image.open(io.BytesIO(response.content)).size == (2400, 2400)
+    applied = json.loads(response.headers["X-Parameters"])
+    assert applied == {"confidence": 0.0, "iou": 0.45, "max_detections": 5, "classes": [], "format": "image"}
+    document = torchserve.predict("yolov5s", data=big, headers={"X-Confidence": "0", "X-Max-Detections": "5"}).json()
+    assert document["image_size"] == [2400, 2400] and document["parameters"]["format"] == "json"
+    assert len(document["detections"]) == 5
