@@ -38,7 +38,7 @@ COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_e
 	$(wildcard scripts/*.py))
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: help setup archive models yolov5-sizes bench soak serve stop test test-unit lint clean distclean
+.PHONY: help setup archive models yolov5-sizes bench bench-scaling soak serve stop test test-unit lint clean distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -78,6 +78,9 @@ yolov5-sizes: $(call artifact,yolov5s) $(call artifact,yolov5m) $(call artifact,
 
 bench: archive ## measure ours vs TorchServe's built-in handler vs FastAPI vs the model alone -> docs/benchmarks.md
 	$(PY) -m scripts.bench
+
+bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU threads -> docs/benchmarks.md
+	$(PY) -m scripts.bench_scaling
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.soak --duration 600 --concurrency 8 --markdown docs/soak.md

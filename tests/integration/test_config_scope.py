@@ -50,3 +50,12 @@ def test_a_torchserve_started_elsewhere_from_an_activated_shell_keeps_its_own_co
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def test_the_test_server_logs_with_this_repos_logging_configuration(torchserve):
+    console = (torchserve.workdir / "console.log").read_text(errors="replace")
+    assert "StatusLogger" not in console, console[:2000]  # log4j found and parsed the file
+    assert (torchserve.workdir / "logs" / "model_log.log").is_file()
+    access_log = torchserve.workdir / "logs" / "access_log.log"
+    assert torchserve.predict("mobilenet_v2", data=b"").status_code == 400
+    assert not access_log.exists() or access_log.stat().st_size == 0  # nothing written per request by default

@@ -1,6 +1,7 @@
 """The repo's own security-relevant files and settings (docs/security.md)."""
 
 import subprocess
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -58,3 +59,21 @@ def test_serving_loads_torchscript_only_never_a_pickle(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"\x80\x04 an old-style pickle, not a zip")
     with pytest.raises(ValueError, match="not a compiled model"):
         load_compiled_model(tmp_path / "model.pt", torch.device("cpu"))
+
+
+def test_config_properties_holds_no_path_relative_to_the_repo_but_the_model_store():
+    """Started with this file from another directory, TorchServe must not look for
+    repo files there (the log4j path used to be in vmargs); only model_store is relative,
+    and TorchServe's launcher names it when it is missing."""
+    assert "log4j" not in PROPERTIES.get("vmargs", "")
+    relative = [key for key, value in PROPERTIES.items() if "/" in value and not value.startswith(("http", "file"))]
+    assert relative == []
+
+
+def test_the_logging_configuration_is_well_formed_xml():
+    """log4j ignores a malformed file with only a console warning, and TorchServe then logs nothing."""
+    root = ElementTree.parse(REPO / "scripts" / "configs" / "log4j2.xml").getroot()
+    files = [appender.get("fileName") for appender in root.iter("RollingFile")]
+    assert files and all(
+        name.startswith(("${env:LOG_LOCATION:-logs}/", "${env:METRICS_LOCATION:-logs}/")) for name in files
+    )
