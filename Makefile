@@ -26,16 +26,15 @@ artifact = $(filter $(BUILD)/$(1).pt $(BUILD)/$(1).pt2,$(ARTIFACTS))
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.setup-done
 # Activation exports JAVA_HOME when setup installed a JDK (and scopes torchserve's config
-# to this directory: scripts/setup_env.py).
+# to this directory: scripts/setup/venv.py).
 ACTIVATE := source $(VENV)/bin/activate &&
 # TorchServe's logging: nothing written per request (see the file).
 LOG_CONFIG := scripts/configs/log4j2.xml
 COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter 1,$(STRICT)),--strict) \
 	--precision $(PRECISION) --device $(DEVICE)
-# Everything in scripts/ that the compiled models depend on (not the tools around them).
-COMPILE_SRC := $(filter-out scripts/archive.py scripts/server.py scripts/setup_env.py scripts/write_labels.py scripts/compare_%.py \
-	scripts/loadgen.py scripts/soak.py scripts/photos.py scripts/bench%.py,\
-	$(wildcard scripts/*.py))
+# What the compiled models depend on: the model table, the building code, the networks
+# and the per-family code (scripts/bench, scripts/serve and scripts/setup are not).
+COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
 .PHONY: help setup archive models yolov5-sizes bench bench-scaling soak serve stop test test-unit lint clean distclean
@@ -45,11 +44,11 @@ help: ## list the targets
 
 setup: $(SETUP) ## create .venv with the pinned dependencies and a Java for TorchServe
 
-$(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/setup_env.py
+$(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/setup/venv.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
-	$(PY) scripts/setup_env.py --venv $(VENV)
+	$(PY) -m scripts.setup.venv --venv $(VENV)
 	touch $@
 
 # Compiled TorchScript, one per model; rebuilt when the build code, the build
@@ -57,40 +56,40 @@ $(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/
 .SECONDEXPANSION:
 COMPILE_DEPS = $(COMPILE_SRC) requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
 $(BUILD)/%.pt: $(COMPILE_DEPS) | $(SETUP)
-	$(PY) -m scripts.compile $* --output $@ $(COMPILE_FLAGS)
+	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 $(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
-	$(PY) -m scripts.compile $* --output $@ $(COMPILE_FLAGS)
+	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
-$(STORE)/%.mar: $$(call artifact,$$*) scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/archive.py
-	$(PY) -m scripts.archive $* --serialized-file $< --export-path $(STORE)
+$(STORE)/%.mar: $$(call artifact,$$*) scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/build/archive.py
+	$(PY) -m scripts.build.archive $* --serialized-file $< --export-path $(STORE)
 
 .SECONDARY: $(ARTIFACTS)
 
 archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_store/ (STRICT=1, WEIGHTS_DIR=...)
-	@$(PY) -m scripts.models $(if $(filter 1,$(STRICT)),--strict) $(ARTIFACTS)
+	@$(PY) -m scripts.build.models $(if $(filter 1,$(STRICT)),--strict) $(ARTIFACTS)
 
 models: $(ARTIFACTS) ## show each compiled model's weights and input size
-	@$(PY) -m scripts.models $^
+	@$(PY) -m scripts.build.models $^
 
 yolov5-sizes: $(call artifact,yolov5s) $(call artifact,yolov5m) $(call artifact,yolov5l) ## measure YOLOv5 S/M/L -> docs/yolov5_sizes.md
-	$(PY) -m scripts.compare_yolov5 --output docs/yolov5_sizes.md
+	$(PY) -m scripts.bench.yolov5_sizes --output docs/yolov5_sizes.md
 
 bench: archive ## measure ours vs TorchServe's built-in handler vs FastAPI vs the model alone -> docs/benchmarks.md
-	$(PY) -m scripts.bench
+	$(PY) -m scripts.bench.endtoend
 
 bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU threads -> docs/benchmarks.md
-	$(PY) -m scripts.bench_scaling
+	$(PY) -m scripts.bench.scaling
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
-	$(PY) -m scripts.soak --duration 600 --concurrency 8 --markdown docs/soak.md
+	$(PY) -m scripts.bench.soak --duration 600 --concurrency 8 --markdown docs/soak.md
 
 serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait until it is ready
 	mkdir -p logs
 	$(ACTIVATE) torchserve --start --ncs --models all --ts-config config.properties --log-config $(LOG_CONFIG) \
 		> logs/console.log 2>&1 \
 		|| { cat logs/console.log; exit 1; }
-	$(PY) -m scripts.server wait
+	$(PY) -m scripts.serve.server wait
 
 stop: ## stop TorchServe
 	$(ACTIVATE) torchserve --stop

@@ -14,20 +14,21 @@ import http
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from imaging import (
     JPEG_FORMATS,
     ImageInfo,
+    ImageMeta,
     InputError,
     check_image,
-    decode_image,
+    decode_checked,
     decode_image_at_least,
     decode_jpegs,
     encode_jpeg,
@@ -37,8 +38,9 @@ from runtime import ThreadBudget, load_compiled_model, select_device, thread_bud
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
-# What every compiled model takes (scripts/compile.py): the prepared images as they are.
+# What every compiled model takes (scripts/build/compile.py): the prepared images as they are.
 INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
 
 
@@ -74,13 +76,17 @@ class Response:
         return cls(body, "image/jpeg", headers=tuple(headers))
 
 
+# One image's slice of a model output: a tensor, or a tuple of them (RetinaFace's three heads).
+Output = torch.Tensor | tuple[torch.Tensor, ...]
+
+
 @dataclass(frozen=True)
 class Encoded:
-    """A request that was read and whose image header passed the checks, not yet decoded."""
+    """A request that was read and whose image header passed the checks (once), not yet decoded."""
 
     index: int
     data: bytes
-    settings: Any
+    settings: ImageHandlerSettings  # the task's settings class, with this request's overrides
     info: ImageInfo
 
 
@@ -90,10 +96,10 @@ class Item:
 
     index: int  # position in TorchServe's batch
     image: torch.Tensor  # uint8 [3, H, W] RGB at original size, on the model's device
-    settings: Any  # the handler settings with this request's overrides applied
+    settings: ImageHandlerSettings  # the task's settings class, with this request's overrides
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
     input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
-    meta: Any = None  # what `prepare` tells `postprocess` (e.g. letterbox scale/padding)
+    geometry: ImageMeta | None = None  # how the photo maps into `input` (letterbox), for `postprocess`
 
 
 class BatchedImageHandler:
@@ -172,7 +178,7 @@ class BatchedImageHandler:
         headers = (*headers, ("X-Parameters", applied))
         return Response.jpeg(image, settings.jpeg_quality, settings.max_response_bytes, headers)
 
-    def applied_parameters(self, settings: Any) -> dict[str, Any]:
+    def applied_parameters(self, settings: ImageHandlerSettings) -> dict[str, Any]:
         """Every per-request parameter's value for this request: its own, else the default.
         Lets a client see that a parameter it sent was (or was not) taken."""
         values = {param: getattr(settings, field) for param, field in self.request_params.items()}
@@ -190,21 +196,21 @@ class BatchedImageHandler:
     def setup(self, model_dir: Path) -> None:
         """Read data files and check metadata, after the model is loaded."""
 
-    def resolve(self, settings: Any) -> Any:
+    def resolve(self, settings: ImageHandlerSettings) -> ImageHandlerSettings:
         """A request's settings, checked against the model and completed, before any
         inference runs: raise InputError for a value the model cannot take."""
         return settings
 
-    def decode_at_least(self, settings: Any) -> tuple[int, str] | None:
+    def decode_at_least(self, settings: ImageHandlerSettings) -> tuple[int, str] | None:
         """(size, "cover" | "contain") when the task only needs the image at that size:
         large JPEGs are then decoded at a reduced scale. None: decode at full size."""
         return None
 
-    def prepare(self, item: Item) -> tuple[torch.Tensor, Any]:
-        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, meta)."""
+    def prepare(self, item: Item) -> tuple[torch.Tensor, ImageMeta | None]:
+        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, its geometry)."""
         raise NotImplementedError
 
-    def postprocess(self, output: Any, item: Item) -> Response:
+    def postprocess(self, output: Output, item: Item) -> Response:
         """One image's slice of the model output -> that request's response."""
         raise NotImplementedError
 
@@ -214,7 +220,7 @@ class BatchedImageHandler:
         image = torch.full((3, 480, 640), 114, dtype=torch.uint8, device=self.device)
         item = Item(0, image, self.resolve(self.settings), (640, 480))
         with torch.inference_mode():
-            prepared, _meta = self.prepare(item)
+            prepared, _geometry = self.prepare(item)
             for batch in sorted({1, self.batch_size}):  # TorchScript specialises on each batch shape
                 for _ in range(3):
                     self.model(prepared.expand(batch, *prepared.shape).contiguous())
@@ -229,7 +235,7 @@ class BatchedImageHandler:
         together = self._decode_jpegs_together([r for r in read if isinstance(r, Encoded)])
         return [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
 
-    def _read(self, index: int, row: dict, headers: dict[str, Any]) -> Encoded:
+    def _read(self, index: int, row: dict, headers: dict[str, str]) -> Encoded:
         data, params = split_request(row)
         params = merge_parameters(params, header_parameters(headers, self.request_params))
         settings = self.resolve(with_overrides(self.settings, params, self.request_params))
@@ -251,7 +257,8 @@ class BatchedImageHandler:
             return {}
         try:
             images = decode_jpegs([request.data for request in jpegs], self.device)
-        except RuntimeError:
+        except RuntimeError as err:
+            logger.warning("batched JPEG decode failed (%s); decoding the %d JPEGs one by one", err, len(jpegs))
             return {}
         return {request.index: image for request, image in zip(jpegs, images, strict=True)}
 
@@ -261,9 +268,9 @@ class BatchedImageHandler:
         if request.index in decoded:
             image, original = decoded[request.index], None
         elif hint is None:
-            image, original = decode_image(request.data, settings.max_image_pixels), None
+            image, original = decode_checked(request.data, request.info), None
         else:
-            image, original = decode_image_at_least(request.data, settings.max_image_pixels, *hint)
+            image, original = decode_image_at_least(request.data, request.info, *hint)
         original = original or (image.shape[-1], image.shape[-2])  # decoded at full size
         if image.device != self.device:
             if self.device.type == "cuda":
@@ -272,13 +279,13 @@ class BatchedImageHandler:
         return Item(request.index, image, settings, original)
 
     def _prepare(self, item: Item) -> Item:
-        item.input, item.meta = self.prepare(item)
+        item.input, item.geometry = self.prepare(item)
         return item
 
-    def _forward(self, items: list[Item], context) -> list[Any]:
+    def _forward(self, items: list[Item], context) -> list[Output | Response]:
         """Per-item model outputs (or error Responses), in the order of `items`: one
         forward pass per input shape (a request may ask for another input size)."""
-        outputs: list[Any] = [None] * len(items)
+        outputs: list[Output | Response | None] = [None] * len(items)
         groups: dict[tuple[int, ...], list[int]] = {}
         for position, item in enumerate(items):
             groups.setdefault(tuple(item.input.shape), []).append(position)
@@ -288,7 +295,7 @@ class BatchedImageHandler:
                 outputs[position] = result
         return outputs
 
-    def _forward_group(self, items: list[Item], context) -> list[Any]:
+    def _forward_group(self, items: list[Item], context) -> list[Output | Response]:
         try:
             with self._timed(context, "InferenceTime"):
                 inputs = torch.stack([item.input for item in items])  # uint8: the model converts
@@ -305,7 +312,7 @@ class BatchedImageHandler:
             return [output for item in items for output in self._forward_group([item], context)]
 
     @staticmethod
-    def _guarded(index: int, step, *args) -> Any:
+    def _guarded(index: int, step: Callable[..., T], *args) -> T | Response:
         """Run one request's step; its failure becomes that request's error response."""
         try:
             return step(*args)
@@ -336,17 +343,18 @@ class BatchedImageHandler:
             context.metrics.add_time(metric, round((time.perf_counter() - started) * 1000, 3), None, "ms")
 
 
-def request_headers(context, index: int) -> dict[str, Any]:
+def request_headers(context, index: int) -> dict[str, Any]:  # values: str, or TorchServe's per-field dicts
     """Request `index`'s HTTP headers as TorchServe hands them over (none from a context
     without them)."""
     get_all = getattr(context, "get_all_request_header", None)
     try:
         return dict(get_all(index) or {}) if get_all else {}
-    except (IndexError, KeyError, AttributeError, TypeError):
+    except (IndexError, KeyError, AttributeError, TypeError) as err:
+        logger.warning("request %d: no request headers from the context (%r); X- parameters ignored", index, err)
         return {}
 
 
-def unbatch(outputs: Any, size: int) -> Iterator[Any]:
+def unbatch(outputs: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor], size: int) -> Iterator[Output]:
     """Split a batched model output (a tensor, or a tuple/list of tensors) per image."""
     for index in range(size):
         if isinstance(outputs, torch.Tensor):

@@ -15,9 +15,9 @@ class ClassifierHandler(BatchedImageHandler):
     task = "classification"
 
     def setup(self, model_dir: Path) -> None:
-        meta = self.metadata
-        self.labels = load_labels(model_dir / "index_to_name.json", meta["num_classes"])
-        self.resize_size, self.crop_size = meta["resize_size"], meta["input_size"][0]
+        metadata = self.metadata
+        self.labels = load_labels(model_dir / "index_to_name.json", metadata["num_classes"])
+        self.resize_size, self.crop_size = metadata["resize_size"], metadata["input_size"][0]
 
     def decode_at_least(self, settings: ClassifierSettings) -> tuple[int, str]:
         return self.resize_size, "cover"  # the short side is resized to resize_size anyway

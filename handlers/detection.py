@@ -17,24 +17,45 @@ MAX_NMS_CANDIDATES = 30_000
 
 
 @dataclass(frozen=True)
-class DetectorSettings(ImageHandlerSettings):
+class DetectionSettings(ImageHandlerSettings):
+    """What every detecting handler shares (the object detectors, the face pixelizer)."""
+
     # Letterbox size; 0 = the size the model was compiled and checked at (640).
     input_size: int = 0
-    score_threshold: float = 0.25  # objectness x class probability
-    iou_threshold: float = 0.45  # NMS, per class
-    max_detections: int = 300
-    classes: tuple[str, ...] = ()  # keep only these class names or indices; () = all
-    format: str = "json"  # "json": the detections; "image": the photo with boxes, as JPEG
-    jpeg_quality: int = 90
+    score_threshold: float = 0.25  # a detection's minimum score
+    iou_threshold: float = 0.45  # NMS
+    format: str = "json"  # "json": what was found; "image": the photo as JPEG (boxes drawn, or faces hidden)
+    jpeg_quality: int = 90  # for format=image
 
     def __post_init__(self):
         super().__post_init__()
         check_range("input_size", self.input_size, 0, 4096)
         check_range("score_threshold", self.score_threshold, 0.0, 1.0)
         check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
-        check_range("max_detections", self.max_detections, 1, 10_000)
         check_range("jpeg_quality", self.jpeg_quality, 1, 100)
         check_choice("format", self.format, OUTPUT_FORMATS)
+
+
+@dataclass(frozen=True)
+class DetectorSettings(DetectionSettings):
+    score_threshold: float = 0.25  # objectness x class probability
+    iou_threshold: float = 0.45  # NMS, per class
+    max_detections: int = 300
+    classes: tuple[str, ...] = ()  # keep only these class names or indices; () = all
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("max_detections", self.max_detections, 1, 10_000)
+
+
+# The per-request parameters every detecting handler accepts -> the DetectionSettings field.
+DETECTION_PARAMS = {"confidence": "score_threshold", "iou": "iou_threshold", "format": "format"}
+
+
+def box_fields(box: list[float]) -> dict[str, float]:
+    """(x1, y1, x2, y2) in pixels -> the answer's box fields, to a tenth of a pixel."""
+    x1, y1, x2, y2 = (round(value, 1) for value in box)
+    return {"left": x1, "top": y1, "right": x2, "bottom": y2}
 
 
 def class_filter(classes: tuple[str, ...], names: list[str]) -> torch.Tensor | None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
-from faces import FaceSettings, decode_faces, expand_boxes, pixelate_regions, prior_boxes
+from detection import DETECTION_PARAMS, box_fields
+from face_detection import FaceSettings, decode_faces, expand_boxes, pixelate_regions, prior_boxes
 from imaging import letterbox, unletterbox_boxes, unletterbox_points
 
 
@@ -15,24 +16,16 @@ class FacePixelizerHandler(BatchedImageHandler):
     settings_class = FaceSettings
     # request parameter -> setting
     request_params = {
-        "input_size": "input_size",
-        "confidence": "score_threshold",
-        "iou": "iou_threshold",
-        "max_faces": "max_faces",
-        "mode": "mode",
-        "blocks": "blocks",
-        "block_size": "block_size",
-        "margin": "margin",
-        "format": "format",
+        **DETECTION_PARAMS,
+        **{name: name for name in ("input_size", "max_faces", "mode", "blocks", "block_size", "margin")},
     }
     task = "face_detection"
 
     def setup(self, model_dir: Path) -> None:
-        meta = self.metadata
         self.default_size = self.letterbox_size(self.settings.input_size)
         # Letterbox padding in the mean colour: after its mean subtraction the model sees zeros.
-        self.fill = [round(value) for value in reversed(meta["mean_bgr"])]
-        self.priors_config = meta["priors"]
+        self.fill = [round(value) for value in reversed(self.metadata["mean_bgr"])]
+        self.priors_config = self.metadata["priors"]
         self.priors: dict[tuple[int, int], torch.Tensor] = {}
 
     def resolve(self, settings: FaceSettings) -> FaceSettings:
@@ -44,15 +37,15 @@ class FacePixelizerHandler(BatchedImageHandler):
 
     def postprocess(self, outputs: tuple[torch.Tensor, ...], item: Item) -> Response:
         loc, conf, landmarks = outputs
-        settings, meta = item.settings, item.meta
+        settings, geometry = item.settings, item.geometry
         variances = tuple(self.priors_config["variances"])
         faces = decode_faces(loc, conf, landmarks, self.priors_for(*item.input.shape[-2:]), variances, settings)
-        boxes, points = unletterbox_boxes(faces.boxes, meta), unletterbox_points(faces.landmarks, meta)
+        boxes, points = unletterbox_boxes(faces.boxes, geometry), unletterbox_points(faces.landmarks, geometry)
         if settings.format == "json":
             rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
             found = [face_record(box, score, marks) for box, score, marks in rows]
-            return self.answer(item, image_size=[meta.width, meta.height], faces=found)
-        regions = expand_boxes(boxes, settings.margin, meta.width, meta.height)
+            return self.answer(item, image_size=[geometry.width, geometry.height], faces=found)
+        regions = expand_boxes(boxes, settings.margin, geometry.width, geometry.height)
         anonymised = pixelate_regions(item.image, regions, settings)
         return self.image_answer(item, anonymised, headers=(("X-Faces", str(len(regions))),))
 
@@ -65,6 +58,5 @@ class FacePixelizerHandler(BatchedImageHandler):
 
 
 def face_record(box: list[float], score: float, landmarks: list[list[float]]) -> dict:
-    x1, y1, x2, y2 = (round(value, 1) for value in box)
     points = [[round(x, 1), round(y, 1)] for x, y in landmarks]
-    return {"left": x1, "top": y1, "right": x2, "bottom": y2, "score": round(score, 4), "landmarks": points}
+    return {**box_fields(box), "score": round(score, 4), "landmarks": points}

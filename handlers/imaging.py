@@ -128,7 +128,11 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     The pixel count is checked from the header before any pixel is decoded, so a
     decompression bomb costs nothing. Animated images give their first frame.
     """
-    info = check_image(data, max_pixels)
+    return decode_checked(data, check_image(data, max_pixels))
+
+
+def decode_checked(data: bytes, info: ImageInfo) -> torch.Tensor:
+    """decode_image for bytes whose header `check_image` already read and accepted."""
     try:
         if info.format in TORCHVISION_FORMATS:
             image = _decode_with_torchvision(data)
@@ -154,15 +158,15 @@ def jpeg_reduction(width: int, height: int, size: int, fit: str) -> int:
     return max((scale for scale in (1, 2, 4, 8) if side // scale >= size), default=1)
 
 
-def decode_image_at_least(data: bytes, max_pixels: int, size: int, fit: str) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Like decode_image, for a consumer that will shrink the image to `size` anyway: a
+def decode_image_at_least(data: bytes, info: ImageInfo, size: int, fit: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Like decode_checked, for a consumer that will shrink the image to `size` anyway: a
     large JPEG is decoded at a reduced DCT scale (libjpeg's draft mode, several times
     faster) that keeps at least `size` pixels on its short ("cover") or long ("contain")
-    side. Returns the image and the original (width, height) as displayed."""
-    info = check_image(data, max_pixels)
+    side. `info` is what `check_image` accepted. Returns the image and the original
+    (width, height) as displayed."""
     scale = jpeg_reduction(info.width, info.height, size, fit) if info.format in JPEG_FORMATS else 1
     if scale == 1:
-        image = decode_image(data, max_pixels)
+        image = decode_checked(data, info)
         return image, (image.shape[-1], image.shape[-2])
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -246,19 +250,19 @@ def letterbox(
     return canvas, ImageMeta(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
 
 
-def unletterbox_points(points: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
+def unletterbox_points(points: torch.Tensor, geometry: ImageMeta) -> torch.Tensor:
     """points (Tensor[..., 2]) as (x, y) in model-input pixels -> original-image pixels,
     clipped to the image. Returns a new tensor."""
-    offset = torch.tensor([meta.pad_left, meta.pad_top], dtype=points.dtype, device=points.device)
-    scale = torch.tensor([meta.scale_x, meta.scale_y], dtype=points.dtype, device=points.device)
-    limits = torch.tensor([meta.width, meta.height], dtype=points.dtype, device=points.device)
+    offset = torch.tensor([geometry.pad_left, geometry.pad_top], dtype=points.dtype, device=points.device)
+    scale = torch.tensor([geometry.scale_x, geometry.scale_y], dtype=points.dtype, device=points.device)
+    limits = torch.tensor([geometry.width, geometry.height], dtype=points.dtype, device=points.device)
     return ((points - offset) / scale).clamp(min=torch.zeros_like(limits), max=limits)
 
 
-def unletterbox_boxes(boxes: torch.Tensor, meta: ImageMeta) -> torch.Tensor:
+def unletterbox_boxes(boxes: torch.Tensor, geometry: ImageMeta) -> torch.Tensor:
     """boxes (Tensor[N, 4]) in (x1, y1, x2, y2) model-input pixels -> the same boxes in
     original-image pixels, clipped to the image. Returns a new tensor."""
-    return unletterbox_points(boxes.reshape(-1, 2, 2), meta).reshape(boxes.shape)
+    return unletterbox_points(boxes.reshape(-1, 2, 2), geometry).reshape(boxes.shape)
 
 
 def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:

@@ -17,7 +17,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Name of the JSON document scripts/compile.py embeds in every TorchScript file.
+# Name of the JSON document scripts/build/compile.py embeds in every TorchScript file.
 METADATA_FILE = "metadata.json"
 # Environment variable naming the worker registry's directory (default: under the temp dir).
 REGISTRY_ENV = "TS_ZOO_WORKER_REGISTRY"
@@ -96,7 +96,7 @@ def _alive_since(path: Path, horizon: float) -> bool:
     holds belongs to a dead worker and is removed."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except FileNotFoundError:  # removed meanwhile by another reader: its worker had ended
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -131,8 +131,8 @@ class ThreadBudget:
         self._checked = -math.inf
         try:
             torch.set_num_interop_threads(1)  # a worker runs one forward pass at a time
-        except RuntimeError:  # already set, or parallel work already ran in this process
-            pass
+        except RuntimeError as err:  # already set, or parallel work already ran in this process
+            logger.debug("inter-op threads left at %d: %s", torch.get_num_interop_threads(), err)
         self.threads = self.pinned or threads_per_worker(cores, registry.active_workers() if registry else 1)
         torch.set_num_threads(self.threads)
 
@@ -168,7 +168,7 @@ def thread_budget(requested: int, registry_dir: Path | None = None) -> ThreadBud
 
 
 def load_compiled_model(path: Path, device: torch.device, optimize: bool = True) -> tuple[object, dict]:
-    """Load a model built by scripts/compile.py, with its embedded metadata: a TorchScript
+    """Load a model built by scripts/build/compile.py, with its embedded metadata: a TorchScript
     file (.pt), optimised for inference on CPU (oneDNN-prepacked convolutions -- the step
     that cannot be saved, so it runs here), or an AOTInductor package (.pt2)."""
     path = Path(path)
@@ -193,7 +193,7 @@ def read_embedded_metadata(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
             if name is None:
-                raise ValueError(f"{path} has no embedded {METADATA_FILE}: it was not built by scripts/compile.py")
+                raise ValueError(f"{path} has no embedded {METADATA_FILE}: not built by scripts/build/compile.py")
             return json.loads(archive.read(name))
     except zipfile.BadZipFile as err:
         raise ValueError(f"{path} is not a compiled model (TorchScript or AOTInductor package): {err}") from err

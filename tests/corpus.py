@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from scripts.photos import encode, photo
+from scripts.bench.photos import encode, photo
 
 # Kept in step with the handlers' defaults (handlers/settings.py) and config.properties.
 MAX_IMAGE_PIXELS = 40_000_000

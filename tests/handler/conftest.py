@@ -1,15 +1,15 @@
-"""A fake TorchServe context and a tiny deterministic classifier, so the handler runs
-exactly as in a worker but without Java, archives or trained weights."""
+"""Tiny deterministic models (and the fake TorchServe context of scripts/bench/harness.py),
+so a handler runs exactly as in a worker but without Java, archives or trained weights."""
 
 import json
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from batched_handler import INPUT_FORMAT
-from scripts.compile import save_compiled
+from scripts.bench.harness import FakeContext
+from scripts.build.compile import save_compiled
 
 COLOR_LABELS = ["red", "green", "blue", "gray"]
 TINY_METADATA = {
@@ -104,44 +104,6 @@ class AlwaysFails(torch.nn.Module):
         raise RuntimeError("simulated model failure")
 
 
-class MetricsRecorder:
-    def __init__(self):
-        self.times: dict[str, list[float]] = defaultdict(list)
-
-    def add_time(self, name, value, idx=None, unit="ms"):
-        self.times[name].append(value)
-
-
-class FakeContext:
-    """The parts of ts.context.Context a handler uses, recording what it sets."""
-
-    def __init__(self, model_dir: Path, yaml_config: dict, gpu_id=None):
-        self.model_name = "tiny"
-        self.manifest = {"model": {"modelName": "tiny", "serializedFile": "model.pt"}}
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": 8}
-        self.model_yaml_config = yaml_config
-        self.metrics = MetricsRecorder()
-        self.statuses: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-        self.headers: dict[int, dict[str, str]] = defaultdict(dict)
-        self.request_headers: dict[int, dict[str, str]] = {}  # what clients sent, per batch index
-
-    def get_all_request_header(self, idx):
-        return self.request_headers.get(idx, {})
-
-    def set_response_status(self, code=200, phrase="", idx=0):
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx, value):
-        self.content_types[idx] = value
-
-    def set_response_header(self, idx, key, value):
-        self.headers[idx][key] = value
-
-    def status(self, idx: int) -> int:
-        return self.statuses.get(idx, (200, ""))[0]
-
-
 def write_model_dir(path: Path, module: torch.nn.Module, metadata: dict | None = None) -> Path:
     """A model directory as TorchServe unpacks an archive: model + data files."""
     path.mkdir(parents=True, exist_ok=True)
@@ -178,8 +140,8 @@ def make_handler(tmp_path):
 def face_model_dir(tmp_path_factory) -> Path:
     """The face pixelizer's real model (RetinaFace with its pretrained weights), compiled
     once per test session into a model directory."""
-    from scripts.compile import compile_model
-    from scripts.faces import resolve_face_weights
+    from scripts.build.compile import compile_model
+    from scripts.families.faces import resolve_face_weights
     from scripts.zoo import get_model
 
     model_dir = tmp_path_factory.mktemp("face_pixelizer")

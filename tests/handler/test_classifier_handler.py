@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from runtime import REGISTRY_ENV, WorkerRegistry, usable_cores
-from scripts.photos import encode
+from scripts.bench.photos import encode
 from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
 
 RED, GREEN, BLUE, GRAY = (250, 10, 10), (10, 250, 10), (10, 10, 250), (128, 128, 128)
@@ -141,7 +141,7 @@ def test_model_of_another_task_is_refused(make_handler):
 
 
 def test_model_without_metadata_is_refused(make_handler):
-    with pytest.raises(ValueError, match="not built by scripts/compile.py"):
+    with pytest.raises(ValueError, match="not built by scripts/build/compile.py"):
         make_handler(metadata=None)
 
 

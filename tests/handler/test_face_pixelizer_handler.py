@@ -10,12 +10,12 @@ import torch
 import yaml
 from PIL import Image
 
+from face_detection import expand_boxes
 from face_pixelizer_handler import FacePixelizerHandler
-from faces import expand_boxes
 from imaging import encode_jpeg
-from scripts.photos import encode, photo
+from scripts.bench.harness import FakeContext
+from scripts.bench.photos import encode, photo
 from scripts.zoo import get_model
-from tests.handler.conftest import FakeContext
 
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.
 ASTRONAUT_FACE = (170, 50, 280, 190)

@@ -16,11 +16,11 @@ from PIL import Image
 from classifier_handler import ClassifierHandler
 from detector_handler import DetectorHandler
 from face_pixelizer_handler import FacePixelizerHandler
-from scripts.photos import encode, photo
+from scripts.bench.harness import FakeContext
+from scripts.bench.photos import encode, photo
 from tests.handler.conftest import (
     DETECTOR_METADATA,
     TINY_METADATA,
-    FakeContext,
     RedBoxDetector,
     TinyColorClassifier,
     write_model_dir,

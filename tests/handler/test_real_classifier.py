@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.models import read_metadata
-from scripts.photos import photo_bytes
+from scripts.bench.harness import FakeContext
+from scripts.bench.photos import photo_bytes
+from scripts.build.models import read_metadata
 from scripts.zoo import REPO
-from tests.handler.conftest import DEFAULT_YAML, FakeContext
+from tests.handler.conftest import DEFAULT_YAML
 
 COMPILED = REPO / "build" / "mobilenet_v2.pt"
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

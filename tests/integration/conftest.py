@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.archive import build_archive
-from scripts.server import Server, local_torchserve
+from scripts.build.archive import build_archive
+from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import MODELS, REPO, get_model
 
 STORE = REPO / "model_store"

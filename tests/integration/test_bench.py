@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def test_quick_benchmark_runs_and_reports(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "scripts.bench", "--quick", "--json", str(tmp_path / "bench.json")],
+        [sys.executable, "-m", "scripts.bench.endtoend", "--quick", "--json", str(tmp_path / "bench.json")],
         cwd=REPO,
         capture_output=True,
         text=True,

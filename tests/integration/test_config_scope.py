@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from scripts.server import free_ports
+from scripts.serve.server import free_ports
 from scripts.zoo import REPO
 
 pytestmark = pytest.mark.integration

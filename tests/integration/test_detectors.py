@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from scripts.photos import encode, photo_bytes
+from scripts.bench.photos import encode, photo_bytes
 from scripts.zoo import MODELS
 
 pytestmark = pytest.mark.integration
@@ -71,7 +71,7 @@ def test_format_image_returns_a_jpeg_of_the_photo(torchserve, astronaut):
         ({"confidence": "abc"}, "confidence must be a number"),
         ({"iou": "2"}, "iou: iou_threshold must be between"),
         ({"classes": "dragon"}, "unknown class 'dragon'"),
-        ({"top_k": "3"}, "top_k (accepted per request: confidence, iou, max_detections, classes, format)"),
+        ({"top_k": "3"}, "top_k (accepted per request: confidence, iou, format, max_detections, classes)"),
     ],
 )
 def test_bad_parameters_are_400_naming_the_problem(torchserve, astronaut, form, detail):

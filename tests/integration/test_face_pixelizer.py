@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from faces import expand_boxes
+from face_detection import expand_boxes
 from imaging import encode_jpeg
-from scripts.photos import encode, photo
+from scripts.bench.photos import encode, photo
 
 pytestmark = pytest.mark.integration
 

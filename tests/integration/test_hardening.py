@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from scripts.photos import encode, photo
+from scripts.bench.photos import encode, photo
 from tests.corpus import Case, corpus, read_image_size
 
 pytestmark = pytest.mark.integration

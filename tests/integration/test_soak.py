@@ -3,7 +3,7 @@ from concurrent clients, with zero answers other than the expected ones."""
 
 import pytest
 
-from scripts.soak import DEFAULT_MODELS, render_markdown, soak
+from scripts.bench.soak import DEFAULT_MODELS, render_markdown, soak
 
 pytestmark = pytest.mark.integration
 

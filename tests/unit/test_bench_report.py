@@ -1,6 +1,6 @@
 """The benchmark report's target checks and its explanation of a missed target."""
 
-from scripts.bench_report import render_markdown, shortfall_lines, targets
+from scripts.bench.report import render_markdown, shortfall_lines, targets
 
 
 def results(ours_req_per_s: float) -> dict:

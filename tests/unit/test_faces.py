@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from faces import FaceSettings, decode_faces, expand_boxes, mosaic_grid, pixelate_regions, prior_boxes, spread_cells
+from face_detection import (
+    FaceSettings,
+    decode_faces,
+    expand_boxes,
+    mosaic_grid,
+    pixelate_regions,
+    prior_boxes,
+    spread_cells,
+)
 
 MIN_SIZES, STEPS, VARIANCES = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
 

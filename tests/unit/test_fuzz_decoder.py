@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from imaging import IMAGE_SIGNATURES, InputError, decode_image
 from payload import image_bytes
-from scripts.photos import encode, photo
+from scripts.bench.photos import encode, photo
 
 LIMIT = 4_000_000
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

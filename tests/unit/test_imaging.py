@@ -10,9 +10,11 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from imaging import (
+    ImageInfo,
     ImageMeta,
     InputError,
     center_crop_box,
+    check_image,
     decode_image,
     decode_image_at_least,
     encode_jpeg,
@@ -22,9 +24,14 @@ from imaging import (
     resize_center_crop,
     unletterbox_boxes,
 )
-from scripts.photos import encode
+from scripts.bench.photos import encode
 
 LIMIT = 40_000_000
+
+
+def checked(data: bytes) -> tuple[bytes, ImageInfo]:
+    """The bytes and the header a handler checked once when it read the request."""
+    return data, check_image(data, LIMIT)
 
 
 def as_array(image: Image.Image) -> np.ndarray:
@@ -235,7 +242,7 @@ def test_jpeg_reduction_keeps_enough_pixels(width, height, size, fit, scale):
 
 def test_large_jpeg_is_decoded_reduced_and_reports_its_original_size(chelsea):
     large = chelsea.resize((2000, 1330))
-    image, original = decode_image_at_least(encode(large, "JPEG", quality=95), LIMIT, 256, "cover")
+    image, original = decode_image_at_least(*checked(encode(large, "JPEG", quality=95)), 256, "cover")
     assert original == (2000, 1330)
     assert image.shape == (3, 333, 500)  # 1/4 scale: still >= 256 on the short side
     reference = np.asarray(large.resize((500, 333))).astype(np.int16).transpose(2, 0, 1)
@@ -246,20 +253,20 @@ def test_reduced_decode_applies_exif_orientation(chelsea):
     exif = Image.Exif()
     exif[0x0112] = 6
     data = encode(chelsea.resize((2000, 1330)), "JPEG", exif=exif)
-    image, original = decode_image_at_least(data, LIMIT, 256, "cover")
+    image, original = decode_image_at_least(*checked(data), 256, "cover")
     assert original == (1330, 2000) and image.shape == (3, 500, 333)
 
 
 def test_small_images_and_other_formats_decode_in_full(chelsea):
     for data in (encode(chelsea, "JPEG"), encode(chelsea.resize((2000, 1330)), "PNG")):
-        image, original = decode_image_at_least(data, LIMIT, 256, "cover")
+        image, original = decode_image_at_least(*checked(data), 256, "cover")
         assert (image.shape[-1], image.shape[-2]) == original
 
 
 def test_reduced_decode_of_a_truncated_jpeg_is_corrupt(chelsea):
     data = encode(chelsea.resize((2000, 1330)), "JPEG")
     with pytest.raises(InputError) as caught:
-        decode_image_at_least(data[: len(data) // 2], LIMIT, 256, "cover")
+        decode_image_at_least(*checked(data[: len(data) // 2]), 256, "cover")
     assert caught.value.status == 400
 
 

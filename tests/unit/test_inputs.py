@@ -3,7 +3,7 @@
 import torch
 import torchvision.transforms.v2 as T
 
-from scripts.inputs import BGRMeanInput, ImageNetInput, UnitScaleInput, WithInput
+from scripts.nets.inputs import BGRMeanInput, ImageNetInput, UnitScaleInput, WithInput
 
 BATCH = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from runtime import load_compiled_model
-from scripts.server import read_properties
+from scripts.serve.server import read_properties
 from scripts.zoo import REPO
 
 PROPERTIES = read_properties(REPO / "config.properties")
@@ -53,7 +53,7 @@ def test_serving_loads_torchscript_only_never_a_pickle(tmp_path):
     """A pickled module put where the model belongs is refused without running its payload."""
     marker = tmp_path / "pwned"
     torch.save({"model": Exploit(marker)}, tmp_path / "model.pt")
-    with pytest.raises(ValueError, match="not built by scripts/compile.py"):
+    with pytest.raises(ValueError, match="not built by scripts/build/compile.py"):
         load_compiled_model(tmp_path / "model.pt", torch.device("cpu"))
     assert not marker.exists()
     (tmp_path / "model.pt").write_bytes(b"\x80\x04 an old-style pickle, not a zip")

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from scripts.setup_env import activation_lines, parse_java_version, write_activation
+from scripts.setup.venv import activation_lines, parse_java_version, write_activation
 
 
 @pytest.mark.parametrize(

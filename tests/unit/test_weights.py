@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from scripts.weights import IMAGENET_PRESET, WeightsError, load_state_dict, resolve_classifier_weights
+from scripts.families.weights import IMAGENET_PRESET, WeightsError, load_state_dict, resolve_classifier_weights
 from scripts.zoo import get_model
 
 MOBILENET = get_model("mobilenet_v2")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from scripts.yolov5 import SIZES, YOLOv5
-from scripts.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.families.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.nets.yolov5 import SIZES, YOLOv5
 
 # Parameter counts of ultralytics' v7.0 model summaries (README: 7.2M, 21.2M, 46.5M).
 PUBLISHED_PARAMETERS = {"yolov5s": 7_235_389, "yolov5m": 21_190_557, "yolov5l": 46_563_709}

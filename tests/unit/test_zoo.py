@@ -9,7 +9,7 @@ import yaml
 
 from classification import ClassifierSettings
 from detection import DetectorSettings
-from faces import FaceSettings
+from face_detection import FaceSettings
 from scripts.zoo import FAMILIES, MODELS, REPO, get_model, shared_handler_modules
 from settings import settings_from_mapping
 

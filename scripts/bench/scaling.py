@@ -3,8 +3,8 @@
 following the busy workers on the machine (handlers/runtime.py::ThreadBudget), side by
 side in one run -> the scaling section of docs/benchmarks.md.
 
-    python -m scripts.bench_scaling                  # resnet18, 1 -> 2 -> 4 workers, 8 clients
-    python -m scripts.bench_scaling --quick          # a short run that only shows it works
+    python -m scripts.bench.scaling                  # resnet18, 1 -> 2 -> 4 workers, 8 clients
+    python -m scripts.bench.scaling --quick          # a short run that only shows it works
 """
 
 import argparse
@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from scripts.archive import build_archive
-from scripts.bench import images, measure
-from scripts.bench_report import SCALING_BEGIN, SCALING_END, with_section
-from scripts.server import Server, local_torchserve
+from scripts.bench.endtoend import images, measure
+from scripts.bench.report import SCALING_BEGIN, SCALING_END, with_section
+from scripts.build.archive import build_archive
+from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import REPO, get_model
 
 # The two ways a worker may size its CPU thread pool.

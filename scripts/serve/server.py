@@ -1,7 +1,7 @@
 """Talk to a running TorchServe: read its access keys, wait until every model has a
 ready worker, and print the commands to use it.
 
-    python -m scripts.server wait     # used by `make serve`
+    python -m scripts.serve.server wait     # used by `make serve`
 """
 
 import argparse
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # This repo's logging configuration: nothing written per request.
 LOG_CONFIG = REPO / "scripts" / "configs" / "log4j2.xml"
 

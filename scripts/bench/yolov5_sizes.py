@@ -3,7 +3,7 @@ parameters, GFLOPs at 640, eager vs compiled latency at batch 1, compiled
 throughput at batch 8 -- all measured in one run -- next to ultralytics' published
 COCO accuracy.
 
-    python -m scripts.compare_yolov5 --output docs/yolov5_sizes.md   # make yolov5-sizes
+    python -m scripts.bench.yolov5_sizes --output docs/yolov5_sizes.md   # make yolov5-sizes
 """
 
 import argparse
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from scripts.detectors import INPUT_SIZE, parity_batch
-from scripts.inputs import UnitScaleInput, WithInput
-from scripts.yolov5 import SIZES, YOLOv5
+from scripts.families.detectors import INPUT_SIZE, parity_batch
+from scripts.nets.inputs import UnitScaleInput, WithInput
+from scripts.nets.yolov5 import SIZES, YOLOv5
 from scripts.zoo import REPO, get_model
 
 # ultralytics/yolov5 v7.0 README (COCO val2017, 640 px; speeds on their hardware).
@@ -88,7 +88,7 @@ def render(results: dict[str, dict], hardware: str, repeats: int) -> str:
     lines = [
         "# YOLOv5 S / M / L side by side",
         "",
-        f"Measured by `make yolov5-sizes` (`scripts/compare_yolov5.py`) on {today}, in one run,",
+        f"Measured by `make yolov5-sizes` (`scripts/bench/yolov5_sizes.py`) on {today}, in one run,",
         f"on {hardware}.",
         f"Input: real photos (scikit-image astronaut, coffee) letterboxed to {INPUT_SIZE}x{INPUT_SIZE};",
         f"latency = median of {repeats} runs after a warm-up. *Compiled* is the file the archive serves",

@@ -3,7 +3,7 @@ bad inputs from closed-loop clients, reporting throughput, latency percentiles, 
 counts by status, requests answered otherwise than expected, and each worker's memory
 (RSS) over time.
 
-    make serve && python -m scripts.soak --duration 600 --markdown docs/soak.md   # make soak
+    make serve && python -m scripts.bench.soak --duration 600 --markdown docs/soak.md   # make soak
 """
 
 import argparse
@@ -16,11 +16,11 @@ from pathlib import Path
 import psutil
 import requests
 
-from scripts.loadgen import Request, run_load, summarize
-from scripts.photos import encode, photo
-from scripts.server import read_keys, read_properties
+from scripts.bench.loadgen import Request, run_load, summarize
+from scripts.bench.photos import encode, photo
+from scripts.serve.server import read_keys, read_properties
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = ("mobilenet_v2", "yolov5s", "face_pixelizer")
 
 
@@ -55,6 +55,7 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.management, self.headers, self.models, self.interval = management, headers, models, interval
         self.samples: list[dict] = []  # {"t": s since start, "model": ..., "pid": ..., "rss_mb": ...}
+        self.skipped: set[str] = set()  # kinds of reasons a sample was skipped (said once each)
         self.stopping = threading.Event()
         self.started_at = time.monotonic()
 
@@ -71,14 +72,23 @@ class MemorySampler(threading.Thread):
                 (description,) = requests.get(
                     f"{self.management}/models/{model}", headers=self.headers, timeout=10
                 ).json()
-            except (requests.RequestException, ValueError):
+            except (requests.RequestException, ValueError) as err:
+                self.skip(f"{model}: management API: {err!r}")
                 continue
             for worker in description["workers"]:
                 try:
                     rss = psutil.Process(worker["pid"]).memory_info().rss / 2**20
-                except (psutil.Error, KeyError, TypeError):
+                except (psutil.Error, KeyError, TypeError) as err:  # e.g. a worker restarting
+                    self.skip(f"{model} worker {worker.get('pid')}: {err!r}")
                     continue
                 self.samples.append({"t": now, "model": model, "pid": worker["pid"], "rss_mb": round(rss, 1)})
+
+    def skip(self, reason: str) -> None:
+        """A sample that could not be taken: said once per kind of reason, on stderr."""
+        kind = reason.split(":", 1)[0]
+        if kind not in self.skipped:
+            self.skipped.add(kind)
+            print(f"note: an RSS sample was skipped ({reason})", file=sys.stderr)
 
     def summary(self) -> dict[str, dict]:
         """Per model: RSS at the first and last sample, the peak, and the growth."""
@@ -125,7 +135,7 @@ def render_markdown(report: dict) -> str:
     lines = [
         "# Soak run",
         "",
-        f"`python -m scripts.soak --duration {report['duration_s']:.0f} --concurrency {report['concurrency']}`"
+        f"`python -m scripts.bench.soak --duration {report['duration_s']:.0f} --concurrency {report['concurrency']}`"
         f" on {time.strftime('%Y-%m-%d')}: {overall['requests']} requests in {report['elapsed_s']:.0f} s"
         f" ({overall['req_per_s']:.1f} req/s), {overall['unexpected']} answered otherwise than expected.",
         "Good requests are real photos (must get 200); bad ones are truncated images, text and",

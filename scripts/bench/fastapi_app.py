@@ -2,7 +2,7 @@
 torchvision classifier, one image per request, with the classic per-image PIL
 pipeline -- what many tutorials deploy.
 
-    python -m scripts.bench_fastapi --model mobilenet_v2 --port 8090
+    python -m scripts.bench.fastapi_app --model mobilenet_v2 --port 8090
 """
 
 import argparse

@@ -9,44 +9,36 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from torchvision.ops import nms
 
-from settings import ImageHandlerSettings, check_choice, check_range
+from detection import DetectionSettings
+from settings import check_choice, check_range
 
 MODES = ("mosaic", "blur")
-OUTPUT_FORMATS = ("image", "json")
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
 Region = tuple[int, int, int, int]  # (x1, y1, x2, y2) in whole pixels
 
 
 @dataclass(frozen=True)
-class FaceSettings(ImageHandlerSettings):
-    # Letterbox size (long side); 0 = the size the model was compiled and checked at (640).
-    input_size: int = 0
+class FaceSettings(DetectionSettings):
     score_threshold: float = 0.5  # face probability
     iou_threshold: float = 0.4  # NMS
+    format: str = "image"  # "image": the anonymised photo (JPEG); "json": the faces found
     top_k: int = 5000  # best candidates kept before NMS
     max_faces: int = 750  # faces kept after NMS
     mode: str = "mosaic"  # "mosaic" (irreversible) or "blur"
     blocks: int = 8  # mosaic cells across a face's longer side...
     block_size: int = 0  # ...or, when > 0, cells of this many pixels
     margin: float = 0.15  # each box grows by this fraction of its size on every side
-    format: str = "image"  # "image": the anonymised photo (JPEG); "json": the faces found
-    jpeg_quality: int = 90
 
     def __post_init__(self):
         super().__post_init__()
-        check_range("input_size", self.input_size, 0, 4096)
         if self.input_size % STRIDE:
             raise ValueError(f"input_size must be a multiple of {STRIDE}, got {self.input_size}")
-        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
-        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
         check_range("top_k", self.top_k, 1, 100_000)
         check_range("max_faces", self.max_faces, 1, 10_000)
         check_range("blocks", self.blocks, 1, 256)
         check_range("block_size", self.block_size, 0, 4096)
         check_range("margin", self.margin, 0.0, 2.0)
-        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
         check_choice("mode", self.mode, MODES)
-        check_choice("format", self.format, OUTPUT_FORMATS)
 
 
 @dataclass(frozen=True)

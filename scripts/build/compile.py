@@ -1,7 +1,7 @@
 """Compile one model of the zoo to TorchScript, prove it matches the eager model on
 real photos, and embed its metadata (task, input contract, weights provenance).
 
-    python -m scripts.compile mobilenet_v2 --output build/mobilenet_v2.pt
+    python -m scripts.build.compile mobilenet_v2 --output build/mobilenet_v2.pt
 """
 
 import argparse
@@ -17,31 +17,34 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
-from scripts.classifiers import (
+from scripts.families.classifiers import (
     build_classifier,
     check_classifier_parity,
     classifier_input,
     classifier_metadata,
     parity_batch,
 )
-from scripts.detectors import (
+from scripts.families.detectors import (
     build_detector,
     check_detector_parity,
     detector_input,
     detector_metadata,
     resolve_detector_weights,
 )
-from scripts.detectors import parity_batch as detector_parity_batch
-from scripts.faces import build_face_detector, check_face_parity, face_input, face_metadata, resolve_face_weights
-from scripts.faces import parity_batch as face_parity_batch
-from scripts.inputs import WithInput
-from scripts.models import METADATA_FILE
-from scripts.weights import Weights, WeightsError, resolve_classifier_weights
-from scripts.zoo import ModelSpec, get_model
+from scripts.families.detectors import parity_batch as detector_parity_batch
+from scripts.families.faces import (
+    build_face_detector,
+    check_face_parity,
+    face_input,
+    face_metadata,
+    resolve_face_weights,
+)
+from scripts.families.faces import parity_batch as face_parity_batch
+from scripts.families.weights import Weights, WeightsError, resolve_classifier_weights
+from scripts.nets.inputs import WithInput
+from scripts.zoo import ModelSpec, get_model, handler_module
 
 METADATA_FORMAT = 1
-# Every compiled model takes the handler's batch as is and converts it in its graph.
-INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
 
 
 class ParityError(Exception):
@@ -119,7 +122,8 @@ def save_compiled(module: torch.jit.ScriptModule, metadata: dict, path: Path) ->
     """Write atomically: an interrupted build never leaves a half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    torch.jit.save(module, str(partial), _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)})
+    extra = {handler_module("runtime").METADATA_FILE: json.dumps(metadata, indent=1)}
+    torch.jit.save(module, str(partial), _extra_files=extra)
     os.replace(partial, path)
 
 
@@ -142,7 +146,7 @@ def add_metadata(package: Path, metadata: dict) -> None:
     """Embed metadata.json in an AOTInductor package, beside the files its loader reads."""
     with zipfile.ZipFile(package, "a") as archive:
         top = archive.namelist()[0].split("/", 1)[0]
-        archive.writestr(f"{top}/extra/{METADATA_FILE}", json.dumps(metadata, indent=1))
+        archive.writestr(f"{top}/extra/{handler_module('runtime').METADATA_FILE}", json.dumps(metadata, indent=1))
 
 
 def compile_model(
@@ -182,7 +186,7 @@ def compile_model(
         "torch_version": torch.__version__,
         "compiler": compiler,
         "precision": precision,
-        "input_format": INPUT_FORMAT,
+        "input_format": handler_module("batched_handler").INPUT_FORMAT,  # what the handlers feed
         "device": str(device),  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
     }

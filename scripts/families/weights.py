@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torchvision
 
-from scripts.models import RANDOM
 from scripts.zoo import ModelSpec
 
+RANDOM = "random"  # the weights name of a randomly initialised model
 RANDOM_SEED = 0  # random builds are reproducible, so their outputs can be compared
 
 # torchvision's ImageNet evaluation preset (ImageClassification defaults).

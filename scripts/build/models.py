@@ -1,27 +1,22 @@
 """Show what each compiled model is: task, input size and where its weights came from.
 
-    python -m scripts.models build/*.pt [--strict]
+    python -m scripts.build.models build/*.pt [--strict]
 
 With --strict it fails if any model was built with random weights.
 """
 
 import argparse
-import json
 import sys
-import zipfile
 from pathlib import Path
 
-# The JSON document scripts/compile.py embeds in every TorchScript file
-# (handlers/runtime.py reads it back at load time).
-METADATA_FILE = "metadata.json"
-RANDOM = "random"  # the weights name of a randomly initialised model
+from scripts.families.weights import RANDOM
+from scripts.zoo import handler_module
 
 
 def read_metadata(path: Path) -> dict:
-    """The embedded metadata, read straight from the zip without loading the model."""
-    with zipfile.ZipFile(path) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}"))
-        return json.loads(archive.read(name))
+    """The embedded metadata, read straight from the zip without loading the model: the
+    handlers' own reader (handlers/runtime.py), the one definition of where it lies."""
+    return handler_module("runtime").read_embedded_metadata(path)
 
 
 def describe(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """Pack one compiled model into a TorchServe archive: the one recipe for every model.
 
-    python -m scripts.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
+    python -m scripts.build.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
 
 The archive holds the TorchScript file, the family's handler module, the shared
 handler modules (TorchServe copies extra files flat into the model directory, which

@@ -6,10 +6,17 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from skimage import data as photos
 
-from scripts.inputs import UnitScaleInput
-from scripts.weights import RANDOM_SEED, Weights, WeightsError, explicit_weights_file, random_weights, sha256_file
-from scripts.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
-from scripts.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.families.weights import (
+    RANDOM_SEED,
+    Weights,
+    WeightsError,
+    explicit_weights_file,
+    random_weights,
+    sha256_file,
+)
+from scripts.families.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.nets.inputs import UnitScaleInput
+from scripts.nets.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
 from scripts.zoo import ModelSpec
 
 INPUT_SIZE = 640  # the size YOLOv5 P5 models are trained and published at

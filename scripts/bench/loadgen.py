@@ -2,7 +2,7 @@
 
 Each of `concurrency` clients sends its next request as soon as the previous one is
 answered, until `duration` seconds or `max_requests` requests have passed: the load
-stays bounded whatever the server does. Used by scripts/soak.py and the benchmarks.
+stays bounded whatever the server does. Used by scripts/bench/soak.py and the benchmarks.
 """
 
 import asyncio

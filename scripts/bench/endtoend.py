@@ -4,18 +4,16 @@ settings, and a naive single-process FastAPI app -- in one run, on one machine, 
 the same real-photo JPEGs. Writes docs/benchmarks.md, docs/benchmarks.png and the
 raw numbers in docs/benchmarks.json.
 
-    python -m scripts.bench            # make bench: the full run for the doc (~20 min on 2 cores)
-    python -m scripts.bench --quick    # CI: mobilenet_v2 only, short points (< 2 min)
+    python -m scripts.bench.endtoend            # make bench: the full run for the doc (~20 min on 2 cores)
+    python -m scripts.bench.endtoend --quick    # CI: mobilenet_v2 only, short points (< 2 min)
 """
 
 import argparse
 import datetime
-import importlib
 import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,11 +27,11 @@ import requests
 import torch
 import yaml
 
-from scripts.archive import ARCHIVE_VERSION
-from scripts.bench_handler import images_per_second
-from scripts.loadgen import closed_loop_raw, percentile
-from scripts.photos import encode, photo
-from scripts.server import LOG_CONFIG, free_ports, local_torchserve, read_properties
+from scripts.bench.harness import images_per_second, load_handler
+from scripts.bench.loadgen import closed_loop_raw, percentile
+from scripts.bench.photos import encode, photo
+from scripts.build.archive import ARCHIVE_VERSION
+from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve, read_properties
 from scripts.zoo import COMPILERS, MODELS, REPO, get_model
 
 CONCURRENCY = (1, 8, 32)
@@ -45,7 +43,6 @@ TORCHSERVE_DEFAULTS = {"metrics_mode": "log"}  # and its own logging configurati
 # TorchServe's cumulative Prometheus counters (metrics_mode=prometheus), per model.
 COUNTERS = ("ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
 CPU = torch.device("cpu")
-HANDLER_MODULES = {"classifier": "classifier_handler", "detector": "detector_handler", "face": "face_pixelizer_handler"}
 
 
 @dataclass
@@ -113,7 +110,7 @@ def ceiling(model: str, seconds: float) -> dict:
     if workers == 1:
         throughput = model_throughput(REPO / "build" / spec.artifact, sorted({1, batch}), seconds)
     else:
-        command = [sys.executable, "-m", "scripts.bench", "--model-alone", model, "--duration", str(seconds)]
+        command = [sys.executable, "-m", "scripts.bench.endtoend", "--model-alone", model, "--duration", str(seconds)]
         processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
         parts = [json.loads(process.communicate()[0].strip().splitlines()[-1]) for process in processes]
         throughput = {int(b): sum(part[b] for part in parts) for b in parts[0]}
@@ -140,7 +137,7 @@ def compile_targets(models: list[str], seconds: float, workdir: Path) -> dict[st
             path = REPO / "build" / spec.artifact
             if compiler != spec.compiler:
                 path = workdir / f"{model}{suffix}"
-                command = [sys.executable, "-m", "scripts.compile", model, "--output", str(path), "--no-download"]
+                command = [sys.executable, "-m", "scripts.build.compile", model, "--output", str(path), "--no-download"]
                 subprocess.run(command, cwd=REPO, check=True, capture_output=True)
             results[model][compiler] = model_throughput(path, batches, seconds)
         print(f"{model}: {results[model]}", file=sys.stderr, flush=True)
@@ -172,7 +169,7 @@ def builtin_store(store: Path, models: list[str]) -> list[str]:
 @contextmanager
 def fastapi_server(architecture: str):
     (port,) = free_ports(1)
-    command = [sys.executable, "-m", "scripts.bench_fastapi", "--model", architecture, "--port", str(port)]
+    command = [sys.executable, "-m", "scripts.bench.fastapi_app", "--model", architecture, "--port", str(port)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -260,47 +257,6 @@ def serve_and_sweep(store: Path, names: list[str], label: str, bodies, concurren
 # --- where the time goes inside our handler -------------------------------------------------
 
 
-class _Context:
-    """Just enough of TorchServe's context to drive a handler in-process."""
-
-    def __init__(self, model_dir: Path, config: dict, name: str, artifact: str, gpu_id: int | None = None):
-        self.model_name = name
-        self.manifest = {"model": {"modelName": name, "serializedFile": artifact}}
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": config["batchSize"]}
-        self.model_yaml_config = config
-        self.times: dict[str, list[float]] = {}
-        self.metrics = self
-
-    def add_time(self, name, value, idx=None, unit="ms"):
-        self.times.setdefault(name, []).append(value)
-
-    def set_response_content_type(self, idx, value):
-        pass
-
-    def set_response_status(self, code=200, phrase="", idx=0):
-        pass
-
-    def set_response_header(self, idx, key, value):
-        pass
-
-
-def load_handler(model: str, model_dir: Path, batch_size: int | None = None, gpu_id: int | None = None):
-    """Our handler for `model`, initialised in-process on a copy of its build (on the GPU
-    `gpu_id` when given, as TorchServe assigns one)."""
-    spec = get_model(model)
-    config = yaml.safe_load(spec.config_file.read_text())
-    if batch_size:
-        config["batchSize"] = batch_size
-    shutil.copy(REPO / "build" / spec.artifact, model_dir)
-    shutil.copy(REPO / "index_to_name.json", model_dir)
-    context = _Context(model_dir, config, model, spec.artifact, gpu_id)
-    module = importlib.import_module(HANDLER_MODULES[spec.family])
-    (handler_class,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
-    handler = handler_class()
-    handler.initialize(context)
-    return handler, context
-
-
 def stage_breakdown(model: str, body: bytes, batches: int) -> dict[str, float]:
     """ms per image spent in each stage of our handler at the served batch size."""
     with tempfile.TemporaryDirectory() as model_dir:
@@ -308,10 +264,11 @@ def stage_breakdown(model: str, body: bytes, batches: int) -> dict[str, float]:
         batch_size = context.model_yaml_config["batchSize"]
         batch = [{"body": bytearray(body)} for _ in range(batch_size)]
         handler.handle(batch, context)  # warm-up
-        context.times.clear()
+        context.metrics.times.clear()
         for _ in range(batches):
             handler.handle(batch, context)
-    per_image = {name: sum(values) / (len(values) * batch_size) for name, values in context.times.items()}
+    times = context.metrics.times
+    per_image = {name: sum(values) / (len(values) * batch_size) for name, values in times.items()}
     return {"batch": batch_size, **{name: round(value, 2) for name, value in per_image.items()}}
 
 
@@ -351,7 +308,7 @@ def main(args: argparse.Namespace) -> None:
         "points": [],
     }
     if not args.quick:
-        from scripts.bench_handler import measure as handler_vs_model
+        from scripts.bench.handler_speed import measure as handler_vs_model
 
         results["handler_vs_model"] = [
             handler_vs_model(model, batch, torch.device("cpu"), 3) for model in HANDLER_BENCH for batch in (1, 8)
@@ -377,17 +334,17 @@ def main(args: argparse.Namespace) -> None:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if args.quick:
-        from scripts.bench_report import summary_lines
+        from scripts.bench.report import summary_lines
 
         print("\n".join(summary_lines(results)))
         return
-    from scripts.bench_report import plot, render_markdown, section_of, with_section
+    from scripts.bench.report import plot, render_markdown, section_of, with_section
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "benchmarks.json").write_text(json.dumps(results, indent=1))
     plot(results, args.output_dir / "benchmarks.png")
     document = args.output_dir / "benchmarks.md"
-    kept = section_of(document.read_text()) if document.exists() else ""  # scripts/bench_scaling.py's
+    kept = section_of(document.read_text()) if document.exists() else ""  # scripts/bench/scaling.py's
     document.write_text(with_section(render_markdown(results), kept))
     print(f"wrote {args.output_dir / 'benchmarks.md'} and benchmarks.png")
 

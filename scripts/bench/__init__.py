@@ -1,0 +1,1 @@
+"""Measuring: end-to-end, handler and scaling benchmarks, load generation, soak, reports."""

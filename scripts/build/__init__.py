@@ -1,0 +1,1 @@
+"""Building: compile to TorchScript/AOTInductor, archive as .mar, resolve weights, inspect builds."""

@@ -1,0 +1,1 @@
+"""Per model family (classifiers, detectors, faces): weights, eager models, parity checks."""

@@ -1,0 +1,1 @@
+"""Architectures and input adapters: nn.Modules only, no I/O."""

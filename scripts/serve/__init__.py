@@ -1,0 +1,1 @@
+"""A TorchServe's lifecycle for make serve, the tests and the benchmarks."""

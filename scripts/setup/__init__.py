@@ -1,0 +1,1 @@
+"""Finishing the virtualenv after pip (Java for TorchServe, activation)."""
