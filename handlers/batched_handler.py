@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,6 +33,7 @@ from imaging import (
     decode_jpegs,
     encode_jpeg,
 )
+from metrics import BATCH_IMAGES, REQUESTS, STAGE_SECONDS, emit, error_kind, status_class
 from payload import header_parameters, merge_parameters, split_request
 from runtime import ThreadBudget, load_compiled_model, select_device, thread_budget
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
@@ -52,14 +53,15 @@ class Response:
     content_type: str = "application/json"
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()  # extra HTTP response headers
+    error: str = ""  # an error answer's kind ("corrupt image"), for the request metrics
 
     @classmethod
     def json(cls, document: Any, status: int = 200) -> "Response":
         return cls((json.dumps(document, separators=(",", ":")) + "\n").encode(), "application/json", status)
 
     @classmethod
-    def error(cls, status: int, error: str, detail: str) -> "Response":
-        return cls.json({"error": error, "detail": detail}, status=status)
+    def failure(cls, status: int, error: str, detail: str) -> "Response":
+        return replace(cls.json({"error": error, "detail": detail}, status=status), error=error)
 
     @classmethod
     def jpeg(cls, image: torch.Tensor, quality: int, max_bytes: int, headers=()) -> "Response":
@@ -100,6 +102,7 @@ class Item:
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
     input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
     geometry: ImageMeta | None = None  # how the photo maps into `input` (letterbox), for `postprocess`
+    observations: list[tuple[str, float]] = field(default_factory=list)  # what `postprocess` saw (metrics)
 
 
 class BatchedImageHandler:
@@ -145,25 +148,34 @@ class BatchedImageHandler:
             self.threads.before_batch()
         with torch.inference_mode():
             # results[i] is request i's Item while it is in flight, then its Response.
-            with self._timed(context, "ImageDecodeTime"):
+            with self._timed(context, "decode"):
                 results = self._decode_batch(data, context)
-            with self._timed(context, "PreprocessTime"):
+            with self._timed(context, "preprocess"):
                 results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
             items = [result for result in results if isinstance(result, Item)]
             if items:
                 outputs = self._forward(items, context)
-                with self._timed(context, "PostprocessTime"):
+                with self._timed(context, "postprocess"):
                     for item, output in zip(items, outputs, strict=True):
                         if not isinstance(output, Response):
                             output = self._guarded(item.index, self.postprocess, output, item)
                         results[item.index] = output
-        self._record(context, "HandlerTime", started)
+                for item in items:
+                    for name, value in item.observations:
+                        emit(context, self.model_name, name, value)
+        if getattr(context, "metrics", None) is not None:  # TorchServe's own per-batch handler time (ms)
+            context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 3), None, "ms")
         if self.settings.batch_size_header:
             header = ("X-Batch-Size", str(len(data)))
             results = [replace(response, headers=(*response.headers, header)) for response in results]
         return self._respond(results, context)
 
     # --- for the task subclasses ---------------------------------------------------
+
+    @staticmethod
+    def observe(item: "Item", metric: str, value: float) -> None:
+        """Record what this request's answer says (a score, a count) for the metrics."""
+        item.observations.append((metric, value))
 
     def answer(self, item: "Item", **fields: Any) -> Response:
         """A JSON answer: the model's name and the provenance of its weights, then `fields`,
@@ -297,7 +309,8 @@ class BatchedImageHandler:
 
     def _forward_group(self, items: list[Item], context) -> list[Output | Response]:
         try:
-            with self._timed(context, "InferenceTime"):
+            emit(context, self.model_name, BATCH_IMAGES, len(items))
+            with self._timed(context, "forward"):
                 inputs = torch.stack([item.input for item in items])  # uint8: the model converts
                 if self.settings.channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -306,7 +319,7 @@ class BatchedImageHandler:
         except Exception:
             if len(items) == 1:
                 logger.exception("inference failed for request %d", items[0].index)
-                return [Response.error(500, "inference failed", "the model failed on this image; see the worker log")]
+                return [Response.failure(500, "inference failed", "the model failed on this image; see the worker log")]
             # Retry one by one so that an image the model cannot process fails alone.
             logger.exception("batched inference failed; retrying its %d images one by one", len(items))
             return [output for item in items for output in self._forward_group([item], context)]
@@ -317,14 +330,15 @@ class BatchedImageHandler:
         try:
             return step(*args)
         except InputError as err:
-            return Response.error(err.status, err.error, err.detail)
+            return Response.failure(err.status, err.error, err.detail)
         except Exception:  # a bug or resource failure on one request must not fail the batch
             logger.exception("request %d of the batch failed in %s", index, getattr(step, "__name__", step))
-            return Response.error(500, "internal error", "processing this request failed; see the worker log")
+            return Response.failure(500, "internal error", "processing this request failed; see the worker log")
 
-    @staticmethod
-    def _respond(responses: list[Response], context) -> list[bytes]:
+    def _respond(self, responses: list[Response], context) -> list[bytes]:
         for index, response in enumerate(responses):
+            labels = {"status_class": status_class(response.status), "error": error_kind(response.error)}
+            emit(context, self.model_name, REQUESTS, 1, **labels)
             context.set_response_content_type(index, response.content_type)
             for name, value in response.headers:
                 context.set_response_header(index, name, value)
@@ -333,14 +347,11 @@ class BatchedImageHandler:
         return [response.body for response in responses]
 
     @contextmanager
-    def _timed(self, context, metric: str) -> Iterator[None]:
+    def _timed(self, context, stage: str) -> Iterator[None]:
+        """Time a stage of the batch into zoo_stage_seconds{stage=...}."""
         started = time.perf_counter()
         yield
-        self._record(context, metric, started)
-
-    def _record(self, context, metric: str, started: float) -> None:
-        if getattr(context, "metrics", None) is not None:
-            context.metrics.add_time(metric, round((time.perf_counter() - started) * 1000, 3), None, "ms")
+        emit(context, self.model_name, STAGE_SECONDS, time.perf_counter() - started, stage=stage)
 
 
 def request_headers(context, index: int) -> dict[str, Any]:  # values: str, or TorchServe's per-field dicts

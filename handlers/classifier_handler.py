@@ -7,6 +7,7 @@ import torch
 from batched_handler import BatchedImageHandler, Item, Response
 from classification import ClassifierSettings, load_labels, top_k_predictions
 from imaging import resize_center_crop
+from metrics import TOP1_PROBABILITY
 
 
 class ClassifierHandler(BatchedImageHandler):
@@ -27,4 +28,5 @@ class ClassifierHandler(BatchedImageHandler):
 
     def postprocess(self, logits: torch.Tensor, item: Item) -> Response:
         predictions = top_k_predictions(logits, item.settings.top_k, self.labels)
+        self.observe(item, TOP1_PROBABILITY, predictions[0]["score"])
         return self.answer(item, predictions=predictions)

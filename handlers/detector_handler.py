@@ -7,6 +7,7 @@ import torch
 from batched_handler import BatchedImageHandler, Item, Response
 from detection import DETECTION_PARAMS, DetectorSettings, box_fields, class_filter, detect_objects, draw_detections
 from imaging import InputError, letterbox, unletterbox_boxes
+from metrics import DETECTION_CONFIDENCE, DETECTIONS_PER_IMAGE, MAX_CONFIDENCES_PER_IMAGE
 
 
 class DetectorHandler(BatchedImageHandler):
@@ -42,6 +43,9 @@ class DetectorHandler(BatchedImageHandler):
             predictions, settings.score_threshold, settings.iou_threshold, settings.max_detections, wanted
         )
         boxes = unletterbox_boxes(boxes, geometry)
+        self.observe(item, DETECTIONS_PER_IMAGE, len(boxes))
+        for score in scores[:MAX_CONFIDENCES_PER_IMAGE].tolist():  # best first
+            self.observe(item, DETECTION_CONFIDENCE, score)
         names = [self.class_names[label] for label in labels.tolist()]
         if settings.format == "image":
             captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist(), strict=True)]

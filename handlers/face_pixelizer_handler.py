@@ -10,6 +10,7 @@ from batched_handler import BatchedImageHandler, Item, Response
 from detection import DETECTION_PARAMS, box_fields
 from face_detection import FaceSettings, decode_faces, expand_boxes, pixelate_regions, prior_boxes
 from imaging import letterbox, unletterbox_boxes, unletterbox_points
+from metrics import FACES_PER_IMAGE
 
 
 class FacePixelizerHandler(BatchedImageHandler):
@@ -41,6 +42,7 @@ class FacePixelizerHandler(BatchedImageHandler):
         variances = tuple(self.priors_config["variances"])
         faces = decode_faces(loc, conf, landmarks, self.priors_for(*item.input.shape[-2:]), variances, settings)
         boxes, points = unletterbox_boxes(faces.boxes, geometry), unletterbox_points(faces.landmarks, geometry)
+        self.observe(item, FACES_PER_IMAGE, len(boxes))
         if settings.format == "json":
             rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
             found = [face_record(box, score, marks) for box, score, marks in rows]

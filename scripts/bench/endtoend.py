@@ -25,6 +25,7 @@ from pathlib import Path
 
 import requests
 import torch
+import ts
 import yaml
 
 from scripts.bench.harness import images_per_second, load_handler
@@ -39,7 +40,10 @@ CLASSIFIERS = ("mobilenet_v2", "resnet18")
 OTHERS = ("yolov5s", "face_pixelizer")
 HANDLER_BENCH = ("resnet50", "yolov5s", "face_pixelizer")  # the GPU measurement's models
 # TorchServe's own defaults for what our config.properties tunes (its docs/configuration.md).
-TORCHSERVE_DEFAULTS = {"metrics_mode": "log"}  # and its own logging configuration (log_config=None)
+TORCHSERVE_DEFAULTS = {  # and its own logging configuration (log_config=None)
+    "metrics_mode": "log",
+    "metrics_config": str(Path(ts.__file__).parent / "configs" / "metrics.yaml"),
+}
 # TorchServe's cumulative Prometheus counters (metrics_mode=prometheus), per model.
 COUNTERS = ("ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
 CPU = torch.device("cpu")
@@ -264,10 +268,10 @@ def stage_breakdown(model: str, body: bytes, batches: int) -> dict[str, float]:
         batch_size = context.model_yaml_config["batchSize"]
         batch = [{"body": bytearray(body)} for _ in range(batch_size)]
         handler.handle(batch, context)  # warm-up
-        context.metrics.times.clear()
+        context.metrics.clear()
         for _ in range(batches):
             handler.handle(batch, context)
-    times = context.metrics.times
+    times = context.metrics.stage_ms()
     per_image = {name: sum(values) / (len(values) * batch_size) for name, values in times.items()}
     return {"batch": batch_size, **{name: round(value, 2) for name, value in per_image.items()}}
 

@@ -15,13 +15,33 @@ from scripts.zoo import FAMILIES, REPO, get_model, handler_module
 
 
 class MetricsRecorder:
-    """context.metrics: every add_time, by metric name."""
+    """context.metrics: every value a handler emits, by metric name and labels."""
 
     def __init__(self):
-        self.times: dict[str, list[float]] = defaultdict(list)
+        # (name, ((label, value), ...)) -> values, labels without TorchServe's ModelName and Level
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
+
+    def add_metric(self, name, value, unit, idx=None, dimensions=(), metric_type=None):
+        labels = tuple((d.name, d.value) for d in dimensions if d.name not in ("ModelName", "Level"))
+        self.values[(name, labels)].append(value)
 
     def add_time(self, name, value, idx=None, unit="ms"):
-        self.times[name].append(value)
+        self.values[(name, ())].append(value)
+
+    def of(self, name: str, **labels: str) -> list[float]:
+        """Every value of metric `name` with exactly these labels."""
+        return self.values.get((name, tuple(labels.items())), [])
+
+    def stage_ms(self) -> dict[str, list[float]]:
+        """zoo_stage_seconds per stage, in milliseconds."""
+        return {
+            dict(labels)["stage"]: [value * 1000 for value in values]
+            for (name, labels), values in self.values.items()
+            if name == "zoo_stage_seconds"
+        }
+
+    def clear(self) -> None:
+        self.values.clear()
 
 
 class FakeContext:

@@ -209,10 +209,7 @@ def breakdown_section(results: dict, models: list[str]) -> list[str]:
         per_request = 1000 / ours["req_per_s"] if ours else float("nan")
         rows.append(
             [model, stages["batch"]]
-            + [
-                f"{stages.get(name, 0):.2f}"
-                for name in ("ImageDecodeTime", "PreprocessTime", "InferenceTime", "PostprocessTime")
-            ]  # noqa: E501
+            + [f"{stages.get(name, 0):.2f}" for name in ("decode", "preprocess", "forward", "postprocess")]
             + [
                 f"{ours['queue_ms']:.1f}" if ours and ours["queue_ms"] is not None else "-",
                 f"{ours['inference_ms']:.1f}" if ours and ours["inference_ms"] is not None else "-",
@@ -228,7 +225,7 @@ def breakdown_section(results: dict, models: list[str]) -> list[str]:
     return lines + shortfall_lines(results, models)
 
 
-STAGES = {"ImageDecodeTime": "decode", "PreprocessTime": "preprocess", "PostprocessTime": "postprocess"}
+STAGES = ("decode", "preprocess", "postprocess")  # the handler's stages around the forward pass
 
 
 def shortfall_lines(results: dict, models: list[str]) -> list[str]:
@@ -244,8 +241,8 @@ def shortfall_lines(results: dict, models: list[str]) -> list[str]:
         workers = ceiling["workers"]
         per_request = 1000 * workers / ours["req_per_s"]  # ms of one worker's wall time per request
         alone = 1000 * workers / ceiling["served"]  # ms per image for the model alone, same share of the machine
-        others = {label: stages.get(name, 0.0) for name, label in STAGES.items()}
-        handler = stages.get("InferenceTime", 0.0) + sum(others.values())
+        others = {stage: stages.get(stage, 0.0) for stage in STAGES}
+        handler = stages.get("forward", 0.0) + sum(others.values())
         needed = alone / CEILING_FACTOR
         who = "Its worker" if workers == 1 else f"Each of its {workers} workers"
         share = f"{_count(ceiling['threads'], 'thread')}, batch {ceiling['batch']}"
@@ -255,7 +252,7 @@ def shortfall_lines(results: dict, models: list[str]) -> list[str]:
             f"**Why {model} misses {CEILING_FACTOR:g}x its ceiling at 8 clients.** {who} spends"
             f" {per_request:.1f} ms of wall time per request; the model alone spends {alone:.1f} ms per image on"
             f" the same share of the machine ({share}), so the target allows {needed:.1f} ms. Inside the handler"
-            f" the forward pass takes {stages.get('InferenceTime', 0.0):.1f} ms, and {stage_list} ms (postprocess"
+            f" the forward pass takes {stages.get('forward', 0.0):.1f} ms, and {stage_list} ms (postprocess"
             f" includes encoding an image answer) add {sum(others.values()):.1f} ms: the handler alone takes"
             f" {handler:.1f} ms per image, {alone / handler:.2f}x the ceiling. The remaining"
             f" {max(per_request - handler, 0.0):.1f} ms per request are TorchServe's frontend (HTTP parsing, the"

@@ -149,6 +149,8 @@ def write_config(workdir: Path, store: Path, overrides: dict[str, str] | None = 
         grpc_management_port=str(grpc_management),
         model_store=str(store),
     )
+    if "metrics_config" in properties:  # relative to the repo root, where `make serve` starts TorchServe
+        properties["metrics_config"] = str(REPO / properties["metrics_config"])
     properties.update(overrides or {})
     (workdir / "config.properties").write_text("".join(f"{k}={v}\n" for k, v in properties.items()))
     return properties

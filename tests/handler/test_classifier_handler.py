@@ -5,10 +5,12 @@ import json
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from runtime import REGISTRY_ENV, WorkerRegistry, usable_cores
 from scripts.bench.photos import encode
+from scripts.zoo import REPO
 from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
 
 RED, GREEN, BLUE, GRAY = (250, 10, 10), (10, 250, 10), (10, 10, 250), (128, 128, 128)
@@ -123,11 +125,32 @@ def test_a_failing_model_answers_500_per_request_and_never_raises(make_handler):
     assert results[0]["error"] == "inference failed"
 
 
-def test_stage_timings_are_recorded(make_handler):
+def test_metrics_of_a_batch(make_handler):
+    """What scripts/configs/metrics.yaml declares, emitted through context.metrics."""
     handler, context = make_handler()
-    handler.handle([body(solid(RED))], context)
-    stages = {"ImageDecodeTime", "PreprocessTime", "InferenceTime", "PostprocessTime", "HandlerTime"}
-    assert stages <= set(context.metrics.times)
+    handler.handle([body(solid(RED)), body(b"junk"), body(solid(BLUE)), {"data": solid(RED), "top_k": b"0"}], context)
+    metrics = context.metrics
+    assert metrics.of("zoo_requests_total", status_class="2xx", error="none") == [1, 1]
+    assert metrics.of("zoo_requests_total", status_class="4xx", error="unsupported_image_format") == [1]
+    assert metrics.of("zoo_requests_total", status_class="4xx", error="invalid_parameter") == [1]
+    assert metrics.of("zoo_forward_batch_images") == [2]  # the two good images, one forward pass
+    assert set(metrics.stage_ms()) == {"decode", "preprocess", "forward", "postprocess"}
+    assert all(value >= 0 for values in metrics.stage_ms().values() for value in values)
+    top1 = metrics.of("zoo_top1_probability")
+    assert len(top1) == 2 and all(0.9 < p <= 1 for p in top1)  # saturated red and blue: confident
+    assert len(metrics.of("HandlerTime")) == 1  # TorchServe's own, in ms
+
+
+def test_every_emitted_metric_is_declared_in_the_metrics_config(make_handler):
+    """TorchServe's frontend exports only declared metrics, with the declared labels."""
+    declared = yaml.safe_load((REPO / "scripts" / "configs" / "metrics.yaml").read_text())["model_metrics"]
+    labels = {
+        m["name"]: [d for d in m["dimensions"] if d not in ("ModelName", "Level")] for t in declared.values() for m in t
+    }
+    handler, context = make_handler()
+    handler.handle([body(solid(RED)), body(b"junk")], context)
+    for name, emitted in context.metrics.values:
+        assert name in labels and [label for label, _ in emitted] == labels[name], name
 
 
 def test_unknown_yaml_setting_fails_the_load(make_handler):

@@ -10,7 +10,7 @@ def results(ours_req_per_s: float) -> dict:
         "req_per_s": ours_req_per_s, "p50_ms": 150.0, "p90_ms": 160.0, "p99_ms": 200.0, "errors": 0,
         "log_bytes_per_request": 0.0, "queue_ms": 70.0, "inference_ms": 150.0,
     }  # fmt: skip
-    stages = {"ImageDecodeTime": 0.75, "PreprocessTime": 1.0, "InferenceTime": 26.0, "PostprocessTime": 3.0}
+    stages = {"decode": 0.75, "preprocess": 1.0, "forward": 26.0, "postprocess": 3.0}
     return {
         "date": "2026-11-21", "machine": "test", "duration_s": 15, "quick": False, "points": [point],
         "ceilings": {"face_pixelizer": {"workers": 2, "batch": 2, "threads": 1, "compiler": "aoti", "b1": 76.0,

@@ -1,0 +1,73 @@
+"""The handlers' metrics as a real TorchServe exports them at its metrics address, in
+Prometheus' text format (scripts/configs/metrics.yaml declares them)."""
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from scripts.bench.photos import encode, photo
+from scripts.serve.server import Server, read_properties
+
+pytestmark = pytest.mark.integration
+
+
+def scrape(server: Server) -> dict[tuple[str, frozenset], float]:
+    """{(sample name, labels without Hostname): value} from the metrics API."""
+    address = read_properties(server.workdir / "config.properties")["metrics_address"]
+    text = requests.get(f"{address}/metrics", timeout=30).text
+    return {
+        (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "Hostname")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def change(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_a_known_mix_of_requests_is_counted_and_timed(torchserve):
+    model = "mobilenet_v2"
+    good, corrupt = encode(photo("chelsea"), "JPEG"), encode(photo("coffee"), "JPEG")[:2000]
+    mine = {"ModelName": model, "Level": "Model"}
+    before = scrape(torchserve)
+    statuses = [torchserve.predict(model, data=good).status_code for _ in range(3)]
+    statuses += [torchserve.predict(model, data=corrupt).status_code]
+    statuses += [torchserve.predict(model, data=good, headers={"X-Top-K": "0"}).status_code]
+    assert statuses == [200, 200, 200, 400, 400]
+    after = scrape(torchserve)
+
+    def counted(status_class: str, error: str) -> float:
+        return change(before, after, "zoo_requests_total", **mine, status_class=status_class, error=error)
+
+    assert counted("2xx", "none") == 3
+    assert counted("4xx", "corrupt_image") == 1
+    assert counted("4xx", "invalid_parameter") == 1
+    assert change(before, after, "zoo_top1_probability_count", **mine) == 3
+    assert 3 * 0.5 < change(before, after, "zoo_top1_probability_sum", **mine) <= 3  # the cat: confident
+    forwards = change(before, after, "zoo_forward_batch_images_count", **mine)
+    assert 1 <= forwards <= 3 and change(before, after, "zoo_forward_batch_images_sum", **mine) == 3
+    for stage in ("decode", "preprocess", "forward", "postprocess"):
+        count = change(before, after, "zoo_stage_seconds_count", **mine, stage=stage)
+        seconds = change(before, after, "zoo_stage_seconds_sum", **mine, stage=stage)
+        assert count >= 1 and 0 < seconds / count < 5, (stage, count, seconds)  # plausible per batch
+
+
+@pytest.mark.parametrize(
+    "model, metrics", [("yolov5s", ["zoo_detections_per_image"]), ("face_pixelizer", ["zoo_faces_per_image"])]
+)
+def test_what_the_detectors_find_is_measured(torchserve, model, metrics):
+    before = scrape(torchserve)
+    form = {"confidence": "0"} if model == "yolov5s" else {"format": "json"}
+    response = torchserve.predict(model, method="POST", files={"data": encode(photo("astronaut"), "JPEG")}, data=form)
+    found = response.json()["detections" if model == "yolov5s" else "faces"]
+    after = scrape(torchserve)
+    mine = {"ModelName": model, "Level": "Model"}
+    for name in metrics:
+        assert change(before, after, f"{name}_count", **mine) == 1
+        assert change(before, after, f"{name}_sum", **mine) == len(found)
+    if model == "yolov5s":
+        assert change(before, after, "zoo_detection_confidence_count", **mine) == min(20, len(found))
+    else:
+        assert len(found) == 1  # the astronaut
