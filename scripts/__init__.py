@@ -7,5 +7,6 @@
 - build/      compile, archive, weights, inspection of builds, labels
 - serve/      a TorchServe's lifecycle: start, wait until ready, stop
 - bench/      measuring: benchmarks, load generator, soak, reports, test photos
+- monitor/    watching served models: the offline input-drift report
 - setup/      finishing the virtualenv (Java, activation)
 """

@@ -6,8 +6,11 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from drift import median_bandwidth, mmd_test
+from scripts.bench.photos import photo
+from scripts.monitor import drift as report
 
 
 def reference_mmd(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
@@ -83,3 +86,40 @@ def test_bad_samples_are_refused(x, y):
 def test_identical_rows_do_not_divide_by_zero():
     assert median_bandwidth(torch.ones(6, 2)) == 1.0
     assert mmd_test(torch.ones(4, 2), torch.ones(3, 2), permutations=10).score == pytest.approx(0.0)
+
+
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
+
+
+def write_crops(directory, seed: int, distort: bool = False, count: int = 18) -> None:
+    """Random 200x200 crops of real photos; `distort`: heavily blurred, darkened and noised."""
+    from PIL import ImageFilter
+
+    directory.mkdir()
+    generator = np.random.default_rng(seed)
+    for index in range(count):
+        image = photo(PHOTOS[index % len(PHOTOS)])
+        x, y = (int(generator.integers(0, side - 200)) for side in image.size)
+        crop = image.crop((x, y, x + 200, y + 200))
+        if distort:
+            crop = crop.filter(ImageFilter.GaussianBlur(6))
+            pixels = np.asarray(crop).astype(np.float32) * 0.35 + generator.normal(0, 25, (200, 200, 3))
+            crop = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        crop.save(directory / f"{index:02d}.png")
+
+
+def test_offline_report_flags_distorted_photos_and_not_fresh_crops(tmp_path, capsys):
+    for name, seed, distort in (("reference", 0, False), ("same", 1, False), ("distorted", 1, True)):
+        write_crops(tmp_path / name, seed, distort)
+    args = report.get_args_parser().parse_args
+    report.main(args([str(tmp_path / "reference"), str(tmp_path / "same"), "--plot", str(tmp_path / "same.png")]))
+    same = capsys.readouterr().out
+    report.main(args([str(tmp_path / "reference"), str(tmp_path / "distorted"), "--plot", str(tmp_path / "d.png")]))
+    distorted = capsys.readouterr().out
+
+    def p_value(out: str) -> float:
+        return float(out.split("p = ")[1].split()[0])
+
+    assert p_value(same) > 0.05 and p_value(distorted) < 0.01, (same, distorted)
+    assert "MobileNet_V2_Weights.IMAGENET1K_V1" in same  # real features, offline
+    assert Image.open(tmp_path / "d.png").size[0] > 500

@@ -1,0 +1,1 @@
+"""Watching served models: offline input-drift reports (the live test runs in handlers/drift.py)."""
