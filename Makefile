@@ -37,7 +37,8 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: help setup archive models yolov5-sizes bench bench-scaling soak serve stop test test-unit lint clean distclean
+.PHONY: help setup archive models yolov5-sizes bench bench-scaling bench-metrics soak serve stop test test-unit lint clean \
+	distclean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -80,6 +81,9 @@ bench: archive ## measure ours vs TorchServe's built-in handler vs FastAPI vs th
 
 bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU threads -> docs/benchmarks.md
 	$(PY) -m scripts.bench.scaling
+
+bench-metrics: archive ## mobilenet_v2 with the handlers' metrics on vs off -> docs/benchmarks.md
+	$(PY) -m scripts.bench.metrics_cost
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.bench.soak --duration 600 --concurrency 8 --markdown docs/soak.md

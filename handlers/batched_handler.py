@@ -162,8 +162,8 @@ class BatchedImageHandler:
                         results[item.index] = output
                 for item in items:
                     for name, value in item.observations:
-                        emit(context, self.model_name, name, value)
-        if getattr(context, "metrics", None) is not None:  # TorchServe's own per-batch handler time (ms)
+                        self._emit(context, name, value)
+        if self.settings.metrics and getattr(context, "metrics", None) is not None:  # TorchServe's own, ms
             context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 3), None, "ms")
         if self.settings.batch_size_header:
             header = ("X-Batch-Size", str(len(data)))
@@ -309,7 +309,7 @@ class BatchedImageHandler:
 
     def _forward_group(self, items: list[Item], context) -> list[Output | Response]:
         try:
-            emit(context, self.model_name, BATCH_IMAGES, len(items))
+            self._emit(context, BATCH_IMAGES, len(items))
             with self._timed(context, "forward"):
                 inputs = torch.stack([item.input for item in items])  # uint8: the model converts
                 if self.settings.channels_last:
@@ -338,7 +338,7 @@ class BatchedImageHandler:
     def _respond(self, responses: list[Response], context) -> list[bytes]:
         for index, response in enumerate(responses):
             labels = {"status_class": status_class(response.status), "error": error_kind(response.error)}
-            emit(context, self.model_name, REQUESTS, 1, **labels)
+            self._emit(context, REQUESTS, 1, **labels)
             context.set_response_content_type(index, response.content_type)
             for name, value in response.headers:
                 context.set_response_header(index, name, value)
@@ -346,12 +346,16 @@ class BatchedImageHandler:
                 context.set_response_status(response.status, http.HTTPStatus(response.status).phrase, index)
         return [response.body for response in responses]
 
+    def _emit(self, context, name: str, value: float, **labels: str) -> None:
+        if self.settings.metrics:
+            emit(context, self.model_name, name, value, **labels)
+
     @contextmanager
     def _timed(self, context, stage: str) -> Iterator[None]:
         """Time a stage of the batch into zoo_stage_seconds{stage=...}."""
         started = time.perf_counter()
         yield
-        emit(context, self.model_name, STAGE_SECONDS, time.perf_counter() - started, stage=stage)
+        self._emit(context, STAGE_SECONDS, time.perf_counter() - started, stage=stage)
 
 
 def request_headers(context, index: int) -> dict[str, Any]:  # values: str, or TorchServe's per-field dicts

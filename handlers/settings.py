@@ -41,6 +41,8 @@ class ImageHandlerSettings:
     jpeg_decoder: str = "auto"
     # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
     channels_last: bool = False
+    # Emit the handler's metrics (handlers/metrics.py; their cost: docs/benchmarks.md).
+    metrics: bool = True
     # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
     # when tuning batchSize/maxBatchDelay; off by default: it tells clients about others' traffic.
     batch_size_header: bool = False

@@ -342,14 +342,16 @@ def main(args: argparse.Namespace) -> None:
 
         print("\n".join(summary_lines(results)))
         return
-    from scripts.bench.report import plot, render_markdown, section_of, with_section
+    from scripts.bench.report import plot, render_markdown, sections_of, with_section
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "benchmarks.json").write_text(json.dumps(results, indent=1))
     plot(results, args.output_dir / "benchmarks.png")
     document = args.output_dir / "benchmarks.md"
-    kept = section_of(document.read_text()) if document.exists() else ""  # scripts/bench/scaling.py's
-    document.write_text(with_section(render_markdown(results), kept))
+    text = render_markdown(results)
+    for name, body in (sections_of(document.read_text()) if document.exists() else {}).items():
+        text = with_section(text, name, body)  # the side-by-side benchmarks' sections stay
+    document.write_text(text)
     print(f"wrote {args.output_dir / 'benchmarks.md'} and benchmarks.png")
 
 

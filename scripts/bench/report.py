@@ -9,25 +9,33 @@ CEILING_FACTOR = 0.7  # at least 0.7x the compiled model alone at the served bat
 LATENCY_SLACK = 1.10  # c=1: p50 no worse than the built-in handler's + 10 %
 
 
-# The scaling section (scripts/bench/scaling.py) lives between these markers and survives
-# a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
-SCALING_BEGIN = "<!-- scaling: written by scripts/bench/scaling.py -->"
-SCALING_END = "<!-- /scaling -->"
+# Sections written by the side-by-side benchmarks (scripts/bench/<name>.py) live between
+# markers and survive a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
+SECTIONS = ("scaling", "metrics_cost")
 
 
-def with_section(document: str, section: str) -> str:
-    """`document` with the marked section replaced by `section` (appended if absent)."""
-    if SCALING_BEGIN in document and SCALING_END in document:
-        before, rest = document.split(SCALING_BEGIN, 1)
-        return before + section + rest.split(SCALING_END, 1)[1]
-    return document.rstrip("\n") + "\n\n" + section + "\n" if section else document
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}: written by scripts/bench/{name}.py -->", f"<!-- /{name} -->"
 
 
-def section_of(document: str) -> str:
-    """The marked section of `document`, markers included ("" if absent)."""
-    if SCALING_BEGIN not in document or SCALING_END not in document:
-        return ""
-    return SCALING_BEGIN + document.split(SCALING_BEGIN, 1)[1].split(SCALING_END, 1)[0] + SCALING_END
+def with_section(document: str, name: str, body: str) -> str:
+    """`document` with section `name` holding `body` (replaced, or appended if absent)."""
+    begin, end = markers(name)
+    section = f"{begin}\n{body.strip()}\n{end}"
+    if begin in document and end in document:
+        before, rest = document.split(begin, 1)
+        return before + section + rest.split(end, 1)[1]
+    return document.rstrip("\n") + "\n\n" + section + "\n"
+
+
+def sections_of(document: str) -> dict[str, str]:
+    """{name: body} of the marked sections in `document`."""
+    found = {}
+    for name in SECTIONS:
+        begin, end = markers(name)
+        if begin in document and end in document:
+            found[name] = document.split(begin, 1)[1].split(end, 1)[0]
+    return found
 
 
 def point(results: dict, server: str, model: str, concurrency: int, image: str = "small") -> dict | None:

@@ -8,24 +8,12 @@ side in one run -> the scaling section of docs/benchmarks.md.
 """
 
 import argparse
-import datetime
 import json
 import os
-import platform
-import statistics
-import sys
-import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
-import yaml
-
-from scripts.bench.endtoend import images, measure
-from scripts.bench.report import SCALING_BEGIN, SCALING_END, with_section
-from scripts.build.archive import build_archive
-from scripts.serve.server import Server, local_torchserve
-from scripts.zoo import REPO, get_model
+from scripts.bench.side_by_side import measured, medians, model_config, write_section
+from scripts.zoo import REPO
 
 # The two ways a worker may size its CPU thread pool.
 POLICIES = {
@@ -38,44 +26,6 @@ def fixed_threads(config: dict) -> int:
     """What a worker took before: usable cores ÷ max(minWorkers, maxWorkers) of its YAML."""
     workers = max(int(config.get("minWorkers", 1)), int(config.get("maxWorkers", 1)))
     return max(1, len(os.sched_getaffinity(0)) // workers)
-
-
-def archive_variants(model: str, store: Path) -> dict[str, str]:
-    """The model archived twice by the project's one recipe: as configured (live threads),
-    and with num_threads pinned to what the previous code computed -> {policy: name}."""
-    spec = get_model(model)
-    config = yaml.safe_load(spec.config_file.read_text())
-    pinned = {**config, "handler": {**config.get("handler", {}), "num_threads": fixed_threads(config)}}
-    pinned_file = store / f"{model}_fixed.yaml"
-    pinned_file.write_text(yaml.safe_dump(pinned))
-    artifact = REPO / "build" / spec.artifact
-    build_archive(spec, artifact, store, f"{model}_fixed", pinned_file)
-    build_archive(spec, artifact, store, f"{model}_live")
-    return {"fixed": f"{model}_fixed", "live": f"{model}_live"}
-
-
-def scale(server: Server, name: str, workers: int) -> None:
-    path = f"/models/{name}?min_worker={workers}&max_worker={workers}&synchronous=true"
-    response = server.manage("PUT", path)
-    response.raise_for_status()
-    ready = [w for w in server.workers(name) if w["status"] == "READY"]
-    if len(ready) != workers:
-        raise RuntimeError(f"{name}: {len(ready)} ready workers after scaling to {workers}")
-
-
-def run_policy(store: Path, name: str, policy: str, workers: list[int], body: bytes, clients: int, duration: float):
-    """One TorchServe serving only this variant, scaled up step by step under load."""
-    points = []
-    registry = Path(tempfile.mkdtemp(prefix="workers-"))  # no other server's workers counted
-    with local_torchserve(store, [name], env={"TS_ZOO_WORKER_REGISTRY": str(registry)}) as server:
-        headers = server.keys.header("inference")
-        for count in workers:
-            scale(server, name, count)
-            point = measure(policy, server.inference, headers, name, "small", body, clients, duration)
-            points.append({**asdict(point), "workers": count, "policy": policy})
-            print(f"  {policy:5} {count} workers: {point.req_per_s:6.1f} req/s, p99 {point.p99_ms:6.1f} ms",
-                  file=sys.stderr, flush=True)  # fmt: skip
-    return points
 
 
 def render_section(results: dict) -> str:
@@ -93,22 +43,13 @@ def render_section(results: dict) -> str:
 
     rows = []
     for index, points in enumerate(rounds, start=1):
-        by = {(p["policy"], p["workers"]): p for p in points}
+        by = {(p["variant"], p["workers"]): p for p in points}
         base = by[("live", workers[0])]["req_per_s"]
         rows += [row(str(index), n, by[("fixed", n)], by[("live", n)], base) for n in workers]
-    medians = {
-        (policy, n): {
-            key: statistics.median(
-                p[key] for points in rounds for p in points if (p["policy"], p["workers"]) == (policy, n)
-            )
-            for key in ("req_per_s", "p99_ms")
-        }
-        for policy in POLICIES
-        for n in workers
-    }
-    base = medians[("live", workers[0])]["req_per_s"]
-    rows += [row("median", n, medians[("fixed", n)], medians[("live", n)], base) for n in workers]
-    worst = min(medians[("live", n)]["req_per_s"] / base - 1 for n in workers[1:])
+    median = medians(rounds)
+    base = median[("live", workers[0])]["req_per_s"]
+    rows += [row("median", n, median[("fixed", n)], median[("live", n)], base) for n in workers]
+    worst = min(median[("live", n)]["req_per_s"] / base - 1 for n in workers[1:])
     verdict = "holds" if worst >= -0.10 else "MISSED"
     return "\n".join([
         "## Scaling workers through the management API",
@@ -153,34 +94,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> None:
     if args.quick:
         args.workers, args.duration, args.rounds = [1, 2], 3, 1
-    body = images()["small"]
-    results = {
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-        "model": args.model,
-        "workers": args.workers,
-        "clients": args.clients,
-        "duration_s": args.duration,
-        "image": "451x300 JPEG",
-        "fixed_threads": fixed_threads(yaml.safe_load(get_model(args.model).config_file.read_text())),
-        "rounds": [],
-    }
-    with tempfile.TemporaryDirectory(prefix="bench-scaling-") as workdir:
-        store = Path(workdir)
-        names = archive_variants(args.model, store)
-        for _ in range(args.rounds):
-            points = []
-            for policy, name in names.items():
-                points += run_policy(store, name, policy, args.workers, body, args.clients, args.duration)
-            results["rounds"].append(points)
+    threads = fixed_threads(model_config(args.model))
+    variants = {"fixed": {"handler": {"num_threads": threads}}, "live": {}}
+    results = measured(args.model, variants, args.rounds, args.workers, args.clients, args.duration)
+    results["fixed_threads"] = threads
     section = render_section(results)
     print(section)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if not args.quick:
-        document = args.output.read_text() if args.output.exists() else ""
-        args.output.write_text(with_section(document, f"{SCALING_BEGIN}\n{section}\n{SCALING_END}"))
-        print(f"wrote the scaling section of {args.output}")
+        write_section(args.output, "scaling", section)
 
 
 if __name__ == "__main__":

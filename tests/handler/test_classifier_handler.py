@@ -219,3 +219,9 @@ def test_channels_last_inputs_give_the_same_answers(make_handler):
     handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"channels_last": True}})
     (result,) = handler.handle([body(solid(RED))], context)
     assert top1(json.loads(result)) == "red"
+
+
+def test_metrics_can_be_turned_off(make_handler):
+    handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"metrics": False}})
+    handler.handle([body(solid(RED)), body(b"junk")], context)
+    assert context.metrics.values == {} and context.status(1) == 415

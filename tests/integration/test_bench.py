@@ -28,3 +28,19 @@ def test_quick_benchmark_runs_and_reports(tmp_path):
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in report["points"])
     assert report["ceilings"]["mobilenet_v2"]["served"] > 0
     assert "ours" in result.stdout and ">= 2x built-in" in result.stdout  # the targets are reported
+
+
+def test_quick_scaling_benchmark_scales_through_the_management_api(tmp_path):
+    """The side-by-side machinery of scripts/bench/scaling.py and metrics_cost.py, briefly."""
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.bench.scaling", "--quick", "--json", str(tmp_path / "scaling.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (points,) = json.loads((tmp_path / "scaling.json").read_text())["rounds"]
+    assert {(p["variant"], p["workers"]) for p in points} == {(v, n) for v in ("fixed", "live") for n in (1, 2)}
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in points)
+    assert "| median | 2 |" in result.stdout

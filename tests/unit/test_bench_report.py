@@ -34,3 +34,16 @@ def test_a_met_target_needs_no_explanation():
     assert [met for _, _, met in targets(met)] == [True]
     assert shortfall_lines(met, ["face_pixelizer"]) == []
     assert "**Why" not in render_markdown(met)
+
+
+def test_side_by_side_sections_survive_a_rewrite_of_the_document():
+    from scripts.bench.report import sections_of, with_section
+
+    document = with_section("# Benchmarks\n", "scaling", "## Scaling\nold")
+    document = with_section(document, "scaling", "## Scaling\nnew")  # replaced, not added twice
+    document = with_section(document, "metrics_cost", "## Cost\n")
+    assert document.count("## Scaling") == 1 and "new" in document and "old" not in document
+    rewritten = "# Benchmarks, re-measured\n"
+    for name, body in sections_of(document).items():
+        rewritten = with_section(rewritten, name, body)
+    assert sections_of(rewritten) == sections_of(document) and "re-measured" in rewritten
