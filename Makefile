@@ -18,6 +18,9 @@ STRICT ?=
 PRECISION ?= fp32
 # DEVICE=cuda: check the builds on the GPU and compile the AOTInductor (.pt2) models for it.
 DEVICE ?= cpu
+# DRIFT_REFERENCE=<dir>: images each archive's drift test compares served images with
+# (<dir>/<model>/ where it exists, else <dir>); without it, each worker's first images.
+DRIFT_REFERENCE ?=
 
 MODELS := $(shell $(PYTHON) scripts/zoo.py names)
 # Each model's compiled file: build/<name>.pt (TorchScript) or build/<name>.pt2 (AOTInductor).
@@ -37,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: help setup archive models yolov5-sizes bench bench-scaling bench-metrics soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup archive models yolov5-sizes bench bench-scaling bench-metrics soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -62,12 +65,23 @@ $(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
 	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
-$(STORE)/%.mar: $$(call artifact,$$*) scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/build/archive.py
-	$(PY) -m scripts.build.archive $* --serialized-file $< --export-path $(STORE)
+ARCHIVE_DEPS = scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/build/archive.py \
+	scripts/build/drift_reference.py $(BUILD)/drift-reference.txt \
+	$(if $(DRIFT_REFERENCE),$(shell find $(DRIFT_REFERENCE) -type f 2>/dev/null))
+$(STORE)/%.mar: $$(call artifact,$$*) $(ARCHIVE_DEPS)
+	$(PY) -m scripts.build.archive $* --serialized-file $< --export-path $(STORE) \
+		$(if $(DRIFT_REFERENCE),--drift-reference $(DRIFT_REFERENCE))
+
+# Holds DRIFT_REFERENCE's value, rewritten only when it changes: the archives then rebuild.
+$(BUILD)/drift-reference.txt: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DRIFT_REFERENCE)' | cmp -s - $@ || echo '$(DRIFT_REFERENCE)' > $@
+
+FORCE:
 
 .SECONDARY: $(ARTIFACTS)
 
-archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_store/ (STRICT=1, WEIGHTS_DIR=...)
+archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_store/ (STRICT=1, WEIGHTS_DIR=..., DRIFT_REFERENCE=...)
 	@$(PY) -m scripts.build.models $(if $(filter 1,$(STRICT)),--strict) $(ARTIFACTS)
 
 models: $(ARTIFACTS) ## show each compiled model's weights and input size
@@ -82,7 +96,7 @@ bench: archive ## measure ours vs TorchServe's built-in handler vs FastAPI vs th
 bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU threads -> docs/benchmarks.md
 	$(PY) -m scripts.bench.scaling
 
-bench-metrics: archive ## mobilenet_v2 with the handlers' metrics on vs off -> docs/benchmarks.md
+bench-metrics: archive ## mobilenet_v2 with metrics and drift on, metrics only, both off -> docs/benchmarks.md
 	$(PY) -m scripts.bench.metrics_cost
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md

@@ -8,6 +8,8 @@ response per request, in order, each with its own status and content type.
 A task subclass sets `settings_class`, `request_params` and `task`, and implements
 `prepare` and `postprocess` (and `setup` if it needs data files). The compiled model
 takes the stacked uint8 images as they are: it normalises them itself, in its graph.
+It answers the task's outputs and then each image's feature vector, which the live
+drift test reads (drift_monitor.py) off the request path.
 """
 
 import http
@@ -22,6 +24,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from drift_monitor import REFERENCE_FILE, DriftMonitor, DriftReport, load_reference
 from imaging import (
     JPEG_FORMATS,
     ImageInfo,
@@ -33,7 +36,17 @@ from imaging import (
     decode_jpegs,
     encode_jpeg,
 )
-from metrics import BATCH_IMAGES, REQUESTS, STAGE_SECONDS, emit, error_kind, status_class
+from metrics import (
+    BATCH_IMAGES,
+    DRIFT_P_VALUE,
+    DRIFT_SCORE,
+    DRIFT_TESTS,
+    REQUESTS,
+    STAGE_SECONDS,
+    emit,
+    error_kind,
+    status_class,
+)
 from payload import header_parameters, merge_parameters, split_request
 from runtime import ThreadBudget, load_compiled_model, select_device, thread_budget
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
@@ -43,6 +56,8 @@ T = TypeVar("T")
 
 # What every compiled model takes (scripts/build/compile.py): the prepared images as they are.
 INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
+# What every compiled model answers: a tuple of the task's outputs, then the features.
+OUTPUT_FORMAT = "(*task outputs, features float32 [B, D])"
 
 
 @dataclass(frozen=True)
@@ -127,13 +142,17 @@ class BatchedImageHandler:
         self.model, self.metadata = load_compiled_model(model_file, self.device, self.settings.optimize)
         if self.metadata.get("task") != self.task:
             raise ValueError(f"{model_file.name} is a {self.metadata.get('task')!r} model, not {self.task!r}")
-        if self.metadata.get("input_format") != INPUT_FORMAT:
-            raise ValueError(f"{model_file.name} does not take {INPUT_FORMAT} batches: rebuild it with `make archive`")
+        if self.metadata.get("input_format") != INPUT_FORMAT or self.metadata.get("output_format") != OUTPUT_FORMAT:
+            raise ValueError(
+                f"{model_file.name} does not take {INPUT_FORMAT} batches and answer {OUTPUT_FORMAT}: "
+                "rebuild it with `make archive`"
+            )
         weights = self.metadata["weights"]
         self.provenance = {"weights": weights["name"], "weights_sha256": weights["sha256"]}
         self.setup(model_dir)
         if self.settings.warmup:
             self.warmup()
+        self.drift = self.start_drift_monitor(model_dir, context) if self.settings.drift else None
         logger.info(
             "%s ready on %s (%s threads), weights: %s",
             self.model_name,
@@ -202,6 +221,50 @@ class BatchedImageHandler:
         if size % stride:
             raise ValueError(f"input_size {size} is not a multiple of the model's stride {stride}")
         return size
+
+    # --- live input drift -----------------------------------------------------------
+
+    def start_drift_monitor(self, model_dir: Path, context) -> DriftMonitor:
+        """The worker's drift monitor, with the archive's reference sample if it holds one."""
+        reference = None
+        if (model_dir / REFERENCE_FILE).is_file():
+            weights = self.metadata["weights"]["sha256"]
+            reference = load_reference(model_dir / REFERENCE_FILE, self.metadata["feature_size"], weights)
+        settings = self.settings.drift_settings
+        logger.info(
+            "%s drift test every %d images, window %d, reference: %s",
+            self.model_name,
+            settings.every,
+            settings.window,
+            f"{len(reference)} images from the archive" if reference is not None else
+            f"the first {settings.reference_size} images served",
+        )  # fmt: skip
+        return DriftMonitor(settings, lambda report: self._publish_drift(context, report), reference)
+
+    def _publish_drift(self, context, report: DriftReport) -> None:
+        """A drift test's result as metrics, and a warning when it finds drift (a background thread)."""
+        result = report.result
+        self._emit(context, DRIFT_SCORE, result.score)
+        self._emit(context, DRIFT_P_VALUE, result.p_value)
+        self._emit(context, DRIFT_TESTS, 1, outcome="drift" if report.drifted else "no_drift")
+        (logger.warning if report.drifted else logger.info)(
+            "%s: %s: MMD^2 %.4g, p-value %.4g (threshold %g), the last %d images vs a reference of %d",
+            self.model_name,
+            "INPUT DRIFT" if report.drifted else "no input drift",
+            result.score,
+            result.p_value,
+            self.settings.drift_threshold,
+            report.window,
+            report.reference,
+        )
+
+    def _observe_drift(self, features: torch.Tensor) -> None:
+        if self.drift is None:
+            return
+        try:
+            self.drift.add(features)
+        except Exception:  # the drift test is an observer: it must never fail a request
+            logger.exception("drift monitor: could not add a batch's features")
 
     # --- task hooks --------------------------------------------------------------
 
@@ -314,7 +377,8 @@ class BatchedImageHandler:
                 inputs = torch.stack([item.input for item in items])  # uint8: the model converts
                 if self.settings.channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                outputs = self.model(inputs)
+                outputs, features = split_features(self.model(inputs))
+            self._observe_drift(features)
             return list(unbatch(outputs, len(items)))
         except Exception:
             if len(items) == 1:
@@ -367,6 +431,13 @@ def request_headers(context, index: int) -> dict[str, Any]:  # values: str, or T
     except (IndexError, KeyError, AttributeError, TypeError) as err:
         logger.warning("request %d: no request headers from the context (%r); X- parameters ignored", index, err)
         return {}
+
+
+def split_features(answer: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> tuple[Output, torch.Tensor]:
+    """A compiled model's answer (OUTPUT_FORMAT) -> (the task's outputs: one tensor, or a
+    tuple of them, features Tensor[B, D])."""
+    *outputs, features = answer
+    return (outputs[0] if len(outputs) == 1 else tuple(outputs)), features
 
 
 def unbatch(outputs: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor], size: int) -> Iterator[Output]:

@@ -13,11 +13,17 @@ TOP1_PROBABILITY = "zoo_top1_probability"  # histogram, classifiers
 DETECTIONS_PER_IMAGE = "zoo_detections_per_image"  # histogram, detectors
 DETECTION_CONFIDENCE = "zoo_detection_confidence"  # histogram, detectors
 FACES_PER_IMAGE = "zoo_faces_per_image"  # histogram, face pixelizer
+DRIFT_SCORE = "zoo_drift_score"  # gauge: the latest drift test's MMD^2 (drift_monitor.py)
+DRIFT_P_VALUE = "zoo_drift_p_value"  # gauge: its permutation p-value
+DRIFT_TESTS = "zoo_drift_tests_total"  # counter: outcome ("drift", "no_drift")
 # At most this many detections per image add their confidence (one metric line each).
 MAX_CONFIDENCES_PER_IMAGE = 20
 
 UNITS = {REQUESTS: "Count", STAGE_SECONDS: "Seconds", BATCH_IMAGES: "Count", TOP1_PROBABILITY: "Ratio"}
 UNITS |= {DETECTIONS_PER_IMAGE: "Count", DETECTION_CONFIDENCE: "Ratio", FACES_PER_IMAGE: "Count"}
+UNITS |= {DRIFT_SCORE: "unit", DRIFT_P_VALUE: "Ratio", DRIFT_TESTS: "Count"}
+KINDS = {REQUESTS: MetricTypes.COUNTER, DRIFT_TESTS: MetricTypes.COUNTER}
+KINDS |= {DRIFT_SCORE: MetricTypes.GAUGE, DRIFT_P_VALUE: MetricTypes.GAUGE}  # the rest: histograms
 
 
 def status_class(status: int) -> str:
@@ -32,12 +38,12 @@ def error_kind(error: str) -> str:
 
 
 def emit(context, model_name: str, name: str, value: float, **labels: str) -> None:
-    """One observation of metric `name` (a counter for REQUESTS, else a histogram) for this
+    """One observation of metric `name` (its kind from KINDS, else a histogram) for this
     model, with `labels` in the order the metrics config declares them."""
     metrics = getattr(context, "metrics", None)
     if metrics is None:
         return
-    kind = MetricTypes.COUNTER if name == REQUESTS else MetricTypes.HISTOGRAM
+    kind = KINDS.get(name, MetricTypes.HISTOGRAM)
     dimensions = [Dimension("ModelName", model_name), Dimension("Level", "Model")]
     dimensions += [Dimension(key, value) for key, value in labels.items()]
     metrics.add_metric(name, value, UNITS[name], None, dimensions, kind)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from drift_monitor import DriftSettings
 from imaging import InputError
 
 S = TypeVar("S")
@@ -46,13 +47,36 @@ class ImageHandlerSettings:
     # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
     # when tuning batchSize/maxBatchDelay; off by default: it tells clients about others' traffic.
     batch_size_header: bool = False
+    # Live input drift (drift_monitor.py): every drift_every images, the kernel MMD test
+    # between the last drift_window images' features and the reference (the archive's,
+    # else this worker's first drift_reference_size images); p < drift_threshold: a warning.
+    drift: bool = True
+    drift_window: int = 100
+    drift_every: int = 50
+    drift_permutations: int = 200
+    drift_threshold: float = 0.01
+    drift_reference_size: int = 100
 
     def __post_init__(self):
+        self._drift_settings()  # raises ValueError for a bad drift_* value
         check_range("max_image_pixels", self.max_image_pixels, 1, 1_000_000_000)
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
         check_range("max_response_bytes", self.max_response_bytes, 1, 2**31 - 1)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
         check_choice("jpeg_decoder", self.jpeg_decoder, ("auto", "batched", "per_image"))
+
+    @property
+    def drift_settings(self) -> DriftSettings:
+        return self._drift_settings()
+
+    def _drift_settings(self) -> DriftSettings:
+        return DriftSettings(
+            self.drift_window,
+            self.drift_every,
+            self.drift_permutations,
+            self.drift_threshold,
+            self.drift_reference_size,
+        )
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:

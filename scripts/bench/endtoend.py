@@ -28,10 +28,11 @@ import torch
 import ts
 import yaml
 
-from scripts.bench.harness import images_per_second, load_handler
+from scripts.bench.harness import images_per_second
 from scripts.bench.loadgen import closed_loop_raw, percentile
 from scripts.bench.photos import encode, photo
 from scripts.build.archive import ARCHIVE_VERSION
+from scripts.build.inprocess import load_handler
 from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve, read_properties
 from scripts.zoo import COMPILERS, MODELS, REPO, get_model
 
@@ -151,16 +152,31 @@ def compile_targets(models: list[str], seconds: float, workdir: Path) -> dict[st
 # --- servers ------------------------------------------------------------------------
 
 
+class LogitsOnly(torch.nn.Module):
+    """A compiled classifier without its drift features: the one logits tensor that
+    TorchServe's built-in handler expects."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+
 def builtin_store(store: Path, models: list[str]) -> list[str]:
     """The same compiled TorchScript files archived with TorchServe's image_classifier
     handler and no model config: TorchServe's defaults for everything."""
     names = []
     for model in models:
         name = f"{model}_builtin"
+        logits_only = store / f"{name}.pt"
+        compiled = torch.jit.load(str(REPO / "build" / f"{model}.pt"), map_location="cpu")
+        torch.jit.save(torch.jit.script(LogitsOnly(compiled)), str(logits_only))
         command = [
             str(Path(sys.executable).with_name("torch-model-archiver")),
             "--model-name", name, "--version", ARCHIVE_VERSION,
-            "--serialized-file", str(REPO / "build" / f"{model}.pt"),
+            "--serialized-file", str(logits_only),
             "--handler", "image_classifier",
             "--extra-files", str(REPO / "index_to_name.json"),
             "--export-path", str(store), "--force",

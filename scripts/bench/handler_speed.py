@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from scripts.bench.harness import images_per_second, load_handler
+from scripts.bench.harness import images_per_second
 from scripts.bench.photos import encode, photo
+from scripts.build.inprocess import load_handler
 from scripts.zoo import REPO
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")

@@ -2,10 +2,14 @@
 benchmark inputs wherever a result must make sense."""
 
 import io
+from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 from skimage import data as photos
+
+# Colour photos of different kinds: a portrait, a cat, a cup, a rocket, a microscope slide, a sky.
+CROP_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -21,3 +25,29 @@ def photo(name: str) -> Image.Image:
 
 def photo_bytes(name: str, fmt: str = "JPEG", **options) -> bytes:
     return encode(photo(name), fmt, **options)
+
+
+def photo_crops(count: int, seed: int, size: int = 200, distort: bool = False) -> list[Image.Image]:
+    """Random size x size crops of the CROP_SOURCES photos, in turn: two calls with other
+    seeds are two samples of one distribution. `distort`: heavily blurred, darkened to
+    35 % and noised (sigma 25), the kind of input a drift test must flag."""
+    generator = np.random.default_rng(seed)
+    crops = []
+    for index in range(count):
+        image = photo(CROP_SOURCES[index % len(CROP_SOURCES)])
+        x, y = (int(generator.integers(0, side - size)) for side in image.size)
+        crop = image.crop((x, y, x + size, y + size))
+        if distort:
+            crop = crop.filter(ImageFilter.GaussianBlur(6))
+            pixels = np.asarray(crop).astype(np.float32) * 0.35 + generator.normal(0, 25, (size, size, 3))
+            crop = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        crops.append(crop)
+    return crops
+
+
+def write_images(directory: Path, images: list[Image.Image], fmt: str = "PNG") -> Path:
+    """images -> directory/00.png, 01.png, ... (the directory is created)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for index, image in enumerate(images):
+        image.save(directory / f"{index:02d}.{fmt.lower()}", fmt)
+    return directory

@@ -4,7 +4,9 @@
 
 The archive holds the TorchScript file, the family's handler module, the shared
 handler modules (TorchServe copies extra files flat into the model directory, which
-is on the worker's PYTHONPATH), the family's data files and the model's YAML config.
+is on the worker's PYTHONPATH), the family's data files and the model's YAML config;
+with --drift-reference DIR also the drift test's reference sample, embedded from DIR
+(scripts/build/drift_reference.py).
 """
 
 import argparse
@@ -14,14 +16,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.zoo import FAMILIES, HANDLERS_DIR, REPO, ModelSpec, get_model, shared_handler_modules
+from scripts.build.drift_reference import write_reference
+from scripts.zoo import FAMILIES, HANDLERS_DIR, REPO, ModelSpec, get_model, handler_module, shared_handler_modules
 
 ARCHIVE_VERSION = "1.0"
 
 
-def archiver_command(spec: ModelSpec, serialized_file: Path, export_path: Path, name: str, config: Path) -> list[str]:
+def archiver_command(
+    spec: ModelSpec, serialized_file: Path, export_path: Path, name: str, config: Path, extra: tuple[Path, ...] = ()
+) -> list[str]:
     family = FAMILIES[spec.family]
-    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in family.data_files)]
+    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in family.data_files), *extra]
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     return [
         str(archiver if archiver.exists() else "torch-model-archiver"),
@@ -37,17 +42,28 @@ def archiver_command(spec: ModelSpec, serialized_file: Path, export_path: Path, 
 
 
 def build_archive(
-    spec: ModelSpec, serialized_file: Path, export_path: Path, name: str | None = None, config: Path | None = None
+    spec: ModelSpec,
+    serialized_file: Path,
+    export_path: Path,
+    name: str | None = None,
+    config: Path | None = None,
+    drift_reference: Path | None = None,
 ) -> Path:
     """Write <export_path>/<name>.mar atomically and return its path. `name` and
-    `config` default to the model's own; tests archive variants with other settings."""
+    `config` default to the model's own; tests archive variants with other settings.
+    `drift_reference`: a directory of images to embed as the drift test's reference."""
     name, config = name or spec.name, config or spec.config_file
     for required in (serialized_file, config):
         if not required.is_file():
             raise FileNotFoundError(f"{required} is missing (run `make archive`)")
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
-        subprocess.run(archiver_command(spec, serialized_file, Path(staging), name, config), check=True)
+        extra = ()
+        if drift_reference is not None:
+            extra = (Path(staging) / handler_module("drift_monitor").REFERENCE_FILE,)
+            write_reference(spec.name, drift_reference, extra[0], serialized_file)
+        command = archiver_command(spec, serialized_file, Path(staging), name, config, extra)
+        subprocess.run(command, check=True)
         target = export_path / f"{name}.mar"
         os.replace(Path(staging) / target.name, target)
     return target
@@ -58,13 +74,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a model name from scripts/zoo.py")
     parser.add_argument("--serialized-file", type=Path, required=True, help="the compiled TorchScript file")
     parser.add_argument("--export-path", type=Path, default=REPO / "model_store")
+    parser.add_argument(
+        "--drift-reference", type=Path, help="directory of reference images for the drift test (or of <model>/ ones)"
+    )
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     try:
-        target = build_archive(get_model(args.model), args.serialized_file, args.export_path)
-    except (KeyError, FileNotFoundError, subprocess.CalledProcessError) as err:
+        spec = get_model(args.model)
+        target = build_archive(spec, args.serialized_file, args.export_path, drift_reference=args.drift_reference)
+    except (KeyError, ValueError, OSError, subprocess.CalledProcessError) as err:
         sys.exit(f"error: {err}")
     print(f"{target}: {target.stat().st_size / 1e6:.1f} MB")
 

@@ -41,6 +41,7 @@ from scripts.families.faces import (
 )
 from scripts.families.faces import parity_batch as face_parity_batch
 from scripts.families.weights import Weights, WeightsError, resolve_classifier_weights
+from scripts.nets.features import ClassifierWithFeatures, WithFeatures
 from scripts.nets.inputs import WithInput
 from scripts.zoo import ModelSpec, get_model, handler_module
 
@@ -62,6 +63,9 @@ class Recipe:
     metadata: Callable[[ModelSpec, Weights], dict]
     check: Callable[..., float]  # (eager, compiled, precision) -> max abs difference
     input_adapter: Callable[[Weights], torch.nn.Module]  # uint8 RGB -> what the network expects
+    # The network answering (*task outputs, features [B, D]) and where the features come from.
+    with_features: Callable[[torch.nn.Module], torch.nn.Module]
+    features: str
     spatial_dynamic: bool = False  # letterboxed families take any multiple of 32 as height/width
 
 
@@ -73,6 +77,8 @@ RECIPES = {
         classifier_metadata,
         check_classifier_parity,
         classifier_input,
+        ClassifierWithFeatures,
+        "penultimate layer, globally average-pooled",
     ),
     "detector": Recipe(
         resolve_detector_weights,
@@ -81,6 +87,8 @@ RECIPES = {
         detector_metadata,
         check_detector_parity,
         detector_input,
+        WithFeatures,
+        "backbone's last map (SPPF, stride 32), globally average-pooled",
         spatial_dynamic=True,
     ),
     "face": Recipe(
@@ -90,6 +98,8 @@ RECIPES = {
         face_metadata,
         check_face_parity,
         face_input,
+        WithFeatures,
+        "backbone's last map (MobileNet-0.25 stage 3, stride 32), globally average-pooled",
         spatial_dynamic=True,
     ),
 }
@@ -106,11 +116,8 @@ class ReducedPrecision(torch.nn.Module):
         self.model = model.to(dtype)
         self.dtype = dtype
 
-    def forward(self, x: torch.Tensor):
-        outputs = self.model(x.to(self.dtype))
-        if isinstance(outputs, torch.Tensor):
-            return outputs.float()
-        return [output.float() for output in outputs]
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [output.float() for output in self.model(x.to(self.dtype))]
 
 
 def script_and_freeze(model: torch.nn.Module) -> torch.jit.ScriptModule:
@@ -156,16 +163,17 @@ def compile_model(
     in fp32 or reduced precision, check it against the fp32 eager model on real photos
     (within the family's documented tolerance for bf16/fp16), embed the metadata.
     AOTInductor packages run on the device they were compiled on (`device`); TorchScript
-    files load on any device."""
+    files load on any device. The compiled model answers the task's outputs and then
+    the pooled features the handlers' drift test reads (scripts/nets/features.py)."""
     recipe = RECIPES[spec.family]
     device = torch.device(device)
     network = recipe.build(spec, weights)
-    eager = WithInput(recipe.input_adapter(weights), network).eval().to(device)
+    eager = WithInput(recipe.input_adapter(weights), recipe.with_features(network)).eval().to(device)
     example = recipe.example(weights).to(device)  # uint8 RGB, as the handlers send it
     with torch.inference_mode():
         reference = eager(example)
     if precision != "fp32":
-        reduced = ReducedPrecision(network, PRECISIONS[precision])
+        reduced = ReducedPrecision(recipe.with_features(network), PRECISIONS[precision])
         eager = WithInput(recipe.input_adapter(weights), reduced).eval().to(device)
     if output.suffix == ".pt2":
         partial = export_and_package(eager, example, recipe.spatial_dynamic, output)
@@ -174,8 +182,11 @@ def compile_model(
         partial, compiled, compiler = None, script_and_freeze(eager), "torch.jit.script + torch.jit.freeze"
     with torch.inference_mode():
         result = compiled(example)
+    split_features = handler_module("batched_handler").split_features
+    (reference_outputs, reference_features), (outputs, features) = split_features(reference), split_features(result)
     try:
-        parity = recipe.check(reference, result, precision)
+        parity = recipe.check(reference_outputs, outputs, precision)
+        check_feature_parity(reference_features, features, precision)
     except ValueError as err:
         raise ParityError(f"{spec.name}: the compiled model does not match the eager one: {err}") from err
     metadata = {
@@ -187,6 +198,9 @@ def compile_model(
         "compiler": compiler,
         "precision": precision,
         "input_format": handler_module("batched_handler").INPUT_FORMAT,  # what the handlers feed
+        "output_format": handler_module("batched_handler").OUTPUT_FORMAT,  # what they read back
+        "feature_size": features.shape[1],
+        "features": recipe.features,
         "device": str(device),  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
     }
@@ -198,20 +212,27 @@ def compile_model(
     # Check the file as it will be served, not only the in-memory module.
     with torch.inference_mode():
         reloaded = load_artifact(output, device)(example)
-    if not all(torch.equal(a, b) for a, b in zip(_tensors(result), _tensors(reloaded), strict=True)):
+    if not all(torch.equal(a, b) for a, b in zip(result, reloaded, strict=True)):
         output.unlink()
         raise ParityError(f"{spec.name}: the saved file {output} does not reproduce the compiled module")
     return metadata
+
+
+def check_feature_parity(eager: torch.Tensor, compiled: torch.Tensor, precision: str = "fp32") -> None:
+    """The drift features: fp32 within 1e-4 of their largest magnitude (at least 1e-4
+    absolute); bf16/fp16 within 10 % of it. They feed a statistical test, not an answer."""
+    if eager.shape != compiled.shape:
+        raise ValueError(f"features of shape {tuple(compiled.shape)}, expected {tuple(eager.shape)}")
+    scale, difference = max(1.0, eager.abs().max().item()), (eager - compiled).abs().max().item()
+    tolerance = (1e-4 if precision == "fp32" else 0.1) * scale
+    if difference > tolerance:
+        raise ValueError(f"features differ by up to {difference:.3g} (tolerance {tolerance:.3g})")
 
 
 def load_artifact(path: Path, device: torch.device):
     if path.suffix == ".pt2":
         return torch._inductor.aoti_load_package(str(path))
     return torch.jit.load(str(path), map_location=device)
-
-
-def _tensors(output) -> list[torch.Tensor]:
-    return [output] if isinstance(output, torch.Tensor) else list(output)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

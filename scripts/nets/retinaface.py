@@ -10,11 +10,14 @@ up with the ONNX graph's node scopes, which is how scripts/families/faces.py map
 Input: [B, 3, H, W] BGR minus the mean (104, 117, 123), any H and W.
 Output: (loc [B, N, 4], conf [B, N, 2] softmaxed, landmarks [B, N, 10]) for the
 N = 2 * (H/8 * W/8 + H/16 * W/16 + H/32 * W/32) prior boxes (ceil divisions).
+`forward_features` adds the pooled backbone features [B, 256] (scripts/nets/features.py).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from scripts.nets.features import pooled
 
 LEAKY = 0.1  # LeakyReLU slope of every block with <= 64 output channels (all of them here)
 ANCHORS_PER_CELL = 2
@@ -133,9 +136,14 @@ class RetinaFace(nn.Module):
         self.landmark_head = LandmarkHead()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        loc, conf, landmarks, _ = self.forward_features(x)
+        return loc, conf, landmarks
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (loc, conf, landmarks, the backbone's pooled last map (stride 32) [B, 256])."""
         c3, c4, c5 = self.fx(x)
         p3, p4, p5 = self.fpn(c3, c4, c5)
         features = [self.ssh1(p3), self.ssh2(p4), self.ssh3(p5)]
         loc = self.bbox_head(features)
         conf = torch.softmax(self.class_head(features), dim=-1)
-        return loc, conf, self.landmark_head(features)
+        return loc, conf, self.landmark_head(features), pooled(c5)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from scripts.nets.features import pooled
+
 # models/yolov5s.yaml (v7.0): anchors in pixels, (w, h) pairs per level P3/8, P4/16, P5/32.
 ANCHORS = ((10, 13, 16, 30, 33, 23), (30, 61, 62, 45, 59, 119), (116, 90, 156, 198, 373, 326))
 STRIDES = (8, 16, 32)
@@ -196,12 +198,17 @@ class YOLOv5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, 3, H, W] RGB in [0, 1], H and W multiples of 32 -> [B, N, 5 + classes]."""
+        return self.forward_features(x)[0]
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (detections [B, N, 5 + classes], the backbone's pooled last map (SPPF) [B, C])."""
         m = self.model
         p3 = m[4](m[3](m[2](m[1](m[0](x)))))
         p4 = m[6](m[5](p3))
-        h10 = m[10](m[9](m[8](m[7](p4))))
+        p5 = m[9](m[8](m[7](p4)))
+        h10 = m[10](p5)
         h14 = m[14](m[13](m[12]([m[11](h10), p4])))
         small = m[17](m[16]([m[15](h14), p3]))
         medium = m[20](m[19]([m[18](small), h14]))
         large = m[23](m[22]([m[21](medium), h10]))
-        return m[24]([small, medium, large])
+        return m[24]([small, medium, large]), pooled(p5)

@@ -1,4 +1,4 @@
-"""Tiny deterministic models (and the fake TorchServe context of scripts/bench/harness.py),
+"""Tiny deterministic models (and the fake TorchServe context of scripts/build/inprocess.py),
 so a handler runs exactly as in a worker but without Java, archives or trained weights."""
 
 import json
@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from batched_handler import INPUT_FORMAT
-from scripts.bench.harness import FakeContext
+from batched_handler import INPUT_FORMAT, OUTPUT_FORMAT
 from scripts.build.compile import save_compiled
+from scripts.build.inprocess import FakeContext
 
 COLOR_LABELS = ["red", "green", "blue", "gray"]
 TINY_METADATA = {
@@ -23,6 +23,8 @@ TINY_METADATA = {
     "num_classes": 4,
     "weights": {"name": "test-fixture", "origin": "tests/handler/conftest.py", "sha256": None},
     "input_format": INPUT_FORMAT,
+    "output_format": OUTPUT_FORMAT,
+    "feature_size": 3,
 }
 
 
@@ -30,16 +32,16 @@ class TinyColorClassifier(torch.nn.Module):
     """Takes uint8 RGB like every compiled model, normalises with ImageNet statistics, and
     answers logits = (mean normalised R, G, B, 1.0) * 10: a saturated red, green or blue
     image is that colour's class, a mid-gray one is "gray". Exact, so tests can expect
-    exact answers."""
+    exact answers. Its features (for the drift test) are the mean normalised R, G, B."""
 
     def __init__(self):
         super().__init__()
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         channels = ((x.float() / 255 - self.mean) / self.std).mean(dim=(2, 3))  # [B, 3]
-        return torch.cat([channels, torch.ones_like(channels[:, :1])], dim=1) * 10.0
+        return torch.cat([channels, torch.ones_like(channels[:, :1])], dim=1) * 10.0, channels
 
 
 NAMES = ["person", "bicycle", "car"]
@@ -54,6 +56,8 @@ DETECTOR_METADATA = {
     "class_names": NAMES,
     "weights": {"name": "test-fixture", "origin": "tests/handler/test_detector_handler.py", "sha256": None},
     "input_format": INPUT_FORMAT,
+    "output_format": OUTPUT_FORMAT,
+    "feature_size": 3,
 }
 
 
@@ -61,9 +65,9 @@ class RedBoxDetector(torch.nn.Module):
     """YOLOv5-shaped output [B, 3, 5 + 3] in input pixels: row 0 the box around all
     pure-red pixels as a "car" (score 0.9); row 1 the same box shifted by one pixel
     with a lower score (NMS must drop it); row 2 the same box as a "person" scoring
-    0.5 (class-aware NMS keeps it). No red pixels: objectness 0."""
+    0.5 (class-aware NMS keeps it). No red pixels: objectness 0. Features: the mean R, G, B."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.float() / 255  # uint8 RGB in, as every compiled model
         red = (x[:, 0] > 0.8) & (x[:, 1] < 0.2) & (x[:, 2] < 0.2)  # [B, H, W]
         height, width = red.shape[1], red.shape[2]
@@ -83,7 +87,7 @@ class RedBoxDetector(torch.nn.Module):
             torch.cat([box + shift, (0.8 * found).unsqueeze(1), car], 1),
             torch.cat([box, (0.5 * found).unsqueeze(1), person], 1),
         ]
-        return torch.stack(rows, dim=1)
+        return torch.stack(rows, dim=1), x.mean(dim=(2, 3))
 
 
 class FailsOnBatches(torch.nn.Module):
@@ -93,14 +97,14 @@ class FailsOnBatches(torch.nn.Module):
         super().__init__()
         self.classifier = TinyColorClassifier()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if x.shape[0] > 1:
             raise RuntimeError("simulated failure of a batched forward pass")
         return self.classifier(x)
 
 
 class AlwaysFails(torch.nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError("simulated model failure")
 
 

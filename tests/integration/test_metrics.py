@@ -2,24 +2,11 @@
 Prometheus' text format (scripts/configs/metrics.yaml declares them)."""
 
 import pytest
-import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.bench.photos import encode, photo
-from scripts.serve.server import Server, read_properties
+from tests.integration.conftest import scrape
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(server: Server) -> dict[tuple[str, frozenset], float]:
-    """{(sample name, labels without Hostname): value} from the metrics API."""
-    address = read_properties(server.workdir / "config.properties")["metrics_address"]
-    text = requests.get(f"{address}/metrics", timeout=30).text
-    return {
-        (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "Hostname")): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def change(before: dict, after: dict, name: str, **labels: str) -> float:

@@ -47,3 +47,21 @@ def test_side_by_side_sections_survive_a_rewrite_of_the_document():
     for name, body in sections_of(document).items():
         rewritten = with_section(rewritten, name, body)
     assert sections_of(rewritten) == sections_of(document) and "re-measured" in rewritten
+
+
+def test_the_cost_section_compares_every_variant_with_all_off():
+    from scripts.bench.metrics_cost import VARIANTS, render_section
+
+    def point(variant: str, rate: float) -> dict:
+        return {"variant": variant, "workers": None, "req_per_s": rate, "p99_ms": 50.0}
+
+    rates = {"all_on": 48.0, "metrics_only": 49.0, "off": 50.0}
+    rounds = [[point(variant, rate * factor) for variant, rate in rates.items()] for factor in (1.0, 0.9, 1.1)]
+    results = {"date": "2026-11-22", "machine": "test", "model": "mobilenet_v2", "clients": 8, "duration_s": 15,
+               "rounds": rounds}  # fmt: skip
+    section = render_section(results)
+    assert set(VARIANTS) == set(rates)
+    assert "| median | 48.0 | 50 | 49.0 | 50 | 50.0 | 50 | -4.0% | -2.0% |" in section
+    assert "**holds** (-4.0%)" in section
+    rounds[0][0]["req_per_s"] = rounds[1][0]["req_per_s"] = 40.0  # the median of all_on drops 20 %
+    assert "**MISSED** (-20.0%)" in render_section(results)

@@ -28,6 +28,7 @@ def test_metadata_is_embedded_and_complete(compiled_resnet18):
     assert metadata["mean"] == IMAGENET_PRESET["mean"] and metadata["num_classes"] == 1000
     assert metadata["weights"] == {"name": "random", "origin": "torch.manual_seed(0)", "sha256": None}
     assert metadata["torch_version"] == torch.__version__
+    assert metadata["feature_size"] == 512 and "penultimate" in metadata["features"]  # ResNet-18's pooled layer4
     assert 0 <= metadata["parity_max_abs_diff"] < 1e-4
     assert not list(output.parent.glob("*.partial"))
 
@@ -38,12 +39,17 @@ def test_served_file_matches_eager_on_real_photos_with_dynamic_batch(compiled_re
     spec = get_model("resnet18")
     weights = random_weights(spec, strict=False)
     recipe = compile_script.RECIPES["classifier"]
-    eager = WithInput(recipe.input_adapter(weights), recipe.build(spec, weights)).eval()
+    network = recipe.build(spec, weights)
+    eager = WithInput(recipe.input_adapter(weights), network).eval()
     photos = parity_batch(IMAGENET_PRESET)
     assert photos.dtype == torch.uint8  # what the handler feeds the model
     with torch.inference_mode():
         for batch in (photos[:1], photos, torch.cat([photos, photos])):
-            check_classifier_parity(eager(batch), model(batch))
+            logits, features = model(batch)
+            check_classifier_parity(eager(batch), logits)
+            # The features are the input of the classifier's head: fc(features) is the logits.
+            assert features.shape == (len(batch), 512)
+            torch.testing.assert_close(network.fc(features), logits, rtol=0, atol=1e-4 * logits.abs().max().item())
 
 
 def test_parity_check_catches_a_different_model():
@@ -81,8 +87,8 @@ def test_bf16_variant_keeps_the_answer_within_its_tolerance(tmp_path):
     assert metadata["precision"] == "bf16" and metadata["parity_max_abs_diff"] < 2.0
     model, _ = load_compiled_model(tmp_path / "mobilenet_v2.pt", torch.device("cpu"))
     with torch.inference_mode():
-        logits = model(parity_batch(weights.preset))
-    assert logits.dtype == torch.float32  # an fp32 interface, whatever runs inside
+        logits, features = model(parity_batch(weights.preset))
+    assert logits.dtype == features.dtype == torch.float32  # an fp32 interface, whatever runs inside
     assert 281 <= logits[0].argmax().item() <= 285  # chelsea: a cat
 
 
@@ -105,5 +111,6 @@ def test_aoti_package_serves_through_the_same_loader(tmp_path):
     model, loaded = load_compiled_model(tmp_path / "face.pt2", torch.device("cpu"))
     assert loaded == metadata
     with torch.inference_mode():
-        loc, conf, landmarks = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
+        loc, conf, landmarks, features = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
     assert loc.shape == (3, 2 * (40 * 60 + 20 * 30 + 10 * 15), 4) and conf.shape[-1] == 2
+    assert features.shape == (3, 256) == (3, metadata["feature_size"])

@@ -9,8 +9,11 @@ import torch
 from PIL import Image
 
 from drift import median_bandwidth, mmd_test
-from scripts.bench.photos import photo
+from scripts.bench.photos import photo_crops, write_images
+from scripts.build.compile import compile_model
+from scripts.families.weights import resolve_classifier_weights
 from scripts.monitor import drift as report
+from scripts.zoo import get_model
 
 
 def reference_mmd(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
@@ -88,33 +91,21 @@ def test_identical_rows_do_not_divide_by_zero():
     assert mmd_test(torch.ones(4, 2), torch.ones(3, 2), permutations=10).score == pytest.approx(0.0)
 
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
-
-
-def write_crops(directory, seed: int, distort: bool = False, count: int = 18) -> None:
-    """Random 200x200 crops of real photos; `distort`: heavily blurred, darkened and noised."""
-    from PIL import ImageFilter
-
-    directory.mkdir()
-    generator = np.random.default_rng(seed)
-    for index in range(count):
-        image = photo(PHOTOS[index % len(PHOTOS)])
-        x, y = (int(generator.integers(0, side - 200)) for side in image.size)
-        crop = image.crop((x, y, x + 200, y + 200))
-        if distort:
-            crop = crop.filter(ImageFilter.GaussianBlur(6))
-            pixels = np.asarray(crop).astype(np.float32) * 0.35 + generator.normal(0, 25, (200, 200, 3))
-            crop = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-        crop.save(directory / f"{index:02d}.png")
-
-
 def test_offline_report_flags_distorted_photos_and_not_fresh_crops(tmp_path, capsys):
+    """The report embeds with the compiled model through its handler, as the workers do."""
+    spec = get_model("mobilenet_v2")
+    weights = resolve_classifier_weights(spec, download=False)
+    if weights.is_random:
+        pytest.skip("the offline MobileNetV2 weights are not installed")
+    artifact = tmp_path / spec.artifact
+    compile_model(spec, weights, artifact)
     for name, seed, distort in (("reference", 0, False), ("same", 1, False), ("distorted", 1, True)):
-        write_crops(tmp_path / name, seed, distort)
+        write_images(tmp_path / name, photo_crops(18, seed, distort=distort))
     args = report.get_args_parser().parse_args
-    report.main(args([str(tmp_path / "reference"), str(tmp_path / "same"), "--plot", str(tmp_path / "same.png")]))
+    common = ["--artifact", str(artifact), "--plot"]
+    report.main(args([str(tmp_path / "reference"), str(tmp_path / "same"), *common, str(tmp_path / "same.png")]))
     same = capsys.readouterr().out
-    report.main(args([str(tmp_path / "reference"), str(tmp_path / "distorted"), "--plot", str(tmp_path / "d.png")]))
+    report.main(args([str(tmp_path / "reference"), str(tmp_path / "distorted"), *common, str(tmp_path / "d.png")]))
     distorted = capsys.readouterr().out
 
     def p_value(out: str) -> float:
@@ -123,3 +114,9 @@ def test_offline_report_flags_distorted_photos_and_not_fresh_crops(tmp_path, cap
     assert p_value(same) > 0.05 and p_value(distorted) < 0.01, (same, distorted)
     assert "MobileNet_V2_Weights.IMAGENET1K_V1" in same  # real features, offline
     assert Image.open(tmp_path / "d.png").size[0] > 500
+
+
+def test_offline_report_says_what_is_missing(tmp_path):
+    args = report.get_args_parser().parse_args([str(tmp_path), str(tmp_path), "--artifact", str(tmp_path / "no.pt")])
+    with pytest.raises(SystemExit, match="no.pt is missing"):
+        report.main(args)

@@ -14,7 +14,7 @@ from scripts.zoo import REPO
 DECLARED = yaml.safe_load((REPO / "scripts" / "configs" / "metrics.yaml").read_text())
 # A histogram is exported as name_bucket, name_sum and name_count.
 SUFFIXES = ("_bucket", "_sum", "_count")
-PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "le", "without", "avg", "max", "min"}
+PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "le", "without", "avg", "max", "min"}
 
 
 def declared_metrics() -> set[str]:

@@ -1,0 +1,113 @@
+"""Run a zoo handler in this process exactly as a TorchServe worker does, without Java:
+a context that records what the handler sets (statuses, headers, metrics) and a loader
+for the zoo's handlers on a compiled model. The drift-reference build, the benchmarks
+and the handler tests use it."""
+
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from scripts.zoo import FAMILIES, REPO, get_model, handler_module
+
+
+class MetricsRecorder:
+    """context.metrics: every value a handler emits, by metric name and labels."""
+
+    def __init__(self):
+        # (name, ((label, value), ...)) -> values, labels without TorchServe's ModelName and Level
+        self.values: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
+
+    def add_metric(self, name, value, unit, idx=None, dimensions=(), metric_type=None):
+        labels = tuple((d.name, d.value) for d in dimensions if d.name not in ("ModelName", "Level"))
+        self.values[(name, labels)].append(value)
+
+    def add_time(self, name, value, idx=None, unit="ms"):
+        self.values[(name, ())].append(value)
+
+    def of(self, name: str, **labels: str) -> list[float]:
+        """Every value of metric `name` with exactly these labels."""
+        return self.values.get((name, tuple(labels.items())), [])
+
+    def stage_ms(self) -> dict[str, list[float]]:
+        """zoo_stage_seconds per stage, in milliseconds."""
+        return {
+            dict(labels)["stage"]: [value * 1000 for value in values]
+            for (name, labels), values in self.values.items()
+            if name == "zoo_stage_seconds"
+        }
+
+    def clear(self) -> None:
+        self.values.clear()
+
+
+class FakeContext:
+    """The parts of ts.context.Context a handler uses, recording what it sets."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        yaml_config: dict,
+        name: str = "tiny",
+        serialized_file: str = "model.pt",
+        gpu_id: int | None = None,
+    ):
+        self.model_name = name
+        self.manifest = {"model": {"modelName": name, "serializedFile": serialized_file}}
+        batch_size = yaml_config.get("batchSize", 8)
+        self.system_properties = {"model_dir": str(model_dir), "gpu_id": gpu_id, "batch_size": batch_size}
+        self.model_yaml_config = yaml_config
+        self.metrics = MetricsRecorder()
+        self.statuses: dict[int, tuple[int, str]] = {}
+        self.content_types: dict[int, str] = {}
+        self.headers: dict[int, dict[str, str]] = defaultdict(dict)
+        self.request_headers: dict[int, dict[str, str]] = {}  # what clients sent, per batch index
+
+    def get_all_request_header(self, idx):
+        return self.request_headers.get(idx, {})
+
+    def set_response_status(self, code=200, phrase="", idx=0):
+        self.statuses[idx] = (code, phrase)
+
+    def set_response_content_type(self, idx, value):
+        self.content_types[idx] = value
+
+    def set_response_header(self, idx, key, value):
+        self.headers[idx][key] = value
+
+    def status(self, idx: int) -> int:
+        return self.statuses.get(idx, (200, ""))[0]
+
+
+def handler_class(module_name: str) -> type:
+    """The one handler class a handlers/ entry-point module defines."""
+    module = handler_module(module_name)
+    (cls,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+    return cls
+
+
+def load_handler(
+    model: str,
+    model_dir: Path,
+    batch_size: int | None = None,
+    gpu_id: int | None = None,
+    artifact: Path | None = None,
+    handler_settings: dict | None = None,
+):
+    """The zoo's handler for `model`, initialised in-process on a copy of its compiled file
+    (build/<artifact> unless `artifact` names another), with the model's YAML settings
+    (`handler_settings` overriding its handler: section), on the GPU `gpu_id` when
+    given, as TorchServe assigns one -> (handler, context)."""
+    spec = get_model(model)
+    config = yaml.safe_load(spec.config_file.read_text())
+    if batch_size:
+        config["batchSize"] = batch_size
+    config["handler"] = {**config.get("handler", {}), **(handler_settings or {})}
+    shutil.copy(artifact or REPO / "build" / spec.artifact, model_dir / spec.artifact)
+    for data_file in FAMILIES[spec.family].data_files:
+        shutil.copy(REPO / data_file, model_dir)
+    context = FakeContext(model_dir, config, model, spec.artifact, gpu_id)
+    handler = handler_class(Path(FAMILIES[spec.family].handler).stem)()
+    handler.initialize(context)
+    return handler, context

@@ -1,0 +1,138 @@
+"""The live drift monitor: reference, window, test schedule, and a request path that
+never waits for a test."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from drift import DriftResult, mmd_test
+from drift_monitor import DriftMonitor, DriftSettings, load_reference
+from settings import ImageHandlerSettings, settings_from_mapping
+
+
+def sample(n: int, shift: float = 0.0, seed: int = 0, dims: int = 8) -> torch.Tensor:
+    return torch.randn(n, dims, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+class Published(list):
+    """The monitor's publish callback: keeps every report."""
+
+    def __call__(self, report):
+        self.append(report)
+
+
+def test_the_first_images_become_the_reference_and_the_rest_the_window():
+    published = Published()
+    monitor = DriftMonitor(DriftSettings(window=4, every=4, reference_size=6), published)
+    first = sample(4, seed=1)
+    second = sample(4, seed=2)
+    monitor.add(first)
+    assert monitor.reference is None
+    monitor.add(second)  # completes the reference with 2 rows; the other 2 start the window
+    torch.testing.assert_close(monitor.reference, torch.cat([first, second[:2]]))
+    monitor.add(sample(2, seed=3))  # window full: 4 rows since the reference, a test is due
+    monitor.wait(10)
+    assert len(published) == 1 and published[0].window == 4 and published[0].reference == 6
+
+
+def test_tests_run_every_k_images_once_the_window_is_full():
+    published = Published()
+    monitor = DriftMonitor(DriftSettings(window=6, every=4, permutations=20), published, reference=sample(10))
+    for batch in range(7):
+        monitor.add(sample(2, seed=10 + batch))
+        monitor.wait(10)
+    # 14 images in batches of 2: the first test when the window is full (6 images), then
+    # one each time 4 more have come (10, 14).
+    assert [report.window for report in published] == [6, 6, 6]
+    assert monitor.tests == 3
+
+
+def test_same_distribution_passes_and_a_shift_is_drift():
+    published = Published()
+    settings = DriftSettings(window=40, every=40, permutations=200, threshold=0.01)
+    monitor = DriftMonitor(settings, published, reference=sample(60, seed=0))
+    monitor.add(sample(40, seed=1))
+    monitor.wait(10)
+    monitor.add(sample(40, shift=1.0, seed=2))
+    monitor.wait(10)
+    same, shifted = published
+    assert same.result.p_value > 0.05 and not same.drifted
+    assert shifted.result.p_value < 0.01 and shifted.drifted and shifted.result.score > same.result.score
+
+
+def test_a_batch_never_waits_for_a_running_test():
+    """While a (slow) test runs, add() returns at once and starts no second test; the
+    next one starts at the first batch after it ended."""
+    release, started, calls = threading.Event(), threading.Event(), []
+
+    def slow_test(reference, window, permutations, seed):
+        calls.append(len(window))
+        started.set()
+        release.wait(30)
+        return mmd_test(reference, window, permutations, seed)
+
+    published = Published()
+    monitor = DriftMonitor(DriftSettings(window=4, every=2), published, reference=sample(8), test=slow_test)
+    monitor.add(sample(4, seed=1))
+    assert started.wait(10)
+    began = time.perf_counter()
+    for seed in range(2, 12):
+        monitor.add(sample(2, seed=seed))  # due every 2 images, but the test is still running
+    assert time.perf_counter() - began < 1.0 and calls == [4] and not published
+    release.set()
+    monitor.wait(10)
+    monitor.add(sample(1, seed=99))  # overdue: starts at once
+    monitor.wait(10)
+    assert calls == [4, 4] and len(published) == 2
+
+
+def test_a_failing_test_is_logged_and_the_monitor_goes_on(caplog):
+    outcomes = iter([RuntimeError("boom"), None])
+
+    def flaky(reference, window, permutations, seed):
+        error = next(outcomes)
+        if error:
+            raise error
+        return DriftResult(0.0, 0.5, 1.0, torch.zeros(0))
+
+    published = Published()
+    monitor = DriftMonitor(DriftSettings(window=2, every=2), published, reference=sample(4), test=flaky)
+    monitor.add(sample(2, seed=1))
+    monitor.wait(10)
+    monitor.add(sample(2, seed=2))
+    monitor.wait(10)
+    assert "drift test failed" in caplog.text and len(published) == 1
+
+
+def test_features_may_come_from_any_device_and_dtype():
+    published = Published()
+    monitor = DriftMonitor(DriftSettings(window=2, every=2, reference_size=2), published)
+    monitor.add(sample(4).to(torch.bfloat16))
+    assert monitor.reference.dtype == torch.float32 and monitor.reference.device.type == "cpu"
+
+
+def test_the_archive_reference_must_match_the_model(tmp_path):
+    path = tmp_path / "drift_reference.pt"
+    torch.save({"features": sample(5, dims=3), "weights_sha256": "abc"}, path)
+    assert load_reference(path, 3, "abc").shape == (5, 3)
+    with pytest.raises(ValueError, match="other weights"):
+        load_reference(path, 3, "def")
+    with pytest.raises(ValueError, match=r"expected \[N >= 2, 4\]"):
+        load_reference(path, 4, "abc")
+
+
+@pytest.mark.parametrize(
+    "setting, value",
+    [("drift_window", 1), ("drift_every", 0), ("drift_permutations", -1), ("drift_threshold", 0.0),
+     ("drift_threshold", 1.5), ("drift_reference_size", 1)],
+)  # fmt: skip
+def test_bad_drift_settings_fail_the_load(setting, value):
+    with pytest.raises(ValueError, match=setting):
+        settings_from_mapping(ImageHandlerSettings, {setting: value})
+
+
+def test_drift_settings_come_from_the_yaml():
+    settings = settings_from_mapping(ImageHandlerSettings, {"drift_window": 50, "drift_threshold": 0.001})
+    assert settings.drift_settings == DriftSettings(window=50, threshold=0.001)
