@@ -40,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: FORCE help setup archive models yolov5-sizes bench bench-scaling bench-metrics soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup archive models yolov5-sizes bench bench-scaling bench-metrics bench-video soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -48,11 +48,12 @@ help: ## list the targets
 
 setup: $(SETUP) ## create .venv with the pinned dependencies and a Java for TorchServe
 
-$(SETUP): requirements.txt requirements-dev.txt requirements-nodeps.txt scripts/setup/venv.py
+$(SETUP): requirements.txt requirements-client.txt requirements-dev.txt requirements-nodeps.txt scripts/setup/venv.py scripts/setup/grpc_stubs.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m scripts.setup.venv --venv $(VENV)
+	$(PY) -m scripts.setup.grpc_stubs
 	touch $@
 
 # Compiled TorchScript, one per model; rebuilt when the build code, the build
@@ -98,6 +99,9 @@ bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU 
 
 bench-metrics: archive ## mobilenet_v2 with metrics and drift on, metrics only, both off -> docs/benchmarks.md
 	$(PY) -m scripts.bench.metrics_cost
+
+bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
+	$(PY) -m scripts.bench.video
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.bench.soak --duration 600 --concurrency 8 --markdown docs/soak.md

@@ -16,6 +16,7 @@ import http
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -76,7 +77,9 @@ class Response:
 
     @classmethod
     def failure(cls, status: int, error: str, detail: str) -> "Response":
-        return replace(cls.json({"error": error, "detail": detail}, status=status), error=error)
+        """An error answer: its kind, what went wrong, and its HTTP status (also in the body:
+        TorchServe's gRPC API carries the body but not the status)."""
+        return replace(cls.json({"error": error, "detail": detail, "status": status}, status=status), error=error)
 
     @classmethod
     def jpeg(cls, image: torch.Tensor, quality: int, max_bytes: int, headers=()) -> "Response":
@@ -162,7 +165,6 @@ class BatchedImageHandler:
         )
 
     def handle(self, data: list[dict], context) -> list[bytes]:
-        started = time.perf_counter()
         if self.threads is not None:
             self.threads.before_batch()
         with torch.inference_mode():
@@ -182,8 +184,6 @@ class BatchedImageHandler:
                 for item in items:
                     for name, value in item.observations:
                         self._emit(context, name, value)
-        if self.settings.metrics and getattr(context, "metrics", None) is not None:  # TorchServe's own, ms
-            context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 3), None, "ms")
         if self.settings.batch_size_header:
             header = ("X-Batch-Size", str(len(data)))
             results = [replace(response, headers=(*response.headers, header)) for response in results]
@@ -400,9 +400,11 @@ class BatchedImageHandler:
             return Response.failure(500, "internal error", "processing this request failed; see the worker log")
 
     def _respond(self, responses: list[Response], context) -> list[bytes]:
+        # One counter increment per outcome in the batch (usually one), not one per request.
+        outcomes = Counter((status_class(response.status), error_kind(response.error)) for response in responses)
+        for (status, error), count in outcomes.items():
+            self._emit(context, REQUESTS, count, status_class=status, error=error)
         for index, response in enumerate(responses):
-            labels = {"status_class": status_class(response.status), "error": error_kind(response.error)}
-            self._emit(context, REQUESTS, 1, **labels)
             context.set_response_content_type(index, response.content_type)
             for name, value in response.headers:
                 context.set_response_header(index, name, value)

@@ -22,17 +22,21 @@ class DriftResult:
     null: torch.Tensor  # [permutations] the statistic under relabelling (for plots)
 
 
-def median_bandwidth(pooled: torch.Tensor) -> float:
-    """The median of the pairwise distances between distinct rows of pooled (Tensor[N, D])."""
-    distances = torch.cdist(pooled, pooled)
-    upper = distances[torch.triu_indices(len(pooled), len(pooled), offset=1).unbind()]
+def pairwise_distances(pooled: torch.Tensor) -> torch.Tensor:
+    """Tensor[N, D] -> the Euclidean distances between its rows, Tensor[N, N]."""
+    return torch.cdist(pooled, pooled, compute_mode="use_mm_for_euclid_dist")  # one matrix product
+
+
+def median_bandwidth(distances: torch.Tensor) -> float:
+    """The median of the distances (Tensor[N, N]) between distinct rows."""
+    upper = distances[torch.triu_indices(len(distances), len(distances), offset=1).unbind()]
     bandwidth = upper.quantile(0.5).item()  # midway between the middle two, as numpy.median
     return bandwidth if bandwidth > 0 else 1.0  # all rows equal: any bandwidth gives MMD 0
 
 
-def gaussian_kernel(pooled: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """K (Tensor[N, N]) = exp(-|x_i - x_j|^2 / (2 bandwidth^2)) over the rows of pooled."""
-    return torch.exp(-torch.cdist(pooled, pooled).square() / (2 * bandwidth**2))
+def gaussian_kernel(distances: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """K (Tensor[N, N]) = exp(-d_ij^2 / (2 bandwidth^2)) from the pairwise distances."""
+    return torch.exp(-distances.square() / (2 * bandwidth**2))
 
 
 def mmd_statistics(kernel: torch.Tensor, in_first: torch.Tensor) -> torch.Tensor:
@@ -58,9 +62,9 @@ def mmd_test(reference: torch.Tensor, current: torch.Tensor, permutations: int =
     n, m = len(reference), len(current)
     if n < 2 or m < 2:
         raise ValueError(f"each sample needs at least 2 rows, got {n} and {m}")
-    pooled = torch.cat([reference, current]).double()
-    bandwidth = median_bandwidth(pooled)
-    kernel = gaussian_kernel(pooled, bandwidth)
+    distances = pairwise_distances(torch.cat([reference, current]).double())
+    bandwidth = median_bandwidth(distances)
+    kernel = gaussian_kernel(distances, bandwidth)
     observed = torch.zeros(1, n + m, dtype=torch.bool)
     observed[0, :n] = True
     score = mmd_statistics(kernel, observed)[0]

@@ -1,6 +1,7 @@
 """TorchServe handler for the face pixelizer: photo in, the same photo with every face
 pixelated out (or, with format=json, the faces found)."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -49,7 +50,11 @@ class FacePixelizerHandler(BatchedImageHandler):
             return self.answer(item, image_size=[geometry.width, geometry.height], faces=found)
         regions = expand_boxes(boxes, settings.margin, geometry.width, geometry.height)
         anonymised = pixelate_regions(item.image, regions, settings)
-        return self.image_answer(item, anonymised, headers=(("X-Faces", str(len(regions))),))
+        # The regions pixelated, in whole pixels: a video client keeps them per frame.
+        pixelated = json.dumps([list(region) for region in regions], separators=(",", ":"))
+        return self.image_answer(
+            item, anonymised, headers=(("X-Faces", str(len(regions))), ("X-Face-Boxes", pixelated))
+        )
 
     def priors_for(self, height: int, width: int) -> torch.Tensor:
         """Prior boxes per input size, computed once."""

@@ -1,7 +1,7 @@
 """The bad-input corpus: every case built by code from real photos, with the status a
 client must get. Sent through a real TorchServe to every model kind
 (tests/integration/test_hardening.py); malformed or unsupported input must get a 4xx
-with a JSON {"error", "detail"}, supported input a 200 with a valid result -- never a
+with a JSON {"error", "detail", "status"}, supported input a 200 with a valid result -- never a
 5xx, never a worker restart."""
 
 import base64

@@ -1,7 +1,13 @@
 """Turn scripts/bench/endtoend.py's results into docs/benchmarks.md (tables, targets, where the
 time goes) and docs/benchmarks.png (throughput and p99 latency against concurrency)."""
 
+import json
+import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
+
+import torch
 
 # The targets of the performance work (issue 6), on this machine.
 BUILTIN_FACTOR = 2.0  # classifiers: at least twice the built-in handler's req/s at c=8 and c=32
@@ -11,7 +17,7 @@ LATENCY_SLACK = 1.10  # c=1: p50 no worse than the built-in handler's + 10 %
 
 # Sections written by the side-by-side benchmarks (scripts/bench/<name>.py) live between
 # markers and survive a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
-SECTIONS = ("scaling", "metrics_cost")
+SECTIONS = ("scaling", "metrics_cost", "video")
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -329,3 +335,20 @@ def plot(results: dict, path) -> None:
     figure.suptitle(f"451x300 JPEG, {results['machine']}, {results['date']}")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
+
+
+def machine() -> str:
+    """This machine, as the reports name it."""
+    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+
+
+def publish(name: str, markdown: str, results: dict, output: Path | None, json_path: Path | None) -> None:
+    """Print a benchmark's section, write its raw results to `json_path` and the section
+    into the benchmarks document `output` (None: leave the document alone)."""
+    print(markdown)
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
+    if output is not None:
+        document = output.read_text() if output.exists() else ""
+        output.write_text(with_section(document, name, markdown))
+        print(f"wrote the {name} section of {output}")

@@ -8,11 +8,11 @@ side in one run -> the scaling section of docs/benchmarks.md.
 """
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-from scripts.bench.side_by_side import measured, medians, model_config, write_section
+from scripts.bench.report import publish
+from scripts.bench.side_by_side import measured, medians, model_config
 from scripts.zoo import REPO
 
 # The two ways a worker may size its CPU thread pool.
@@ -98,12 +98,7 @@ def main(args: argparse.Namespace) -> None:
     variants = {"fixed": {"handler": {"num_threads": threads}}, "live": {}}
     results = measured(args.model, variants, args.rounds, args.workers, args.clients, args.duration)
     results["fixed_threads"] = threads
-    section = render_section(results)
-    print(section)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    if not args.quick:
-        write_section(args.output, "scaling", section)
+    publish("scaling", render_section(results), results, None if args.quick else args.output, args.json)
 
 
 if __name__ == "__main__":

@@ -4,19 +4,16 @@ other, for several rounds (the spread between rounds is the machine's noise), at
 closed-loop clients. Used by scripts/bench/scaling.py and scripts/bench/metrics_cost.py."""
 
 import datetime
-import os
-import platform
 import statistics
 import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 import yaml
 
 from scripts.bench.endtoend import images, measure
-from scripts.bench.report import with_section
+from scripts.bench.report import machine
 from scripts.build.archive import build_archive
 from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import REPO, get_model
@@ -70,7 +67,7 @@ def measured(model: str, variants: dict[str, dict], rounds: int, workers: list[i
     """run_rounds, with what a report says about the run."""
     return {
         "date": datetime.date.today().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+        "machine": machine(),
         "model": model,
         "workers": workers,
         "clients": clients,
@@ -82,18 +79,18 @@ def measured(model: str, variants: dict[str, dict], rounds: int, workers: list[i
 
 def run_rounds(model: str, variants: dict[str, dict], rounds: int, workers: list[int] | None, clients: int,
                duration: float) -> list[list[dict]]:  # fmt: skip
-    """Every variant, one after the other, `rounds` times -> each round's points."""
+    """Every variant, one after the other, `rounds` times -> each round's points. Each round
+    starts one variant later (A B C, B C A, C A B, ...): a drift of the machine's speed
+    during the run then favours no variant."""
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as workdir:
         store = Path(workdir)
-        names = archive_variants(model, store, variants)
-        return [
-            [
-                point
-                for label, name in names.items()
-                for point in run_variant(store, name, label, workers, clients, duration)
-            ]  # fmt: skip
-            for _ in range(rounds)
-        ]
+        order = list(archive_variants(model, store, variants).items())
+        rounds_points = []
+        for index in range(rounds):
+            turn = order[index % len(order) :] + order[: index % len(order)]
+            points = [p for label, name in turn for p in run_variant(store, name, label, workers, clients, duration)]
+            rounds_points.append(points)
+        return rounds_points
 
 
 def medians(rounds: list[list[dict]]) -> dict[tuple[str, int | None], dict[str, float]]:
@@ -107,10 +104,3 @@ def medians(rounds: list[list[dict]]) -> dict[tuple[str, int | None], dict[str, 
         }
         for key in keys
     }
-
-
-def write_section(path: Path, name: str, markdown: str) -> None:
-    """Replace (or add) the section `name` of the benchmarks document."""
-    document = path.read_text() if path.exists() else ""
-    path.write_text(with_section(document, name, markdown))
-    print(f"wrote the {name} section of {path}")

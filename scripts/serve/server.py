@@ -44,6 +44,19 @@ def read_keys(path: Path) -> Keys:
     return Keys(keys["inference"]["key"], keys["management"]["key"], keys["API"]["key"])
 
 
+def key_refused(response: requests.Response) -> bool:
+    """TorchServe's answer to a missing, wrong or expired key (400 or 401, depending on the version)."""
+    return response.status_code in (400, 401) and "Token Authorization failed" in response.text
+
+
+def renew_keys(management_url: str, key_file: Path) -> None:
+    """New inference and management keys through TorchServe's token API (with the API key,
+    which never expires); TorchServe writes them to `key_file`."""
+    api = read_keys(key_file).header("api")
+    for kind in ("inference", "management"):
+        requests.post(f"{management_url}/token", params={"type": kind}, headers=api, timeout=30).raise_for_status()
+
+
 def read_properties(path: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
     return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
@@ -77,6 +90,9 @@ def wait_until_ready(
         try:
             keys = read_keys(key_file)
             ping = requests.get(f"{inference_url}/ping", headers=keys.header("inference"), timeout=5)
+            if key_refused(ping):  # expired while the models loaded (a short token_expiration_min)
+                renew_keys(management_url, key_file)
+                continue
             ready = _ready_workers(management_url, keys)
             if ping.ok and ready and all(ready.values()) and len(ready) >= (expected or 1):
                 return ready

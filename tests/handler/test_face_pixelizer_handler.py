@@ -63,6 +63,8 @@ def test_faces_are_pixelated_and_nothing_else_changes(pixelizer):
     (face,) = json.loads(found)["faces"]
     box = torch.tensor([[face["left"], face["top"], face["right"], face["bottom"]]])
     (region,) = expand_boxes(box, handler.settings.margin, 512, 512)  # what the handler pixelated
+    assert json.loads(context.headers[0]["X-Face-Boxes"]) == [list(region)]
+    assert json.loads(context.headers[1]["X-Face-Boxes"]) == []
     original, out = np.asarray(astronaut).astype(np.int16), pixels(face_photo)
     assert out.shape == original.shape
     assert mean_difference(out, original, (190, 80, 260, 170)) > 15  # the face itself

@@ -107,7 +107,7 @@ def test_bad_requests_fail_alone_among_concurrent_good_ones(torchserve, cat_png)
             assert_same_answer(response.json(), alone[name])
         else:
             assert response.status_code in (400, 415), response.text
-            assert set(response.json()) == {"error", "detail"}
+            assert set(response.json()) == {"error", "detail", "status"}
 
 
 def test_scale_workers_through_the_management_api(torchserve, cat_png):

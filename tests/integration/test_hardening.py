@@ -46,7 +46,8 @@ def test_corpus_costs_one_4xx_per_bad_request_and_never_a_worker(torchserve, kin
             if response.status_code != 200:
                 assert response.headers["Content-Type"].startswith("application/json")
                 document = response.json()
-                assert set(document) == {"error", "detail"} and document["detail"]
+                assert set(document) == {"error", "detail", "status"} and document["detail"]
+                assert document["status"] == response.status_code
                 assert case.error is None or document["error"] == case.error
             else:
                 check_result(kind, case, response)
@@ -83,7 +84,7 @@ def test_a_bad_request_fails_alone_inside_a_shared_batch(torchserve):
             for a, b in zip(got["predictions"], expected["predictions"], strict=True):
                 assert a["score"] == pytest.approx(b["score"], abs=1e-4)
         else:
-            assert response.status_code in (400, 415) and set(response.json()) == {"error", "detail"}
+            assert response.status_code in (400, 415) and set(response.json()) == {"error", "detail", "status"}
 
 
 def test_a_killed_worker_costs_only_its_in_flight_requests(torchserve):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drift import median_bandwidth, mmd_test
+from drift import median_bandwidth, mmd_test, pairwise_distances
 from scripts.bench.photos import photo_crops, write_images
 from scripts.build.compile import compile_model
 from scripts.families.weights import resolve_classifier_weights
@@ -87,7 +87,7 @@ def test_bad_samples_are_refused(x, y):
 
 
 def test_identical_rows_do_not_divide_by_zero():
-    assert median_bandwidth(torch.ones(6, 2)) == 1.0
+    assert median_bandwidth(pairwise_distances(torch.ones(6, 2))) == 1.0
     assert mmd_test(torch.ones(4, 2), torch.ones(3, 2), permutations=10).score == pytest.approx(0.0)
 
 

@@ -16,8 +16,9 @@ ALLOWED = {
     "build": {"families", "nets", "zoo"},
     "serve": {"zoo"},
     "setup": {"zoo"},
-    "bench": {"build", "families", "nets", "serve", "zoo"},
+    "bench": {"build", "client", "families", "nets", "serve", "zoo"},
     "monitor": {"build", "zoo"},
+    "client": {"serve", "zoo"},
 }
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from scripts.client.cli import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""The client against a stand-in TorchServe (a real HTTP server in this process whose
+answers the test scripts): retries, key refresh, failures and the CLI's exit status."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from scripts.bench.photos import photo_bytes
+from scripts.client import cli
+from scripts.client.auth import AuthError, Tokens
+from scripts.client.grpc_client import as_answer
+from scripts.client.rest import ConnectionFailed, ZooClient, retryable
+from scripts.zoo import FAMILIES, handler_module
+
+
+class StandIn(BaseHTTPRequestHandler):
+    """Answers /predictions/<model> from the server's script (a list of (status, body)),
+    the last entry again once the script is used up; /token rewrites the key file."""
+
+    def do_PUT(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        server = self.server
+        server.seen.append((self.path, self.headers.get("Authorization"), self.headers.get("Content-Type")))
+        if self.headers.get("Authorization") != f"Bearer {server.valid_key}":
+            return self.reply(401, {"code": 401, "message": "Token Authorization failed. Token either incorrect"})
+        status, body = server.script[min(server.calls, len(server.script) - 1)]
+        server.calls += 1
+        self.reply(status, body)
+
+    do_POST = do_PUT
+
+    def reply(self, status: int, body: dict):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class TokenAPI(StandIn):
+    def do_POST(self):
+        if self.path.startswith("/token"):
+            assert self.headers["Authorization"] == "Bearer api-key"
+            self.server.valid_key = "fresh-key"
+            write_keys(self.server.key_file, "fresh-key")
+            return self.reply(200, {})
+        return super().do_POST()
+
+
+def write_keys(path: Path, inference: str) -> None:
+    path.write_text(
+        json.dumps({"inference": {"key": inference}, "management": {"key": "m"}, "API": {"key": "api-key"}})
+    )
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TokenAPI)
+    server.valid_key, server.script, server.calls, server.seen = "key-1", [(200, {"ok": 1})], 0, []
+    server.key_file = tmp_path / "key_file.json"
+    write_keys(server.key_file, "key-1")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "config.properties").write_text(f"inference_address={url}\nmanagement_address={url}\n")
+    yield server
+    server.shutdown()
+
+
+def client_of(server, **options) -> ZooClient:
+    return ZooClient.from_config(server.key_file.with_name("config.properties"), server.key_file, backoff=0, **options)
+
+
+def test_every_handler_parameter_has_an_option():
+    accepted = set()
+    for family in FAMILIES.values():
+        module = handler_module(Path(family.handler).stem)
+        (handler,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
+        accepted |= set(handler.request_params)
+    assert {param for param, _ in cli.PARAMETERS.values()} == accepted
+
+
+def test_dead_workers_are_retried_and_refusals_are_not(stand_in):
+    stand_in.script = [
+        (507, {"code": 507, "message": "Worker died."}),
+        (503, {"message": "no worker"}),
+        (200, {"a": 1}),
+    ]
+    answer = client_of(stand_in).predict("m", b"img")
+    assert answer.ok and answer.attempts == 3 and answer.json() == {"a": 1}
+    stand_in.script, stand_in.calls = [(400, {"error": "corrupt image", "detail": "x", "status": 400})], 0
+    answer = client_of(stand_in).predict("m", b"img")
+    assert answer.status == 400 and answer.attempts == 1 and answer.error() == "corrupt image: x"
+    stand_in.script, stand_in.calls = [(503, {"message": "no worker"})], 0
+    answer = client_of(stand_in, retries=2).predict("m", b"img")
+    assert answer.status == 503 and answer.attempts == 3  # the limit: 1 + 2 retries
+
+
+def test_raw_images_are_never_sent_as_a_form(stand_in):
+    client_of(stand_in).predict("m", b"img")
+    client_of(stand_in).predict("m", b"img", {"top_k": "3"})
+    (_, _, raw), (_, _, with_params) = stand_in.seen
+    assert raw == "application/octet-stream" and with_params.startswith("multipart/form-data")
+
+
+def test_an_expired_key_is_refreshed_with_the_api_key(stand_in):
+    client = client_of(stand_in)
+    assert client.predict("m", b"img").ok
+    stand_in.valid_key = "key-2"  # expired: TorchServe refuses key-1 from now on
+    answer = client.predict("m", b"img")
+    assert answer.ok and json.loads(stand_in.key_file.read_text())["inference"]["key"] == "fresh-key"
+    assert stand_in.seen[-1][1] == "Bearer fresh-key"
+
+
+def test_a_refused_given_token_stops_the_client(stand_in):
+    client = ZooClient.from_config(stand_in.key_file.with_name("config.properties"), None, "wrong")
+    with pytest.raises(AuthError, match="refused the given inference key"):
+        client.predict("m", b"img")
+
+
+def test_no_key_at_all_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.delenv("TS_ZOO_TOKEN", raising=False)
+    with pytest.raises(AuthError, match="pass --token"):
+        Tokens(tmp_path / "key_file.json")
+
+
+def test_an_unreachable_server_is_a_connection_failure(stand_in, tmp_path):
+    (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:9\nmanagement_address=x\n")
+    client = ZooClient.from_config(tmp_path / "config.properties", stand_in.key_file)
+    with pytest.raises(ConnectionFailed, match="cannot reach TorchServe at http://127.0.0.1:9"):
+        client.predict("m", b"img")
+
+
+def test_retry_rules():
+    assert retryable(503, b"") and retryable(507, b"")
+    assert retryable(500, b'{"code": 500, "message": "Worker died."}')
+    assert not retryable(500, b'{"error": "inference failed", "status": 500}')  # the handler's own: no retry
+    assert not any(retryable(status, b"{}") for status in (400, 404, 413, 415))
+
+
+def test_grpc_bodies_become_answers_with_their_status():
+    refused = as_answer(b'{"error": "corrupt image", "detail": "x", "status": 400}', 1)
+    assert refused.status == 400 and not refused.ok
+    assert as_answer(b'{"predictions": []}', 1).ok
+    assert as_answer(b"\xff\xd8\xff\xe0rest", 1).is_image
+
+
+def cli_run(stand_in, tmp_path, *arguments: str) -> int:
+    config = stand_in.key_file.with_name("config.properties")
+    return cli.main(["predict", *arguments, "--config", str(config), "--key-file", str(stand_in.key_file)])
+
+
+def test_cli_writes_a_line_per_file_in_order_and_its_exit_status(stand_in, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("b", "a", "c"):
+        (photos / f"{name}.jpg").write_bytes(photo_bytes("chelsea"))
+    (photos / "notes.txt").write_text("not an image")
+    stand_in.script = [(200, {"predictions": [1]})]
+    assert cli_run(stand_in, tmp_path, "m", str(photos), "--concurrency", "2") == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(line["file"]).name for line in lines] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(line["status"] == 200 and line["predictions"] == [1] for line in lines)
+    stand_in.script, stand_in.calls = [(200, {"p": 1}), (415, {"error": "unsupported image format", "status": 415})], 0
+    assert cli_run(stand_in, tmp_path, "m", str(photos / "a.jpg"), str(photos / "b.jpg"), "--concurrency", "1") == 1
+    out = capsys.readouterr()
+    assert json.loads(out.out.splitlines()[1])["error"] == "unsupported image format" and "1 of 2" in out.err
+
+
+def test_cli_exits_2_and_says_why(stand_in, tmp_path, capsys):
+    assert cli_run(stand_in, tmp_path, "m", str(tmp_path / "missing.jpg")) == 2
+    assert "no such file" in capsys.readouterr().err
+    (tmp_path / "x.jpg").write_bytes(b"x")
+    config = tmp_path / "other.properties"
+    config.write_text("inference_address=http://127.0.0.1:9\nmanagement_address=http://127.0.0.1:9\n")
+    arguments = ["predict", "m", str(tmp_path / "x.jpg"), "--config", str(config), "--key-file", str(stand_in.key_file)]
+    assert cli.main(arguments) == 2
+    assert "cannot reach TorchServe" in capsys.readouterr().err
