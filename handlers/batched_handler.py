@@ -37,6 +37,7 @@ from imaging import (
     decode_jpegs,
     encode_jpeg,
 )
+from inference_protocol import InferenceRequest, inference_answer, inference_request_of, parse_inference_request
 from metrics import (
     BATCH_IMAGES,
     DRIFT_P_VALUE,
@@ -108,6 +109,7 @@ class Encoded:
     data: bytes
     settings: ImageHandlerSettings  # the task's settings class, with this request's overrides
     info: ImageInfo
+    inference_request: InferenceRequest | None = None  # an Open Inference Protocol request's
 
 
 @dataclass
@@ -170,7 +172,7 @@ class BatchedImageHandler:
         with torch.inference_mode():
             # results[i] is request i's Item while it is in flight, then its Response.
             with self._timed(context, "decode"):
-                results = self._decode_batch(data, context)
+                results, inference_requests = self._decode_batch(data, context)
             with self._timed(context, "preprocess"):
                 results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
             items = [result for result in results if isinstance(result, Item)]
@@ -187,7 +189,21 @@ class BatchedImageHandler:
         if self.settings.batch_size_header:
             header = ("X-Batch-Size", str(len(data)))
             results = [replace(response, headers=(*response.headers, header)) for response in results]
+        for index, request in inference_requests.items():
+            results[index] = self._inference_answer(request, results[index], context)
         return self._respond(results, context)
+
+    def _inference_answer(self, request: InferenceRequest, response: Response, context) -> Response:
+        """An Open Inference Protocol request's answer: the response as a v2 output tensor;
+        an error keeps its status, with the protocol's "error" message beside the tensor."""
+        version = str(context.manifest.get("model", {}).get("modelVersion", "1"))
+        document = inference_answer(self.model_name, version, request, response.body, response.content_type)
+        if response.status != 200:
+            failure = json.loads(response.body)
+            document = {"error": f"{failure['error']}: {failure['detail']}", **document}
+        return replace(
+            response, body=json.dumps(document, separators=(",", ":")).encode(), content_type="application/json"
+        )
 
     # --- for the task subclasses ---------------------------------------------------
 
@@ -302,23 +318,32 @@ class BatchedImageHandler:
 
     # --- the batch pipeline ------------------------------------------------------
 
-    def _decode_batch(self, data: list[dict], context) -> list["Item | Response"]:
-        read = [
-            self._guarded(index, self._read, index, row, request_headers(context, index))
+    def _decode_batch(self, data: list[dict], context) -> tuple[list["Item | Response"], dict[int, InferenceRequest]]:
+        """Each request decoded (or its error Response), and the Open Inference Protocol
+        requests among them by index."""
+        headers = [request_headers(context, index) for index in range(len(data))]
+        read = [self._guarded(index, self._read, index, row, headers[index]) for index, row in enumerate(data)]
+        encoded = [r for r in read if isinstance(r, Encoded)]
+        together = self._decode_jpegs_together(encoded)
+        inference_requests = {
+            index: request
             for index, row in enumerate(data)
-        ]
-        together = self._decode_jpegs_together([r for r in read if isinstance(r, Encoded)])
-        return [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
+            if (request := inference_request_of(row, headers[index])) is not None
+        }
+        inference_requests |= {r.index: r.inference_request for r in encoded if r.inference_request is not None}
+        decoded = [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
+        return decoded, inference_requests
 
     def _read(self, index: int, row: dict, headers: dict[str, str]) -> Encoded:
-        data, params = split_request(row)
+        inference = parse_inference_request(row, headers)
+        data, params, request = inference if inference is not None else (*split_request(row), None)
         params = merge_parameters(params, header_parameters(headers, self.request_params))
         settings = self.resolve(with_overrides(self.settings, params, self.request_params))
         if len(data) > settings.max_image_bytes:
             raise InputError(
                 "image too large", f"{len(data)} bytes exceeds the limit of {settings.max_image_bytes}", 413
             )
-        return Encoded(index, data, settings, check_image(data, settings.max_image_pixels))
+        return Encoded(index, data, settings, check_image(data, settings.max_image_pixels), request)
 
     def _decode_jpegs_together(self, requests: list[Encoded]) -> dict[int, torch.Tensor]:
         """The batch's JPEGs decoded in one call on the model's device, when configured

@@ -1,0 +1,68 @@
+"""Open Inference Protocol (KServe v2) requests and answers, as TorchServe hands them over."""
+
+import base64
+import json
+import struct
+
+import pytest
+
+from imaging import InputError
+from inference_protocol import InferenceRequest, inference_answer, inference_request_of, parse_inference_request
+
+IMAGE = b"\xff\xd8\xff\xe0 a jpeg"
+
+
+def binary_request(image: bytes, parameters: dict | None = None) -> tuple[dict, dict]:
+    """What tritonclient's HTTP client sends by default: a JSON header, then the tensor bytes."""
+    element = struct.pack("<I", len(image)) + image
+    header = {"id": "7", "inputs": [{"name": "data", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(element)}}]}  # fmt: skip
+    if parameters:
+        header["parameters"] = parameters
+    text = json.dumps(header).encode()
+    return {"body": bytearray(text + element)}, {"Inference-Header-Content-Length": str(len(text))}
+
+
+def test_binary_extension_request():
+    row, headers = binary_request(IMAGE, {"top_k": 3, "binary_data_output": True})  # tritonclient adds the latter
+    assert parse_inference_request(row, headers) == (IMAGE, {"top_k": 3}, InferenceRequest("7"))
+
+
+def test_json_request_with_base64_data_as_torchserve_parses_it():
+    body = {"id": "a", "inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
+                                   "data": [base64.b64encode(IMAGE).decode()]}]}  # fmt: skip
+    assert parse_inference_request({"body": body}, {}) == (IMAGE, {}, InferenceRequest("a"))
+
+
+def test_other_requests_are_not_inference_requests():
+    assert parse_inference_request({"body": bytearray(IMAGE)}, {}) is None
+    assert parse_inference_request({"body": {"data": "aGVsbG8="}}, {}) is None
+    assert parse_inference_request({"data": IMAGE, "top_k": b"3"}, {}) is None
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [([{"name": "x", "datatype": "FP32", "data": [1.0]}], "needs a BYTES input"),
+     ([{"name": "x", "datatype": "BYTES", "data": []}], "holds no data"),
+     ([{"name": "x", "datatype": "BYTES", "shape": [1]}], "raw_input_contents")],
+)  # fmt: skip
+def test_requests_without_an_image_are_refused_with_the_reason(inputs, message):
+    with pytest.raises(InputError, match=message):
+        parse_inference_request({"body": {"inputs": inputs}}, {})
+
+
+def test_a_broken_binary_header_is_refused_but_still_known_as_an_inference_request():
+    row, headers = {"body": bytearray(b"{not json")}, {"inference-header-content-length": "9"}
+    with pytest.raises(InputError, match="does not parse"):
+        parse_inference_request(row, headers)
+    assert inference_request_of(row, headers) == InferenceRequest("")
+    assert inference_request_of({"body": {"id": "3", "inputs": []}}, {}) == InferenceRequest("3")
+    assert inference_request_of({"body": bytearray(IMAGE)}, {}) is None
+
+
+def test_answers_are_one_bytes_output():
+    answer = inference_answer("m", "1.0", InferenceRequest("7"), b'{"a":1}\n', "application/json")
+    output = {"name": "answer", "datatype": "BYTES", "shape": [1], "data": ['{"a":1}']}
+    assert answer == {"model_name": "m", "model_version": "1.0", "id": "7", "outputs": [output]}
+    image = inference_answer("m", "1.0", InferenceRequest(""), IMAGE, "image/jpeg")["outputs"][0]
+    assert image["name"] == "image" and base64.b64decode(image["data"][0]) == IMAGE
