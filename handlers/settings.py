@@ -52,7 +52,7 @@ class ImageHandlerSettings:
     # else this worker's first drift_reference_size images); p < drift_threshold: a warning.
     drift: bool = True
     drift_window: int = 100
-    drift_every: int = 50
+    drift_every: int = 100
     drift_permutations: int = 200
     drift_threshold: float = 0.01
     drift_reference_size: int = 100

@@ -46,7 +46,8 @@ def render_section(results: dict) -> str:
         f"point, {len(results['rounds'])} rounds in one run. With metrics on, each batch sends TorchServe a few "
         "metric lines (stage times, batch fill, outcomes) and each request one (the "
         "top-1 probability), which the frontend parses into its Prometheus registry. With drift on, each "
-        "batch's features are copied into the worker's window, and every 50 images a background thread runs "
+        "batch's features are copied into the worker's window, and every 100 images a background thread "
+        "(at nice 19) runs "
         "the MMD test (the last 100 images vs a reference of 100, 200 permutations) while the worker goes on "
         "serving.",
         "",

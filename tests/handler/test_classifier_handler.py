@@ -224,3 +224,19 @@ def test_metrics_can_be_turned_off(make_handler):
     handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"metrics": False}})
     handler.handle([body(solid(RED)), body(b"junk")], context)
     assert context.metrics.values == {} and context.status(1) == 415
+
+
+def test_open_inference_requests_are_answered_in_the_protocol_even_when_malformed(make_handler):
+    """A v2 request's answer (and error) is v2-shaped: TorchServe's gRPC front end fails the
+    worker on any other answer to one."""
+    handler, context = make_handler()
+    red = base64.b64encode(solid(RED)).decode()
+    good = {"id": "1", "parameters": {"top_k": 1}, "inputs": [{"name": "data", "datatype": "BYTES", "data": [red]}]}
+    empty = {"id": "2", "inputs": [{"name": "data", "datatype": "BYTES", "shape": [1], "data": []}]}
+    wrong_type = {"id": "3", "inputs": [{"name": "data", "datatype": "FP32", "shape": [1], "data": [1.0]}]}
+    results = answers(handler.handle([{"body": good}, {"body": empty}, {"body": wrong_type}], context))
+    assert [r["id"] for r in results] == ["1", "2", "3"] and all(r["model_version"] for r in results)
+    (answer,) = results[0]["outputs"][0]["data"]
+    assert json.loads(answer)["predictions"][0]["label"] == "red"
+    assert [context.status(i) for i in range(3)] == [200, 400, 400]
+    assert results[1]["error"].startswith("no image in request") and "outputs" in results[1]
