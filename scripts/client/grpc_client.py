@@ -10,13 +10,11 @@ call (grpc.RpcError-like GrpcAnswerError) for code that wants an exception.
 """
 
 import json
-import threading
-import time
 
 import grpc
 
 from scripts.client.auth import AuthError, Tokens
-from scripts.client.rest import Answer, ConnectionFailed
+from scripts.client.rest import Answer, ConnectionFailed, wait_before_retry
 from scripts.serve.server import read_properties
 
 KEY_REFUSED = "Token Authorization failed"
@@ -55,7 +53,6 @@ class GrpcClient:
         self._messages = inference_pb2
         self._channel = grpc.insecure_channel(target)
         self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
-        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, config, key_file=None, token=None, **options) -> "GrpcClient":
@@ -90,7 +87,7 @@ class GrpcClient:
                     raise ConnectionFailed(f"cannot reach TorchServe's gRPC API at {self.target}: {details}") from err
                 attempt += 1
                 if any(message in details for message in RETRY_MESSAGES) and attempt <= self.retries:
-                    time.sleep(min(self.backoff * 2 ** (attempt - 1), 8.0))
+                    wait_before_retry(attempt, self.backoff)
                     continue
                 body = json.dumps({"error": err.code().name.lower(), "detail": details, "status": 500}).encode()
                 return Answer(500, body, "application/json", attempts=attempt)

@@ -53,6 +53,11 @@ class Answer:
             return self.body[:200].decode("utf-8", "replace")
 
 
+def wait_before_retry(attempt: int, backoff: float) -> None:
+    """backoff, 2 x backoff, 4 x backoff, ... seconds before retry `attempt` (1, 2, ...), at most 8 s."""
+    time.sleep(min(backoff * 2 ** (attempt - 1), 8.0))
+
+
 def retryable(status: int, body: bytes) -> bool:
     """A worker that died or is not there yet (never a 4xx, never the handler's own 500)."""
     if status in RETRY_STATUSES:
@@ -120,7 +125,7 @@ class ZooClient:
                 continue
             attempt += 1
             if retryable(response.status_code, response.content) and attempt <= self.retries:
-                time.sleep(min(self.backoff * 2 ** (attempt - 1), 8.0))
+                wait_before_retry(attempt, self.backoff)
                 continue
             content_type = response.headers.get("Content-Type", "application/json").split(";")[0]
             return Answer(response.status_code, response.content, content_type, dict(response.headers), attempt)
