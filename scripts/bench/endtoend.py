@@ -28,6 +28,7 @@ import torch
 import ts
 import yaml
 
+from scripts.bench.cpu import session_cpu
 from scripts.bench.harness import images_per_second
 from scripts.bench.loadgen import closed_loop_raw, percentile
 from scripts.bench.photos import encode, photo
@@ -65,6 +66,8 @@ class Point:
     log_bytes_per_request: float | None = None
     queue_ms: float | None = None  # TorchServe: mean wait in its job queue
     inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
+    frontend_cpu_ms: float | None = None  # TorchServe: CPU ms per request of its Java frontend
+    worker_cpu_ms: float | None = None  # ... and of its workers (scripts/bench/cpu.py)
 
 
 def images() -> dict[str, bytes]:
@@ -218,10 +221,16 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
     return counters
 
 
-def measure(server, base, headers, model, image, body, concurrency, duration, logs=None, metrics=None) -> Point:
-    closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(3, duration))  # warm-up
+def measure(server, base, headers, model, image, body, concurrency, duration, logs=None, metrics=None,
+            session=None, warmup=3.0) -> Point:  # fmt: skip
+    """One point: `concurrency` closed-loop clients for `duration` s after `warmup` s of the
+    same load. With `logs`, bytes logged per request; with `metrics` (TorchServe's metrics
+    address), its queue and inference times; with `session` (the server's session id), CPU
+    per request."""
+    closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(warmup, duration))
     logged_before = directory_bytes(logs) if logs else 0
     counters_before = torchserve_counters(metrics, model)
+    cpu_before = session_cpu(session) if session else {}
     outcomes = closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, duration, 100_000)
     elapsed = max(started + latency for started, latency, _ in outcomes) - min(s for s, _, _ in outcomes)
     latencies = sorted(latency * 1000 for _, latency, _ in outcomes)
@@ -237,6 +246,11 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         percentile(latencies, 99),
         sum(status != 200 for _, _, status in outcomes),
     )
+    if session:
+        cpu = session_cpu(session)
+        point.frontend_cpu_ms, point.worker_cpu_ms = (
+            (cpu[part] - cpu_before[part]) * 1000 / len(outcomes) for part in ("frontend", "workers")
+        )
     if metrics:
         after = torchserve_counters(metrics, model)
         point.queue_ms, point.inference_ms = (
@@ -253,13 +267,14 @@ def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
-def sweep(server_name, base, headers, models, bodies, concurrencies, duration, logs=None, metrics=None) -> list[Point]:
+def sweep(server_name, base, headers, models, bodies, concurrencies, duration, logs=None, metrics=None,
+          session=None) -> list[Point]:  # fmt: skip
     """Every model at every concurrency with the small photo, and at 8 with the large one."""
     runs = [
         (model, image, c) for model in models for image in bodies for c in (concurrencies if image == "small" else [8])
     ]
     return [
-        measure(server_name, base, headers, model, image, bodies[image], c, duration, logs, metrics)
+        measure(server_name, base, headers, model, image, bodies[image], c, duration, logs, metrics, session)
         for model, image, c in runs
     ]
 
@@ -271,7 +286,7 @@ def serve_and_sweep(store: Path, names: list[str], label: str, bodies, concurren
         properties = read_properties(server.workdir / "config.properties")
         metrics = properties["metrics_address"] if properties.get("metrics_mode") == "prometheus" else None
         return sweep(label, server.inference, server.keys.header("inference"), names, bodies, concurrencies,
-                     duration, server.workdir / "logs", metrics)  # fmt: skip
+                     duration, server.workdir / "logs", metrics, server.process.pid)  # fmt: skip
 
 
 # --- where the time goes inside our handler -------------------------------------------------

@@ -1,22 +1,30 @@
 """Variants of one model measured side by side in one run: each archived by the project's
 one recipe with its own settings, served alone in a TorchServe of its own, one after the
 other, for several rounds (the spread between rounds is the machine's noise), at 8
-closed-loop clients. Used by scripts/bench/scaling.py and scripts/bench/metrics_cost.py."""
+closed-loop clients, each point after 10 s of the same load (the Java frontend compiles
+its hot paths in its first seconds: that one-time cost is not a per-request one). CPU
+time per request of the frontend and the workers is read from /proc beside req/s: on a
+shared machine it varies far less than throughput. Used by scripts/bench/scaling.py and
+scripts/bench/metrics_cost.py."""
 
 import datetime
 import statistics
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from scripts.bench.endtoend import images, measure
+from scripts.bench.loadgen import closed_loop_raw
 from scripts.bench.report import machine
 from scripts.build.archive import build_archive
 from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import REPO, get_model
+
+WARMUP_S = 10.0
 
 
 def model_config(model: str) -> dict:
@@ -55,9 +63,10 @@ def run_variant(store: Path, name: str, label: str, workers: list[int] | None, c
             if count is not None:
                 scale(server, name, count)
             point = measure(label, server.inference, server.keys.header("inference"), name, "small", body, clients,
-                            duration)  # fmt: skip
+                            duration, session=server.process.pid, warmup=WARMUP_S)  # fmt: skip
             points.append({**asdict(point), "workers": count, "variant": label})
-            print(f"  {label:5} {count or '-'} workers: {point.req_per_s:6.1f} req/s, p99 {point.p99_ms:6.1f} ms",
+            print(f"  {label:5} {count or '-'} workers: {point.req_per_s:6.1f} req/s, p99 {point.p99_ms:6.1f} ms, "
+                  f"CPU ms/request: frontend {point.frontend_cpu_ms:.2f}, workers {point.worker_cpu_ms:.2f}",
                   file=sys.stderr, flush=True)  # fmt: skip
     return points
 
@@ -65,15 +74,19 @@ def run_variant(store: Path, name: str, label: str, workers: list[int] | None, c
 def measured(model: str, variants: dict[str, dict], rounds: int, workers: list[int] | None, clients: int,
              duration: float) -> dict:  # fmt: skip
     """run_rounds, with what a report says about the run."""
+    rounds_points = run_rounds(model, variants, rounds, workers, clients, duration)
+    return {**about_the_run(model, clients, duration), "workers": workers, "rounds": rounds_points}
+
+
+def about_the_run(model: str, clients: int, duration: float) -> dict:
+    """What a report says about a side-by-side run besides its points."""
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "model": model,
-        "workers": workers,
         "clients": clients,
         "duration_s": duration,
         "image": "451x300 JPEG",
-        "rounds": run_rounds(model, variants, rounds, workers, clients, duration),
     }
 
 
@@ -93,14 +106,46 @@ def run_rounds(model: str, variants: dict[str, dict], rounds: int, workers: list
         return rounds_points
 
 
+def run_interleaved(model: str, variants: dict[str, dict], cycles: int, clients: int, slice_s: float) -> dict:
+    """Every variant served at once, each by a TorchServe of its own, the load switched
+    from one to the next every `slice_s` seconds for `cycles` cycles (the order rotating):
+    the machine's speed drifts over minutes, so variants measured seconds apart compare
+    far better than variants measured minutes apart. Only the loaded server works; the
+    others idle (each with its own worker registry: its workers do not count as busy)."""
+    body = images()["small"]
+    with tempfile.TemporaryDirectory(prefix="bench-variants-") as workdir, ExitStack() as stack:
+        store = Path(workdir)
+        servers = {}
+        for label, name in archive_variants(model, store, variants).items():
+            registry = store / f"workers-{label}"
+            registry.mkdir()
+            server = stack.enter_context(local_torchserve(store, [name], env={"TS_ZOO_WORKER_REGISTRY": str(registry)}))
+            servers[label] = (server, name)
+        for server, name in servers.values():  # the JIT's first seconds, not measured
+            closed_loop_raw(server.inference, f"/predictions/{name}", server.keys.header("inference"), body, clients,
+                            WARMUP_S)  # fmt: skip
+        order, rounds = list(servers), []
+        for cycle in range(cycles):
+            points = []
+            for label in order[cycle % len(order) :] + order[: cycle % len(order)]:
+                server, name = servers[label]
+                point = measure(label, server.inference, server.keys.header("inference"), name, "small", body,
+                                clients, slice_s, session=server.process.pid, warmup=1)  # fmt: skip
+                points.append({**asdict(point), "workers": None, "variant": label})
+            rounds.append(points)
+            print(f"  cycle {cycle + 1}: " + ", ".join(f"{p['variant']} {p['req_per_s']:.1f} req/s" for p in points),
+                  file=sys.stderr, flush=True)  # fmt: skip
+    return {**about_the_run(model, clients, slice_s), "rounds": rounds}
+
+
 def medians(rounds: list[list[dict]]) -> dict[tuple[str, int | None], dict[str, float]]:
-    """(variant, workers) -> the median req/s and p99 over the rounds."""
+    """(variant, workers) -> the median req/s, p99 and CPU ms per request over the rounds."""
     every = [point for points in rounds for point in points]
     keys = {(p["variant"], p["workers"]) for p in every}
     return {
         key: {
             stat: statistics.median(p[stat] for p in every if (p["variant"], p["workers"]) == key)
-            for stat in ("req_per_s", "p99_ms")
+            for stat in ("req_per_s", "p99_ms", "frontend_cpu_ms", "worker_cpu_ms")
         }
         for key in keys
     }

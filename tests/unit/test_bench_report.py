@@ -49,19 +49,30 @@ def test_side_by_side_sections_survive_a_rewrite_of_the_document():
     assert sections_of(rewritten) == sections_of(document) and "re-measured" in rewritten
 
 
-def test_the_cost_section_compares_every_variant_with_all_off():
+def test_the_cost_section_compares_every_variant_with_all_off_cycle_by_cycle():
     from scripts.bench.metrics_cost import VARIANTS, render_section
 
-    def point(variant: str, rate: float) -> dict:
-        return {"variant": variant, "workers": None, "req_per_s": rate, "p99_ms": 50.0}
+    def point(variant: str, rate: float, frontend_ms: float) -> dict:
+        return {"variant": variant, "workers": None, "req_per_s": rate, "p99_ms": 50.0,
+                "frontend_cpu_ms": frontend_ms, "worker_cpu_ms": 16.0}  # fmt: skip
 
-    rates = {"all_on": 48.0, "metrics_only": 49.0, "off": 50.0}
-    rounds = [[point(variant, rate * factor) for variant, rate in rates.items()] for factor in (1.0, 0.9, 1.1)]
-    results = {"date": "2026-11-22", "machine": "test", "model": "mobilenet_v2", "clients": 8, "duration_s": 15,
+    rates = {"all_on": (48.0, 4.8), "metrics_only": (49.0, 4.4), "off": (50.0, 4.0)}
+    # the machine's speed drifts by 20 % between cycles; within a cycle the ratios hold
+    rounds = [[point(v, rate * factor, ms) for v, (rate, ms) in rates.items()] for factor in (1.0, 0.9, 1.1)]
+    results = {"date": "2026-11-22", "machine": "test", "model": "mobilenet_v2", "clients": 8, "duration_s": 8,
                "rounds": rounds}  # fmt: skip
     section = render_section(results)
     assert set(VARIANTS) == set(rates)
-    assert "| median | 48.0 | 50 | 49.0 | 50 | 50.0 | 50 | -4.0% | -2.0% |" in section
-    assert "**holds** (-4.0%)" in section and "varied by up to 22%" in section  # 1.1 / 0.9
-    rounds[0][0]["req_per_s"] = rounds[1][0]["req_per_s"] = 40.0  # the median of all_on drops 20 %
-    assert "**MISSED** (-20.0%)" in render_section(results)
+    # all on: -4 % req/s; CPU 20.8 vs 20.0 ms -> 20.0 / 20.8 - 1 = -3.8 % as throughput
+    assert "| 1 | 48.0 | 49.0 | 50.0 | 20.80 | 20.40 | 20.00 | -4.0% / -3.8% | -2.0% / -2.0% |" in section
+    assert "| median | 48.0 | 49.0 | 50.0 | 20.80 | 20.40 | 20.00 | -4.0% / -3.8% | -2.0% / -2.0% |" in section
+    assert "| all_on | 4.80 | 16.00 | +0.80 | +0.00 |" in section
+    assert "**holds**: throughput -4.0%, CPU per request -3.8% as throughput" in section
+    assert "varied by up to 22%" in section  # 1.1 / 0.9, which the pairing cancels
+    for points in rounds[:2]:
+        points[0]["req_per_s"] = 40.0 * points[2]["req_per_s"] / 50.0  # all on 20 % slower in 2 of 3 cycles
+    assert "**MISSED**: throughput -20.0%" in render_section(results)
+    for points in rounds:
+        points[0]["req_per_s"] = 0.96 * points[2]["req_per_s"]
+        points[0]["frontend_cpu_ms"] = 6.0  # all on: +10 % CPU per request
+    assert "**MISSED**: throughput -4.0%, CPU per request -9.1% as throughput" in render_section(results)

@@ -1,0 +1,33 @@
+"""CPU time a server spends, read from /proc: TorchServe's Java frontend and its Python
+workers apart. Throughput on a shared 2-core machine varies by 15-20 % from minute to
+minute; CPU seconds per request vary far less, so a small cost (metrics, a setting) is
+resolvable in them where it is not in req/s."""
+
+import os
+from pathlib import Path
+
+TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(stat: str) -> tuple[str, int, float]:
+    """A /proc/<pid>/stat line -> (command name, session id, user + system CPU seconds)."""
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
+    session, utime, stime = int(fields[3]), int(fields[11]), int(fields[12])
+    return name, session, (utime + stime) / TICKS_PER_SECOND
+
+
+def session_cpu(session: int, proc: Path = Path("/proc")) -> dict[str, float]:
+    """CPU seconds so far of every live process in `session` (a server started with
+    start_new_session): {"frontend": the Java processes', "workers": the others'}."""
+    totals = {"frontend": 0.0, "workers": 0.0}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            name, owner, seconds = process_cpu((entry / "stat").read_text())
+        except (OSError, ValueError, IndexError):  # gone meanwhile, or not readable
+            continue
+        if owner == session:
+            totals["frontend" if name == "java" else "workers"] += seconds
+    return totals
