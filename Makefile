@@ -40,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: FORCE help setup archive models yolov5-sizes bench bench-scaling bench-metrics bench-video soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-scaling bench-metrics bench-replicas bench-video soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -48,18 +48,26 @@ help: ## list the targets
 
 setup: $(SETUP) ## create .venv with the pinned dependencies and a Java for TorchServe
 
-$(SETUP): requirements.txt requirements-client.txt requirements-dev.txt requirements-nodeps.txt scripts/setup/venv.py scripts/setup/grpc_stubs.py
+$(SETUP): requirements-serve.txt requirements.txt requirements-client.txt requirements-dev.txt requirements-nodeps.txt \
+		scripts/setup/venv.py scripts/setup/grpc_stubs.py scripts/setup/haproxy.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
 	$(PY) -m scripts.setup.venv --venv $(VENV)
 	$(PY) -m scripts.setup.grpc_stubs
+	$(PY) -m scripts.setup.haproxy --venv $(VENV)
 	touch $@
+
+# What serving needs only, with a Java: the runtime image's venv (deploy/docker/Dockerfile).
+serve-venv: ## a venv to serve the archives with, nothing else (VENV=<dir>; the image's runtime stage)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements-serve.txt
+	$(PY) -m scripts.setup.venv --venv $(VENV)
 
 # Compiled TorchScript, one per model; rebuilt when the build code, the build
 # requirements or a weights file in WEIGHTS_DIR changes (test-only requirements do not).
 .SECONDEXPANSION:
-COMPILE_DEPS = $(COMPILE_SRC) requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
+COMPILE_DEPS = $(COMPILE_SRC) requirements-serve.txt requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
 $(BUILD)/%.pt: $(COMPILE_DEPS) | $(SETUP)
 	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 $(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
@@ -100,6 +108,9 @@ bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU 
 bench-metrics: archive ## mobilenet_v2 with metrics and drift on, metrics only, both off -> docs/benchmarks.md
 	$(PY) -m scripts.bench.metrics_cost
 
+bench-replicas: archive setup ## 1 vs 2 replicas behind HAProxy, and one killed under load -> docs/benchmarks.md
+	$(PY) -m scripts.bench.replicas
+
 bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
 	$(PY) -m scripts.bench.video
 
@@ -112,6 +123,21 @@ serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait unti
 		> logs/console.log 2>&1 \
 		|| { cat logs/console.log; exit 1; }
 	$(PY) -m scripts.serve.server wait
+
+# Container images (deploy/docker/Dockerfile, docs/deploy.md), where a Docker engine exists.
+IMAGE ?= torchserve-zoo
+image: ## build the CPU image (STRICT=1, WEIGHTS_DIR=<dir> inside the repo)
+	docker build -f deploy/docker/Dockerfile -t $(IMAGE):cpu --build-arg STRICT=$(STRICT) \
+		--build-arg WEIGHTS_DIR=$(WEIGHTS_DIR) .
+# The CUDA image serves archives compiled on a GPU machine (AOTInductor compiles for its GPU):
+# run `make archive DEVICE=cuda` there first; they are copied from model_store/.
+image-gpu: ## build the CUDA image from model_store/ (after `make archive DEVICE=cuda` on a GPU machine)
+	docker build -f deploy/docker/Dockerfile -t $(IMAGE):cuda --build-arg TORCH_INDEX= \
+		--build-arg ARCHIVES=context --build-context store=$(STORE) .
+
+N ?= 2
+replicas: archive ## N TorchServe replicas behind HAProxy with one key (N=2, MODELS_SERVED=all); Ctrl-C stops
+	$(PY) -m scripts.serve.replicas -n $(N) --models $(or $(MODELS_SERVED),all)
 
 stop: ## stop TorchServe
 	$(ACTIVATE) torchserve --stop

@@ -33,12 +33,32 @@ def select_device(gpu_id: int | None) -> torch.device:
     return torch.device("cpu")
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPU cores this process may use: the cores it may run on (taskset, cpuset), and no
+    more than its cgroup's CPU quota (a container's CPU limit: Kubernetes' limits.cpu,
+    `docker run --cpus`), which affinity does not show."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup)
+    return min(cores, max(1, int(quota))) if quota else cores
+
+
+def cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs the cgroup may use per period (2.0 for a limit of 2 CPUs), None when unlimited
+    or unknown: cgroup v2's cpu.max ("200000 100000"), else v1's cfs_quota_us/cfs_period_us."""
+    try:
+        if (root / "cpu.max").is_file():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
 
 
 def threads_per_worker(cores: int, workers: int) -> int:

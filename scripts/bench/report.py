@@ -17,7 +17,7 @@ LATENCY_SLACK = 1.10  # c=1: p50 no worse than the built-in handler's + 10 %
 
 # Sections written by the side-by-side benchmarks (scripts/bench/<name>.py) live between
 # markers and survive a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
-SECTIONS = ("scaling", "metrics_cost", "video")
+SECTIONS = ("scaling", "metrics_cost", "video", "replicas")
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ ALLOWED = {
     "nets": set(),
     "families": {"nets", "zoo"},
     "build": {"families", "nets", "zoo"},
-    "serve": {"zoo"},
+    "serve": {"setup", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
     "setup": {"zoo"},
     "bench": {"build", "client", "families", "nets", "serve", "zoo"},
     "monitor": {"build", "zoo"},

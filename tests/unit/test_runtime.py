@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime import ThreadBudget, WorkerRegistry, select_device, thread_budget, threads_per_worker
+from runtime import (
+    ThreadBudget,
+    WorkerRegistry,
+    cgroup_cpu_quota,
+    select_device,
+    thread_budget,
+    threads_per_worker,
+    usable_cores,
+)
 
 
 @pytest.mark.parametrize(
@@ -87,3 +95,32 @@ def test_without_a_usable_registry_the_worker_still_runs(restore_threads, tmp_pa
     budget = thread_budget(0, tmp_path / "file" / "registry")  # cannot be a directory
     assert budget.registry is None and budget.before_batch() == budget.threads >= 1
     assert "worker registry unavailable" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "files, quota",
+    [
+        ({"cpu.max": "200000 100000\n"}, 2.0),  # cgroup v2: limits.cpu 2
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),  # no limit
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4.0),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),  # no cgroup files: unknown
+        ({"cpu.max": "garbage"}, None),
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_from_v1_or_v2(tmp_path, files, quota):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_quota(tmp_path) == quota
+
+
+def test_a_container_cpu_limit_caps_the_usable_cores(tmp_path):
+    """A pod limited to 1.5 CPUs on a machine of many cores: threads for 1 core, not all."""
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores(tmp_path) == affinity  # no quota
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(affinity + 8) * 100000} 100000\n")  # above the cores: the cores
+    assert usable_cores(tmp_path) == affinity

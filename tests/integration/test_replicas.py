@@ -1,0 +1,70 @@
+"""Two TorchServe replicas behind the HAProxy gateway, real processes (scripts/serve/
+replicas.py): one key for both, health-checked, and one replica SIGKILLed under load and
+restarted while the clients go on, with no failed request (the gateway retries requests
+a replica never answered) and the balancer's view following the kill."""
+
+import os
+
+import pytest
+import requests
+
+from scripts.bench.endtoend import images
+from scripts.bench.replicas import kill_and_restart
+from scripts.serve.replicas import running_replicas
+from scripts.setup.haproxy import command_of, prefix_of
+
+MODEL = "mobilenet_v2"
+
+
+@pytest.fixture(scope="module")
+def cluster(archives, tmp_path_factory):
+    import sys
+    from pathlib import Path
+
+    if command_of(prefix_of(Path(sys.executable).parents[1])) is None:
+        if os.environ.get("CI"):
+            pytest.fail("no HAProxy: `make setup` (scripts/setup/haproxy.py) provides it")
+        pytest.skip("no HAProxy here (make setup provides it where apt-get works)")
+    store, _ = archives
+    with running_replicas(store, MODEL, 2, tmp_path_factory.mktemp("replicas")) as running:
+        yield running
+
+
+def test_one_key_for_every_replica_and_nothing_without_it(cluster):
+    gateway = cluster.gateway
+    body = images()["small"]
+    refused = requests.put(f"{gateway.url}/predictions/{MODEL}", data=body, timeout=30)
+    assert refused.status_code == 401
+    assert refused.json()["error"] == "unauthorized" and refused.json()["status"] == 401
+    wrong = requests.put(f"{gateway.url}/predictions/{MODEL}", data=body, timeout=30,
+                         headers={"Authorization": "Bearer not-the-key"})  # fmt: skip
+    assert wrong.status_code == 401
+    assert requests.get(f"{gateway.url}/ping", timeout=30).status_code == 200  # probes need no key
+    served = {}
+    for _ in range(8):  # least connections spreads sequential requests over both replicas
+        answer = requests.put(f"{gateway.url}/predictions/{MODEL}", data=body, headers=gateway.header(), timeout=60)
+        assert answer.status_code == 200 and answer.json()["model"] == MODEL
+    served = {name: int(row["stot"]) for name, row in gateway.servers().items()}
+    assert set(served) == {"ts1", "ts2"} and all(count > 0 for count in served.values()), served
+
+
+def test_the_replicas_take_no_key_and_listen_on_loopback_only(cluster):
+    for replica in cluster.replicas:
+        host, _ = replica.address.split(":")
+        assert host == "127.0.0.1"
+        config = (replica.workdir / "config.properties").read_text()
+        assert "disable_token_authorization=true" in config
+        assert not (replica.workdir / "key_file.json").exists()
+
+
+def test_a_killed_replica_costs_no_request_and_comes_back(cluster):
+    result = kill_and_restart(cluster, MODEL, images()["small"], clients=4, before=4, after=4)
+    failed = {phase: result[phase]["failed"] for phase in ("before", "outage", "after")}
+    assert failed == {"before": {}, "outage": {}, "after": {}}, result
+    assert result["outage"]["ok"] > 0, result  # the other replica served throughout
+    assert result["after"]["ok"] > 0, result
+    balancer = result["balancer"]
+    assert balancer["ts1"]["checks_down"] >= 1 and balancer["ts1"]["status"].startswith("UP"), balancer
+    assert balancer["ts2"]["status"].startswith("UP") and balancer["ts2"]["checks_down"] == 0, balancer
+    assert balancer["ts1"]["requests"] > 0 and balancer["ts2"]["requests"] > 0, balancer
+    assert result["down_after_s"] < 10, result  # two failed checks a second apart, and some slack
