@@ -27,11 +27,15 @@ def send(server, model: str, images) -> None:
 
 
 def p_value_after(server, model: str, tests: float, timeout: float = 60) -> float:
-    """The p-value once the test that makes `tests` tests has been published."""
+    """The p-value once the test that makes `tests` tests has been published. The worker
+    sends the gauges before the counter, but a scrape is not atomic: one running while
+    they arrive can show the new count beside the old gauges (TorchServe collects the
+    gauges first). The scrape after the one that shows the count has both."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        done, p_value = drift_state(server, model)
+        done, _ = drift_state(server, model)
         if done >= tests:
+            done, p_value = drift_state(server, model)
             assert done == tests, f"{model}: {done} drift tests, expected {tests}"
             return p_value
         time.sleep(0.2)
