@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ import yaml
 
 from scripts.bench.cpu import session_cpu
 from scripts.bench.harness import images_per_second
-from scripts.bench.loadgen import closed_loop_raw, percentile
+from scripts.bench.loadgen import closed_loop_raw, multipart, percentile
 from scripts.bench.photos import encode, photo
 from scripts.build.archive import ARCHIVE_VERSION
 from scripts.build.inprocess import load_handler
@@ -49,6 +50,8 @@ TORCHSERVE_DEFAULTS = {  # and its own logging configuration (log_config=None)
 # TorchServe's cumulative Prometheus counters (metrics_mode=prometheus), per model.
 COUNTERS = ("ts_queue_latency_microseconds", "ts_inference_latency_microseconds")
 CPU = torch.device("cpu")
+# LitServe's batching, (max_batch_size, batch_timeout s), tried at 8 clients; the best is measured.
+LITSERVE_SETTINGS = ((1, 0.0), (4, 0.002), (4, 0.005), (8, 0.005), (8, 0.01), (16, 0.01))
 
 
 @dataclass
@@ -209,6 +212,55 @@ def fastapi_server(architecture: str):
         process.wait(timeout=30)
 
 
+@contextmanager
+def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
+    """scripts/bench/litserve_app.py serving `model`'s compiled file with these batching
+    settings, its workers and threads as our archive's (the model's YAML)."""
+    (port,) = free_ports(1)
+    workers = yaml.safe_load(get_model(model).config_file.read_text())["maxWorkers"]
+    command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--port", str(port),
+               "--workers", str(workers), "--threads", str(served_settings(model)[1]),
+               "--max-batch-size", str(max_batch_size), "--batch-timeout", str(batch_timeout)]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # LitServe's API server and inference worker processes
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def litserve_request(body: bytes) -> tuple[dict[str, str], bytes]:
+    """LitServe's documented way to send a file: a multipart form (it parses JSON or forms only)."""
+    return multipart("image", "photo.jpg", body)
+
+
+def tune_litserve(model: str, body: bytes, duration: float, settings=LITSERVE_SETTINGS) -> dict:
+    """LitServe's batching `settings` tried at 8 clients -> {"tried": [...], "best": (batch, timeout)}."""
+    headers, form = litserve_request(body)
+    tried = []
+    for max_batch_size, batch_timeout in settings:
+        with litserve_server(model, max_batch_size, batch_timeout) as url:
+            point = measure("litserve", url, headers, model, "small", form, 8, duration, method="POST")
+        tried.append({"max_batch_size": max_batch_size, "batch_timeout": batch_timeout, "req_per_s": point.req_per_s,
+                      "p50_ms": point.p50_ms})  # fmt: skip
+    best = max(tried, key=lambda t: t["req_per_s"])
+    return {"tried": tried, "best": [best["max_batch_size"], best["batch_timeout"]]}
+
+
 def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]:
     """TorchServe's cumulative queue and inference latency (microseconds) for a model."""
     if metrics_url is None:
@@ -222,16 +274,17 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
 
 
 def measure(server, base, headers, model, image, body, concurrency, duration, logs=None, metrics=None,
-            session=None, warmup=3.0) -> Point:  # fmt: skip
+            session=None, warmup=3.0, method="PUT") -> Point:  # fmt: skip
     """One point: `concurrency` closed-loop clients for `duration` s after `warmup` s of the
     same load. With `logs`, bytes logged per request; with `metrics` (TorchServe's metrics
     address), its queue and inference times; with `session` (the server's session id), CPU
     per request."""
-    closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(warmup, duration))
+    closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(warmup, duration), method=method)
     logged_before = directory_bytes(logs) if logs else 0
     counters_before = torchserve_counters(metrics, model)
     cpu_before = session_cpu(session) if session else {}
-    outcomes = closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, duration, 100_000)
+    outcomes = closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, duration, 100_000,
+                               method=method)  # fmt: skip
     elapsed = max(started + latency for started, latency, _ in outcomes) - min(s for s, _, _ in outcomes)
     latencies = sorted(latency * 1000 for _, latency, _ in outcomes)
     point = Point(
@@ -268,13 +321,15 @@ def directory_bytes(path: Path) -> int:
 
 
 def sweep(server_name, base, headers, models, bodies, concurrencies, duration, logs=None, metrics=None,
-          session=None) -> list[Point]:  # fmt: skip
+          session=None, method="PUT") -> list[Point]:  # fmt: skip
     """Every model at every concurrency with the small photo, and at 8 with the large one."""
     runs = [
         (model, image, c) for model in models for image in bodies for c in (concurrencies if image == "small" else [8])
     ]
     return [
-        measure(server_name, base, headers, model, image, bodies[image], c, duration, logs, metrics, session)
+        measure(
+            server_name, base, headers, model, image, bodies[image], c, duration, logs, metrics, session, method=method
+        )
         for model, image, c in runs
     ]
 
@@ -365,6 +420,15 @@ def main(args: argparse.Namespace) -> None:
     for model in classifiers:
         with fastapi_server(get_model(model).architecture) as url:
             points = sweep("fastapi", url, {}, [model], {"small": bodies["small"]}, concurrencies, duration)
+            results["points"] += map(asdict, points)
+    results["litserve"] = {}
+    for model in classifiers:
+        settings = LITSERVE_SETTINGS[3:4] if args.quick else LITSERVE_SETTINGS  # CI: one, to keep the app working
+        tuning = tune_litserve(model, bodies["small"], min(duration, 10), settings)
+        results["litserve"][model] = tuning
+        headers, form = litserve_request(bodies["small"])
+        with litserve_server(model, *tuning["best"]) as url:
+            points = sweep("litserve", url, headers, [model], {"small": form}, concurrencies, duration, method="POST")
             results["points"] += map(asdict, points)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

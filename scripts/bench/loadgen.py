@@ -11,6 +11,7 @@ import statistics
 import threading
 import time
 import urllib.parse
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -127,21 +128,40 @@ def closed_loop_raw(
     duration: float,
     max_requests: int = 0,
     timeout: float = 120,
+    method: str = "PUT",
 ) -> list[tuple[float, float, int]]:
     """The same closed loop with one fixed request, on asyncio and raw HTTP/1.1
     keep-alive connections: a few microseconds of client CPU per request, so that on a
-    small machine the load generator does not eat the server's cores. Returns
+    small machine the load generator does not eat the server's cores. The body is sent
+    as application/octet-stream unless `headers` name a Content-Type. Returns
     (started, latency s, status) per request; status 0 for a failed connection."""
-    return asyncio.run(_closed_loop(url, path, headers, body, concurrency, duration, max_requests, timeout))
+    headers = {"Content-Type": "application/octet-stream", **headers}
+    request = raw_request(method, url, path, headers, body)
+    return asyncio.run(_closed_loop(url, request, concurrency, duration, max_requests, timeout))
 
 
-async def _closed_loop(url, path, headers, body, concurrency, duration, max_requests, timeout):
-    parsed = urllib.parse.urlsplit(url)
+def raw_request(method: str, url: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
     head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
-    request = (
-        f"PUT {path} HTTP/1.1\r\nHost: {parsed.netloc}\r\n{head}"
-        f"Content-Type: application/octet-stream\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    host = urllib.parse.urlsplit(url).netloc
+    return f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def multipart(field: str, filename: str, data: bytes, content_type: str = "image/jpeg") -> tuple[dict[str, str], bytes]:
+    """(headers, body) of a multipart/form-data request holding one file."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            f"Content-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return {"Content-Type": f"multipart/form-data; boundary={boundary}"}, body
+
+
+async def _closed_loop(url, request, concurrency, duration, max_requests, timeout):
+    parsed = urllib.parse.urlsplit(url)
     deadline = time.monotonic() + duration
     sent = itertools.count()
     results: list[tuple[float, float, int]] = []

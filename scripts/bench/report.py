@@ -13,11 +13,12 @@ import torch
 BUILTIN_FACTOR = 2.0  # classifiers: at least twice the built-in handler's req/s at c=8 and c=32
 CEILING_FACTOR = 0.7  # at least 0.7x the compiled model alone at the served batch size
 LATENCY_SLACK = 1.10  # c=1: p50 no worse than the built-in handler's + 10 %
+LITSERVE_FACTOR = 1.2  # ours >= 1.2x LitServe's req/s at 8 and 32 clients
 
 
 # Sections written by the side-by-side benchmarks (scripts/bench/<name>.py) live between
 # markers and survive a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
-SECTIONS = ("scaling", "metrics_cost", "video", "replicas")
+SECTIONS = ("scaling", "metrics_cost", "video", "replicas", "batch_delay")
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -82,6 +83,30 @@ def targets(results: dict) -> Iterator[tuple[str, str, bool]]:
                 f"{ours_c1['p50_ms']:.1f} ms vs {builtin_c1['p50_ms']:.1f} ms",
                 ours_c1["p50_ms"] <= builtin_c1["p50_ms"] * LATENCY_SLACK,
             )
+        yield from peer_targets(results, model)
+
+
+def peer_targets(results: dict, model: str) -> Iterator[tuple[str, str, bool]]:
+    """Against the peers a user would pick instead: >= LITSERVE_FACTOR x LitServe's req/s at
+    8 and 32 clients, and a lone client's p50 no worse than LitServe's or the FastAPI app's."""
+    for concurrency in (8, 32):
+        ours, peer = point(results, "ours", model, concurrency), point(results, "litserve", model, concurrency)
+        if ours and peer:
+            ratio = ours["req_per_s"] / max(peer["req_per_s"], 1e-9)
+            yield (
+                f"{model}, c={concurrency}: >= {LITSERVE_FACTOR:g}x LitServe req/s",
+                f"{ours['req_per_s']:.1f} / {peer['req_per_s']:.1f} = {ratio:.2f}x",
+                ratio >= LITSERVE_FACTOR,
+            )
+    ours = point(results, "ours", model, 1)
+    for server, name in (("fastapi", "the FastAPI app"), ("litserve", "LitServe")):
+        peer = point(results, server, model, 1)
+        if ours and peer:
+            yield (
+                f"{model}, c=1: p50 <= {name}'s p50",
+                f"{ours['p50_ms']:.1f} ms vs {peer['p50_ms']:.1f} ms",
+                ours["p50_ms"] <= peer["p50_ms"],
+            )
 
 
 def summary_lines(results: dict) -> list[str]:
@@ -122,6 +147,9 @@ def render_markdown(results: dict) -> str:
         "  handler and TorchServe's defaults (batch 1, one worker per core, its own logging);",
         "- **fastapi**: `scripts/bench/fastapi_app.py`, one eager torchvision model in a single uvicorn process,",
         "  PIL preprocessing, one image per request;",
+        "- **litserve**: `scripts/bench/litserve_app.py`, LitServe serving the same compiled file with its own",
+        "  dynamic batching, as many inference workers and threads each as ours, torchvision.io decoding; the",
+        "  photo sent as a multipart form (LitServe parses JSON or forms only); its batching tuned below;",
         "- **ceiling**: the compiled file alone (loaded as the handler loads it) on ready-made input tensors,",
         "  at the served batch size and thread count, in as many processes at once as the model has workers.",
         "",
@@ -172,6 +200,7 @@ def render_markdown(results: dict) -> str:
                 speeds = ", ".join(f"b{b}: {v:.1f}" for b, v in targets_[compiler].items())
                 rows.append([model, compiler + (" (chosen)" if targets_["chosen"] == compiler else ""), speeds])
         lines += _table(["model", "target", "img/s"], rows)
+    lines += litserve_section(results)
     lines += breakdown_section(results, models)
     lines += logging_section(results, models)
     lines += [
@@ -201,6 +230,28 @@ def render_markdown(results: dict) -> str:
         ]
         lines += _table(["model", "batch", "model-only img/s", "handler img/s", "ratio"], rows)
     return "\n".join(lines) + "\n"
+
+
+def litserve_section(results: dict) -> list[str]:
+    """LitServe's batching settings tried at 8 clients, and the one measured."""
+    if not results.get("litserve"):
+        return []
+    lines = [
+        "",
+        "## LitServe's batching, tuned",
+        "",
+        "Each setting served by its own LitServe and loaded by 8 clients; the best (bold) is the one measured",
+        "above. Batch 1 is LitServe without batching.",
+        "",
+    ]
+    rows = []
+    for model, tuning in results["litserve"].items():
+        for tried in tuning["tried"]:
+            chosen = [tried["max_batch_size"], tried["batch_timeout"]] == list(tuning["best"])
+            rate = f"{tried['req_per_s']:.1f}"
+            rows.append([model, tried["max_batch_size"], f"{tried['batch_timeout'] * 1000:g}",
+                         f"**{rate}**" if chosen else rate, f"{tried['p50_ms']:.0f}"])  # fmt: skip
+    return lines + _table(["model", "max_batch_size", "batch_timeout ms", "req/s (c=8)", "p50 ms"], rows)
 
 
 def breakdown_section(results: dict, models: list[str]) -> list[str]:
@@ -309,7 +360,7 @@ def plot(results: dict, path) -> None:
     models = list(results["ceilings"])
     figure, axes = plt.subplots(2, len(models), figsize=(4 * len(models), 7), squeeze=False)
     for column, model in enumerate(models):
-        for server, style in (("ours", "o-"), ("built-in", "s--"), ("fastapi", "^:")):
+        for server, style in (("ours", "o-"), ("built-in", "s--"), ("fastapi", "^:"), ("litserve", "d-.")):
             series = sorted(
                 (
                     p

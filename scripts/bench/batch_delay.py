@@ -1,0 +1,117 @@
+"""A lone client against batching: one model archived with several maxBatchDelay values
+(how long TorchServe holds a partial batch for more requests), each served alone, for a
+lone client's p50 and 32 clients' req/s; the FastAPI app and LitServe (its best batching
+from the last `make bench`, else 8 / 5 ms) measured for a lone client in the same run
+-> the batch_delay section of docs/benchmarks.md.
+
+    python -m scripts.bench.batch_delay              # mobilenet_v2, delays 0 1 2 5 10 ms
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from scripts.bench.endtoend import (
+    fastapi_server,
+    images,
+    litserve_request,
+    litserve_server,
+    measure,
+)
+from scripts.bench.report import publish
+from scripts.bench.side_by_side import about_the_run, archive_variants, model_config
+from scripts.serve.server import local_torchserve
+from scripts.zoo import REPO, get_model
+
+DELAYS = (0, 1, 2, 5, 10)  # ms
+
+
+def litserve_settings(model: str, benchmarks: Path = REPO / "docs" / "benchmarks.json") -> tuple[int, float]:
+    """LitServe's best batching for `model` in the last `make bench` run, else 8 / 5 ms."""
+    try:
+        return tuple(json.loads(benchmarks.read_text())["litserve"][model]["best"])
+    except (OSError, KeyError, ValueError):
+        return 8, 0.005
+
+
+def run(model: str, rounds: int, duration: float) -> dict:
+    body = images()["small"]
+    variants = {str(delay): {"maxBatchDelay": delay} for delay in DELAYS}
+    points = []
+    with tempfile.TemporaryDirectory(prefix="bench-delay-") as workdir:
+        names = archive_variants(model, Path(workdir), variants)
+        order = list(names.items())
+        for index in range(rounds):
+            for label, name in order[index % len(order) :] + order[: index % len(order)]:
+                with local_torchserve(Path(workdir), [name]) as server:
+                    header = server.keys.header("inference")
+                    for clients in (1, 32):
+                        point = measure(label, server.inference, header, name, "small", body, clients, duration)
+                        points.append({**asdict(point), "delay_ms": int(label)})
+                        print(f"  {label} ms, c={clients}: {point.req_per_s:.1f} req/s, p50 {point.p50_ms:.1f} ms",
+                              file=sys.stderr, flush=True)  # fmt: skip
+    peers = {}
+    with fastapi_server(get_model(model).architecture) as url:
+        peers["fastapi"] = asdict(measure("fastapi", url, {}, model, "small", body, 1, duration))
+    headers, form = litserve_request(body)
+    settings = litserve_settings(model)
+    with litserve_server(model, *settings) as url:
+        peers["litserve"] = asdict(measure("litserve", url, headers, model, "small", form, 1, duration, method="POST"))
+    return {**about_the_run(model, 1, duration), "configured_ms": model_config(model)["maxBatchDelay"],
+            "litserve_settings": settings, "points": points, "peers": peers}  # fmt: skip
+
+
+def render_section(results: dict) -> str:
+    def median(delay: int, clients: int, stat: str) -> float:
+        values = [p[stat] for p in results["points"] if p["delay_ms"] == delay and p["concurrency"] == clients]
+        return statistics.median(values)
+
+    peers, configured = results["peers"], results["configured_ms"]
+    rows = [
+        f"| {delay}{' (configured)' if delay == configured else ''} | {median(delay, 1, 'p50_ms'):.1f} | "
+        f"{median(delay, 1, 'p99_ms'):.1f} | {median(delay, 32, 'req_per_s'):.1f} |"
+        for delay in DELAYS
+    ]
+    ours = median(configured, 1, "p50_ms")
+    fastapi, litserve = peers["fastapi"]["p50_ms"], peers["litserve"]["p50_ms"]
+    met = ours <= fastapi and ours <= litserve
+    batch, timeout = results["litserve_settings"]
+    rounds = len(results["points"]) // (2 * len(DELAYS))
+    return "\n".join([
+        "## A lone client and the batch delay",
+        "",
+        f"`python -m scripts.bench.batch_delay` ({results['date']}, {results['machine']}): `{results['model']}` "
+        f"archived with each `maxBatchDelay`, each served alone, a lone client's latency and 32 clients' "
+        f"throughput ({results['duration_s']:g} s points, medians of {rounds} rounds); the FastAPI app and "
+        f"LitServe (batch {batch}, timeout {timeout * 1000:g} ms) with a lone client in the same run.",
+        "",
+        "| maxBatchDelay ms | c=1 p50 ms | c=1 p99 ms | c=32 req/s |",
+        "| --- | --- | --- | --- |",
+        *rows,
+        "",
+        f"A lone client, p50: ours {ours:.1f} ms (as configured), the FastAPI app {fastapi:.1f} ms, LitServe "
+        f"{litserve:.1f} ms. Target (ours <= both): **{'met' if met else 'MISSED'}**.",
+    ])  # fmt: skip
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="mobilenet_v2")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--duration", type=float, default=10, help="seconds per point")
+    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--json", type=Path)
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    results = run(args.model, args.rounds, args.duration)
+    publish("batch_delay", render_section(results), results, args.output, args.json)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
