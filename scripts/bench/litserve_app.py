@@ -41,10 +41,14 @@ class ClassifierAPI(ls.LitAPI):
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
+    def predict(self, images: torch.Tensor):
+        """A batch [B, 3, H, W] (LitServe batching), or one image [3, H, W] (max_batch_size 1:
+        LitServe then calls neither batch nor unbatch)."""
+        single = images.ndim == 3
         with torch.inference_mode():
-            logits, _features = self.model(images)
-            return torch.softmax(logits.float(), dim=1).topk(5, dim=1)
+            logits, _features = self.model(images.unsqueeze(0) if single else images)
+            scores, indices = torch.softmax(logits.float(), dim=1).topk(5, dim=1)
+        return (scores[0].tolist(), indices[0].tolist()) if single else (scores, indices)
 
     def unbatch(self, output) -> list:
         scores, indices = output

@@ -189,7 +189,10 @@ async def _closed_loop(url, request, concurrency, duration, max_requests, timeou
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bool]:
     writer.write(request)
     await writer.drain()
-    status = int((await reader.readline()).split()[1])
+    status_line = await reader.readline()
+    if not status_line:  # the server closed the connection without an answer
+        raise ConnectionResetError("connection closed before an answer")
+    status = int(status_line.split()[1])
     length, keep_alive = 0, True
     while (line := await reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode("latin-1").partition(":")
