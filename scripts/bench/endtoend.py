@@ -36,7 +36,7 @@ from scripts.bench.photos import encode, photo
 from scripts.build.archive import ARCHIVE_VERSION
 from scripts.build.inprocess import load_handler
 from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve, read_properties
-from scripts.zoo import COMPILERS, MODELS, REPO, get_model
+from scripts.zoo import COMPILERS, MODELS, REPO, get_model, handler_module
 
 CONCURRENCY = (1, 8, 32)
 CLASSIFIERS = ("mobilenet_v2", "resnet18")
@@ -89,11 +89,12 @@ def images() -> dict[str, bytes]:
 
 def served_settings(model: str) -> tuple[int, int]:
     """(batchSize, intra-op threads) the archive serves with."""
-    from runtime import threads_per_worker, usable_cores
-
+    runtime = handler_module("runtime")  # importable whoever calls: not only endtoend's main
     config = yaml.safe_load(get_model(model).config_file.read_text())
     handler_threads = config.get("handler", {}).get("num_threads")
-    return config["batchSize"], handler_threads or threads_per_worker(usable_cores(), config["maxWorkers"])
+    return config["batchSize"], handler_threads or runtime.threads_per_worker(
+        runtime.usable_cores(), config["maxWorkers"]
+    )
 
 
 def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int, float]:
