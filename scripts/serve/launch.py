@@ -44,8 +44,10 @@ class UnsafeDeployment(ValueError):
 
 
 def read_properties(path: Path) -> dict[str, str]:
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#") and "=" in line)
+    """A Java properties file's key=value lines (comments skipped); scripts.serve.server
+    and everything else read config.properties with this one."""
+    pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
+    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
 
 
 def host_of(address: str) -> str:

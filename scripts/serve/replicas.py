@@ -31,9 +31,8 @@ import requests
 
 from scripts.serve.server import free_ports
 from scripts.setup.haproxy import command_of, prefix_of
-from scripts.zoo import handler_module
+from scripts.zoo import REPO, handler_module
 
-REPO = Path(__file__).resolve().parents[2]
 GATEWAY_CONFIG = REPO / "deploy" / "haproxy" / "gateway.cfg"
 BACKEND = "torchserve"  # the gateway's backend (gateway.cfg)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import requests
 
+from scripts.serve.launch import read_properties  # stdlib-only, for the image's launcher
+
 REPO = Path(__file__).resolve().parents[2]
 # This repo's logging configuration: nothing written per request.
 LOG_CONFIG = REPO / "scripts" / "configs" / "log4j2.xml"
@@ -55,11 +57,6 @@ def renew_keys(management_url: str, key_file: Path) -> None:
     api = read_keys(key_file).header("api")
     for kind in ("inference", "management"):
         requests.post(f"{management_url}/token", params={"type": kind}, headers=api, timeout=30).raise_for_status()
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
 
 
 def frontend_alive(pid_file: Path) -> bool:
