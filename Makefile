@@ -40,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-scaling bench-metrics bench-replicas bench-delay bench-video soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-scaling bench-metrics bench-replicas bench-delay bench-memory bench-video soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -113,6 +113,9 @@ bench-replicas: archive setup ## 1 vs 2 replicas behind HAProxy, and one killed 
 
 bench-delay: archive ## a lone client's p50 vs 32 clients' req/s per maxBatchDelay, with FastAPI and LitServe -> docs/benchmarks.md
 	$(PY) -m scripts.bench.batch_delay
+
+bench-memory: archive ## RSS of every worker and the frontend (--models all) at idle and after the soak -> docs/benchmarks.md
+	$(PY) -m scripts.bench.memory
 
 bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
 	$(PY) -m scripts.bench.video

@@ -50,7 +50,7 @@ from metrics import (
     status_class,
 )
 from payload import header_parameters, merge_parameters, split_request
-from runtime import ThreadBudget, load_compiled_model, select_device, thread_budget
+from runtime import ThreadBudget, idle_trimmer, load_compiled_model, select_device, thread_budget
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -155,8 +155,10 @@ class BatchedImageHandler:
         weights = self.metadata["weights"]
         self.provenance = {"weights": weights["name"], "weights_sha256": weights["sha256"]}
         self.setup(model_dir)
+        self.memory = idle_trimmer(self.settings.release_memory_after_s)
         if self.settings.warmup:
             self.warmup()
+        self.memory.batch_ended()  # loading and warming up freed memory too
         self.drift = self.start_drift_monitor(model_dir, context) if self.settings.drift else None
         logger.info(
             "%s ready on %s (%s threads), weights: %s",
@@ -167,6 +169,13 @@ class BatchedImageHandler:
         )
 
     def handle(self, data: list[dict], context) -> list[bytes]:
+        self.memory.batch_started()
+        try:
+            return self._handle(data, context)
+        finally:
+            self.memory.batch_ended()
+
+    def _handle(self, data: list[dict], context) -> list[bytes]:
         if self.threads is not None:
             self.threads.before_batch()
         with torch.inference_mode():

@@ -42,6 +42,9 @@ class ImageHandlerSettings:
     jpeg_decoder: str = "auto"
     # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
     channels_last: bool = False
+    # Once the worker has been idle this many seconds, give the memory its batches freed back
+    # to the system (glibc keeps it for reuse: runtime.IdleTrimmer); 0 = never.
+    release_memory_after_s: float = 2.0
     # Emit the handler's metrics (handlers/metrics.py; their cost: docs/benchmarks.md).
     metrics: bool = True
     # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
@@ -63,6 +66,7 @@ class ImageHandlerSettings:
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
         check_range("max_response_bytes", self.max_response_bytes, 1, 2**31 - 1)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
+        check_range("release_memory_after_s", self.release_memory_after_s, 0, 3600)
         check_choice("jpeg_decoder", self.jpeg_decoder, ("auto", "batched", "per_image"))
 
     @property

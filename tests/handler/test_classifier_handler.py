@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 
 import pytest
 import torch
@@ -192,6 +193,20 @@ def test_threads_follow_the_busy_workers_on_the_machine(make_handler, monkeypatc
         assert torch.get_num_threads() == (pinned or usable_cores())
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_idle_worker_gives_memory_back_after_loading_and_after_batches(make_handler):
+    handler, context = make_handler(yaml={**DEFAULT_YAML, "handler": {"release_memory_after_s": 0.05}})
+
+    def trims_reach(count: int) -> bool:
+        deadline = time.monotonic() + 10
+        while handler.memory.trims < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return handler.memory.trims == count
+
+    assert trims_reach(1)  # once loaded and warmed up
+    handler.handle([body(solid(RED))], context)
+    assert trims_reach(2)
 
 
 def test_batch_size_header_is_opt_in(make_handler):

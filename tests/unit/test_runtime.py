@@ -4,15 +4,19 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from runtime import (
+    IdleTrimmer,
     ThreadBudget,
     WorkerRegistry,
     cgroup_cpu_quota,
+    idle_trimmer,
     select_device,
     thread_budget,
     threads_per_worker,
@@ -124,3 +128,50 @@ def test_a_container_cpu_limit_caps_the_usable_cores(tmp_path):
     assert usable_cores(tmp_path) == 1
     (tmp_path / "cpu.max").write_text(f"{(affinity + 8) * 100000} 100000\n")  # above the cores: the cores
     assert usable_cores(tmp_path) == affinity
+
+
+def counting_trimmer(after_s: float) -> tuple[IdleTrimmer, threading.Semaphore]:
+    trimmed = threading.Semaphore(0)
+    return IdleTrimmer(after_s, trimmed.release), trimmed
+
+
+def test_an_idle_worker_gives_memory_back_once_per_idle_period():
+    trimmer, trimmed = counting_trimmer(0.05)
+    trimmer.batch_started()
+    trimmer.batch_ended()
+    started = time.monotonic()
+    assert trimmed.acquire(timeout=10)
+    assert time.monotonic() - started >= 0.04  # not before `after_s` of idleness
+    assert not trimmed.acquire(timeout=0.2)  # still idle: nothing more to give back
+    trimmer.batch_started()
+    trimmer.batch_ended()
+    assert trimmed.acquire(timeout=10) and trimmer.trims == 2
+
+
+def test_no_trim_while_batches_keep_coming():
+    trimmer, trimmed = counting_trimmer(0.3)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:  # a batch every 50 ms: never idle for 0.3 s
+        trimmer.batch_started()
+        time.sleep(0.03)
+        trimmer.batch_ended()
+        time.sleep(0.02)
+        assert trimmer.trims == 0
+    assert trimmed.acquire(timeout=10)
+
+
+def test_a_long_batch_is_not_trimmed_under():
+    trimmer, trimmed = counting_trimmer(0.05)
+    trimmer.batch_ended()
+    trimmer.batch_started()  # before the idle period ran out
+    assert not trimmed.acquire(timeout=0.3)
+    trimmer.batch_ended()
+    assert trimmed.acquire(timeout=10)
+
+
+def test_releasing_memory_can_be_turned_off():
+    trimmer = IdleTrimmer(0, lambda: pytest.fail("trimmed with after_s 0"))
+    trimmer.batch_ended()
+    time.sleep(0.1)
+    assert trimmer.trims == 0
+    assert idle_trimmer(1.0).trim is not None  # glibc here
