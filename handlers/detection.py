@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from torchvision.ops import batched_nms, box_convert
 
 from settings import ImageHandlerSettings, check_choice, check_range, shown
+from vision_ops import batched_nms, cxcywh_to_xyxy
 
 OUTPUT_FORMATS = ("json", "image")
 # ultralytics' non_max_suppression keeps at most this many boxes before NMS (max_nms).
@@ -96,7 +96,7 @@ def detect_objects(
     keep = scores > score_threshold
     if classes is not None:
         keep &= torch.isin(labels, classes.to(labels.device))
-    boxes = box_convert(candidates[keep, :4], "cxcywh", "xyxy")
+    boxes = cxcywh_to_xyxy(candidates[keep, :4])
     scores, labels = scores[keep], labels[keep]
     if scores.numel() > MAX_NMS_CANDIDATES:
         top = scores.topk(MAX_NMS_CANDIDATES).indices

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as nnf
-import torchvision.transforms.v2.functional as F
-from torchvision.ops import nms
 
 from detection import DetectionSettings
 from settings import check_choice, check_range
+from vision_ops import gaussian_blur, nms
 
 MODES = ("mosaic", "blur")
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
@@ -126,7 +125,7 @@ def pixelate_regions(
             out[:, y1:y2, x1:x2] = spread_cells(to_uint8(cells), height, width)
         else:
             if min(grid) >= 2:  # reflect padding needs two cells
-                cells = F.gaussian_blur(cells, [3, 3], sigma=1.0)
+                cells = gaussian_blur(cells, 3, sigma=1.0)
             smooth = nnf.interpolate(cells.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
             out[:, y1:y2, x1:x2] = to_uint8(smooth.squeeze(0))
     return out

@@ -13,11 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.io import decode_image as tv_decode_image
-from torchvision.io import encode_jpeg as tv_encode_jpeg
+
+import vision_ops
 
 # Formats decoded by torchvision's C decoders (faster than PIL); the rest go through
 # PIL. PNG is not among them: torchvision 0.29's libpng wrapper segfaults on a PNG
@@ -148,7 +146,7 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]
     [3, H, W] RGB each, EXIF orientation applied. Raises if any of them is corrupt: the
     caller then decodes them one by one to find which."""
     buffers = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas]
-    return decode_jpeg(buffers, mode=ImageReadMode.RGB, apply_exif_orientation=True, device=device)
+    return vision_ops.decode_jpegs(buffers, device)
 
 
 def jpeg_reduction(width: int, height: int, size: int, fit: str) -> int:
@@ -183,7 +181,7 @@ def decode_image_at_least(data: bytes, info: ImageInfo, size: int, fit: str) -> 
 
 def _decode_with_torchvision(data: bytes) -> torch.Tensor:
     buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    image = tv_decode_image(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    image = vision_ops.decode_image(buffer)
     return image[0] if image.ndim == 4 else image  # animated GIF: [frames, 3, H, W]
 
 
@@ -226,7 +224,7 @@ def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int) ->
     """uint8 [3, H, W] -> uint8 [3, crop_size, crop_size], ImageNet-style evaluation crop."""
     top, left, height, width = center_crop_box(image.shape[-2], image.shape[-1], resize_size, crop_size)
     shrinking = height > crop_size  # antialiasing only matters when shrinking
-    return F.resized_crop(image, top, left, height, width, [crop_size, crop_size], antialias=shrinking)
+    return vision_ops.resized_crop(image, top, left, height, width, (crop_size, crop_size), antialias=shrinking)
 
 
 def letterbox(
@@ -241,7 +239,7 @@ def letterbox(
     ratio = size / max(height, width)
     new_h, new_w = max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
     if (new_h, new_w) != (height, width):
-        image = F.resize(image, [new_h, new_w], antialias=new_h < height)  # antialiasing only matters shrinking
+        image = vision_ops.resize(image, (new_h, new_w), antialias=new_h < height)  # antialias only when shrinking
     pad_left, pad_top = (size - new_w) // 2, (size - new_h) // 2
     fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
     canvas = fill_values.expand(3, size, size).clone()
@@ -267,4 +265,4 @@ def unletterbox_boxes(boxes: torch.Tensor, geometry: ImageMeta) -> torch.Tensor:
 
 def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:
     """uint8 [3, H, W] (any device) -> JPEG bytes."""
-    return tv_encode_jpeg(image.cpu().contiguous(), quality=quality).numpy().tobytes()
+    return vision_ops.encode_jpeg(image.cpu().contiguous(), quality).numpy().tobytes()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def load_compiled_model(path: Path, device: torch.device, optimize: bool = True)
         built_for = metadata.get("device", "cpu")
         if torch.device(built_for).type != device.type:
             raise ValueError(f"{path.name} was compiled by AOTInductor for {built_for}, not {device}: rebuild it there")
-        return torch._inductor.aoti_load_package(str(path)), metadata
+        return load_aoti_package(path), metadata
     with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated
         warnings.simplefilter("ignore", FutureWarning)
         model = torch.jit.load(str(path), map_location=device)
@@ -261,6 +262,31 @@ def load_compiled_model(path: Path, device: torch.device, optimize: bool = True)
         if optimize and device.type == "cpu":
             model = torch.jit.optimize_for_inference(model)
     return model, metadata
+
+
+def load_aoti_package(path: Path) -> Callable:
+    """An AOTInductor package's model, loaded by torch's C++ package loader. torch's Python
+    entry point (torch._inductor.aoti_load_package) calls the same loader, after importing
+    torch._dynamo, sympy and setuptools: ~110 MB per worker that running a package never
+    uses. That entry point stays the fallback should the loader's signature change."""
+    try:
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+    except (AttributeError, TypeError) as err:
+        logger.info("torch's AOTInductor package loader not callable directly (%s): using aoti_load_package", err)
+        return torch._inductor.aoti_load_package(str(path))
+    return AOTIPackage(loader)
+
+
+class AOTIPackage:
+    """A loaded AOTInductor model called with tensors, answering as it was exported (a
+    tensor, or a tuple or list of them)."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        self.out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+
+    def __call__(self, *tensors: torch.Tensor):
+        return pytree.tree_unflatten(self.loader.boxed_run(list(tensors)), self.out_spec)
 
 
 def read_embedded_metadata(path: Path) -> dict:

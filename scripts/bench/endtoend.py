@@ -71,6 +71,7 @@ class Point:
     inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
     frontend_cpu_ms: float | None = None  # TorchServe: CPU ms per request of its Java frontend
     worker_cpu_ms: float | None = None  # ... and of its workers (scripts/bench/cpu.py)
+    client_cpu_ms: float | None = None  # ... and of the load generator itself (on the same cores)
 
 
 def images() -> dict[str, bytes]:
@@ -284,6 +285,7 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
     logged_before = directory_bytes(logs) if logs else 0
     counters_before = torchserve_counters(metrics, model)
     cpu_before = session_cpu(session) if session else {}
+    client_before = time.process_time()
     outcomes = closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, duration, 100_000,
                                method=method)  # fmt: skip
     elapsed = max(started + latency for started, latency, _ in outcomes) - min(s for s, _, _ in outcomes)
@@ -300,11 +302,13 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         percentile(latencies, 99),
         sum(status != 200 for _, _, status in outcomes),
     )
+    client_ms = (time.process_time() - client_before) * 1000 / len(outcomes)
     if session:
         cpu = session_cpu(session)
         point.frontend_cpu_ms, point.worker_cpu_ms = (
             (cpu[part] - cpu_before[part]) * 1000 / len(outcomes) for part in ("frontend", "workers")
         )
+        point.client_cpu_ms = client_ms
     if metrics:
         after = torchserve_counters(metrics, model)
         point.queue_ms, point.inference_ms = (

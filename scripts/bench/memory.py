@@ -1,8 +1,9 @@
 """Resident memory of the whole server with every archive (`torchserve --models all`): the
 Java frontend and each model's workers, at idle and again idle after a soak, for two
-servers side by side in one run -- the archives as built (idle workers give the memory
-their batches freed back: `release_memory_after_s`) and the same archives with that off
-(0, what every worker did before) -> the memory section of docs/benchmarks.md.
+servers side by side in one run -- the archives as built now (*after*) and the same
+compiled models and settings archived with the handlers of an earlier commit (*before*:
+by default the last one before issue 15's memory work) -> the memory section of
+docs/benchmarks.md, with what a worker's imports cost, step by step.
 
     python -m scripts.bench.memory               # make bench-memory: idle, 10-minute soak, idle
 
@@ -12,7 +13,9 @@ that map it, so the PSS of all processes adds up to what the server really occup
 """
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -23,12 +26,13 @@ from pathlib import Path
 from scripts.bench.cpu import process_cpu
 from scripts.bench.loadgen import run_load
 from scripts.bench.report import machine, publish
-from scripts.bench.side_by_side import archive_variants
 from scripts.bench.soak import DEFAULT_MODELS, request_mix
+from scripts.build.archive import build_archive
 from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import MODELS, REPO
 
-VARIANTS = {"release": "idle workers give freed memory back (as built)", "keep": "release_memory_after_s: 0"}
+BEFORE = "696eff8"  # the last commit before issue 15's memory work
+LABELS = ("before", "after")
 SETTLE_S = 15.0  # after load: longer than release_memory_after_s (2 s), and the frontend's GC
 
 
@@ -70,21 +74,58 @@ def totals(snap: dict) -> dict[str, float]:
     return {kind: sum(p[kind] for p in processes) for kind in ("rss", "pss", "uss")}
 
 
-def run(soak_s: float, concurrency: int) -> dict:
-    models = [spec.name for spec in MODELS]
+# What a worker holds, step by step, in a fresh interpreter: what the handlers import, and
+# what the two modules they no longer import would add (handlers/vision_ops.py, runtime.py).
+IMPORT_STEPS = (
+    ("python", ""),
+    ("import torch", "import torch"),
+    ("the handlers' modules", "import classifier_handler, detector_handler, face_pixelizer_handler"),
+    ("+ import torchvision (as before)", "import torchvision"),
+    ("+ import torch._inductor.package (as before, for .pt2)", "import torch._inductor.package"),
+)
+IMPORT_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+def memory():
+    fields = dict(line.split(":", 1) for line in open("/proc/self/smaps_rollup").read().splitlines()[1:])
+    return {name: int(fields[key].split()[0]) / 1024 for name, key in (("rss", "Rss"), ("anon", "Anonymous"))}
+for label, statement in json.loads(sys.argv[2]):
+    exec(statement)
+    print(json.dumps({"step": label, **memory()}), flush=True)
+"""
+
+
+def import_costs() -> list[dict]:
+    """RSS and anonymous memory (MiB) after each of IMPORT_STEPS, in a fresh interpreter."""
+    steps = json.dumps(IMPORT_STEPS)
+    output = subprocess.run([sys.executable, "-c", IMPORT_PROBE, str(REPO / "handlers"), steps],
+                            capture_output=True, text=True, check=True, timeout=300).stdout  # fmt: skip
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def handlers_at(ref: str, directory: Path) -> Path:
+    """handlers/ as it was at git `ref`, written under `directory`."""
+    files = subprocess.run(["git", "-C", str(REPO), "archive", ref, "handlers"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=files.stdout, check=True)
+    return directory / "handlers"
+
+
+def run(before: str, soak_s: float, concurrency: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as workdir:
-        store = Path(workdir)
-        names = {"release": {}, "keep": {}}
-        for model in models:
-            (store / f"{model}.mar").symlink_to(REPO / "model_store" / f"{model}.mar")
-            names["release"][model] = model
-            off = archive_variants(model, store, {"keep": {"handler": {"release_memory_after_s": 0}}})
-            names["keep"][model] = off["keep"]
+        store = Path(workdir) / "store"
+        store.mkdir()
+        old_handlers = handlers_at(before, Path(workdir))
+        names = {"before": {}, "after": {}}
+        for spec in MODELS:
+            (store / f"{spec.name}.mar").symlink_to(REPO / "model_store" / f"{spec.name}.mar")
+            names["after"][spec.name] = spec.name
+            build_archive(spec, REPO / "build" / spec.artifact, store, f"{spec.name}_before", handlers=old_handlers)
+            names["before"][spec.name] = f"{spec.name}_before"
         with (
-            local_torchserve(store, list(names["release"].values())) as release,
-            local_torchserve(store, list(names["keep"].values())) as keep,
+            local_torchserve(store, list(names["before"].values())) as old,
+            local_torchserve(store, list(names["after"].values())) as new,
         ):
-            servers = {"release": release, "keep": keep}
+            servers = {"before": old, "after": new}
             time.sleep(SETTLE_S)
             idle = {label: snapshot(server, names[label]) for label, server in servers.items()}
             print_totals("idle", idle)
@@ -101,6 +142,8 @@ def run(soak_s: float, concurrency: int) -> dict:
             after = {label: snapshot(server, names[label]) for label, server in servers.items()}
             print_totals("after the soak", after)
     return {
+        "imports": import_costs(),
+        "before": before,
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
         "soak_s": soak_s,
@@ -128,43 +171,43 @@ def print_totals(moment: str, snaps: dict) -> None:
 def render_section(results: dict) -> str:
     moments = {"idle": "idle", "after_soak": "after the soak"}
     rows = []
-    for model in results["idle"]["release"]["models"]:
+    for model in results["idle"]["after"]["models"]:
         cells = []
         for moment in moments:
-            for label in ("keep", "release"):
-                workers = results[moment][label]["models"][model]
-                cells.append(f"{sum(w['rss'] for w in workers):.0f}")
-        count = len(results["idle"]["release"]["models"][model])
-        rows.append(f"| {model} | {count} | " + " | ".join(cells) + " |")
-    frontend = [f"{results[m][label]['frontend']['rss']:.0f}" for m in moments for label in ("keep", "release")]
+            for label in LABELS:
+                cells.append(f"{sum(w['rss'] for w in results[moment][label]['models'][model]):.0f}")
+        rows.append(f"| {model} | {len(results['idle']['after']['models'][model])} | " + " | ".join(cells) + " |")
+    frontend = [f"{results[m][label]['frontend']['rss']:.0f}" for m in moments for label in LABELS]
     rows.append("| Java frontend | - | " + " | ".join(frontend) + " |")
     for kind in ("rss", "pss"):
-        cells = [f"**{totals(results[m][label])[kind]:.0f}**" for m in moments for label in ("keep", "release")]
+        cells = [f"**{totals(results[m][label])[kind]:.0f}**" for m in moments for label in LABELS]
         rows.append(f"| **total {kind.upper()}** | | " + " | ".join(cells) + " |")
 
     def change(moment: str, kind: str) -> float:
-        before, after = (totals(results[moment][label])[kind] for label in ("keep", "release"))
+        before, after = (totals(results[moment][label])[kind] for label in LABELS)
         return 100 * (after - before) / before
 
-    worker_uss = statistics.median(
-        w["uss"] for workers in results["idle"]["release"]["models"].values() for w in workers
-    )
+    worker_uss = statistics.median(w["uss"] for workers in results["idle"]["after"]["models"].values() for w in workers)
     idle_change = change("idle", "rss")
     loads = results["loads"]
+    imports, previous = [], 0.0
+    for step in results.get("imports", []):
+        imports.append(f"| {step['step']} | {step['rss']:.0f} | {step['anon']:.0f} | {step['anon'] - previous:+.0f} |")
+        previous = step["anon"]
     return "\n".join([
         "## Memory of the whole server",
         "",
         f"`make bench-memory` (`scripts/bench/memory.py`, {results['date']}, {results['machine']}): two "
-        "TorchServes with every archive at once, side by side: *keep* = every worker keeps what its "
-        "batches freed (`release_memory_after_s: 0`, what every worker did before), *release* = the "
-        "archives as built (a worker idle for 2 s gives it back). MiB of resident memory, each model's "
-        f"workers together; *idle* {SETTLE_S:g} s after every worker was ready, *after the soak* "
-        f"{SETTLE_S:g} s after {results['soak_s'] / 60:g} minutes of the soak's mix ("
-        f"{', '.join(results['soak_models'])}, real photos and bad requests, {results['concurrency']} clients "
-        f"per server; {loads['keep']['requests']} and {loads['release']['requests']} requests, "
-        f"{loads['keep']['unexpected'] + loads['release']['unexpected']} answered unexpectedly).",
+        "TorchServes with every archive at once, side by side: *after* = the archives as built, *before* = "
+        f"the same compiled models and settings archived with the handlers of `{results['before']}` (the "
+        "last commit before this work). MiB of resident memory (RSS), each model's workers together; "
+        f"*idle* {SETTLE_S:g} s after every worker was ready, *after the soak* {SETTLE_S:g} s after "
+        f"{results['soak_s'] / 60:g} minutes of the soak's mix ({', '.join(results['soak_models'])}, real "
+        f"photos and bad requests, {results['concurrency']} clients per server, both servers at once; "
+        f"{loads['before']['requests']} and {loads['after']['requests']} requests, "
+        f"{loads['before']['unexpected'] + loads['after']['unexpected']} answered otherwise than expected).",
         "",
-        "| model | workers | idle, keep | idle, release | after the soak, keep | after the soak, release |",
+        "| model | workers | idle, before | idle, after | after the soak, before | after the soak, after |",
         "| --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
@@ -172,12 +215,20 @@ def render_section(results: dict) -> str:
         f"{change('after_soak', 'rss'):+.1f} % (PSS {change('after_soak', 'pss'):+.1f} %). Target (total RSS at "
         f"idle -20 %): **{'met' if idle_change <= -20 else 'MISSED'}**. RSS counts torch's shared "
         "libraries in every worker; PSS shares them out, so the PSS total is what the server occupies. "
-        f"A worker's own memory (USS, median at idle): {worker_uss:.0f} MiB.",
+        f"A worker's own memory (USS, median at idle, after): {worker_uss:.0f} MiB.",
+        "",
+        "What a worker's interpreter holds, step by step (a fresh interpreter, MiB; anonymous memory is "
+        "the process's own, RSS adds the pages of the libraries it maps):",
+        "",
+        "| step | RSS | anonymous | step's anonymous |",
+        "| --- | --- | --- | --- |",
+        *imports,
     ])  # fmt: skip
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", default=BEFORE, help=f"git ref of the handlers to compare with (default {BEFORE})")
     parser.add_argument("--soak", type=float, default=600, help="seconds of load between the two readings")
     parser.add_argument("--concurrency", type=int, default=8, help="soak clients per server")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -186,7 +237,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    results = run(args.soak, args.concurrency)
+    results = run(args.before, args.soak, args.concurrency)
     publish("memory", render_section(results), results, args.output, args.json)
 
 

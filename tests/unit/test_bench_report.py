@@ -76,3 +76,58 @@ def test_the_cost_section_compares_every_variant_with_all_off_cycle_by_cycle():
         points[0]["req_per_s"] = 0.96 * points[2]["req_per_s"]
         points[0]["frontend_cpu_ms"] = 6.0  # all on: +10 % CPU per request
     assert "**MISSED**: throughput -4.0%, CPU per request -9.1% as throughput" in render_section(results)
+
+
+def test_the_memory_section_adds_up_every_process_side_by_side(tmp_path):
+    import os
+
+    from scripts.bench.memory import frontend_pid, process_memory, render_section
+
+    def server(scale: float) -> dict:
+        worker = {"pid": 1, "rss": 800 * scale, "pss": 500 * scale, "uss": 400 * scale}
+        return {"frontend": {"rss": 250, "pss": 240, "uss": 230},
+                "models": {"mobilenet_v2": [worker, worker], "yolov5s": [{**worker, "rss": 900 * scale}]}}  # fmt: skip
+
+    results = {"date": "2026-11-22", "machine": "test", "soak_s": 600, "concurrency": 8, "before": "abc1234",
+               "soak_models": ["mobilenet_v2"], "loads": {"before": {"requests": 100, "unexpected": 0},
+               "after": {"requests": 90, "unexpected": 1}}, "idle": {"before": server(1.0), "after": server(0.75)},
+               "after_soak": {"before": server(1.5), "after": server(0.75)},
+               "imports": [{"step": "python", "rss": 10, "anon": 2},
+                           {"step": "import torch", "rss": 500, "anon": 280}]}  # fmt: skip
+    section = render_section(results)
+    assert "| mobilenet_v2 | 2 | 1600 | 1200 | 2400 | 1200 |" in section
+    assert "| Java frontend | - | 250 | 250 | 250 | 250 |" in section
+    assert "| **total RSS** | | **2750** | **2125** | **3925** | **2125** |" in section  # 250 + 1600 + 900
+    assert "Total RSS at idle: -22.7 %" in section and "**met**" in section
+    assert "| import torch | 500 | 280 | +278 |" in section
+    results["idle"]["after"] = server(0.9)
+    assert "**MISSED**" in render_section(results)
+
+    mine = process_memory(os.getpid())
+    assert mine["rss"] >= mine["pss"] >= mine["uss"] > 0
+    for pid, name, session in ((10, "python", 77), (11, "java", 78), (12, "java", 77)):
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(f"{pid} ({name}) S 1 {session} {session} " + "0 " * 40)
+    assert frontend_pid(77, proc=tmp_path) == 12
+
+
+def test_the_ceiling_section_splits_each_requests_cpu_and_needs_every_run():
+    from scripts.bench.ceiling import FRONTEND_VARIANTS, MODELS, render_section
+
+    def entry(run: int, model: str, rate: float) -> dict:
+        ours = {"req_per_s": rate, "frontend_cpu_ms": 1.2, "worker_cpu_ms": 9.0, "client_cpu_ms": 0.8}
+        return {"run": run, "model": model, "ours": ours, "ceiling": {"served": 200.0, "workers": 2, "threads": 1}}
+
+    frontend = [{"round": 1, "variant": v, "req_per_s": 150.0, "frontend_cpu_ms": 1.1, "p99_ms": 80.0}
+                for v in FRONTEND_VARIANTS]  # fmt: skip
+    results = {"date": "2026-11-22", "machine": "test", "cores": 2, "duration_s": 15, "frontend": frontend,
+               "runs": [entry(run, model, 170.0) for run in (1, 2, 3) for model in MODELS]}  # fmt: skip
+    section = render_section(results)
+    # model alone: 2 processes x 1 thread / 200 img/s = 10 ms of CPU per image
+    assert f"| 2 | {MODELS[0]} | 200.0 | 170.0 | 0.85x | 1.20 | 9.00 | 0.80 | 10.00 |" in section
+    assert "**met**" in section
+    # 0.8x of 200 img/s on 2 cores: 12.5 ms of CPU per request in all
+    assert "may cost 12.5 ms of CPU in all" in section and "leaving 2.5 ms" in section
+    assert "| as configured | 150.0 | 150.0 | 1.10 | 80 |" in section
+    results["runs"][4]["ours"]["req_per_s"] = 150.0  # one run of one model at 0.75x
+    assert "**MISSED**" in render_section(results)

@@ -1,0 +1,108 @@
+"""handlers/vision_ops.py gives what torchvision's own functions give, and a worker that
+imports the handlers and loads every kind of compiled model never imports torchvision's
+Python package, torch._dynamo or sympy (what it would cost: docs/benchmarks.md, memory)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision.io
+import torchvision.ops
+import torchvision.transforms.v2.functional as F
+
+import vision_ops
+from runtime import load_compiled_model
+from scripts.bench.photos import encode, photo
+from scripts.zoo import REPO, get_model
+
+SIZES = [(300, 451), (1, 7), (480, 640), (641, 1000)]
+
+
+@pytest.fixture(scope="module")
+def cat() -> torch.Tensor:
+    return torch.from_numpy(np.asarray(photo("chelsea"))).permute(2, 0, 1).contiguous()
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("antialias", [True, False])
+def test_resize_is_torchvisions(cat, size, antialias):
+    assert torch.equal(vision_ops.resize(cat, size, antialias), F.resize(cat, list(size), antialias=antialias))
+
+
+def test_resized_crop_is_torchvisions(cat):
+    ours = vision_ops.resized_crop(cat, 20, 60, 250, 250, (224, 224), antialias=True)
+    assert torch.equal(ours, F.resized_crop(cat, 20, 60, 250, 250, [224, 224], antialias=True))
+
+
+@pytest.mark.parametrize("shape", [(3, 2, 2), (3, 8, 5), (3, 16, 16)])
+def test_gaussian_blur_is_torchvisions(shape):
+    cells = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 255
+    expected = F.gaussian_blur(cells, [3, 3], sigma=1.0)
+    assert torch.allclose(vision_ops.gaussian_blur(cells, 3, sigma=1.0), expected, atol=1e-4)
+
+
+def random_boxes(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    corners = torch.rand(count, 2, generator=generator) * 600
+    sizes = torch.rand(count, 2, generator=generator) * 120 + 1
+    scores = torch.rand(count, generator=generator)
+    classes = torch.randint(0, 5, (count,), generator=generator)
+    return torch.cat([corners, corners + sizes], dim=1), scores, classes
+
+
+@pytest.mark.parametrize("count", [0, 1, 50, 2000])
+def test_nms_is_torchvisions(count):
+    boxes, scores, classes = random_boxes(count, seed=count)
+    assert torch.equal(vision_ops.nms(boxes, scores, 0.45), torchvision.ops.nms(boxes, scores, 0.45))
+    ours = vision_ops.batched_nms(boxes, scores, classes, 0.45)
+    assert torch.equal(ours, torchvision.ops.batched_nms(boxes, scores, classes, 0.45))
+
+
+def test_box_conversion_is_torchvisions():
+    boxes = torch.tensor([[50.0, 40.0, 20.0, 10.0], [0.5, 0.5, 1.0, 1.0]])
+    assert torch.equal(vision_ops.cxcywh_to_xyxy(boxes), torchvision.ops.box_convert(boxes, "cxcywh", "xyxy"))
+
+
+def test_codecs_are_torchvisions():
+    data = torch.frombuffer(bytearray(encode(photo("astronaut"), "JPEG")), dtype=torch.uint8)
+    image = vision_ops.decode_image(data)
+    assert torch.equal(image, torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB))
+    (batched,) = vision_ops.decode_jpegs([data], torch.device("cpu"))
+    assert torch.equal(batched, image)
+    assert torch.equal(vision_ops.encode_jpeg(image, 80), torchvision.io.encode_jpeg(image, quality=80))
+    with pytest.raises(ValueError, match="quality"):
+        vision_ops.encode_jpeg(image, 0)
+
+
+@pytest.mark.parametrize("model", ["face_pixelizer", "yolov5s"])
+def test_an_aoti_package_answers_as_torch_loads_it(model):
+    path = REPO / "build" / get_model(model).artifact
+    if not path.is_file():
+        pytest.skip(f"{path.name} not built (make archive)")
+    ours, _metadata = load_compiled_model(path, torch.device("cpu"))
+    batch = torch.full((2, 3, 640, 640), 114, dtype=torch.uint8)
+    expected = torch._inductor.aoti_load_package(str(path))(batch)
+    answer = ours(batch)
+    assert type(answer) is type(expected)
+    for got, want in zip(*(a if isinstance(a, (tuple, list)) else [a] for a in (answer, expected)), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_a_worker_never_imports_torchvision_dynamo_or_sympy():
+    artifacts = [REPO / "build" / get_model(m).artifact for m in ("mobilenet_v2", "face_pixelizer")]
+    if not all(path.is_file() for path in artifacts):
+        pytest.skip("models not built (make archive)")
+    code = f"""
+import sys
+sys.path.insert(0, {str(REPO / "handlers")!r})
+import torch
+import classifier_handler, detector_handler, face_pixelizer_handler
+from runtime import load_compiled_model
+for path in {[str(p) for p in artifacts]!r}:
+    load_compiled_model(path, torch.device("cpu"))
+print(sorted(name for name in ("torchvision", "torch._dynamo", "sympy") if name in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
