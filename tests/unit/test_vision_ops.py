@@ -22,7 +22,7 @@ SIZES = [(300, 451), (1, 7), (480, 640), (641, 1000)]
 
 @pytest.fixture(scope="module")
 def cat() -> torch.Tensor:
-    return torch.from_numpy(np.asarray(photo("chelsea"))).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(photo("chelsea"))).permute(2, 0, 1).contiguous()
 
 
 @pytest.mark.parametrize("size", SIZES)
