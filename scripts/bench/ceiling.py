@@ -15,13 +15,11 @@ import datetime
 import statistics
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
-from scripts.bench.endtoend import ceiling, images, measure
+from scripts.bench.endtoend import ceiling
 from scripts.bench.report import machine, publish
-from scripts.bench.side_by_side import WARMUP_S
-from scripts.serve.server import local_torchserve
+from scripts.bench.side_by_side import WARMUP_S, run_variant
 from scripts.zoo import REPO, handler_module
 
 MODELS = ("mobilenet_v2", "face_pixelizer")
@@ -37,15 +35,6 @@ FRONTEND_VARIANTS = {
 }
 
 
-def served_point(store: Path, model: str, duration: float, overrides: dict | None = None) -> dict:
-    registry = Path(tempfile.mkdtemp(prefix="workers-"))  # no other server's workers counted
-    env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
-    with local_torchserve(store, [model], overrides=overrides, env=env) as server:
-        point = measure("ours", server.inference, server.keys.header("inference"), model, "small", images()["small"],
-                        CLIENTS, duration, session=server.process.pid, warmup=WARMUP_S)  # fmt: skip
-    return asdict(point)
-
-
 def run(runs: int, rounds: int, duration: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as workdir:
         store = Path(workdir)
@@ -55,7 +44,7 @@ def run(runs: int, rounds: int, duration: float) -> dict:
         for index in range(runs):
             for model in MODELS:
                 limit = ceiling(model, 5)
-                ours = served_point(store, model, duration)
+                (ours,) = run_variant(store, model, "ours", None, CLIENTS, duration)
                 measured.append({"run": index + 1, "model": model, "ceiling": limit, "ours": ours})
                 print(f"run {index + 1}, {model}: {ours['req_per_s']:.1f} / {limit['served']:.1f} = "
                       f"{ours['req_per_s'] / limit['served']:.2f}x", file=sys.stderr, flush=True)  # fmt: skip
@@ -63,10 +52,8 @@ def run(runs: int, rounds: int, duration: float) -> dict:
         labels = list(FRONTEND_VARIANTS)
         for index in range(rounds):
             for label in labels[index % len(labels) :] + labels[: index % len(labels)]:
-                point = served_point(store, MODELS[0], duration, FRONTEND_VARIANTS[label])
-                frontend.append({"round": index + 1, "variant": label, **point})
-                print(f"  {label}: {point['req_per_s']:.1f} req/s, frontend {point['frontend_cpu_ms']:.2f} ms/request",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                (point,) = run_variant(store, MODELS[0], label, None, CLIENTS, duration, FRONTEND_VARIANTS[label])
+                frontend.append({"round": index + 1, **point})
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),

@@ -302,13 +302,12 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         percentile(latencies, 99),
         sum(status != 200 for _, _, status in outcomes),
     )
-    client_ms = (time.process_time() - client_before) * 1000 / len(outcomes)
     if session:
         cpu = session_cpu(session)
         point.frontend_cpu_ms, point.worker_cpu_ms = (
             (cpu[part] - cpu_before[part]) * 1000 / len(outcomes) for part in ("frontend", "workers")
         )
-        point.client_cpu_ms = client_ms
+        point.client_cpu_ms = (time.process_time() - client_before) * 1000 / len(outcomes)
     if metrics:
         after = torchserve_counters(metrics, model)
         point.queue_ms, point.inference_ms = (

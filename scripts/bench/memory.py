@@ -52,8 +52,10 @@ def process_memory(pid: int) -> dict[str, float]:
 def frontend_pid(session: int, proc: Path = Path("/proc")) -> int:
     """The Java frontend of the TorchServe whose launcher leads `session`."""
     for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            name, owner, _cpu = process_cpu((entry / "stat").read_text()) if entry.name.isdigit() else ("", 0, 0)
+            name, owner, _cpu = process_cpu((entry / "stat").read_text())
         except (OSError, ValueError, IndexError):  # gone meanwhile, or not readable
             continue
         if name == "java" and owner == session:

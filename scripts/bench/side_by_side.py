@@ -53,12 +53,15 @@ def scale(server: Server, name: str, workers: int) -> None:
         raise RuntimeError(f"{name}: {len(ready)} ready workers after scaling to {workers}")
 
 
-def run_variant(store: Path, name: str, label: str, workers: list[int] | None, clients: int, duration: float):
+def run_variant(store: Path, name: str, label: str, workers: list[int] | None, clients: int, duration: float,
+                overrides: dict[str, str] | None = None):  # fmt: skip
     """One TorchServe serving only this variant: a point at each worker count (scaled
-    through the management API), or one point as configured (workers=None)."""
+    through the management API), or one point as configured (workers=None). `overrides`:
+    config.properties settings of this server."""
     points, body = [], images()["small"]
     registry = Path(tempfile.mkdtemp(prefix="workers-"))  # no other server's workers counted
-    with local_torchserve(store, [name], env={"TS_ZOO_WORKER_REGISTRY": str(registry)}) as server:
+    env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
+    with local_torchserve(store, [name], overrides=overrides, env=env) as server:
         for count in workers or [None]:
             if count is not None:
                 scale(server, name, count)
