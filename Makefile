@@ -40,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-scaling bench-metrics bench-replicas bench-delay bench-memory bench-ceiling bench-video soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-scaling bench-metrics bench-replicas bench-delay bench-memory bench-ceiling bench-peers bench-video soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -119,6 +119,9 @@ bench-memory: archive ## RSS of every worker and the frontend (--models all) at 
 
 bench-ceiling: archive ## mobilenet_v2 and face_pixelizer at 8 clients vs the model alone, 3 runs, + frontend settings -> docs/benchmarks.md
 	$(PY) -m scripts.bench.ceiling
+
+bench-peers: archive ## ours vs LitServe seconds apart, with each one's CPU per request -> docs/benchmarks.md
+	$(PY) -m scripts.bench.peers
 
 bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
 	$(PY) -m scripts.bench.video

@@ -55,12 +55,13 @@ def run(model: str, rounds: int, duration: float) -> dict:
                         print(f"  {label} ms, c={clients}: {point.req_per_s:.1f} req/s, p50 {point.p50_ms:.1f} ms",
                               file=sys.stderr, flush=True)  # fmt: skip
     peers = {}
-    with fastapi_server(get_model(model).architecture) as url:
-        peers["fastapi"] = asdict(measure("fastapi", url, {}, model, "small", body, 1, duration))
+    with fastapi_server(get_model(model).architecture) as peer:
+        peers["fastapi"] = asdict(measure("fastapi", peer.url, {}, model, "small", body, 1, duration))
     headers, form = litserve_request(body)
     settings = litserve_settings(model)
-    with litserve_server(model, *settings) as url:
-        peers["litserve"] = asdict(measure("litserve", url, headers, model, "small", form, 1, duration, method="POST"))
+    with litserve_server(model, *settings) as peer:
+        peers["litserve"] = asdict(measure("litserve", peer.url, headers, model, "small", form, 1, duration,
+                                           method="POST"))  # fmt: skip
     return {**about_the_run(model, 1, duration), "configured_ms": model_config(model)["maxBatchDelay"],
             "litserve_settings": settings, "points": points, "peers": peers}  # fmt: skip
 

@@ -5,9 +5,12 @@ frontend settings side by side on mobilenet_v2 -> the ceiling section of docs/be
 
     python -m scripts.bench.ceiling              # make bench-ceiling
 
-Each run: the ceiling (scripts/bench/endtoend.py::ceiling: as many processes as workers,
-each with the worker's batch and threads, on ready-made tensors), then the model served
-alone at 8 clients after 10 s of the same load.
+Each model is served by one TorchServe for all the runs, as in service: warmed first by
+minutes of load (the Java frontend's JIT settles only then), and stopped (SIGSTOP) while
+anything else is measured. Each run: the ceiling (scripts/bench/endtoend.py::ceiling: as
+many processes as workers, each with the worker's batch and threads, on ready-made
+tensors, every server stopped), then the model served at 8 clients. The frontend
+settings: one warmed TorchServe each, the load switched between them (run_interleaved).
 """
 
 import argparse
@@ -15,11 +18,15 @@ import datetime
 import statistics
 import sys
 import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict
 from pathlib import Path
 
-from scripts.bench.endtoend import ceiling
+from scripts.bench.endtoend import ceiling, images, measure
+from scripts.bench.loadgen import closed_loop_raw
 from scripts.bench.report import machine, publish
-from scripts.bench.side_by_side import WARMUP_S, run_variant
+from scripts.bench.side_by_side import FRONTEND_WARMUP_S, run_interleaved, stopped_but
+from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO, handler_module
 
 MODELS = ("mobilenet_v2", "face_pixelizer")
@@ -35,32 +42,48 @@ FRONTEND_VARIANTS = {
 }
 
 
-def run(runs: int, rounds: int, duration: float) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as workdir:
+def run(runs: int, cycles: int, duration: float, warmup: float) -> dict:
+    body = images()["small"]
+    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as workdir, ExitStack() as stack:
         store = Path(workdir)
+        servers = {}
         for model in MODELS:
             (store / f"{model}.mar").symlink_to(REPO / "model_store" / f"{model}.mar")
+            registry = store / f"workers-{model}"
+            registry.mkdir()
+            env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
+            servers[model] = (stack.enter_context(local_torchserve(store, [model], env=env)), model)
+        for model, (server, _name) in servers.items():  # a server in service: its frontend's JIT has settled
+            with stopped_but(servers, model):
+                closed_loop_raw(server.inference, f"/predictions/{model}", server.keys.header("inference"), body,
+                                CLIENTS, warmup)  # fmt: skip
         measured = []
         for index in range(runs):
-            for model in MODELS:
-                limit = ceiling(model, 5)
-                (ours,) = run_variant(store, model, "ours", None, CLIENTS, duration)
-                measured.append({"run": index + 1, "model": model, "ceiling": limit, "ours": ours})
-                print(f"run {index + 1}, {model}: {ours['req_per_s']:.1f} / {limit['served']:.1f} = "
-                      f"{ours['req_per_s'] / limit['served']:.2f}x", file=sys.stderr, flush=True)  # fmt: skip
-        frontend = []
-        labels = list(FRONTEND_VARIANTS)
-        for index in range(rounds):
-            for label in labels[index % len(labels) :] + labels[: index % len(labels)]:
-                (point,) = run_variant(store, MODELS[0], label, None, CLIENTS, duration, FRONTEND_VARIANTS[label])
-                frontend.append({"round": index + 1, **point})
+            for model, (server, _name) in servers.items():
+                with stopped_but(servers, None):  # the model alone, on an otherwise idle machine
+                    limit = ceiling(model, 5)
+                with stopped_but(servers, model):
+                    point = measure("ours", server.inference, server.keys.header("inference"), model, "small", body,
+                                    CLIENTS, duration, session=server.process.pid, warmup=1)  # fmt: skip
+                measured.append({"run": index + 1, "model": model, "ceiling": limit, "ours": asdict(point)})
+                print(f"run {index + 1}, {model}: {point.req_per_s:.1f} / {limit['served']:.1f} = "
+                      f"{point.req_per_s / limit['served']:.2f}x", file=sys.stderr, flush=True)  # fmt: skip
+    names = {label.replace(" ", "_"): label for label in FRONTEND_VARIANTS}  # archive names take no spaces
+    variants = {name: {} for name in names}  # the same archive, another server setting each
+    overrides = {name: FRONTEND_VARIANTS[label] for name, label in names.items()}
+    frontend = run_interleaved(MODELS[0], variants, cycles, CLIENTS, duration, overrides, warmup)
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
         "cores": handler_module("runtime").usable_cores(),
         "duration_s": duration,
+        "warmup_s": warmup,
         "runs": measured,
-        "frontend": frontend,
+        "frontend": [
+            {**p, "round": cycle + 1, "variant": names[p["variant"]]}
+            for cycle, points in enumerate(frontend["rounds"])
+            for p in points
+        ],
     }
 
 
@@ -120,7 +143,9 @@ def render_section(results: dict) -> str:
         f"`make bench-ceiling` (`scripts/bench/ceiling.py`, {results['date']}, {results['machine']}): each run "
         f"measures the ceiling (the compiled model alone, as many processes as workers, the served batch and "
         f"threads, ready-made tensors) and then the model served alone at {CLIENTS} clients "
-        f"({results['duration_s']:g} s after {WARMUP_S:g} s of the same load). CPU ms per request, read from "
+        f"({results['duration_s']:g} s; each model has one TorchServe for all three runs, warmed by "
+        f"{results['warmup_s']:g} s of the same load first, as a server in service: the Java frontend's JIT "
+        "goes on compiling for minutes, and stopped while anything else is measured). CPU ms per request, read from "
         "/proc: TorchServe's Java frontend, its workers, and the load generator, which shares the cores; "
         "*model alone*: the CPU the ceiling's processes spend per image.",
         "",
@@ -133,10 +158,11 @@ def render_section(results: dict) -> str:
         "",
         *why,
         "",
-        f"TorchServe's frontend settings, mobilenet_v2 at {CLIENTS} clients, one server after another, "
-        "in rotating order (req/s of each round, median):",
+        f"TorchServe's frontend settings, mobilenet_v2 at {CLIENTS} clients: one TorchServe per setting, each "
+        f"warmed by {results['warmup_s']:g} s of load, the load switched between them every "
+        f"{results['duration_s']:g} s in rotating order, the others stopped meanwhile (req/s of each cycle, median):",
         "",
-        "| frontend setting | req/s per round | median req/s | frontend CPU ms/request | p99 ms |",
+        "| frontend setting | req/s per cycle | median req/s | frontend CPU ms/request | p99 ms |",
         "| --- | --- | --- | --- | --- |",
         *variants,
     ])  # fmt: skip
@@ -145,7 +171,8 @@ def render_section(results: dict) -> str:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of the frontend settings")
+    parser.add_argument("--cycles", type=int, default=3, help="cycles of the frontend settings")
+    parser.add_argument("--warmup", type=float, default=FRONTEND_WARMUP_S, help="seconds of load on each server first")
     parser.add_argument("--duration", type=float, default=15, help="seconds per point")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path)
@@ -153,7 +180,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    results = run(args.runs, args.rounds, args.duration)
+    results = run(args.runs, args.cycles, args.duration, args.warmup)
     publish("ceiling", render_section(results), results, args.output, args.json)
 
 

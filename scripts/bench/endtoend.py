@@ -70,7 +70,7 @@ class Point:
     queue_ms: float | None = None  # TorchServe: mean wait in its job queue
     inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
     frontend_cpu_ms: float | None = None  # TorchServe: CPU ms per request of its Java frontend
-    worker_cpu_ms: float | None = None  # ... and of its workers (scripts/bench/cpu.py)
+    worker_cpu_ms: float | None = None  # ... and of its workers (scripts/bench/cpu.py); a peer: all of its processes
     client_cpu_ms: float | None = None  # ... and of the load generator itself (on the same cores)
 
 
@@ -194,11 +194,21 @@ def builtin_store(store: Path, models: list[str]) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class Peer:
+    """A peer server (FastAPI, LitServe) while it runs: its address, and the session of its
+    processes (for their CPU time, scripts/bench/cpu.py)."""
+
+    url: str
+    session: int
+
+
 @contextmanager
 def fastapi_server(architecture: str):
     (port,) = free_ports(1)
     command = [sys.executable, "-m", "scripts.bench.fastapi_app", "--model", architecture, "--port", str(port)]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -208,7 +218,7 @@ def fastapi_server(architecture: str):
                 break
             except requests.ConnectionError:
                 time.sleep(0.5)
-        yield url
+        yield Peer(url, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -217,7 +227,7 @@ def fastapi_server(architecture: str):
 @contextmanager
 def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
     """scripts/bench/litserve_app.py serving `model`'s compiled file with these batching
-    settings, its workers and threads as our archive's (the model's YAML)."""
+    settings, its workers and threads as our archive's (the model's YAML) -> a Peer."""
     (port,) = free_ports(1)
     workers = yaml.safe_load(get_model(model).config_file.read_text())["maxWorkers"]
     command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--port", str(port),
@@ -235,7 +245,7 @@ def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
             except requests.ConnectionError:
                 pass
             time.sleep(0.5)
-        yield url
+        yield Peer(url, process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # LitServe's API server and inference worker processes
         try:
@@ -255,8 +265,8 @@ def tune_litserve(model: str, body: bytes, duration: float, settings=LITSERVE_SE
     headers, form = litserve_request(body)
     tried = []
     for max_batch_size, batch_timeout in settings:
-        with litserve_server(model, max_batch_size, batch_timeout) as url:
-            point = measure("litserve", url, headers, model, "small", form, 8, duration, method="POST")
+        with litserve_server(model, max_batch_size, batch_timeout) as peer:
+            point = measure("litserve", peer.url, headers, model, "small", form, 8, duration, method="POST")
         tried.append({"max_batch_size": max_batch_size, "batch_timeout": batch_timeout, "req_per_s": point.req_per_s,
                       "p50_ms": point.p50_ms})  # fmt: skip
     best = max(tried, key=lambda t: t["req_per_s"])
@@ -422,8 +432,9 @@ def main(args: argparse.Namespace) -> None:
             points = serve_and_sweep(store, [name], "built-in", bodies, concurrencies, duration, TORCHSERVE_DEFAULTS)
             results["points"] += map(asdict, points)
     for model in classifiers:
-        with fastapi_server(get_model(model).architecture) as url:
-            points = sweep("fastapi", url, {}, [model], {"small": bodies["small"]}, concurrencies, duration)
+        with fastapi_server(get_model(model).architecture) as peer:
+            points = sweep("fastapi", peer.url, {}, [model], {"small": bodies["small"]}, concurrencies, duration,
+                           session=peer.session)  # fmt: skip
             results["points"] += map(asdict, points)
     results["litserve"] = {}
     for model in classifiers:
@@ -431,8 +442,9 @@ def main(args: argparse.Namespace) -> None:
         tuning = tune_litserve(model, bodies["small"], min(duration, 10), settings)
         results["litserve"][model] = tuning
         headers, form = litserve_request(bodies["small"])
-        with litserve_server(model, *tuning["best"]) as url:
-            points = sweep("litserve", url, headers, [model], {"small": form}, concurrencies, duration, method="POST")
+        with litserve_server(model, *tuning["best"]) as peer:
+            points = sweep("litserve", peer.url, headers, [model], {"small": form}, concurrencies, duration,
+                           session=peer.session, method="POST")  # fmt: skip
             results["points"] += map(asdict, points)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -18,7 +18,7 @@ LITSERVE_FACTOR = 1.2  # ours >= 1.2x LitServe's req/s at 8 and 32 clients
 
 # Sections written by the side-by-side benchmarks (scripts/bench/<name>.py) live between
 # markers and survive a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
-SECTIONS = ("scaling", "metrics_cost", "video", "replicas", "batch_delay", "memory", "ceiling")
+SECTIONS = ("scaling", "metrics_cost", "video", "replicas", "batch_delay", "memory", "ceiling", "peers")
 
 
 def markers(name: str) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 one recipe with its own settings, served alone in a TorchServe of its own, one after the
 other, for several rounds (the spread between rounds is the machine's noise), at 8
 closed-loop clients, each point after 10 s of the same load (the Java frontend compiles
-its hot paths in its first seconds: that one-time cost is not a per-request one). CPU
+its hottest paths in its first seconds, and goes on for minutes: FRONTEND_WARMUP_S). CPU
 time per request of the frontend and the workers is read from /proc beside req/s: on a
 shared machine it varies far less than throughput. Used by scripts/bench/scaling.py and
 scripts/bench/metrics_cost.py."""
@@ -11,12 +11,14 @@ import datetime
 import statistics
 import sys
 import tempfile
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
+from scripts.bench.cpu import stopped
 from scripts.bench.endtoend import images, measure
 from scripts.bench.loadgen import closed_loop_raw
 from scripts.bench.report import machine
@@ -25,6 +27,10 @@ from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import REPO, get_model
 
 WARMUP_S = 10.0
+# The Java frontend's JIT goes on compiling for minutes: its CPU per request fell from 2.6
+# to 0.65 ms over the first ~3 minutes of load in `make bench-peers` (mobilenet_v2, 8-32
+# clients). Where the frontend's share matters, servers are warmed this long first.
+FRONTEND_WARMUP_S = 120.0
 
 
 def model_config(model: str) -> dict:
@@ -109,12 +115,15 @@ def run_rounds(model: str, variants: dict[str, dict], rounds: int, workers: list
         return rounds_points
 
 
-def run_interleaved(model: str, variants: dict[str, dict], cycles: int, clients: int, slice_s: float) -> dict:
+def run_interleaved(model: str, variants: dict[str, dict], cycles: int, clients: int, slice_s: float,
+                    overrides: dict[str, dict[str, str]] | None = None, warmup: float = WARMUP_S) -> dict:  # fmt: skip
     """Every variant served at once, each by a TorchServe of its own, the load switched
     from one to the next every `slice_s` seconds for `cycles` cycles (the order rotating):
     the machine's speed drifts over minutes, so variants measured seconds apart compare
-    far better than variants measured minutes apart. Only the loaded server works; the
-    others idle (each with its own worker registry: its workers do not count as busy)."""
+    far better than variants measured minutes apart. Only the loaded server runs: the
+    others are stopped meanwhile (cpu.stopped; each has its own worker registry, so its
+    workers do not count as busy). `overrides`: {label: config.properties settings of
+    that variant's server}; `warmup`: seconds of load on each server first."""
     body = images()["small"]
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as workdir, ExitStack() as stack:
         store = Path(workdir)
@@ -122,23 +131,37 @@ def run_interleaved(model: str, variants: dict[str, dict], cycles: int, clients:
         for label, name in archive_variants(model, store, variants).items():
             registry = store / f"workers-{label}"
             registry.mkdir()
-            server = stack.enter_context(local_torchserve(store, [name], env={"TS_ZOO_WORKER_REGISTRY": str(registry)}))
+            env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
+            settings = (overrides or {}).get(label)
+            server = stack.enter_context(local_torchserve(store, [name], overrides=settings, env=env))
             servers[label] = (server, name)
-        for server, name in servers.values():  # the JIT's first seconds, not measured
-            closed_loop_raw(server.inference, f"/predictions/{name}", server.keys.header("inference"), body, clients,
-                            WARMUP_S)  # fmt: skip
+        for label, (server, name) in servers.items():  # the frontend JIT's first minutes, not measured
+            with stopped_but(servers, label):
+                closed_loop_raw(server.inference, f"/predictions/{name}", server.keys.header("inference"), body,
+                                clients, warmup)  # fmt: skip
         order, rounds = list(servers), []
         for cycle in range(cycles):
             points = []
             for label in order[cycle % len(order) :] + order[: cycle % len(order)]:
                 server, name = servers[label]
-                point = measure(label, server.inference, server.keys.header("inference"), name, "small", body,
-                                clients, slice_s, session=server.process.pid, warmup=1)  # fmt: skip
+                with stopped_but(servers, label):
+                    point = measure(label, server.inference, server.keys.header("inference"), name, "small", body,
+                                    clients, slice_s, session=server.process.pid, warmup=1)  # fmt: skip
                 points.append({**asdict(point), "workers": None, "variant": label})
             rounds.append(points)
             print(f"  cycle {cycle + 1}: " + ", ".join(f"{p['variant']} {p['req_per_s']:.1f} req/s" for p in points),
                   file=sys.stderr, flush=True)  # fmt: skip
-    return {**about_the_run(model, clients, slice_s), "rounds": rounds}
+    return {**about_the_run(model, clients, slice_s), "warmup_s": warmup, "rounds": rounds}
+
+
+@contextmanager
+def stopped_but(servers: dict[str, tuple[Server, str]], label: str | None) -> Iterator[None]:
+    """Every server of `servers` but `label`'s (None: all) stopped meanwhile (cpu.stopped)."""
+    with ExitStack() as stack:
+        for other, (server, _name) in servers.items():
+            if other != label:
+                stack.enter_context(stopped(server.process.pid))
+        yield
 
 
 def medians(rounds: list[list[dict]]) -> dict[tuple[str, int | None], dict[str, float]]:

@@ -120,7 +120,8 @@ def test_the_ceiling_section_splits_each_requests_cpu_and_needs_every_run():
 
     frontend = [{"round": 1, "variant": v, "req_per_s": 150.0, "frontend_cpu_ms": 1.1, "p99_ms": 80.0}
                 for v in FRONTEND_VARIANTS]  # fmt: skip
-    results = {"date": "2026-11-22", "machine": "test", "cores": 2, "duration_s": 15, "frontend": frontend,
+    results = {"date": "2026-11-22", "machine": "test", "cores": 2, "duration_s": 15, "warmup_s": 120,
+               "frontend": frontend,
                "runs": [entry(run, model, 170.0) for run in (1, 2, 3) for model in MODELS]}  # fmt: skip
     section = render_section(results)
     # model alone: 2 processes x 1 thread / 200 img/s = 10 ms of CPU per image
@@ -130,4 +131,38 @@ def test_the_ceiling_section_splits_each_requests_cpu_and_needs_every_run():
     assert "may cost 12.5 ms of CPU in all" in section and "leaving 2.5 ms" in section
     assert "| as configured | 150.0 | 150.0 | 1.10 | 80 |" in section
     results["runs"][4]["ours"]["req_per_s"] = 150.0  # one run of one model at 0.75x
+    assert "**MISSED**" in render_section(results)
+
+
+def test_the_peers_section_pairs_each_cycle_and_explains_the_ratio_by_cpu():
+    from scripts.bench.peers import CONCURRENCY, render_section
+
+    def point(server: str, cycle: int, clients: int, rate: float, cpu: float) -> dict:
+        frontend = 2.0 if server == "ours" else 0.0  # a peer's CPU is all "workers" (scripts/bench/cpu.py)
+        return {"server": server, "cycle": cycle, "concurrency": clients, "req_per_s": rate, "p50_ms": 80.0,
+                "frontend_cpu_ms": frontend, "worker_cpu_ms": cpu - frontend, "client_cpu_ms": 0.3}  # fmt: skip
+
+    # cycle 1: ours 100 vs 90 req/s (1.11x), cycle 2: 110 vs 90 (1.22x), cycle 3: 120 vs 100 (1.20x)
+    pairs = [(1, 100.0, 90.0), (2, 110.0, 90.0), (3, 120.0, 100.0)]
+    points = [p for cycle, ours, peer in pairs for c in CONCURRENCY
+              for p in (point("ours", cycle, c, ours, 16.0), point("litserve", cycle, c, peer, 19.2))]  # fmt: skip
+    ceiling = {"workers": 2, "threads": 1, "served": 160.0}  # 12.5 ms of CPU per image
+    slower = {**ceiling, "served": 100.0}  # a cycle on a slower minute: the median is taken
+    model = {"litserve_settings": [4, 0.002], "ceilings": [ceiling, slower, ceiling], "points": points}
+    results = {"date": "2026-11-22", "machine": "test", "cores": 2, "cycles": 3, "slice_s": 10, "warmup_s": 120,
+               "models": {"mobilenet_v2": model}}  # fmt: skip
+    section = render_section(results)
+    assert (
+        "| mobilenet_v2 | 8 | 110.0 | 90.0 | **1.20x** (1.11-1.22) | 80 / 80 | 16.00 (2.00 + 14.00) | 19.20 |"
+        in section
+    )
+    assert "**met**" in section and "max_batch_size 4, batch_timeout 2 ms" in section
+    # 1.2x of LitServe's 19.2 ms per request allows 16.0; the model alone takes 12.5
+    assert "allows ours 16.0 ms" in section and "takes 12.5 ms per image" in section
+    assert "We spend 3.5 ms beyond the model: TorchServe's Java frontend 2.0 ms and the workers 1.5 ms" in section
+    assert "ours 1.76, LitServe 1.73 of 2" in section
+    assert (
+        "mobilenet_v2 80.0 ms (ours) vs 80.0 ms (LitServe): met" in section
+    )  # a lone client's p50  # 110 req/s x 16 ms, 90 x 19.2
+    points[8]["req_per_s"] = 100.0  # cycle 3 at 8 clients: 1.00x; the median drops to 1.11x
     assert "**MISSED**" in render_section(results)
