@@ -23,10 +23,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from scripts.bench.endtoend import ceiling, images, measure
-from scripts.bench.loadgen import closed_loop_raw
 from scripts.bench.report import machine, publish
-from scripts.bench.side_by_side import FRONTEND_WARMUP_S, run_interleaved, stopped_but
-from scripts.serve.server import local_torchserve
+from scripts.bench.side_by_side import FRONTEND_WARMUP_S, run_interleaved, serve_apart, stopped_but, warm_each
 from scripts.zoo import REPO, handler_module
 
 MODELS = ("mobilenet_v2", "face_pixelizer")
@@ -46,17 +44,10 @@ def run(runs: int, cycles: int, duration: float, warmup: float) -> dict:
     body = images()["small"]
     with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as workdir, ExitStack() as stack:
         store = Path(workdir)
-        servers = {}
         for model in MODELS:
             (store / f"{model}.mar").symlink_to(REPO / "model_store" / f"{model}.mar")
-            registry = store / f"workers-{model}"
-            registry.mkdir()
-            env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
-            servers[model] = (stack.enter_context(local_torchserve(store, [model], env=env)), model)
-        for model, (server, _name) in servers.items():  # a server in service: its frontend's JIT has settled
-            with stopped_but(servers, model):
-                closed_loop_raw(server.inference, f"/predictions/{model}", server.keys.header("inference"), body,
-                                CLIENTS, warmup)  # fmt: skip
+        servers = serve_apart(stack, store, {model: model for model in MODELS})
+        warm_each(servers, body, CLIENTS, warmup)  # a server in service: its frontend's JIT has settled
         measured = []
         for index in range(runs):
             for model, (server, _name) in servers.items():

@@ -20,10 +20,9 @@ def process_cpu(stat: str) -> tuple[str, int, float]:
     return name, session, (utime + stime) / TICKS_PER_SECOND
 
 
-def session_cpu(session: int, proc: Path = Path("/proc")) -> dict[str, float]:
-    """CPU seconds so far of every live process in `session` (a server started with
-    start_new_session): {"frontend": the Java processes', "workers": the others'}."""
-    totals = {"frontend": 0.0, "workers": 0.0}
+def session_processes(session: int, proc: Path = Path("/proc")) -> Iterator[tuple[int, str, float]]:
+    """(pid, command name, CPU seconds so far) of every live process in `session` (a server
+    started with start_new_session)."""
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -32,28 +31,24 @@ def session_cpu(session: int, proc: Path = Path("/proc")) -> dict[str, float]:
         except (OSError, ValueError, IndexError):  # gone meanwhile, or not readable
             continue
         if owner == session:
-            totals["frontend" if name == "java" else "workers"] += seconds
+            yield int(entry.name), name, seconds
+
+
+def session_cpu(session: int, proc: Path = Path("/proc")) -> dict[str, float]:
+    """CPU seconds so far of `session`'s processes: {"frontend": the Java processes',
+    "workers": the others'}."""
+    totals = {"frontend": 0.0, "workers": 0.0}
+    for _pid, name, seconds in session_processes(session, proc):
+        totals["frontend" if name == "java" else "workers"] += seconds
     return totals
 
 
-def session_pids(session: int, proc: Path = Path("/proc")) -> list[int]:
-    """The live processes of `session`."""
-    pids = []
-    for entry in proc.iterdir():
-        try:
-            if entry.name.isdigit() and process_cpu((entry / "stat").read_text())[1] == session:
-                pids.append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return pids
-
-
 @contextmanager
-def stopped(session: int) -> Iterator[None]:
-    """Every process of `session` stopped (SIGSTOP) meanwhile, then continued: an idle
+def stopped(*sessions: int) -> Iterator[None]:
+    """Every process of these sessions stopped (SIGSTOP) meanwhile, then continued: an idle
     server that polls its queues (LitServe's processes spend about half a core so) takes
     no CPU from the server being measured beside it."""
-    pids = session_pids(session)
+    pids = [pid for session in sessions for pid, _name, _seconds in session_processes(session)]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:

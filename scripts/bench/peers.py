@@ -63,6 +63,11 @@ def serve_both(stack: ExitStack, model: str, settings: tuple[int, float]) -> dic
     }  # fmt: skip
 
 
+def others(servers: dict[str, dict], label: str | None) -> list[int]:
+    """The sessions of every server but `label`'s (None: all), to stop while it is measured."""
+    return [server["session"] for name, server in servers.items() if name != label]
+
+
 def run(cycles: int, slice_s: float, warmup: float) -> dict:
     measured = {}
     for model in MODELS:
@@ -71,18 +76,17 @@ def run(cycles: int, slice_s: float, warmup: float) -> dict:
         with ExitStack() as stack:
             servers = serve_both(stack, model, settings)
             for label, server in servers.items():  # ours: the frontend JIT's first minutes, not measured
-                (other,) = [s for name, s in servers.items() if name != label]
-                with stopped(other["session"]):
+                with stopped(*others(servers, label)):
                     closed_loop_raw(server["url"], f"/predictions/{model}", server["headers"], server["body"], 8,
                                     warmup if label == "ours" else WARMUP_S, method=server["method"])  # fmt: skip
             for cycle in range(cycles):
-                with stopped(servers["ours"]["session"]), stopped(servers["litserve"]["session"]):
+                with stopped(*others(servers, None)):
                     ceilings.append(ceiling(model, 3))  # the model alone, in the same minute as the servers
                 for clients in CONCURRENCY:
                     turn = SERVERS[cycle % 2 :] + SERVERS[: cycle % 2]
                     for label in turn:
-                        server, (other,) = servers[label], [s for name, s in servers.items() if name != label]
-                        with stopped(other["session"]):
+                        server = servers[label]
+                        with stopped(*others(servers, label)):
                             point = measure(label, server["url"], server["headers"], model, "small", server["body"],
                                             clients, slice_s, session=server["session"], warmup=1,
                                             method=server["method"])  # fmt: skip

@@ -11,8 +11,7 @@ import datetime
 import statistics
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -127,18 +126,8 @@ def run_interleaved(model: str, variants: dict[str, dict], cycles: int, clients:
     body = images()["small"]
     with tempfile.TemporaryDirectory(prefix="bench-variants-") as workdir, ExitStack() as stack:
         store = Path(workdir)
-        servers = {}
-        for label, name in archive_variants(model, store, variants).items():
-            registry = store / f"workers-{label}"
-            registry.mkdir()
-            env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
-            settings = (overrides or {}).get(label)
-            server = stack.enter_context(local_torchserve(store, [name], overrides=settings, env=env))
-            servers[label] = (server, name)
-        for label, (server, name) in servers.items():  # the frontend JIT's first minutes, not measured
-            with stopped_but(servers, label):
-                closed_loop_raw(server.inference, f"/predictions/{name}", server.keys.header("inference"), body,
-                                clients, warmup)  # fmt: skip
+        servers = serve_apart(stack, store, archive_variants(model, store, variants), overrides)
+        warm_each(servers, body, clients, warmup)
         order, rounds = list(servers), []
         for cycle in range(cycles):
             points = []
@@ -154,14 +143,34 @@ def run_interleaved(model: str, variants: dict[str, dict], cycles: int, clients:
     return {**about_the_run(model, clients, slice_s), "warmup_s": warmup, "rounds": rounds}
 
 
-@contextmanager
-def stopped_but(servers: dict[str, tuple[Server, str]], label: str | None) -> Iterator[None]:
+def serve_apart(stack: ExitStack, store: Path, names: dict[str, str],
+                overrides: dict[str, dict[str, str]] | None = None) -> dict[str, tuple[Server, str]]:  # fmt: skip
+    """{label: archive name} -> {label: (its TorchServe, the name)}: each archive served by a
+    TorchServe of its own (with `overrides[label]`, config.properties settings, if any) and
+    a worker registry of its own, so that one server's workers never count as busy in
+    another's thread budget."""
+    servers = {}
+    for label, name in names.items():
+        registry = store / f"workers-{label}"
+        registry.mkdir()
+        env = {"TS_ZOO_WORKER_REGISTRY": str(registry)}
+        settings = (overrides or {}).get(label)
+        servers[label] = (stack.enter_context(local_torchserve(store, [name], overrides=settings, env=env)), name)
+    return servers
+
+
+def warm_each(servers: dict[str, tuple[Server, str]], body: bytes, clients: int, seconds: float) -> None:
+    """Load each server in turn for `seconds`, the others stopped: the frontend JIT's first
+    minutes are not measured."""
+    for label, (server, name) in servers.items():
+        with stopped_but(servers, label):
+            closed_loop_raw(server.inference, f"/predictions/{name}", server.keys.header("inference"), body, clients,
+                            seconds)  # fmt: skip
+
+
+def stopped_but(servers: dict[str, tuple[Server, str]], label: str | None):
     """Every server of `servers` but `label`'s (None: all) stopped meanwhile (cpu.stopped)."""
-    with ExitStack() as stack:
-        for other, (server, _name) in servers.items():
-            if other != label:
-                stack.enter_context(stopped(server.process.pid))
-        yield
+    return stopped(*(server.process.pid for other, (server, _name) in servers.items() if other != label))
 
 
 def medians(rounds: list[list[dict]]) -> dict[tuple[str, int | None], dict[str, float]]:

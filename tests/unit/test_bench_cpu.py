@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench.cpu import session_cpu, session_pids, stopped
+from scripts.bench.cpu import session_cpu, session_processes, stopped
 
 
 def state(pid: int) -> str:
@@ -28,7 +28,7 @@ def busy_session():
 
 
 def test_a_stopped_session_spends_no_cpu_and_runs_again_afterwards(busy_session):
-    assert session_pids(busy_session) == [busy_session]
+    assert [pid for pid, _name, _seconds in session_processes(busy_session)] == [busy_session]
     time.sleep(0.3)
     with stopped(busy_session):
         assert state(busy_session) == "T"
