@@ -18,6 +18,7 @@ from scripts.bench.photos import photo, write_images
 from scripts.client.grpc_client import GrpcClient
 from scripts.serve.server import local_torchserve, read_keys, renew_keys
 from scripts.zoo import REPO
+from tests.integration.conftest import scrape
 
 pytestmark = pytest.mark.integration
 
@@ -143,11 +144,26 @@ def fresh_management_key(server) -> None:
     server.keys = read_keys(server.workdir / "key_file.json")
 
 
+def kill_after(server, model: str, pid: int, answered: int) -> None:
+    """SIGKILL `pid` once TorchServe has answered `answered` requests to `model` (its metrics)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        samples = scrape(server).items()
+        served = sum(v for (name, labels), v in samples if name == "ts_inference_requests_total" and
+                     ("model_name", model) in labels)  # fmt: skip
+        if served >= answered:
+            break
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+
+
 def test_a_killed_worker_is_retried_and_every_photo_answered(short_lived_keys, photo_dir, tmp_path):
     many = write_images(tmp_path / "many", [photo(PHOTOS[i % 4]) for i in range(240)], "JPEG")
     fresh_management_key(short_lived_keys)
     (worker,) = short_lived_keys.workers("fault_probe")
-    killer = threading.Timer(3.0, os.kill, (worker["pid"], signal.SIGKILL))
+    # Killed once it has answered 24 requests: mid-run however fast the machine is (a fixed
+    # delay let a fast machine finish all 240 first, and nothing was left to retry).
+    killer = threading.Thread(target=kill_after, args=(short_lived_keys, "fault_probe", worker["pid"], 24))
     killer.start()
     result = run_cli(short_lived_keys, "predict", "fault_probe", str(many), "--concurrency", "8")
     killer.join()
