@@ -1,11 +1,13 @@
 """Where and how a worker runs its model: device, CPU threads, loading a compiled model."""
 
+import contextlib
 import ctypes
 import fcntl
 import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -268,13 +270,38 @@ def load_aoti_package(path: Path) -> Callable:
     """An AOTInductor package's model, loaded by torch's C++ package loader. torch's Python
     entry point (torch._inductor.aoti_load_package) calls the same loader, after importing
     torch._dynamo, sympy and setuptools: ~110 MB per worker that running a package never
-    uses. That entry point stays the fallback should the loader's signature change."""
-    try:
-        loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
-    except (AttributeError, TypeError) as err:
-        logger.info("torch's AOTInductor package loader not callable directly (%s): using aoti_load_package", err)
-        return torch._inductor.aoti_load_package(str(path))
+    uses. That entry point stays the fallback should the loader's signature change.
+
+    The loader unpacks the package (the compiled .so and its weights: 190 MB for yolov5l)
+    into a new directory under $TMPDIR and deletes it only when the model is destroyed,
+    which a worker stopped or killed by TorchServe never does: every worker start used to
+    leave a copy behind until the disk filled. Here it unpacks into a directory of its own,
+    removed as soon as the model is loaded (the process keeps the mapped files open)."""
+    with unpacked_in_private_tmpdir():
+        try:
+            loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+        except (AttributeError, TypeError) as err:
+            logger.info("torch's AOTInductor package loader not callable directly (%s): using aoti_load_package", err)
+            return torch._inductor.aoti_load_package(str(path))
     return AOTIPackage(loader)
+
+
+@contextlib.contextmanager
+def unpacked_in_private_tmpdir():
+    """$TMPDIR pointed at a new directory for the block, that directory deleted after it
+    (with whatever the block unpacked there). Not for threads that create temp files
+    meanwhile: a worker loads its model before it serves."""
+    private = tempfile.mkdtemp(prefix="zoo-unpack-")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = private
+    try:
+        yield Path(private)
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        shutil.rmtree(private, ignore_errors=True)
 
 
 class AOTIPackage:

@@ -1,5 +1,8 @@
 """Compilation: metadata, parity checks, atomic output, strict failures."""
 
+import os
+import tempfile
+
 import pytest
 import torch
 
@@ -101,15 +104,20 @@ def test_reduced_precision_checks_are_looser_but_real():
         check_classifier_parity(logits, logits + 0.1, "fp32")
 
 
-def test_aoti_package_serves_through_the_same_loader(tmp_path):
-    """torch.export + AOTInductor: the .pt2 carries its metadata and loads like TorchScript."""
+def test_aoti_package_serves_through_the_same_loader(tmp_path, monkeypatch):
+    """torch.export + AOTInductor: the .pt2 carries its metadata and loads like TorchScript,
+    leaving nothing unpacked in the temp dir while it serves (a killed worker cleans nothing)."""
     spec = get_model("face_pixelizer")  # the smallest network of the zoo, so the C++ build is short
     from scripts.families.faces import resolve_face_weights
 
     metadata = compile_script.compile_model(spec, resolve_face_weights(spec), tmp_path / "face.pt2")
     assert metadata["compiler"].startswith("torch.export + AOTInductor") and read_metadata(tmp_path / "face.pt2")
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     model, loaded = load_compiled_model(tmp_path / "face.pt2", torch.device("cpu"))
-    assert loaded == metadata
+    assert loaded == metadata and list(temp.iterdir()) == [] and os.environ["TMPDIR"] == str(temp)
     with torch.inference_mode():
         loc, conf, landmarks, features = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
     assert loc.shape == (3, 2 * (40 * 60 + 20 * 30 + 10 * 15), 4) and conf.shape[-1] == 2
