@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,12 +67,14 @@ class Point:
     p90_ms: float
     p99_ms: float
     errors: int
+    mean_ms: float | None = None
     log_bytes_per_request: float | None = None
     queue_ms: float | None = None  # TorchServe: mean wait in its job queue
     inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
     frontend_cpu_ms: float | None = None  # TorchServe: CPU ms per request of its Java frontend
     worker_cpu_ms: float | None = None  # ... and of its workers (scripts/bench/cpu.py); a peer: all of its processes
     client_cpu_ms: float | None = None  # ... and of the load generator itself (on the same cores)
+    stage_ms: dict[str, float] | None = None  # ours: ms per request in each stage of the handler (its metrics)
 
 
 def images() -> dict[str, bytes]:
@@ -274,7 +277,8 @@ def tune_litserve(model: str, body: bytes, duration: float, settings=LITSERVE_SE
 
 
 def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]:
-    """TorchServe's cumulative queue and inference latency (microseconds) for a model."""
+    """TorchServe's cumulative queue and inference latency (microseconds) for a model, and
+    our handler's seconds per stage (zoo_stage_seconds_sum, keyed by the stage's name)."""
     if metrics_url is None:
         return {}
     text = requests.get(f"{metrics_url}/metrics", timeout=10).text
@@ -282,6 +286,10 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
     for name in COUNTERS:
         match = re.search(rf'^{name}{{model_name="{model}".*}} (\S+)$', text, re.M)
         counters[name] = float(match.group(1)) if match else 0.0
+    for labels, value in re.findall(r"^zoo_stage_seconds_sum{(.*)} (\S+)$", text, re.M):
+        label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if label.get("ModelName") == model:
+            counters[label["stage"]] = counters.get(label["stage"], 0.0) + float(value)
     return counters
 
 
@@ -311,6 +319,7 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         percentile(latencies, 90),
         percentile(latencies, 99),
         sum(status != 200 for _, _, status in outcomes),
+        statistics.fmean(latencies),
     )
     if session:
         cpu = session_cpu(session)
@@ -323,6 +332,10 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         point.queue_ms, point.inference_ms = (
             (after[name] - counters_before[name]) / 1000 / len(outcomes) for name in COUNTERS
         )
+        stages = [name for name in after if name not in COUNTERS]
+        point.stage_ms = {
+            name: (after[name] - counters_before.get(name, 0.0)) * 1000 / len(outcomes) for name in stages
+        }
     if logs:
         time.sleep(1.5)  # let asynchronous log appenders flush
         point.log_bytes_per_request = (directory_bytes(logs) - logged_before) / max(1, len(outcomes))

@@ -128,3 +128,13 @@ def test_requests_above_torchserves_own_limit_get_its_413(torchserve):
     """Above max_request_size the frontend answers alone, with an empty 413 (see docs/security.md)."""
     response = torchserve.predict("mobilenet_v2", data=bytes(17_000_000))
     assert response.status_code == 413
+
+
+def test_no_worker_leaves_its_model_unpacked_on_disk(torchserve):
+    """The AOTInductor models (detectors, face pixelizer) are unpacked to load and the copy
+    deleted at once: a worker that TorchServe kills cleans nothing up, so whatever lies in
+    the temp dir while workers serve would stay there for good (190 MB per yolov5l start)."""
+    served = {model["modelName"] for model in torchserve.manage("GET", "/models").json()["models"]}
+    assert {"yolov5s", "face_pixelizer"} <= served and torchserve.workers("yolov5s")[0]["status"] == "READY"
+    unpacked = [path.name for path in torchserve.workdir.iterdir() if path.name.startswith(("aotinductor_", "zoo-"))]
+    assert unpacked == []  # TorchServe's TMPDIR (scripts/serve/server.py)
