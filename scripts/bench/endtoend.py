@@ -36,7 +36,7 @@ from scripts.bench.loadgen import closed_loop_raw, multipart, percentile
 from scripts.bench.photos import encode, photo
 from scripts.build.archive import ARCHIVE_VERSION
 from scripts.build.inprocess import load_handler
-from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve, read_properties
+from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve
 from scripts.zoo import COMPILERS, MODELS, REPO, get_model, handler_module
 
 CONCURRENCY = (1, 8, 32)
@@ -365,10 +365,8 @@ def serve_and_sweep(store: Path, names: list[str], label: str, bodies, concurren
     """overrides=TORCHSERVE_DEFAULTS: TorchServe's own settings and logging, for its built-in handler."""
     log_config = None if overrides is TORCHSERVE_DEFAULTS else LOG_CONFIG
     with local_torchserve(store, names, overrides=overrides, log_config=log_config) as server:
-        properties = read_properties(server.workdir / "config.properties")
-        metrics = properties["metrics_address"] if properties.get("metrics_mode") == "prometheus" else None
         return sweep(label, server.inference, server.keys.header("inference"), names, bodies, concurrencies,
-                     duration, server.workdir / "logs", metrics, server.process.pid)  # fmt: skip
+                     duration, server.workdir / "logs", server.metrics, server.process.pid)  # fmt: skip
 
 
 # --- where the time goes inside our handler -------------------------------------------------

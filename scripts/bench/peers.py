@@ -26,8 +26,10 @@ import datetime
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -38,7 +40,7 @@ from scripts.bench.endtoend import ceiling, images, litserve_request, litserve_s
 from scripts.bench.loadgen import closed_loop_raw
 from scripts.bench.report import machine, publish
 from scripts.bench.side_by_side import FRONTEND_WARMUP_S, WARMUP_S
-from scripts.serve.server import local_torchserve, read_properties
+from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO, get_model, handler_module
 
 MODELS = ("mobilenet_v2", "resnet18")
@@ -58,10 +60,9 @@ def serve_both(stack: ExitStack, model: str, settings: tuple[int, float]) -> dic
     )
     litserve = stack.enter_context(litserve_server(model, *settings))
     headers, form = litserve_request(body)
-    metrics = read_properties(ours.workdir / "config.properties")["metrics_address"]
     return {
         "ours": {"url": ours.inference, "headers": ours.keys.header("inference"), "body": body, "method": "PUT",
-                 "session": ours.process.pid, "metrics": metrics},
+                 "session": ours.process.pid, "metrics": ours.metrics},
         "litserve": {"url": litserve.url, "headers": headers, "body": form, "method": "POST",
                      "session": litserve.session, "metrics": None},
     }  # fmt: skip
@@ -119,12 +120,15 @@ def model_cpu_ms(ceilings: list[dict]) -> float:
     return statistics.median(1000 * c["workers"] * c["threads"] / c["served"] for c in ceilings)
 
 
+def server_median(points: list[dict], server: str, value: Callable[[dict], float]) -> float:
+    """The median of `value` over one server's points."""
+    return statistics.median(value(p) for p in points if p["server"] == server)
+
+
 def summary(results: dict, model: str, clients: int) -> dict[str, float]:
     """Medians over the cycles of one model at one concurrency."""
     points = [p for p in results["models"][model]["points"] if p["concurrency"] == clients]
-
-    def median(server: str, value) -> float:
-        return statistics.median(value(p) for p in points if p["server"] == server)
+    median = partial(server_median, points)
 
     ratios = []
     for cycle in {p["cycle"] for p in points}:
@@ -152,9 +156,7 @@ def summary(results: dict, model: str, clients: int) -> dict[str, float]:
 def lone_breakdown(results: dict, model: str) -> str:
     """Where a lone client's request spends its time, ours and LitServe's, in words."""
     points = [p for p in results["models"][model]["points"] if p["concurrency"] == 1]
-
-    def median(server: str, value) -> float:
-        return statistics.median(value(p) for p in points if p["server"] == server)
+    median = partial(server_median, points)
 
     ours, litserve = median("ours", lambda p: p["mean_ms"]), median("litserve", lambda p: p["mean_ms"])
     # TorchServe's inference latency runs from the request's job to its answer: the queue's wait included

@@ -139,6 +139,12 @@ class Server:
         (description,) = self.manage("GET", f"/models/{model}").json()
         return description["workers"]
 
+    @property
+    def metrics(self) -> str | None:
+        """The address of TorchServe's Prometheus metrics (metrics_mode=prometheus), else None."""
+        properties = read_properties(self.workdir / "config.properties")
+        return properties["metrics_address"] if properties.get("metrics_mode") == "prometheus" else None
+
 
 def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scripts.bench.photos import photo_crops, write_images
 from scripts.build.archive import build_archive
-from scripts.serve.server import Server, local_torchserve, read_properties
+from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import MODELS, REPO, get_model
 
 STORE = REPO / "model_store"
@@ -75,8 +75,7 @@ def torchserve(archives) -> Server:
 def scrape(server: Server) -> dict[tuple[str, frozenset], float]:
     """{(sample name, labels without Hostname): value} from the metrics API, parsed by
     prometheus_client."""
-    address = read_properties(server.workdir / "config.properties")["metrics_address"]
-    text = requests.get(f"{address}/metrics", timeout=30).text
+    text = requests.get(f"{server.metrics}/metrics", timeout=30).text
     return {
         (sample.name, frozenset((k, v) for k, v in sample.labels.items() if k != "Hostname")): sample.value
         for family in text_string_to_metric_families(text)
