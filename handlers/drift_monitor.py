@@ -70,14 +70,25 @@ def load_reference(path: Path, feature_size: int, weights_sha256: str | None) ->
     return features.float()
 
 
-def lowest_priority() -> None:
-    """Run this thread at nice 19: on a busy machine the drift test takes what the request
-    path leaves. (Linux: a thread's priority is its own; elsewhere it would be the process's.)"""
+def background_thread() -> None:
+    """Set up the drift test's thread: nice 19 and one torch thread.
+
+    Nice 19: on a busy machine the test takes what the request path leaves (Linux: a
+    thread's priority is its own; elsewhere it would be the process's).
+
+    One torch thread: a torch op on a second Python thread starts an OpenMP team of its
+    own, and once a process's OpenMP threads outnumber its cores, libgomp stops spinning
+    between parallel regions in every team of the process (its "throttled" spin count):
+    from then on each forward pass of the request path puts its threads to sleep and wakes
+    them at every layer (resnet18 at batch 1 on 2 cores: 143 context switches instead of 1,
+    and 38 -> 50 ms per pass). torch.set_num_threads here sizes this thread's team only
+    (OpenMP's thread count is per calling thread): the request path keeps its threads."""
     if sys.platform == "linux":
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         except OSError as err:
             logger.warning("drift test thread keeps its priority: %s", err)
+    torch.set_num_threads(1)
 
 
 class DriftMonitor:
@@ -97,8 +108,12 @@ class DriftMonitor:
         self._since_test = 0
         self._lock = threading.Lock()
         self._running: Future | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="drift-test", initializer=lowest_priority)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="drift-test", initializer=background_thread)
         self.tests = 0  # tests run so far
+        # torch sizes a thread's OpenMP team at its first parallel op from the last
+        # torch.set_num_threads of any thread, and the test's thread sets 1: size the
+        # request path's thread (this one) now, from its own setting.
+        torch.get_num_threads()
 
     def add(self, features: torch.Tensor) -> None:
         """The request path: a batch's features (Tensor[B, D], any device) join the

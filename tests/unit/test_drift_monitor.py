@@ -1,8 +1,13 @@
 """The live drift monitor: reference, window, test schedule, and a request path that
 never waits for a test."""
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,6 +91,55 @@ def test_a_batch_never_waits_for_a_running_test():
     monitor.add(sample(1, seed=99))  # overdue: starts at once
     monitor.wait(10)
     assert calls == [4, 4] and len(published) == 2
+
+
+# Run in a fresh process: whether libgomp throttles depends on every OpenMP team the
+# process has ever started, and pytest's process has run torch on many threads.
+REQUEST_PATH_AFTER_A_TEST = """
+import json, resource, torch
+from drift_monitor import DriftMonitor, DriftSettings
+
+layers = 12
+model = torch.nn.Sequential(*[torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(layers)]).eval()
+image = torch.rand(1, 16, 64, 64)
+
+def switches_per_pass(passes=20):
+    with torch.inference_mode():
+        model(image)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        for _ in range(passes):
+            model(image)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    return (after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw) / passes
+
+alone = switches_per_pass()
+features = torch.randn(200, 512)  # resnet18's feature size: the test's matrix products run in parallel
+monitor = DriftMonitor(DriftSettings(window=100, every=100, permutations=50), lambda report: None, features[:100])
+monitor.add(features[100:])
+monitor.wait(60)
+assert monitor.tests == 1
+after_a_test = switches_per_pass()
+print(json.dumps({"layers": layers, "alone": alone, "after_a_test": after_a_test, "threads": torch.get_num_threads()}))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="on one core no OpenMP team has a second thread")
+def test_a_drift_test_does_not_slow_the_request_paths_forward_pass():
+    """The drift test runs torch on a thread of its own; were its OpenMP team as large as
+    the request path's, libgomp would stop spinning between parallel regions in every team
+    (more OpenMP threads than cores), and every later forward pass would put its threads
+    to sleep and wake them at each layer: a context switch per layer where there was none."""
+    handlers = Path(__file__).resolve().parents[2] / "handlers"
+    env = {**os.environ, "PYTHONPATH": str(handlers)}
+
+    def run(script: str) -> str:
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()[-1]
+
+    measured = json.loads(run(REQUEST_PATH_AFTER_A_TEST))
+    assert measured["threads"] == int(run("import torch; print(torch.get_num_threads())"))  # the request path's
+    assert measured["after_a_test"] < measured["alone"] + measured["layers"] / 2, measured
 
 
 def test_a_failing_test_is_logged_and_the_monitor_goes_on(caplog):
