@@ -7,13 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from drift import DriftResult, mmd_test
 from drift_monitor import DriftMonitor, DriftSettings, load_reference
+from scripts.zoo import REPO
 from settings import ImageHandlerSettings, settings_from_mapping
 
 
@@ -129,8 +129,7 @@ def test_a_drift_test_does_not_slow_the_request_paths_forward_pass():
     the request path's, libgomp would stop spinning between parallel regions in every team
     (more OpenMP threads than cores), and every later forward pass would put its threads
     to sleep and wake them at each layer: a context switch per layer where there was none."""
-    handlers = Path(__file__).resolve().parents[2] / "handlers"
-    env = {**os.environ, "PYTHONPATH": str(handlers)}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "handlers")}
 
     def run(script: str) -> str:
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
