@@ -81,8 +81,8 @@ def background_thread() -> None:
     between parallel regions in every team of the process (its "throttled" spin count):
     from then on each forward pass of the request path puts its threads to sleep and wakes
     them at every layer (resnet18 at batch 1 on 2 cores: 143 context switches instead of 1,
-    and 38 -> 50 ms per pass). torch.set_num_threads here sizes this thread's team only
-    (OpenMP's thread count is per calling thread): the request path keeps its threads."""
+    and 38 -> 50 ms per pass). OpenMP's thread count is per calling thread, so this sizes
+    the test's team only, provided the request path's team was sized first (DriftMonitor)."""
     if sys.platform == "linux":
         try:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
