@@ -22,7 +22,7 @@ from scripts.bench.endtoend import (
     litserve_server,
     measure,
 )
-from scripts.bench.report import publish
+from scripts.bench.report import lone_client_breakdown, publish
 from scripts.bench.side_by_side import about_the_run, archive_variants, model_config
 from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO, get_model
@@ -65,7 +65,8 @@ def run_model(model: str, rounds: int, duration: float) -> dict:
                     check_served_delay(server, name, int(label))
                     header = server.keys.header("inference")
                     for clients in (1, 32):
-                        point = measure(label, server.inference, header, name, "small", body, clients, duration)
+                        point = measure(label, server.inference, header, name, "small", body, clients, duration,
+                                        metrics=server.metrics)  # fmt: skip
                         points.append({**asdict(point), "delay_ms": int(label)})
                         print(f"  {model} {label} ms, c={clients}: {point.req_per_s:.1f} req/s, "
                               f"p50 {point.p50_ms:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
@@ -76,7 +77,7 @@ def run_model(model: str, rounds: int, duration: float) -> dict:
     settings = litserve_settings(model)
     with litserve_server(model, *settings) as peer:
         peers["litserve"] = asdict(measure("litserve", peer.url, headers, model, "small", form, 1, duration,
-                                           method="POST"))  # fmt: skip
+                                           method="POST", stages=peer.stages))  # fmt: skip
     return {"configured_ms": model_config(model)["maxBatchDelay"], "litserve_settings": settings,
             "points": points, "peers": peers}  # fmt: skip
 
@@ -106,7 +107,17 @@ def render_model(model: str, entry: dict) -> list[str]:
         f"A lone client, p50: ours {ours:.1f} ms (as configured), the FastAPI app {fastapi:.1f} ms, LitServe "
         f"{litserve:.1f} ms. Target (ours <= both): **{'met' if met else 'MISSED'}**.",
         "",
+        *lone_lines(entry, timeout * 1000),
     ]
+
+
+def lone_lines(entry: dict, timeout_ms: float) -> list[str]:
+    """Where a lone request's time went, ours (as configured) and LitServe's, in runs that recorded it."""
+    configured = entry["configured_ms"]
+    ours = [p for p in entry["points"] if p["delay_ms"] == configured and p["concurrency"] == 1]
+    if not all(p.get("stage_ms") for p in ours):  # a run from before the metrics were read
+        return []
+    return [lone_client_breakdown(ours, [entry["peers"]["litserve"]], configured, timeout_ms), ""]
 
 
 def render_section(results: dict) -> str:

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ import yaml
 
 from scripts.bench.cpu import session_cpu
 from scripts.bench.harness import images_per_second
+from scripts.bench.litserve_app import STAGES_ENV, read_stage_counters
 from scripts.bench.loadgen import closed_loop_raw, multipart, percentile
 from scripts.bench.photos import encode, photo
 from scripts.build.archive import ARCHIVE_VERSION
@@ -204,6 +206,7 @@ class Peer:
 
     url: str
     session: int
+    stages: Path | None = None  # LitServe: its workers' stage counters (litserve_app.read_stage_counters)
 
 
 @contextmanager
@@ -236,8 +239,9 @@ def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
     command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--port", str(port),
                "--workers", str(workers), "--threads", str(served_settings(model)[1]),
                "--max-batch-size", str(max_batch_size), "--batch-timeout", str(batch_timeout)]  # fmt: skip
+    stages = Path(tempfile.mkdtemp(prefix="litserve-stages-"))
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+                               env={**os.environ, STAGES_ENV: str(stages)}, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -248,7 +252,7 @@ def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
             except requests.ConnectionError:
                 pass
             time.sleep(0.5)
-        yield Peer(url, process.pid)
+        yield Peer(url, process.pid, stages)
     finally:
         os.killpg(process.pid, signal.SIGTERM)  # LitServe's API server and inference worker processes
         try:
@@ -256,6 +260,7 @@ def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        shutil.rmtree(stages, ignore_errors=True)
 
 
 def litserve_request(body: bytes) -> tuple[dict[str, str], bytes]:
@@ -294,14 +299,16 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
 
 
 def measure(server, base, headers, model, image, body, concurrency, duration, logs=None, metrics=None,
-            session=None, warmup=3.0, method="PUT") -> Point:  # fmt: skip
+            session=None, warmup=3.0, method="PUT", stages=None) -> Point:  # fmt: skip
     """One point: `concurrency` closed-loop clients for `duration` s after `warmup` s of the
     same load. With `logs`, bytes logged per request; with `metrics` (TorchServe's metrics
-    address), its queue and inference times; with `session` (the server's session id), CPU
-    per request."""
+    address), its queue and inference times and our handler's stages; with `stages`
+    (LitServe's counters, Peer.stages), its decoding and forward times; with `session` (the
+    server's session id), CPU per request."""
     closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(warmup, duration), method=method)
     logged_before = directory_bytes(logs) if logs else 0
     counters_before = torchserve_counters(metrics, model)
+    stages_before = read_stage_counters(stages) if stages else {}
     cpu_before = session_cpu(session) if session else {}
     client_before = time.process_time()
     outcomes = closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, duration, 100_000,
@@ -332,9 +339,15 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
         point.queue_ms, point.inference_ms = (
             (after[name] - counters_before[name]) / 1000 / len(outcomes) for name in COUNTERS
         )
-        stages = [name for name in after if name not in COUNTERS]
+        handler_stages = [name for name in after if name not in COUNTERS]
         point.stage_ms = {
-            name: (after[name] - counters_before.get(name, 0.0)) * 1000 / len(outcomes) for name in stages
+            name: (after[name] - counters_before.get(name, 0.0)) * 1000 / len(outcomes) for name in handler_stages
+        }
+    if stages:
+        after = read_stage_counters(stages)
+        point.stage_ms = {  # per request, as ours: decode = decode_request, forward = predict
+            name: (after[f"{name}_s"] - stages_before[f"{name}_s"]) * 1000 / len(outcomes)
+            for name in ("decode", "forward")
         }
     if logs:
         time.sleep(1.5)  # let asynchronous log appenders flush
@@ -348,14 +361,26 @@ def directory_bytes(path: Path) -> int:
 
 
 def sweep(server_name, base, headers, models, bodies, concurrencies, duration, logs=None, metrics=None,
-          session=None, method="PUT") -> list[Point]:  # fmt: skip
+          session=None, method="PUT", stages=None) -> list[Point]:  # fmt: skip
     """Every model at every concurrency with the small photo, and at 8 with the large one."""
     runs = [
         (model, image, c) for model in models for image in bodies for c in (concurrencies if image == "small" else [8])
     ]
     return [
         measure(
-            server_name, base, headers, model, image, bodies[image], c, duration, logs, metrics, session, method=method
+            server_name,
+            base,
+            headers,
+            model,
+            image,
+            bodies[image],
+            c,
+            duration,
+            logs,
+            metrics,
+            session,
+            method=method,
+            stages=stages,
         )
         for model, image, c in runs
     ]
@@ -455,7 +480,7 @@ def main(args: argparse.Namespace) -> None:
         headers, form = litserve_request(bodies["small"])
         with litserve_server(model, *tuning["best"]) as peer:
             points = sweep("litserve", peer.url, headers, [model], {"small": form}, concurrencies, duration,
-                           session=peer.session, method="POST")  # fmt: skip
+                           session=peer.session, method="POST", stages=peer.stages)  # fmt: skip
             results["points"] += map(asdict, points)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

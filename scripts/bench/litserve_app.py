@@ -5,12 +5,20 @@ ours are, and the image decoded and resized with torchvision.io / transforms.v2 
 tensors. Clients POST the photo as a multipart form, LitServe's documented way to send
 a file (it parses JSON or forms only).
 
+With LITSERVE_STAGES_DIR set, each inference worker adds up the time it spends decoding
+(decode_request: decode, resize, crop) and in predict (the batch's forward pass, softmax,
+top-5) in a small file of its own there, which the benchmark reads while the server runs:
+where a request's time goes, as our handler's metrics say it for ours.
+
     python -m scripts.bench.litserve_app --model mobilenet_v2 --port 8091 --max-batch-size 8 --batch-timeout 0.005
 """
 
 import argparse
+import mmap
 import os
 import sys
+import time
+from pathlib import Path
 
 import litserve as ls
 import torch
@@ -20,6 +28,29 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from scripts.zoo import REPO, get_model, handler_module
 
 RESIZE, CROP = 256, 224  # as our classifier handler prepares an image (the compiled metadata)
+STAGES_ENV = "LITSERVE_STAGES_DIR"
+COUNTERS = ("requests", "decode_s", "images", "forward_s")  # one float64 each, per worker process
+
+
+def stage_counters(directory: str | None) -> memoryview | None:
+    """This process's COUNTERS, zeroed, in `directory`/<pid>.stages, mapped shared: adding to
+    them is a memory write (no system call on the request path), visible to a reader at once."""
+    if not directory:
+        return None
+    path = Path(directory) / f"{os.getpid()}.stages"
+    path.write_bytes(bytes(8 * len(COUNTERS)))
+    with path.open("r+b") as file:
+        return memoryview(mmap.mmap(file.fileno(), 0)).cast("d")
+
+
+def read_stage_counters(directory: Path) -> dict[str, float]:
+    """COUNTERS summed over every worker's file in `directory` (zeros before any worker started)."""
+    totals = dict.fromkeys(COUNTERS, 0.0)
+    for path in directory.glob("*.stages"):
+        values = memoryview(path.read_bytes()).cast("d")
+        for name, value in zip(COUNTERS, values, strict=True):
+            totals[name] += value
+    return totals
 
 
 class ClassifierAPI(ls.LitAPI):
@@ -32,11 +63,17 @@ class ClassifierAPI(ls.LitAPI):
         runtime = handler_module("runtime")  # the same loader as our handler: the same compiled graph
         path = REPO / "build" / get_model(self.model_name).artifact
         self.model, _ = runtime.load_compiled_model(path, torch.device("cpu"))
+        self.counters = stage_counters(os.environ.get(STAGES_ENV))
 
     def decode_request(self, request) -> torch.Tensor:
+        started = time.perf_counter()
         data = request["image"].file.read()
         image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        return F.center_crop(F.resize(image, [RESIZE], antialias=True), [CROP, CROP])
+        image = F.center_crop(F.resize(image, [RESIZE], antialias=True), [CROP, CROP])
+        if self.counters is not None:
+            self.counters[0] += 1
+            self.counters[1] += time.perf_counter() - started
+        return image
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
@@ -44,10 +81,14 @@ class ClassifierAPI(ls.LitAPI):
     def predict(self, images: torch.Tensor):
         """A batch [B, 3, H, W] (LitServe batching), or one image [3, H, W] (max_batch_size 1:
         LitServe then calls neither batch nor unbatch)."""
+        started = time.perf_counter()
         single = images.ndim == 3
         with torch.inference_mode():
             logits, _features = self.model(images.unsqueeze(0) if single else images)
             scores, indices = torch.softmax(logits.float(), dim=1).topk(5, dim=1)
+        if self.counters is not None:
+            self.counters[2] += len(logits)
+            self.counters[3] += time.perf_counter() - started
         return (scores[0].tolist(), indices[0].tolist()) if single else (scores, indices)
 
     def unbatch(self, output) -> list:

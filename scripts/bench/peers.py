@@ -38,7 +38,7 @@ from scripts.bench.batch_delay import litserve_settings
 from scripts.bench.cpu import stopped
 from scripts.bench.endtoend import ceiling, images, litserve_request, litserve_server, measure
 from scripts.bench.loadgen import closed_loop_raw
-from scripts.bench.report import machine, publish
+from scripts.bench.report import lone_client_breakdown, machine, publish
 from scripts.bench.side_by_side import FRONTEND_WARMUP_S, WARMUP_S
 from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO, get_model, handler_module
@@ -48,7 +48,6 @@ CONCURRENCY = (1, 8, 32)
 LOADED = (8, 32)  # where the target holds: ours / LitServe req/s >= TARGET (issue 15)
 TARGET = 1.2
 SERVERS = ("ours", "litserve")
-STAGES = ("decode", "preprocess", "forward", "postprocess")  # the handler's, in order
 
 
 def serve_both(stack: ExitStack, model: str, settings: tuple[int, float]) -> dict[str, dict]:
@@ -62,9 +61,9 @@ def serve_both(stack: ExitStack, model: str, settings: tuple[int, float]) -> dic
     headers, form = litserve_request(body)
     return {
         "ours": {"url": ours.inference, "headers": ours.keys.header("inference"), "body": body, "method": "PUT",
-                 "session": ours.process.pid, "metrics": ours.metrics},
+                 "session": ours.process.pid, "metrics": ours.metrics, "stages": None},
         "litserve": {"url": litserve.url, "headers": headers, "body": form, "method": "POST",
-                     "session": litserve.session, "metrics": None},
+                     "session": litserve.session, "metrics": None, "stages": litserve.stages},
     }  # fmt: skip
 
 
@@ -94,7 +93,7 @@ def run(cycles: int, slice_s: float, warmup: float) -> dict:
                         with stopped(*others(servers, label)):
                             point = measure(label, server["url"], server["headers"], model, "small", server["body"],
                                             clients, slice_s, metrics=server["metrics"], session=server["session"],
-                                            warmup=1, method=server["method"])  # fmt: skip
+                                            warmup=1, method=server["method"], stages=server["stages"])  # fmt: skip
                         points.append({**asdict(point), "cycle": cycle + 1})
         measured[model] = {"litserve_settings": list(settings), "ceilings": ceilings, "points": points}
         print(f"{model}: done", file=sys.stderr, flush=True)
@@ -156,24 +155,10 @@ def summary(results: dict, model: str, clients: int) -> dict[str, float]:
 def lone_breakdown(results: dict, model: str) -> str:
     """Where a lone client's request spends its time, ours and LitServe's, in words."""
     points = [p for p in results["models"][model]["points"] if p["concurrency"] == 1]
-    median = partial(server_median, points)
-
-    ours, litserve = median("ours", lambda p: p["mean_ms"]), median("litserve", lambda p: p["mean_ms"])
-    # TorchServe's inference latency runs from the request's job to its answer: the queue's wait included
-    queue, job = median("ours", lambda p: p["queue_ms"]), median("ours", lambda p: p["inference_ms"])
-    round_trip = job - queue
-    stages = {stage: median("ours", lambda p, stage=stage: p["stage_ms"][stage]) for stage in STAGES}
-    handler = sum(stages.values())
     delay = yaml.safe_load(get_model(model).config_file.read_text())["maxBatchDelay"]
     timeout = results["models"][model]["litserve_settings"][1] * 1000
-    return (
-        f"Mean {ours:.1f} ms ours: {queue:.1f} in TorchServe's job queue (a lone request waits there the "
-        f"{delay} ms maxBatchDelay for company), {round_trip:.1f} from the frontend to the worker and back -- "
-        f"our handler {handler:.1f} ({', '.join(f'{name} {ms:.1f}' for name, ms in stages.items())}), "
-        f"TorchServe's Python worker loop, its socket and the metric lines {round_trip - handler:.1f} -- and "
-        f"{ours - job:.1f} in the frontend's HTTP handling and the network. LitServe: mean {litserve:.1f} ms "
-        f"(a lone request waits its {timeout:g} ms batch_timeout likewise), {litserve - ours:+.1f} ms against ours."
-    )
+    ours, litserve = ([p for p in points if p["server"] == server] for server in SERVERS)
+    return lone_client_breakdown(ours, litserve, delay, timeout)
 
 
 def render_section(results: dict) -> str:

@@ -4,10 +4,14 @@ time goes) and docs/benchmarks.png (throughput and p99 latency against concurren
 import json
 import os
 import platform
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import yaml
+
+from scripts.zoo import get_model
 
 # The targets of the performance work (issue 6), on this machine.
 BUILTIN_FACTOR = 2.0  # classifiers: at least twice the built-in handler's req/s at c=8 and c=32
@@ -109,6 +113,67 @@ def peer_targets(results: dict, model: str) -> Iterator[tuple[str, str, bool]]:
             )
 
 
+HANDLER_STAGES = ("decode", "preprocess", "forward", "postprocess")  # our handler's, in order
+
+
+def lone_client_breakdown(ours: list[dict], litserve: list[dict], delay_ms: float, timeout_ms: float) -> str:
+    """Where a lone client's request spends its time, ours and LitServe's, in words: each
+    value the median over the points given (the cycles of a side-by-side run, or one point).
+    Ours from TorchServe's metrics and our handler's; LitServe's from its workers' counters
+    (scripts/bench/litserve_app.py), where the points have them."""
+
+    def median(points: list[dict], value) -> float:
+        return statistics.median(value(p) for p in points)
+
+    mean = median(ours, lambda p: p["mean_ms"])
+    # TorchServe's inference latency runs from the request's job to its answer: the queue's wait included
+    queue, job = median(ours, lambda p: p["queue_ms"]), median(ours, lambda p: p["inference_ms"])
+    round_trip = job - queue
+    stages = {stage: median(ours, lambda p, stage=stage: p["stage_ms"][stage]) for stage in HANDLER_STAGES}
+    handler = sum(stages.values())
+    peer = median(litserve, lambda p: p["mean_ms"])
+    text = (
+        f"Mean {mean:.1f} ms ours: {queue:.1f} in TorchServe's job queue (a lone request waits there the "
+        f"{delay_ms:g} ms maxBatchDelay for company), {round_trip:.1f} from the frontend to the worker and back -- "
+        f"our handler {handler:.1f} ({', '.join(f'{name} {ms:.1f}' for name, ms in stages.items())}), "
+        f"TorchServe's Python worker loop, its socket and the metric lines {round_trip - handler:.1f} -- and "
+        f"{mean - job:.1f} in the frontend's HTTP handling and the network. LitServe: mean {peer:.1f} ms"
+    )
+    if not all(p.get("stage_ms") for p in litserve):  # a run from before LitServe's counters
+        return text + (
+            f" (a lone request waits its {timeout_ms:g} ms batch_timeout likewise), {peer - mean:+.1f} ms against ours."
+        )
+    decode, forward = (median(litserve, lambda p, stage=stage: p["stage_ms"][stage]) for stage in ("decode", "forward"))
+    return text + (
+        f": decoding, resizing and cropping {decode:.1f}, predict {forward:.1f} (the forward pass, softmax and top-5), "
+        f"and {peer - decode - forward:.1f} elsewhere (its {timeout_ms:g} ms batch_timeout, the queues between its "
+        f"API server and its worker, HTTP). The forward pass: ours {stages['forward']:.1f} ms, LitServe's "
+        f"{forward:.1f}; everything else: ours {mean - stages['forward']:.1f} ms, LitServe's {peer - forward:.1f}."
+    )
+
+
+def lone_client_lines(results: dict) -> list[str]:
+    """Where a lone client's request went in this run, ours and LitServe's, per classifier
+    both served: the numbers behind the c=1 rows of the targets."""
+    lines = []
+    for model, tuning in results.get("litserve", {}).items():
+        ours, peer = point(results, "ours", model, 1), point(results, "litserve", model, 1)
+        if ours and peer and ours.get("stage_ms") and ours.get("queue_ms") is not None:
+            delay = yaml.safe_load(get_model(model).config_file.read_text())["maxBatchDelay"]
+            lines.append(f"- **{model}**: " + lone_client_breakdown([ours], [peer], delay, tuning["best"][1] * 1000))
+    if not lines:
+        return []
+    return [
+        "",
+        "A lone client in this run, ours and LitServe's, where a request's time goes (means; ours from",
+        "TorchServe's and the handler's own metrics, LitServe's from its workers' counters). The two",
+        "servers run the same compiled file on the same threads, so a difference in the forward pass is",
+        "the machine's speed in the minutes between their measurements, not the server:",
+        "",
+        *lines,
+    ]
+
+
 def summary_lines(results: dict) -> list[str]:
     lines = [
         f"{p['server']:8} {p['model']:15} {p['image']:5} c={p['concurrency']:<3} {p['req_per_s']:7.1f} req/s"
@@ -159,6 +224,7 @@ def render_markdown(results: dict) -> str:
         "",
     ]
     lines += _table(["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)])
+    lines += lone_client_lines(results)
     lines += ["", "## Throughput and latency", ""]
     order = sorted(results["points"], key=lambda p: (p["model"], p["image"] != "small", p["server"], p["concurrency"]))
     rows = [

@@ -176,5 +176,61 @@ def test_the_peers_section_pairs_each_cycle_and_explains_the_ratio_by_cpu():
         "metric lines 0.1 -- and 3.0 in the frontend's HTTP handling and the network. LitServe: mean 21.0 ms "
         "(a lone request waits its 2 ms batch_timeout likewise), +1.0 ms against ours." in section
     )
+    for p in points:  # LitServe's workers' counters, as a run since they exist records them
+        if p["server"] == "litserve":
+            p["stage_ms"] = {"decode": 2.0, "forward": 13.0}
+    # LitServe's median mean 21.0 = decoding 2.0 + predict 13.0 + 6.0 elsewhere
+    assert (
+        "LitServe: mean 21.0 ms: decoding, resizing and cropping 2.0, predict 13.0 (the forward pass, softmax and "
+        "top-5), and 6.0 elsewhere (its 2 ms batch_timeout, the queues between its API server and its worker, "
+        "HTTP). The forward pass: ours 14.0 ms, LitServe's 13.0; everything else: ours 6.0 ms, LitServe's 8.0."
+        in render_section(results)
+    )
     points[8]["req_per_s"] = 100.0  # cycle 3 at 8 clients: 1.00x; the median drops to 1.11x
     assert "**MISSED**" in render_section(results)
+
+
+def test_make_bench_explains_a_lone_clients_rows_with_its_own_points():
+    def lone(server: str, mean: float, stages: dict, **torchserve) -> dict:
+        return {"server": server, "model": "mobilenet_v2", "image": "small", "concurrency": 1, "requests": 400,
+                "req_per_s": 40.0, "p50_ms": mean, "p90_ms": mean, "p99_ms": mean, "errors": 0, "mean_ms": mean,
+                "stage_ms": stages, **torchserve}  # fmt: skip
+
+    ours = lone("ours", 24.0, {"decode": 1.0, "preprocess": 0.6, "forward": 17.0, "postprocess": 0.2},
+                queue_ms=1.2, inference_ms=22.0)  # fmt: skip
+    peer = lone("litserve", 22.0, {"decode": 1.5, "forward": 15.0})
+    measured = {**results(60.0), "litserve": {"mobilenet_v2": {"tried": [], "best": [4, 0.002]}}}
+    measured["points"] += [ours, peer]
+    document = render_markdown(measured)
+    assert "A lone client in this run" in document
+    assert (
+        "- **mobilenet_v2**: Mean 24.0 ms ours: 1.2 in TorchServe's job queue (a lone request waits there the 1 ms"
+        in document
+    )
+    assert "The forward pass: ours 17.0 ms, LitServe's 15.0; everything else: ours 7.0 ms, LitServe's 7.0." in document
+    del measured["litserve"]  # no LitServe in the run: nothing to compare
+    assert "A lone client in this run" not in render_markdown(measured)
+
+
+def test_the_batch_delay_section_explains_a_lone_client_with_the_runs_own_metrics():
+    from scripts.bench.batch_delay import DELAYS, render_model
+
+    def measured(delay: int, clients: int) -> dict:
+        torchserve = {
+            "queue_ms": 1.2,
+            "inference_ms": 16.0,
+            "stage_ms": {"decode": 1.0, "preprocess": 0.6, "forward": 13.0, "postprocess": 0.2},
+        }
+        return {"delay_ms": delay, "concurrency": clients, "p50_ms": 19.0 + delay, "p99_ms": 30.0, "mean_ms": 19.0,
+                "req_per_s": 130.0, **torchserve}  # fmt: skip
+
+    peers = {"fastapi": {"p50_ms": 26.0}, "litserve": {"p50_ms": 19.5, "mean_ms": 19.5,
+                                                       "stage_ms": {"decode": 1.5, "forward": 12.0}}}  # fmt: skip
+    entry = {"configured_ms": 1, "litserve_settings": [4, 0.002], "peers": peers,
+             "points": [measured(delay, clients) for delay in DELAYS for clients in (1, 32)]}  # fmt: skip
+    text = "\n".join(render_model("mobilenet_v2", entry))
+    assert "ours 20.0 ms (as configured), the FastAPI app 26.0 ms, LitServe 19.5 ms" in text and "**MISSED**" in text
+    assert "The forward pass: ours 13.0 ms, LitServe's 12.0; everything else: ours 6.0 ms, LitServe's 7.5." in text
+    for point in entry["points"]:  # a run from before TorchServe's metrics were read: the verdict alone
+        del point["stage_ms"]
+    assert "The forward pass" not in "\n".join(render_model("mobilenet_v2", entry))
