@@ -143,10 +143,11 @@ def lone_client_breakdown(ours: list[dict], litserve: list[dict], delay_ms: floa
         return text + (
             f" (a lone request waits its {timeout_ms:g} ms batch_timeout likewise), {peer - mean:+.1f} ms against ours."
         )
+    waits = f"its {timeout_ms:g} ms batch_timeout" if timeout_ms else "no batch_timeout: batching off"
     decode, forward = (median(litserve, lambda p, stage=stage: p["stage_ms"][stage]) for stage in ("decode", "forward"))
     return text + (
         f": decoding, resizing and cropping {decode:.1f}, predict {forward:.1f} (the forward pass, softmax and top-5), "
-        f"and {peer - decode - forward:.1f} elsewhere (its {timeout_ms:g} ms batch_timeout, the queues between its "
+        f"and {peer - decode - forward:.1f} elsewhere ({waits}, the queues between its "
         f"API server and its worker, HTTP). The forward pass: ours {stages['forward']:.1f} ms, LitServe's "
         f"{forward:.1f}; everything else: ours {mean - stages['forward']:.1f} ms, LitServe's {peer - forward:.1f}."
     )
