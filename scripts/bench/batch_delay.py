@@ -22,7 +22,7 @@ from scripts.bench.endtoend import (
     litserve_server,
     measure,
 )
-from scripts.bench.report import lone_client_breakdown, publish
+from scripts.bench.report import fastapi_split, lone_client_breakdown, publish
 from scripts.bench.side_by_side import about_the_run, archive_variants, model_config
 from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO, get_model
@@ -72,7 +72,8 @@ def run_model(model: str, rounds: int, duration: float) -> dict:
                               f"p50 {point.p50_ms:.1f} ms", file=sys.stderr, flush=True)  # fmt: skip
     peers = {}
     with fastapi_server(get_model(model).architecture) as peer:
-        peers["fastapi"] = asdict(measure("fastapi", peer.url, {}, model, "small", body, 1, duration))
+        peers["fastapi"] = asdict(measure("fastapi", peer.url, {}, model, "small", body, 1, duration,
+                                          stages=peer.stages))  # fmt: skip
     headers, form = litserve_request(body)
     settings = litserve_settings(model)
     with litserve_server(model, *settings) as peer:
@@ -117,7 +118,11 @@ def lone_lines(entry: dict, timeout_ms: float) -> list[str]:
     ours = [p for p in entry["points"] if p["delay_ms"] == configured and p["concurrency"] == 1]
     if not all(p.get("stage_ms") for p in ours):  # a run from before the metrics were read
         return []
-    return [lone_client_breakdown(ours, [entry["peers"]["litserve"]], configured, timeout_ms), ""]
+    peers = entry["peers"]
+    return [
+        lone_client_breakdown(ours, [peers["litserve"]], configured, timeout_ms) + fastapi_split(peers["fastapi"]),
+        "",
+    ]
 
 
 def render_section(results: dict) -> str:

@@ -33,9 +33,9 @@ import yaml
 
 from scripts.bench.cpu import session_cpu
 from scripts.bench.harness import images_per_second
-from scripts.bench.litserve_app import STAGES_ENV, read_stage_counters
 from scripts.bench.loadgen import closed_loop_raw, multipart, percentile
 from scripts.bench.photos import encode, photo
+from scripts.bench.stage_counters import STAGES_ENV, read_stage_counters
 from scripts.build.archive import ARCHIVE_VERSION
 from scripts.build.inprocess import load_handler
 from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve
@@ -206,15 +206,16 @@ class Peer:
 
     url: str
     session: int
-    stages: Path | None = None  # LitServe: its workers' stage counters (litserve_app.read_stage_counters)
+    stages: Path | None = None  # its processes' stage counters (scripts/bench/stage_counters.py)
 
 
 @contextmanager
 def fastapi_server(architecture: str):
     (port,) = free_ports(1)
     command = [sys.executable, "-m", "scripts.bench.fastapi_app", "--model", architecture, "--port", str(port)]
+    stages = Path(tempfile.mkdtemp(prefix="fastapi-stages-"))
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+                               env={**os.environ, STAGES_ENV: str(stages)}, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -224,10 +225,11 @@ def fastapi_server(architecture: str):
                 break
             except requests.ConnectionError:
                 time.sleep(0.5)
-        yield Peer(url, process.pid)
+        yield Peer(url, process.pid, stages)
     finally:
         process.terminate()
         process.wait(timeout=30)
+        shutil.rmtree(stages, ignore_errors=True)
 
 
 @contextmanager
@@ -470,7 +472,7 @@ def main(args: argparse.Namespace) -> None:
     for model in classifiers:
         with fastapi_server(get_model(model).architecture) as peer:
             points = sweep("fastapi", peer.url, {}, [model], {"small": bodies["small"]}, concurrencies, duration,
-                           session=peer.session)  # fmt: skip
+                           session=peer.session, stages=peer.stages)  # fmt: skip
             results["points"] += map(asdict, points)
     results["litserve"] = {}
     for model in classifiers:

@@ -5,52 +5,27 @@ ours are, and the image decoded and resized with torchvision.io / transforms.v2 
 tensors. Clients POST the photo as a multipart form, LitServe's documented way to send
 a file (it parses JSON or forms only).
 
-With LITSERVE_STAGES_DIR set, each inference worker adds up the time it spends decoding
-(decode_request: decode, resize, crop) and in predict (the batch's forward pass, softmax,
-top-5) in a small file of its own there, which the benchmark reads while the server runs:
-where a request's time goes, as our handler's metrics say it for ours.
+With STAGES_DIR set, each inference worker adds up its time in decode_request (decode,
+resize, crop) and in predict (the batch's forward pass, softmax, top-5) for the benchmark
+(scripts/bench/stage_counters.py).
 
     python -m scripts.bench.litserve_app --model mobilenet_v2 --port 8091 --max-batch-size 8 --batch-timeout 0.005
 """
 
 import argparse
-import mmap
 import os
 import sys
 import time
-from pathlib import Path
 
 import litserve as ls
 import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from scripts.bench.stage_counters import STAGES_ENV, stage_counters
 from scripts.zoo import REPO, get_model, handler_module
 
 RESIZE, CROP = 256, 224  # as our classifier handler prepares an image (the compiled metadata)
-STAGES_ENV = "LITSERVE_STAGES_DIR"
-COUNTERS = ("requests", "decode_s", "images", "forward_s")  # one float64 each, per worker process
-
-
-def stage_counters(directory: str | None) -> memoryview | None:
-    """This process's COUNTERS, zeroed, in `directory`/<pid>.stages, mapped shared: adding to
-    them is a memory write (no system call on the request path), visible to a reader at once."""
-    if not directory:
-        return None
-    path = Path(directory) / f"{os.getpid()}.stages"
-    path.write_bytes(bytes(8 * len(COUNTERS)))
-    with path.open("r+b") as file:
-        return memoryview(mmap.mmap(file.fileno(), 0)).cast("d")
-
-
-def read_stage_counters(directory: Path) -> dict[str, float]:
-    """COUNTERS summed over every worker's file in `directory` (zeros before any worker started)."""
-    totals = dict.fromkeys(COUNTERS, 0.0)
-    for path in directory.glob("*.stages"):
-        values = memoryview(path.read_bytes()).cast("d")
-        for name, value in zip(COUNTERS, values, strict=True):
-            totals[name] += value
-    return totals
 
 
 class ClassifierAPI(ls.LitAPI):

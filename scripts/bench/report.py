@@ -153,6 +153,18 @@ def lone_client_breakdown(ours: list[dict], litserve: list[dict], delay_ms: floa
     )
 
 
+def fastapi_split(peer: dict | None) -> str:
+    """The FastAPI app's lone request in words, where its counters were read (else nothing)."""
+    if not (peer and peer.get("stage_ms")):
+        return ""
+    mean, decode, forward = peer["mean_ms"], peer["stage_ms"]["decode"], peer["stage_ms"]["forward"]
+    return (
+        f" The FastAPI app: mean {mean:.1f} ms: decoding and preprocessing (PIL) {decode:.1f}, the forward pass "
+        f"{forward:.1f} (the eager model, softmax and top-5), and {mean - decode - forward:.1f} elsewhere (uvicorn, "
+        f"HTTP); everything but the forward pass {mean - forward:.1f}."
+    )
+
+
 def lone_client_lines(results: dict) -> list[str]:
     """Where a lone client's request went in this run, ours and LitServe's, per classifier
     both served: the numbers behind the c=1 rows of the targets."""
@@ -161,15 +173,16 @@ def lone_client_lines(results: dict) -> list[str]:
         ours, peer = point(results, "ours", model, 1), point(results, "litserve", model, 1)
         if ours and peer and ours.get("stage_ms") and ours.get("queue_ms") is not None:
             delay = yaml.safe_load(get_model(model).config_file.read_text())["maxBatchDelay"]
-            lines.append(f"- **{model}**: " + lone_client_breakdown([ours], [peer], delay, tuning["best"][1] * 1000))
+            line = f"- **{model}**: " + lone_client_breakdown([ours], [peer], delay, tuning["best"][1] * 1000)
+            lines.append(line + fastapi_split(point(results, "fastapi", model, 1)))
     if not lines:
         return []
     return [
         "",
-        "A lone client in this run, ours and LitServe's, where a request's time goes (means; ours from",
-        "TorchServe's and the handler's own metrics, LitServe's from its workers' counters). The two",
-        "servers run the same compiled file on the same threads, so a difference in the forward pass is",
-        "the machine's speed in the minutes between their measurements, not the server:",
+        "A lone client in this run, where a request's time goes (means; ours from TorchServe's and the",
+        "handler's own metrics, the peers' from their processes' counters). Ours and LitServe run the same",
+        "compiled file on the same threads, so a difference in their forward pass is the machine's speed in",
+        "the minutes between their measurements, not the server:",
         "",
         *lines,
     ]

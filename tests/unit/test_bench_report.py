@@ -209,8 +209,12 @@ def test_make_bench_explains_a_lone_clients_rows_with_its_own_points():
                 queue_ms=1.2, inference_ms=22.0)  # fmt: skip
     peer = lone("litserve", 22.0, {"decode": 1.5, "forward": 15.0})
     measured = {**results(60.0), "litserve": {"mobilenet_v2": {"tried": [], "best": [4, 0.002]}}}
-    measured["points"] += [ours, peer]
+    measured["points"] += [ours, peer, lone("fastapi", 25.0, {"decode": 3.0, "forward": 19.0})]
     document = render_markdown(measured)
+    assert (
+        "The FastAPI app: mean 25.0 ms: decoding and preprocessing (PIL) 3.0, the forward pass 19.0 (the eager "
+        "model, softmax and top-5), and 3.0 elsewhere (uvicorn, HTTP); everything but the forward pass 6.0." in document
+    )
     assert "A lone client in this run" in document
     assert (
         "- **mobilenet_v2**: Mean 24.0 ms ours: 1.2 in TorchServe's job queue (a lone request waits there the 1 ms"

@@ -1,9 +1,9 @@
-"""The LitServe peer's stage counters: each worker adds to a file of its own that the
-benchmark reads while the server runs (scripts/bench/litserve_app.py)."""
+"""The peers' stage counters: each of a peer server's processes adds to a file of its own
+that the benchmark reads while the server runs (scripts/bench/stage_counters.py)."""
 
 import multiprocessing
 
-from scripts.bench.litserve_app import COUNTERS, read_stage_counters, stage_counters
+from scripts.bench.stage_counters import COUNTERS, read_stage_counters, stage_counters
 
 
 def count_in_a_process(directory: str, requests: int, seconds: float) -> None:
