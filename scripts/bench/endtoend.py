@@ -305,7 +305,7 @@ def measure(server, base, headers, model, image, body, concurrency, duration, lo
     """One point: `concurrency` closed-loop clients for `duration` s after `warmup` s of the
     same load. With `logs`, bytes logged per request; with `metrics` (TorchServe's metrics
     address), its queue and inference times and our handler's stages; with `stages`
-    (LitServe's counters, Peer.stages), its decoding and forward times; with `session` (the
+    (a peer's counters, Peer.stages), its decoding and forward times; with `session` (the
     server's session id), CPU per request."""
     closed_loop_raw(base, f"/predictions/{model}", headers, body, concurrency, min(warmup, duration), method=method)
     logged_before = directory_bytes(logs) if logs else 0
@@ -368,22 +368,9 @@ def sweep(server_name, base, headers, models, bodies, concurrencies, duration, l
     runs = [
         (model, image, c) for model in models for image in bodies for c in (concurrencies if image == "small" else [8])
     ]
+    options = {"logs": logs, "metrics": metrics, "session": session, "method": method, "stages": stages}
     return [
-        measure(
-            server_name,
-            base,
-            headers,
-            model,
-            image,
-            bodies[image],
-            c,
-            duration,
-            logs,
-            metrics,
-            session,
-            method=method,
-            stages=stages,
-        )
+        measure(server_name, base, headers, model, image, bodies[image], c, duration, **options)
         for model, image, c in runs
     ]
 

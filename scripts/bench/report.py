@@ -120,7 +120,7 @@ def lone_client_breakdown(ours: list[dict], litserve: list[dict], delay_ms: floa
     """Where a lone client's request spends its time, ours and LitServe's, in words: each
     value the median over the points given (the cycles of a side-by-side run, or one point).
     Ours from TorchServe's metrics and our handler's; LitServe's from its workers' counters
-    (scripts/bench/litserve_app.py), where the points have them."""
+    (scripts/bench/stage_counters.py), where the points have them."""
 
     def median(points: list[dict], value) -> float:
         return statistics.median(value(p) for p in points)
