@@ -5,6 +5,7 @@ resolvable in them where it is not in req/s."""
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -51,6 +52,7 @@ def stopped(*sessions: int) -> Iterator[None]:
     pids = [pid for session in sessions for pid, _name, _seconds in session_processes(session)]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
+    wait_until_stopped(pids)
     try:
         yield
     finally:
@@ -59,3 +61,18 @@ def stopped(*sessions: int) -> Iterator[None]:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
+
+
+def wait_until_stopped(pids: list[int], timeout: float = 5.0, proc: Path = Path("/proc")) -> None:
+    """SIGSTOP takes effect asynchronously (a process running on another core stops at its
+    next entry into the kernel): wait until each of `pids` is stopped or gone."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                stat = (proc / str(pid) / "stat").read_text()
+            except OSError:  # gone
+                break
+            if stat[stat.rindex(")") + 2] in "tTZX":  # stopped, or dead
+                break
+            time.sleep(0.001)

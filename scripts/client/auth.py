@@ -11,11 +11,13 @@ that file (same machine, or a shared volume) and the API key.
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import requests
 
 TOKEN_ENV = "TS_ZOO_TOKEN"  # an inference key given through the environment
+READ_RETRY_S = 2.0  # how long a key file being rewritten may stay unreadable
 
 
 class AuthError(Exception):
@@ -32,10 +34,17 @@ class Tokens:
             raise AuthError(f"no inference key: {where} does not exist; pass --token or set {TOKEN_ENV}")
 
     def _file(self) -> dict:
-        try:
-            return json.loads(self.key_file.read_text())
-        except (OSError, ValueError) as err:
-            raise AuthError(f"cannot read the keys in {self.key_file}: {err}") from err
+        """The key file's keys. TorchServe rewrites the file in place when a key is refreshed
+        (by us, another client, or its expiry), so a read can meet it empty or half written:
+        read again for up to READ_RETRY_S before giving up."""
+        deadline = time.monotonic() + READ_RETRY_S
+        while True:
+            try:
+                return json.loads(self.key_file.read_text())
+            except (OSError, ValueError) as err:
+                if time.monotonic() >= deadline:
+                    raise AuthError(f"cannot read the keys in {self.key_file}: {err}") from err
+                time.sleep(0.05)
 
     def inference(self) -> str:
         """The key to send: the given one, else the key file's current one."""

@@ -131,6 +131,24 @@ def test_no_key_at_all_says_what_to_do(tmp_path, monkeypatch):
         Tokens(tmp_path / "key_file.json")
 
 
+def test_a_key_file_being_rewritten_is_read_again(tmp_path, monkeypatch):
+    """TorchServe rewrites key_file.json in place when a key is refreshed: a client that
+    reads it meanwhile sees it empty (CI caught exactly that), and reads it again."""
+    monkeypatch.delenv("TS_ZOO_TOKEN", raising=False)
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text("")  # truncated, not yet written
+    tokens = Tokens(key_file)
+    keys = {"inference": {"key": "fresh"}, "management": {"key": "m"}, "API": {"key": "a"}}
+    writer = threading.Timer(0.2, lambda: key_file.write_text(json.dumps(keys)))
+    writer.start()
+    assert tokens.inference() == "fresh"
+    writer.join()
+    monkeypatch.setattr("scripts.client.auth.READ_RETRY_S", 0.2)
+    key_file.write_text('{"inference": ')  # and one that stays broken: a clear error, soon
+    with pytest.raises(AuthError, match="cannot read the keys"):
+        tokens.inference()
+
+
 def test_an_unreachable_server_is_a_connection_failure(stand_in, tmp_path):
     (tmp_path / "config.properties").write_text("inference_address=http://127.0.0.1:9\nmanagement_address=x\n")
     client = ZooClient.from_config(tmp_path / "config.properties", stand_in.key_file)
