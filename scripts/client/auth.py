@@ -24,20 +24,6 @@ class AuthError(Exception):
     """No usable key: the client stops and says what to do."""
 
 
-def read_key_file(path: Path) -> dict:
-    """The keys in a TorchServe key file. TorchServe rewrites the file in place when a key
-    is refreshed (by us, another client, or its expiry), so a read can meet it empty or half
-    written: read again for up to READ_RETRY_S before giving up."""
-    deadline = time.monotonic() + READ_RETRY_S
-    while True:
-        try:
-            return json.loads(Path(path).read_text())
-        except (OSError, ValueError) as err:
-            if time.monotonic() >= deadline:
-                raise AuthError(f"cannot read the keys in {path}: {err}") from err
-            time.sleep(0.05)
-
-
 class Tokens:
     def __init__(self, key_file: Path | None = None, token: str | None = None):
         self.key_file = key_file
@@ -48,7 +34,17 @@ class Tokens:
             raise AuthError(f"no inference key: {where} does not exist; pass --token or set {TOKEN_ENV}")
 
     def _file(self) -> dict:
-        return read_key_file(self.key_file)
+        """The key file's keys. TorchServe rewrites the file in place when a key is refreshed
+        (by us, another client, or its expiry), so a read can meet it empty or half written:
+        read again for up to READ_RETRY_S before giving up."""
+        deadline = time.monotonic() + READ_RETRY_S
+        while True:
+            try:
+                return json.loads(self.key_file.read_text())
+            except (OSError, ValueError) as err:
+                if time.monotonic() >= deadline:
+                    raise AuthError(f"cannot read the keys in {self.key_file}: {err}") from err
+                time.sleep(0.05)
 
     def inference(self) -> str:
         """The key to send: the given one, else the key file's current one."""

@@ -5,6 +5,7 @@ ready worker, and print the commands to use it.
 """
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,6 @@ from pathlib import Path
 
 import requests
 
-from scripts.client.auth import read_key_file
 from scripts.serve.launch import read_properties  # stdlib-only, for the image's launcher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ class Keys:
 
 
 def read_keys(path: Path) -> Keys:
-    keys = read_key_file(path)  # read again while TorchServe rewrites it
+    keys = json.loads(Path(path).read_text())
     return Keys(keys["inference"]["key"], keys["management"]["key"], keys["API"]["key"])
 
 
