@@ -276,32 +276,60 @@ def load_aoti_package(path: Path) -> Callable:
     into a new directory under $TMPDIR and deletes it only when the model is destroyed,
     which a worker stopped or killed by TorchServe never does: every worker start used to
     leave a copy behind until the disk filled. Here it unpacks into a directory of its own,
-    removed as soon as the model is loaded (the process keeps the mapped files open)."""
-    with unpacked_in_private_tmpdir():
+    removed as soon as the model is loaded (the process keeps the mapped files open) --
+    unless the package keeps GPU kernels in files of their own, which the model reads
+    only when it first runs them (a CUDA package built without
+    `aot_inductor.embed_kernel_binary`; scripts/build/compile.py embeds them): then the
+    directory stays until the model is destroyed, as torch's own loader keeps it."""
+    keep = kernel_files_outside_library(package_names(path))
+    if keep:
+        logger.warning("%s keeps its GPU kernels in separate files: unpacked for as long as it is loaded", path.name)
+    with unpacked_in_private_tmpdir(remove=not keep) as unpacked:
         try:
             loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", False, 1, -1)
+            model = AOTIPackage(loader)
         except (AttributeError, TypeError) as err:
             logger.info("torch's AOTInductor package loader not callable directly (%s): using aoti_load_package", err)
-            return torch._inductor.aoti_load_package(str(path))
-    return AOTIPackage(loader)
+            model = torch._inductor.aoti_load_package(str(path))
+    if keep:
+        weakref.finalize(model, shutil.rmtree, unpacked, True)
+    return model
+
+
+# Files of an AOTInductor package holding GPU kernels apart from its shared library.
+KERNEL_FILE_SUFFIXES = (".cubin", ".fatbin", ".hsaco", ".spv")
+
+
+def package_names(path: Path) -> list[str]:
+    with zipfile.ZipFile(path) as archive:
+        return archive.namelist()
+
+
+def kernel_files_outside_library(names: list[str]) -> bool:
+    """Whether a package (by its file names) loads kernels from separate files at run time."""
+    return any(name.endswith(KERNEL_FILE_SUFFIXES) for name in names)
 
 
 @contextlib.contextmanager
-def unpacked_in_private_tmpdir():
+def unpacked_in_private_tmpdir(remove: bool = True):
     """$TMPDIR pointed at a new directory for the block, that directory deleted after it
-    (with whatever the block unpacked there). Not for threads that create temp files
-    meanwhile: a worker loads its model before it serves."""
+    (with whatever the block unpacked there) unless `remove` is false and the block
+    succeeded. Not for threads that create temp files meanwhile: a worker loads its model
+    before it serves."""
     private = tempfile.mkdtemp(prefix="zoo-unpack-")
     previous = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = private
+    succeeded = False
     try:
         yield Path(private)
+        succeeded = True
     finally:
         if previous is None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = previous
-        shutil.rmtree(private, ignore_errors=True)
+        if remove or not succeeded:
+            shutil.rmtree(private, ignore_errors=True)
 
 
 class AOTIPackage:

@@ -22,7 +22,17 @@ LITSERVE_FACTOR = 1.2  # ours >= 1.2x LitServe's req/s at 8 and 32 clients
 
 # Sections written by the side-by-side benchmarks (scripts/bench/<name>.py) live between
 # markers and survive a rewrite of the rest of docs/benchmarks.md by scripts/bench/endtoend.py.
-SECTIONS = ("scaling", "metrics_cost", "video", "replicas", "batch_delay", "memory", "ceiling", "peers")
+SECTIONS = (
+    "scaling",
+    "metrics_cost",
+    "video",
+    "replicas",
+    "batch_delay",
+    "memory",
+    "ceiling",
+    "peers",
+    "handler_speed",
+)
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -201,7 +211,7 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + [
         "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows
     ]
@@ -237,7 +247,9 @@ def render_markdown(results: dict) -> str:
         "## Targets",
         "",
     ]
-    lines += _table(["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)])
+    lines += markdown_table(
+        ["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)]
+    )
     lines += lone_client_lines(results)
     lines += ["", "## Throughput and latency", ""]
     order = sorted(results["points"], key=lambda p: (p["model"], p["image"] != "small", p["server"], p["concurrency"]))
@@ -246,7 +258,9 @@ def render_markdown(results: dict) -> str:
          f"{p['p90_ms']:.0f}", f"{p['p99_ms']:.0f}", p["errors"]]
         for p in order
     ]  # fmt: skip
-    lines += _table(["model", "server", "photo", "clients", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows)
+    lines += markdown_table(
+        ["model", "server", "photo", "clients", "req/s", "p50 ms", "p90 ms", "p99 ms", "errors"], rows
+    )
     lines += ["", "## Ceilings: the compiled model alone", ""]
     rows = [
         [model, c["compiler"], c["workers"], c["threads"], c["batch"], f"{c['b1']:.1f}", f"{c['served']:.1f}"]
@@ -261,7 +275,7 @@ def render_markdown(results: dict) -> str:
         "img/s at batch 1",
         "img/s at served batch",
     ]
-    lines += _table(header, rows)
+    lines += markdown_table(header, rows)
     if "compile_targets" in results:
         lines += [
             "",
@@ -279,7 +293,7 @@ def render_markdown(results: dict) -> str:
             for compiler in ("torchscript", "aoti"):
                 speeds = ", ".join(f"b{b}: {v:.1f}" for b, v in targets_[compiler].items())
                 rows.append([model, compiler + (" (chosen)" if targets_["chosen"] == compiler else ""), speeds])
-        lines += _table(["model", "target", "img/s"], rows)
+        lines += markdown_table(["model", "target", "img/s"], rows)
     lines += litserve_section(results)
     lines += breakdown_section(results, models)
     lines += logging_section(results, models)
@@ -287,14 +301,14 @@ def render_markdown(results: dict) -> str:
         "",
         "## GPU",
         "",
-        "This run had no GPU (the task was not lent one), so there are no GPU numbers. The GPU path is",
-        "implemented and tested on CPU for correctness: JPEGs of a batch decoded in one call on the model's",
-        "device (`jpeg_decoder: batched`, nvJPEG on CUDA, the default there), preprocessing on the device,",
-        "pinned-memory copies, `channels_last`, bf16/fp16 builds (`make archive PRECISION=fp16 DEVICE=cuda`,",
-        "parity within the tolerances in `scripts/families/classifiers.py`, `detectors.py`, `faces.py`). On a GPU",
-        "machine, `python -m scripts.bench.handler_speed --device cuda` measures handler throughput (a fake",
-        "context, no Java) against the model alone for resnet50, yolov5s and face_pixelizer at batch",
-        "1/8/32; the target is handler >= 0.6x model-only at batch 32.",
+        "`make bench` runs on this CPU machine. On a GPU the handlers decode a batch's JPEGs in one call on the",
+        "model's device (`jpeg_decoder: batched`, nvJPEG on CUDA, the default there), preprocess on the device,",
+        "copy through pinned memory, run `channels_last`, and serve bf16/fp16 builds (`make archive PRECISION=fp16",
+        "DEVICE=cuda`, parity within the tolerances in `scripts/families/classifiers.py`, `detectors.py`,",
+        "`faces.py`). `python -m scripts.bench.handler_speed --device cuda` measures the handler (a fake context,",
+        "no Java) against the model alone for resnet50, yolov5s and face_pixelizer at batch 1/8/32, by compile",
+        "target and precision; its last run on a GPU is the section *GPU: the handler against the model alone*",
+        "below. Target: handler >= 0.6x model-only at batch 32.",
     ]
     if "handler_vs_model" in results:
         lines += ["", "The same script on this CPU (for reference; batch 32 omitted on CPU):", ""]
@@ -308,7 +322,7 @@ def render_markdown(results: dict) -> str:
             ]
             for r in results["handler_vs_model"]
         ]
-        lines += _table(["model", "batch", "model-only img/s", "handler img/s", "ratio"], rows)
+        lines += markdown_table(["model", "batch", "model-only img/s", "handler img/s", "ratio"], rows)
     return "\n".join(lines) + "\n"
 
 
@@ -331,7 +345,7 @@ def litserve_section(results: dict) -> list[str]:
             rate = f"{tried['req_per_s']:.1f}"
             rows.append([model, tried["max_batch_size"], f"{tried['batch_timeout'] * 1000:g}",
                          f"**{rate}**" if chosen else rate, f"{tried['p50_ms']:.0f}"])  # fmt: skip
-    return lines + _table(["model", "max_batch_size", "batch_timeout ms", "req/s (c=8)", "p50 ms"], rows)
+    return lines + markdown_table(["model", "max_batch_size", "batch_timeout ms", "req/s (c=8)", "p50 ms"], rows)
 
 
 def breakdown_section(results: dict, models: list[str]) -> list[str]:
@@ -362,7 +376,7 @@ def breakdown_section(results: dict, models: list[str]) -> list[str]:
                 f"{per_request:.1f}",
             ]
         )
-    lines += _table(
+    lines += markdown_table(
         ["model", "batch", "decode", "preprocess", "forward", "postprocess", "queue (c=8)", "in TorchServe (c=8)",
          "p50 (c=8)", "ms per request at c=8"],
         rows,
@@ -428,7 +442,7 @@ def logging_section(results: dict, models: list[str]) -> list[str]:
         "request by default (`scripts/configs/log4j2.xml`; `-Dts.accessLog=info` turns the access log on).",
         "",
     ]
-    return lines + _table(["model", "server", "log bytes per request"], rows)
+    return lines + markdown_table(["model", "server", "log bytes per request"], rows)
 
 
 def plot(results: dict, path) -> None:

@@ -104,10 +104,13 @@ def load_handler(
     if batch_size:
         config["batchSize"] = batch_size
     config["handler"] = {**config.get("handler", {}), **(handler_settings or {})}
-    shutil.copy(artifact or REPO / "build" / spec.artifact, model_dir / spec.artifact)
+    # Served under the model's name with the artifact's own suffix: a TorchScript build of a
+    # model the table compiles with AOTInductor (or the reverse) loads as what it is.
+    serialized_file = spec.artifact if artifact is None else spec.name + Path(artifact).suffix
+    shutil.copy(artifact or REPO / "build" / spec.artifact, model_dir / serialized_file)
     for data_file in FAMILIES[spec.family].data_files:
         shutil.copy(REPO / data_file, model_dir)
-    context = FakeContext(model_dir, config, model, spec.artifact, gpu_id)
+    context = FakeContext(model_dir, config, model, serialized_file, gpu_id)
     handler = handler_class(Path(FAMILIES[spec.family].handler).stem)()
     handler.initialize(context)
     return handler, context

@@ -1,15 +1,19 @@
 """Device and thread choices of a worker."""
 
+import gc
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+import torch.utils._pytree as pytree
 
 from runtime import (
     IdleTrimmer,
@@ -17,6 +21,8 @@ from runtime import (
     WorkerRegistry,
     cgroup_cpu_quota,
     idle_trimmer,
+    kernel_files_outside_library,
+    load_aoti_package,
     select_device,
     thread_budget,
     threads_per_worker,
@@ -175,3 +181,44 @@ def test_releasing_memory_can_be_turned_off():
     time.sleep(0.1)
     assert trimmer.trims == 0
     assert idle_trimmer(1.0).trim is not None  # glibc here
+
+
+class FakePackageLoader:
+    """torch's AOTInductor package loader, as far as load_aoti_package uses it: it unpacks
+    the package under $TMPDIR, where a CUDA package's kernel files are read at first run."""
+
+    def __init__(self, path, model_name, run_single_threaded, num_runners, device_index):
+        self.unpacked = Path(tempfile.mkdtemp(dir=os.environ["TMPDIR"])) / "kernels.cubin"  # as the C++ loader
+        self.unpacked.write_bytes(b"kernel")
+
+    def get_call_spec(self):
+        return "", pytree.treespec_dumps(pytree.tree_flatten(torch.zeros(1))[1])
+
+
+def package_with(tmp_path, *names) -> Path:
+    path = tmp_path / "model.pt2"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            archive.writestr(name, b"")
+    return path
+
+
+def test_only_a_package_with_separate_gpu_kernels_reads_files_at_run_time():
+    assert kernel_files_outside_library(["model/data/aotinductor/model/abc.cubin", "model/abc.wrapper.so"])
+    assert not kernel_files_outside_library(["model/data/aotinductor/model/abc.wrapper.so", "model/extra/m.json"])
+
+
+def test_gpu_kernel_files_stay_unpacked_while_the_model_lives(tmp_path, monkeypatch):
+    """A CUDA package whose kernels are files of their own (not embedded in the library)
+    reads them when it first runs: deleting them after loading crashed the worker."""
+    monkeypatch.setattr(torch._C._aoti, "AOTIModelPackageLoader", FakePackageLoader)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    separate = load_aoti_package(package_with(tmp_path, "model/data/aotinductor/model/k.cubin"))
+    kernel_file = separate.loader.unpacked
+    assert kernel_file.exists()
+    del separate
+    gc.collect()
+    assert not kernel_file.parent.parent.exists()  # gone with the model
+    embedded = load_aoti_package(package_with(tmp_path, "model/data/aotinductor/model/k.wrapper.so"))
+    assert not embedded.loader.unpacked.exists()  # gone as soon as it is loaded

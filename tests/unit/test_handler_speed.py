@@ -1,0 +1,48 @@
+"""The GPU benchmark's bookkeeping (scripts/bench/handler_speed.py): a variant that crashes
+its process is recorded with where it died, and the doc section says why a target is missed."""
+
+import argparse
+import subprocess
+import sys
+
+from scripts.bench.handler_speed import RATIO_TARGET, death, render_section, run_variant_process
+
+
+def test_a_native_crash_is_reported_with_where_it_happened():
+    crash = "import faulthandler\ndef load_package():\n    faulthandler._sigsegv()\nload_package()\n"
+    done = subprocess.run([sys.executable, "-X", "faulthandler", "-c", crash], capture_output=True, text=True)
+    message = death(done.returncode, done.stderr)
+    assert message.startswith("the process died (killed by SIGSEGV) in File") and "in load_package" in message
+    assert death(3, "Traceback ...\nValueError: no") == "the process died (exit status 3)"
+
+
+def test_a_variant_that_fails_costs_only_itself():
+    args = argparse.Namespace(device="cpu", batches=[1], seconds=0.1)
+    rows, error = run_variant_process(args, "no_such_model", "torchscript", "fp32")
+    assert rows == [] and error.startswith("KeyError") and "no_such_model" in error
+
+
+def row(model, batch, model_ips, handler_ips, random=True):
+    stages = {"decode": 4.0, "preprocess": 2.0, "forward": 4.1, "postprocess": 3.0}
+    return {
+        "model": model, "compiler": "torchscript", "precision": "bf16", "batch": batch,
+        "model_img_per_s": model_ips, "handler_img_per_s": handler_ips, "ratio": handler_ips / model_ips,
+        "stage_ms": stages, "random_weights": random,
+    }  # fmt: skip
+
+
+def test_the_section_explains_a_missed_target_with_the_runs_own_stage_times():
+    results = {
+        "date": "2026-11-23", "device": "NVIDIA H100 80GB HBM3", "cpus": 16, "torch": "2.11.0", "cuda": "13.0",
+        "seconds": 2, "rows": [row("resnet50", 1, 500, 320), row("resnet50", 32, 8000, 2000)],
+        "failures": [{"model": "face_pixelizer", "compiler": "aoti", "precision": "fp32", "error": "the process died"}],
+        "aoti_probe": "the process died (killed by SIGSEGV)",
+    }  # fmt: skip
+    text = render_section(results)
+    assert "NVIDIA H100 80GB HBM3" in text and "2026-11-23" in text and "**random weights**" in text
+    assert "| resnet50 | torchscript | bf16 | 32 | 8000 | 2000 | 0.25 **no** |" in text
+    assert "| resnet50 | torchscript | bf16 | 1 | 500 | 320 | 0.64 |" in text  # no verdict off the target's batch
+    # batch 32: the model 4.0 ms, the handler 16.0 ms, the target allows 4.0 / 0.6
+    assert f"| resnet50 torchscript bf16 | 4.0 | 4.0 | 2.0 | 4.1 | 3.0 | 16.0 | {4.0 / RATIO_TARGET:.1f} |" in text
+    assert "- face_pixelizer aoti fp32: the process died" in text
+    assert "failed the same way" in text and "torch 2.11.0's, not the zoo's models'" in text
