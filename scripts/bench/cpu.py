@@ -13,10 +13,15 @@ from pathlib import Path
 TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 
+def stat_fields(stat: str) -> tuple[str, list[str]]:
+    """A /proc/<pid>/stat line -> (command name, the fields after it: state, ppid, ...). The
+    name is read between the first '(' and the last ')': it may hold spaces and parentheses."""
+    return stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+
+
 def process_cpu(stat: str) -> tuple[str, int, float]:
     """A /proc/<pid>/stat line -> (command name, session id, user + system CPU seconds)."""
-    name = stat[stat.index("(") + 1 : stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2 :].split()  # fields from the 3rd (state) on
+    name, fields = stat_fields(stat)
     session, utime, stime = int(fields[3]), int(fields[11]), int(fields[12])
     return name, session, (utime + stime) / TICKS_PER_SECOND
 
@@ -73,6 +78,6 @@ def wait_until_stopped(pids: list[int], timeout: float = 5.0, proc: Path = Path(
                 stat = (proc / str(pid) / "stat").read_text()
             except OSError:  # gone
                 break
-            if stat[stat.rindex(")") + 2] in "tTZX":  # stopped, or dead
+            if stat_fields(stat)[1][0] in "tTZX":  # stopped, or dead
                 break
             time.sleep(0.001)

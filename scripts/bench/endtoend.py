@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -210,29 +211,42 @@ class Peer:
 
 
 @contextmanager
-def fastapi_server(architecture: str):
-    (port,) = free_ports(1)
-    command = [sys.executable, "-m", "scripts.bench.fastapi_app", "--model", architecture, "--port", str(port)]
-    stages = Path(tempfile.mkdtemp(prefix="fastapi-stages-"))
+def peer_server(command: list[str], port: int, ready_path: str, start_timeout: float) -> Iterator[Peer]:
+    """A peer server started as `command` in a session of its own, with a fresh directory for
+    its stage counters (STAGES_ENV) -> a Peer once `ready_path` answers; afterwards its whole
+    process group is stopped (LitServe's API server and inference workers too) and the
+    counters removed."""
+    stages = Path(tempfile.mkdtemp(prefix="peer-stages-"))
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, STAGES_ENV: str(stages)}, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
             try:
-                requests.get(f"{url}/docs", timeout=2)
-                break
+                if requests.get(f"{url}{ready_path}", timeout=2).ok:
+                    break
             except requests.ConnectionError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         yield Peer(url, process.pid, stages)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
         shutil.rmtree(stages, ignore_errors=True)
 
 
-@contextmanager
+def fastapi_server(architecture: str):
+    """scripts/bench/fastapi_app.py serving torchvision's eager `architecture` -> a Peer."""
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "scripts.bench.fastapi_app", "--model", architecture, "--port", str(port)]
+    return peer_server(command, port, "/docs", start_timeout=120)
+
+
 def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
     """scripts/bench/litserve_app.py serving `model`'s compiled file with these batching
     settings, its workers and threads as our archive's (the model's YAML) -> a Peer."""
@@ -241,28 +255,7 @@ def litserve_server(model: str, max_batch_size: int, batch_timeout: float):
     command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--port", str(port),
                "--workers", str(workers), "--threads", str(served_settings(model)[1]),
                "--max-batch-size", str(max_batch_size), "--batch-timeout", str(batch_timeout)]  # fmt: skip
-    stages = Path(tempfile.mkdtemp(prefix="litserve-stages-"))
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, STAGES_ENV: str(stages)}, start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/health", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.5)
-        yield Peer(url, process.pid, stages)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)  # LitServe's API server and inference worker processes
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        shutil.rmtree(stages, ignore_errors=True)
+    return peer_server(command, port, "/health", start_timeout=180)
 
 
 def litserve_request(body: bytes) -> tuple[dict[str, str], bytes]:
