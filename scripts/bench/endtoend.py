@@ -423,6 +423,7 @@ def main(args: argparse.Namespace) -> None:
     results = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, no GPU",
+        "cores": os.cpu_count(),
         "duration_s": duration,
         "quick": args.quick,
         "ceilings": {model: ceiling(model, 2 if args.quick else 5) for model in served},

@@ -38,7 +38,7 @@ from scripts.bench.batch_delay import litserve_settings
 from scripts.bench.cpu import stopped
 from scripts.bench.endtoend import ceiling, images, litserve_request, litserve_server, measure
 from scripts.bench.loadgen import closed_loop_raw
-from scripts.bench.report import lone_client_breakdown, machine, publish
+from scripts.bench.report import ceiling_cpu_ms, cpu_shortfall, lone_client_breakdown, machine, publish
 from scripts.bench.side_by_side import FRONTEND_WARMUP_S, WARMUP_S
 from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO, get_model, handler_module
@@ -116,7 +116,7 @@ def cpu_per_request(point: dict) -> float:
 def model_cpu_ms(ceilings: list[dict]) -> float:
     """CPU ms per image of the compiled model alone, on the served processes, threads and
     batch: the median of the cycles' measurements."""
-    return statistics.median(1000 * c["workers"] * c["threads"] / c["served"] for c in ceilings)
+    return statistics.median(map(ceiling_cpu_ms, ceilings))
 
 
 def server_median(points: list[dict], server: str, value: Callable[[dict], float]) -> float:
@@ -162,37 +162,8 @@ def lone_breakdown(results: dict, model: str) -> str:
 
 
 def shortfall(results: dict, model: str, clients: int, model_ms: float) -> str:
-    """Why ours is below TARGET x LitServe's req/s at `clients`, in CPU per request: over
-    what TARGET allows, or within it and short of it in cores kept busy."""
-    s = summary(results, model, clients)
-    allowed = s["litserve_cpu"] / TARGET
-    busy = (
-        f"Cores kept busy (req/s x CPU per request): ours {s['ours_rps'] * s['ours_cpu'] / 1000:.2f}, LitServe "
-        f"{s['litserve_rps'] * s['litserve_cpu'] / 1000:.2f} of {results['cores']}: a core one server leaves idle "
-        "(a worker waiting for its next batch) serves no request."
-    )
-    ours = (
-        f"We spend {s['ours_cpu'] - model_ms:.1f} ms beyond the model: TorchServe's Java frontend "
-        f"{s['frontend']:.1f} ms and the workers {s['workers'] - model_ms:.1f} ms (TorchServe's Python worker loop, "
-        "decoding, preprocessing, the answer, metrics, the drift test)."
-    )
-    head = (
-        f"- **{model}** ({clients} clients, {s['ratio']:.2f}x): LitServe spends {s['litserve_cpu']:.1f} ms of CPU "
-        f"per request, so {TARGET:g}x its throughput allows ours {allowed:.1f} ms. The compiled model alone takes "
-        f"{model_ms:.1f} ms per image (the same file, processes, threads and batch), which leaves LitServe "
-        f"{s['litserve_cpu'] - model_ms:.1f} ms for everything else and would leave us {allowed - model_ms:.1f}. "
-    )
-    if s["ours_cpu"] > allowed:
-        return head + ours + " " + busy
-    return (
-        head
-        + ours
-        + (
-            f" Within the allowance: by CPU per request alone ours would be {s['litserve_cpu'] / s['ours_cpu']:.2f}x; "
-            f"the rest is idle time and the cycles' spread ({s['ratios'][0]:.2f}-{s['ratios'][-1]:.2f}x). "
-        )
-        + busy
-    )
+    """Why ours is below TARGET x LitServe's req/s at `clients`, over the cycles (cpu_shortfall)."""
+    return cpu_shortfall(model, clients, summary(results, model, clients), model_ms, results["cores"], TARGET)
 
 
 def render_section(results: dict) -> str:

@@ -4,6 +4,7 @@ time goes) and docs/benchmarks.png (throughput and p99 latency against concurren
 import json
 import os
 import platform
+import re
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,6 +199,82 @@ def lone_client_lines(results: dict) -> list[str]:
     ]
 
 
+def cpu_shortfall(model: str, clients: int, s: dict, model_ms: float, cores: int, target: float) -> str:
+    """Why ours is below `target` x LitServe's req/s at `clients`, in CPU per request: over what
+    the target allows, or within it and short of it in cores kept busy. `s`: req/s, CPU ms
+    per request (ours: frontend + workers) and the ratios of the cycles measured (one or more)."""
+    allowed = s["litserve_cpu"] / target
+    busy = (
+        f"Cores kept busy (req/s x CPU per request): ours {s['ours_rps'] * s['ours_cpu'] / 1000:.2f}, LitServe "
+        f"{s['litserve_rps'] * s['litserve_cpu'] / 1000:.2f} of {cores}: a core one server leaves idle "
+        "(a worker waiting for its next batch) serves no request."
+    )
+    ours = (
+        f"We spend {s['ours_cpu'] - model_ms:.1f} ms beyond the model: TorchServe's Java frontend "
+        f"{s['frontend']:.1f} ms and the workers {s['workers'] - model_ms:.1f} ms (TorchServe's Python worker loop, "
+        "decoding, preprocessing, the answer, metrics, the drift test)."
+    )
+    head = (
+        f"- **{model}** ({clients} clients, {s['ratio']:.2f}x): LitServe spends {s['litserve_cpu']:.1f} ms of CPU "
+        f"per request, so {target:g}x its throughput allows ours {allowed:.1f} ms. The compiled model alone takes "
+        f"{model_ms:.1f} ms per image (the same file, processes, threads and batch), which leaves LitServe "
+        f"{s['litserve_cpu'] - model_ms:.1f} ms for everything else and would leave us {allowed - model_ms:.1f}. "
+    )
+    if s["ours_cpu"] > allowed:
+        return head + ours + " " + busy
+    ratios = s["ratios"]
+    spread = f"the cycles' spread ({ratios[0]:.2f}-{ratios[-1]:.2f}x)" if len(ratios) > 1 else "the machine's drift"
+    return (
+        head
+        + ours
+        + f" Within the allowance: by CPU per request alone ours would be {s['litserve_cpu'] / s['ours_cpu']:.2f}x; "
+        + f"the rest is idle time and {spread}. "
+        + busy
+    )
+
+
+def ceiling_cpu_ms(ceiling: dict) -> float:
+    """CPU ms per image of the compiled model alone on the served processes, threads and batch."""
+    return 1000 * ceiling["workers"] * ceiling["threads"] / ceiling["served"]
+
+
+def machine_cores(results: dict) -> int:
+    """The cores of the machine a make bench run measured (older runs say it in `machine` only)."""
+    return results.get("cores") or int(re.search(r"(\d+) CPUs", results["machine"]).group(1))
+
+
+def litserve_shortfall_lines(results: dict) -> list[str]:
+    """Each loaded point of this run below LITSERVE_FACTOR x LitServe's req/s, explained with
+    the run's own CPU counters (cpu_shortfall)."""
+    lines = []
+    for model in results.get("litserve", {}):
+        for clients in (8, 32):
+            ours, peer = point(results, "ours", model, clients), point(results, "litserve", model, clients)
+            if not (ours and peer and ours.get("worker_cpu_ms") is not None and peer.get("worker_cpu_ms")):
+                continue
+            ratio = ours["req_per_s"] / peer["req_per_s"]
+            if ratio >= LITSERVE_FACTOR:
+                continue
+            s = {
+                "ours_rps": ours["req_per_s"], "litserve_rps": peer["req_per_s"], "ratio": ratio, "ratios": [ratio],
+                "frontend": ours["frontend_cpu_ms"], "workers": ours["worker_cpu_ms"],
+                "ours_cpu": ours["frontend_cpu_ms"] + ours["worker_cpu_ms"],
+                "litserve_cpu": peer["frontend_cpu_ms"] + peer["worker_cpu_ms"],
+            }  # fmt: skip
+            model_ms = ceiling_cpu_ms(results["ceilings"][model])
+            lines.append(cpu_shortfall(model, clients, s, model_ms, machine_cores(results), LITSERVE_FACTOR))
+    if not lines:
+        return []
+    return [
+        "",
+        f"Where ours is below {LITSERVE_FACTOR:g}x LitServe's req/s in this run, in CPU per request (each server's "
+        "processes' CPU time over the point, `scripts/bench/cpu.py`; the load generator's own apart) against the "
+        "compiled model alone (the ceilings below):",
+        "",
+        *lines,
+    ]
+
+
 def summary_lines(results: dict) -> list[str]:
     lines = [
         f"{p['server']:8} {p['model']:15} {p['image']:5} c={p['concurrency']:<3} {p['req_per_s']:7.1f} req/s"
@@ -250,6 +327,7 @@ def render_markdown(results: dict) -> str:
     lines += markdown_table(
         ["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)]
     )
+    lines += litserve_shortfall_lines(results)
     lines += lone_client_lines(results)
     lines += ["", "## Throughput and latency", ""]
     order = sorted(results["points"], key=lambda p: (p["model"], p["image"] != "small", p["server"], p["concurrency"]))
