@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -104,8 +104,12 @@ def served_settings(model: str) -> tuple[int, int]:
     )
 
 
-def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int, float]:
-    """img/s of a compiled file, loaded as the handler loads it, on ready-made inputs."""
+def model_throughput(
+    path: Path, batches: list[int], seconds: float, cpu_ms: dict[int, float] | None = None
+) -> dict[int, float]:
+    """img/s of a compiled file, loaded as the handler loads it, on ready-made inputs; with
+    `cpu_ms`, also the CPU time this process spent per image at each batch size (all its
+    threads: a thread waiting for another at a layer's end spends less than the wall time)."""
     from runtime import load_compiled_model
 
     compiled, metadata = load_compiled_model(path, torch.device("cpu"))
@@ -114,9 +118,26 @@ def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int
     for batch in batches:
         inputs = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)  # as the handler sends
         with torch.inference_mode():
-            # warmup 8: TorchScript profiles and specialises on the first runs of a shape
-            result[batch] = images_per_second(partial(compiled, inputs), batch, CPU, seconds, warmup=8)
+            for _ in range(8):  # TorchScript profiles and specialises on the first runs of a shape
+                compiled(inputs)
+            result[batch], cpu = rate_and_cpu(partial(compiled, inputs), batch, seconds)
+        if cpu_ms is not None:
+            cpu_ms[batch] = cpu
     return result
+
+
+def rate_and_cpu(function: Callable[[], object], batch: int, seconds: float) -> tuple[float, float]:
+    """(img/s, CPU ms per image of this process) of `function`, one batch per call, warmed up."""
+    calls = 0
+
+    def counted() -> None:
+        nonlocal calls
+        calls += 1
+        function()
+
+    started = time.process_time()
+    rate = images_per_second(counted, batch, CPU, seconds, warmup=0)
+    return rate, 1000 * (time.process_time() - started) / (calls * batch)
 
 
 def ceiling(model: str, seconds: float) -> dict:
@@ -127,12 +148,14 @@ def ceiling(model: str, seconds: float) -> dict:
     workers = yaml.safe_load(spec.config_file.read_text())["maxWorkers"]
     torch.set_num_threads(threads)
     if workers == 1:
-        throughput = model_throughput(REPO / "build" / spec.artifact, sorted({1, batch}), seconds)
+        cpu_ms = {}
+        throughput = model_throughput(REPO / "build" / spec.artifact, sorted({1, batch}), seconds, cpu_ms)
     else:
         command = [sys.executable, "-m", "scripts.bench.endtoend", "--model-alone", model, "--duration", str(seconds)]
         processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
         parts = [json.loads(process.communicate()[0].strip().splitlines()[-1]) for process in processes]
-        throughput = {int(b): sum(part[b] for part in parts) for b in parts[0]}
+        throughput = {int(b): sum(part["img_per_s"][b] for part in parts) for b in parts[0]["img_per_s"]}
+        cpu_ms = {int(b): statistics.mean(part["cpu_ms"][b] for part in parts) for b in parts[0]["cpu_ms"]}
     return {
         "workers": workers,
         "batch": batch,
@@ -140,6 +163,7 @@ def ceiling(model: str, seconds: float) -> dict:
         "compiler": spec.compiler,
         "b1": throughput[1],
         "served": throughput[batch],
+        "cpu_ms_per_image": cpu_ms[batch],  # at the served batch, measured (not threads x wall)
     }
 
 
@@ -409,11 +433,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO / "handlers"))  # in-process handlers and loader, as on TorchServe's PYTHONPATH
-    if args.model_alone:  # one of a ceiling's processes: print {batch: img/s}
+    if args.model_alone:  # one of a ceiling's processes: print its img/s and CPU ms per image by batch
         batch, threads = served_settings(args.model_alone)
         torch.set_num_threads(threads)
         path = REPO / "build" / get_model(args.model_alone).artifact
-        print(json.dumps(model_throughput(path, sorted({1, batch}), args.duration)))
+        cpu_ms = {}
+        img_per_s = model_throughput(path, sorted({1, batch}), args.duration, cpu_ms)
+        print(json.dumps({"img_per_s": img_per_s, "cpu_ms": cpu_ms}))
         return
     duration = args.duration or (3 if args.quick else 15)
     classifiers = ["mobilenet_v2"] if args.quick else list(CLASSIFIERS)

@@ -267,3 +267,18 @@ def test_make_bench_explains_a_throughput_below_litserves_with_the_runs_own_cpu(
     assert "ours 1.91, LitServe 1.94 of 2" in document
     measured["points"][0]["req_per_s"] = 36.0  # 1.24x: met, nothing to explain
     assert "Where ours is below" not in render_markdown(measured)
+
+
+def test_a_model_measured_slower_than_the_servers_is_not_subtracted_from_them():
+    """The ceiling is measured minutes before the servers: where the machine drifted so far that
+    the model alone cost more CPU than a whole request, no negative 'rest' is reported."""
+    from scripts.bench.report import ceiling_cpu_ms, cpu_shortfall
+
+    s = {"ours_rps": 80.0, "litserve_rps": 73.0, "ratio": 1.096, "ratios": [1.096], "frontend": 1.4,
+         "workers": 23.7, "ours_cpu": 25.1, "litserve_cpu": 26.3}  # fmt: skip
+    text = cpu_shortfall("resnet18", 8, s, 26.6, 2, 1.2)
+    assert "by CPU per request alone ours is 1.05x" in text and "no less than a whole request costs" in text
+    assert "beyond the model" not in text and " -" not in text
+    measured = {"workers": 1, "threads": 2, "served": 75.0, "cpu_ms_per_image": 19.1}
+    assert ceiling_cpu_ms(measured) == 19.1  # measured CPU, not 2 threads x 13.3 ms of wall time
+    assert round(ceiling_cpu_ms({k: v for k, v in measured.items() if k != "cpu_ms_per_image"}), 1) == 26.7
