@@ -104,26 +104,22 @@ def served_settings(model: str) -> tuple[int, int]:
     )
 
 
-def model_throughput(
-    path: Path, batches: list[int], seconds: float, cpu_ms: dict[int, float] | None = None
-) -> dict[int, float]:
-    """img/s of a compiled file, loaded as the handler loads it, on ready-made inputs; with
-    `cpu_ms`, also the CPU time this process spent per image at each batch size (all its
-    threads: a thread waiting for another at a layer's end spends less than the wall time)."""
+def model_throughput(path: Path, batches: list[int], seconds: float) -> tuple[dict[int, float], dict[int, float]]:
+    """img/s of a compiled file, loaded as the handler loads it, on ready-made inputs, and the
+    CPU time this process spent per image (ms), by batch size (all its threads: a thread
+    waiting for another at a layer's end spends less than the wall time)."""
     from runtime import load_compiled_model
 
     compiled, metadata = load_compiled_model(path, torch.device("cpu"))
     height, width = metadata["input_size"]
-    result = {}
+    result, cpu_ms = {}, {}
     for batch in batches:
         inputs = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)  # as the handler sends
         with torch.inference_mode():
             for _ in range(8):  # TorchScript profiles and specialises on the first runs of a shape
                 compiled(inputs)
-            result[batch], cpu = rate_and_cpu(partial(compiled, inputs), batch, seconds)
-        if cpu_ms is not None:
-            cpu_ms[batch] = cpu
-    return result
+            result[batch], cpu_ms[batch] = rate_and_cpu(partial(compiled, inputs), batch, seconds)
+    return result, cpu_ms
 
 
 def rate_and_cpu(function: Callable[[], object], batch: int, seconds: float) -> tuple[float, float]:
@@ -148,8 +144,7 @@ def ceiling(model: str, seconds: float) -> dict:
     workers = yaml.safe_load(spec.config_file.read_text())["maxWorkers"]
     torch.set_num_threads(threads)
     if workers == 1:
-        cpu_ms = {}
-        throughput = model_throughput(REPO / "build" / spec.artifact, sorted({1, batch}), seconds, cpu_ms)
+        throughput, cpu_ms = model_throughput(REPO / "build" / spec.artifact, sorted({1, batch}), seconds)
     else:
         command = [sys.executable, "-m", "scripts.bench.endtoend", "--model-alone", model, "--duration", str(seconds)]
         processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(workers)]
@@ -182,7 +177,7 @@ def compile_targets(models: list[str], seconds: float, workdir: Path) -> dict[st
                 path = workdir / f"{model}{suffix}"
                 command = [sys.executable, "-m", "scripts.build.compile", model, "--output", str(path), "--no-download"]
                 subprocess.run(command, cwd=REPO, check=True, capture_output=True)
-            results[model][compiler] = model_throughput(path, batches, seconds)
+            results[model][compiler] = model_throughput(path, batches, seconds)[0]
         print(f"{model}: {results[model]}", file=sys.stderr, flush=True)
     return results
 
@@ -437,8 +432,7 @@ def main(args: argparse.Namespace) -> None:
         batch, threads = served_settings(args.model_alone)
         torch.set_num_threads(threads)
         path = REPO / "build" / get_model(args.model_alone).artifact
-        cpu_ms = {}
-        img_per_s = model_throughput(path, sorted({1, batch}), args.duration, cpu_ms)
+        img_per_s, cpu_ms = model_throughput(path, sorted({1, batch}), args.duration)
         print(json.dumps({"img_per_s": img_per_s, "cpu_ms": cpu_ms}))
         return
     duration = args.duration or (3 if args.quick else 15)

@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from PIL import Image
 
-from scripts.bench.stage_counters import STAGES_ENV, stage_counters
+from scripts.bench.stage_counters import STAGES_ENV, count, stage_counters
 
 PREPROCESS = T.Compose(
     [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
@@ -40,9 +40,7 @@ def create_app(architecture: str) -> FastAPI:
         with torch.no_grad():
             probabilities = torch.softmax(model(inputs)[0], dim=0)
         scores, indices = probabilities.topk(5)
-        if counters is not None:  # requests, decode s, images, forward s
-            for index, value in enumerate((1, decoded - started, 1, time.perf_counter() - decoded)):
-                counters[index] += value
+        count(counters, requests=1, decode_s=decoded - started, images=1, forward_s=time.perf_counter() - decoded)
         return {
             "predictions": [{"index": i, "score": s} for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
         }

@@ -22,7 +22,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from scripts.bench.stage_counters import STAGES_ENV, stage_counters
+from scripts.bench.stage_counters import STAGES_ENV, count, stage_counters
 from scripts.zoo import REPO, get_model, handler_module
 
 RESIZE, CROP = 256, 224  # as our classifier handler prepares an image (the compiled metadata)
@@ -45,9 +45,7 @@ class ClassifierAPI(ls.LitAPI):
         data = request["image"].file.read()
         image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
         image = F.center_crop(F.resize(image, [RESIZE], antialias=True), [CROP, CROP])
-        if self.counters is not None:
-            self.counters[0] += 1
-            self.counters[1] += time.perf_counter() - started
+        count(self.counters, requests=1, decode_s=time.perf_counter() - started)
         return image
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
@@ -61,9 +59,7 @@ class ClassifierAPI(ls.LitAPI):
         with torch.inference_mode():
             logits, _features = self.model(images.unsqueeze(0) if single else images)
             scores, indices = torch.softmax(logits.float(), dim=1).topk(5, dim=1)
-        if self.counters is not None:
-            self.counters[2] += len(logits)
-            self.counters[3] += time.perf_counter() - started
+        count(self.counters, images=len(logits), forward_s=time.perf_counter() - started)
         return (scores[0].tolist(), indices[0].tolist()) if single else (scores, indices)
 
     def unbatch(self, output) -> list:

@@ -209,6 +209,16 @@ def cpu_shortfall(model: str, clients: int, s: dict, model_ms: float, cores: int
         f"{s['litserve_rps'] * s['litserve_cpu'] / 1000:.2f} of {cores}: a core one server leaves idle "
         "(a worker waiting for its next batch) serves no request."
     )
+    if model_ms >= min(s["ours_cpu"], s["litserve_cpu"]):
+        return (
+            f"- **{model}** ({clients} clients, {s['ratio']:.2f}x): LitServe spends {s['litserve_cpu']:.1f} ms of CPU "
+            f"per request and ours {s['ours_cpu']:.1f} (TorchServe's Java frontend {s['frontend']:.1f}, the workers "
+            f"{s['workers']:.1f}), so {target:g}x its throughput would allow ours {allowed:.1f} ms; by CPU per request "
+            f"alone ours is {s['litserve_cpu'] / s['ours_cpu']:.2f}x. The compiled model alone measured "
+            f"{model_ms:.1f} ms per image in this run, no less than a whole request costs a server: the model is "
+            "nearly all of either server's CPU, so what is left to either to save is within the machine's drift "
+            "between the measurements. " + busy
+        )
     ours = (
         f"We spend {s['ours_cpu'] - model_ms:.1f} ms beyond the model: TorchServe's Java frontend "
         f"{s['frontend']:.1f} ms and the workers {s['workers'] - model_ms:.1f} ms (TorchServe's Python worker loop, "
@@ -220,16 +230,6 @@ def cpu_shortfall(model: str, clients: int, s: dict, model_ms: float, cores: int
         f"{model_ms:.1f} ms per image (the same file, processes, threads and batch), which leaves LitServe "
         f"{s['litserve_cpu'] - model_ms:.1f} ms for everything else and would leave us {allowed - model_ms:.1f}. "
     )
-    if model_ms >= min(s["ours_cpu"], s["litserve_cpu"]):
-        return (
-            f"- **{model}** ({clients} clients, {s['ratio']:.2f}x): LitServe spends {s['litserve_cpu']:.1f} ms of CPU "
-            f"per request and ours {s['ours_cpu']:.1f} (TorchServe's Java frontend {s['frontend']:.1f}, the workers "
-            f"{s['workers']:.1f}), so {target:g}x its throughput would allow ours {allowed:.1f} ms; by CPU per request "
-            f"alone ours is {s['litserve_cpu'] / s['ours_cpu']:.2f}x. The compiled model alone measured "
-            f"{model_ms:.1f} ms per image in this run, no less than a whole request costs a server: the model is "
-            "nearly all of either server's CPU, so what is left to either to save is within the machine's drift "
-            "between the measurements. " + busy
-        )
     if s["ours_cpu"] > allowed:
         return head + ours + " " + busy
     ratios = s["ratios"]

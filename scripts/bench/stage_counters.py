@@ -29,3 +29,10 @@ def read_stage_counters(directory: Path) -> dict[str, float]:
         for name, value in zip(COUNTERS, values, strict=True):
             totals[name] += value
     return totals
+
+
+def count(counters: memoryview | None, **added: float) -> None:
+    """Add to this process's counters by name (COUNTERS); nothing without counters."""
+    if counters is not None:
+        for name, value in added.items():
+            counters[COUNTERS.index(name)] += value
