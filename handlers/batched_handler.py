@@ -15,6 +15,7 @@ drift test reads (drift_monitor.py) off the request path.
 import http
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,18 +27,24 @@ from typing import Any, TypeVar
 import torch
 
 from drift_monitor import REFERENCE_FILE, DriftMonitor, DriftReport, load_reference
+from errors import InputError, public_detail
 from imaging import (
     JPEG_FORMATS,
     ImageInfo,
     ImageMeta,
-    InputError,
     check_image,
     decode_checked,
     decode_image_at_least,
     decode_jpegs,
     encode_jpeg,
 )
-from inference_protocol import InferenceRequest, inference_answer, inference_request_of, parse_inference_request
+from inference_protocol import (
+    InferenceRequest,
+    inference_answer,
+    inference_request_of,
+    parse_inference_request,
+    read_body,
+)
 from metrics import (
     BATCH_IMAGES,
     DRIFT_P_VALUE,
@@ -49,7 +56,7 @@ from metrics import (
     error_kind,
     status_class,
 )
-from payload import header_parameters, merge_parameters, split_request
+from payload import RAW_JSON, header_parameters, merge_parameters, split_request
 from runtime import ThreadBudget, idle_trimmer, load_compiled_model, select_device, thread_budget
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
 
@@ -60,6 +67,10 @@ T = TypeVar("T")
 INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
 # What every compiled model answers: a tuple of the task's outputs, then the features.
 OUTPUT_FORMAT = "(*task outputs, features float32 [B, D])"
+# How an Open Inference Protocol answer carries the handler's (a JPEG in base64 is 4/3 larger).
+V2_FORM = "Open Inference Protocol (a BYTES tensor, an image in base64)"
+# An answer header's value, at most: far below the 64 KiB line that HTTP clients accept.
+MAX_HEADER_CHARS = 8192
 
 
 @dataclass(frozen=True)
@@ -78,23 +89,38 @@ class Response:
 
     @classmethod
     def failure(cls, status: int, error: str, detail: str) -> "Response":
-        """An error answer: its kind, what went wrong, and its HTTP status (also in the body:
-        TorchServe's gRPC API carries the body but not the status)."""
-        return replace(cls.json({"error": error, "detail": detail, "status": status}, status=status), error=error)
+        """An error answer: its kind, what went wrong (without a path, an address or a
+        traceback, and short), and its HTTP status (also in the body: TorchServe's gRPC API
+        carries the body but not the status)."""
+        document = {"error": error, "detail": public_detail(detail), "status": status}
+        return replace(cls.json(document, status=status), error=error)
 
     @classmethod
-    def jpeg(cls, image: torch.Tensor, quality: int, max_bytes: int, headers=()) -> "Response":
-        """uint8 [3, H, W] as a JPEG answer, refused (413) above `max_bytes`: TorchServe
-        would otherwise fail the request on its own max_response_size with a bare 500."""
-        body = encode_jpeg(image, quality)
-        if len(body) > max_bytes:
-            raise InputError(
-                "result too large",
-                f"the {image.shape[-1]}x{image.shape[-2]} JPEG answer is {len(body)} bytes, over the limit of "
-                f"{max_bytes}; send a smaller image or ask for format=json",
-                413,
-            )
-        return cls(body, "image/jpeg", headers=tuple(headers))
+    def jpeg(cls, image: torch.Tensor, quality: int, headers=()) -> "Response":
+        """uint8 [3, H, W] as a JPEG answer."""
+        return cls(encode_jpeg(image, quality), "image/jpeg", headers=tuple(headers))
+
+    @property
+    def size(self) -> int:
+        """Bytes TorchServe gets for this answer, besides its framing."""
+        return len(self.body) + len(self.content_type) + sum(len(n) + len(v) for n, v in self.headers)
+
+
+def fitted(response: Response, limit: int, form: str = "") -> Response:
+    """`response` if it fits in `limit` bytes and each header in MAX_HEADER_CHARS, else a
+    413 that says why. TorchServe's frontend closes a worker's channel on an answer above
+    its max_response_size (the client gets "Worker died.", the batch fails, the worker
+    restarts), and HTTP clients refuse a header line above 64 KiB (Python's http.client)."""
+    long_header = next(((name, value) for name, value in response.headers if len(value) > MAX_HEADER_CHARS), None)
+    if long_header is not None:
+        name, value = long_header
+        detail = f"its {name} header would be {len(value)} characters, over the limit of {MAX_HEADER_CHARS}"
+    elif response.size > limit:
+        detail = f"the {form or response.content_type} answer would be {response.size} bytes, over the limit of {limit}"
+    else:
+        return response
+    hint = "send a smaller image, or ask for format=json or for fewer results"
+    return Response.failure(413, "result too large", f"{detail} (max_response_bytes); {hint}")
 
 
 # One image's slice of a model output: a tensor, or a tuple of them (RetinaFace's three heads).
@@ -133,6 +159,9 @@ class BatchedImageHandler:
     # --- TorchServe entry points -------------------------------------------------
 
     def initialize(self, context) -> None:
+        # JSON bodies reach the handler unparsed, to be parsed strictly (payload.RAW_JSON):
+        # this worker process serves this handler alone.
+        os.environ[RAW_JSON[0]] = RAW_JSON[1]
         yaml_config = context.model_yaml_config or {}
         self.model_name = context.model_name
         self.settings = settings_from_mapping(self.settings_class, yaml_config.get("handler"))
@@ -198,8 +227,11 @@ class BatchedImageHandler:
         if self.settings.batch_size_header:
             header = ("X-Batch-Size", str(len(data)))
             results = [replace(response, headers=(*response.headers, header)) for response in results]
+        limit = self.settings.max_response_bytes
+        results = [fitted(response, limit) for response in results]
         for index, request in inference_requests.items():
-            results[index] = self._inference_answer(request, results[index], context)
+            answer = fitted(self._inference_answer(request, results[index], context), limit, V2_FORM)
+            results[index] = answer if answer.status != 413 else self._inference_answer(request, answer, context)
         return self._respond(results, context)
 
     def _inference_answer(self, request: InferenceRequest, response: Response, context) -> Response:
@@ -232,7 +264,7 @@ class BatchedImageHandler:
         settings = item.settings
         applied = json.dumps(self.applied_parameters(settings), separators=(",", ":"))
         headers = (*headers, ("X-Parameters", applied))
-        return Response.jpeg(image, settings.jpeg_quality, settings.max_response_bytes, headers)
+        return Response.jpeg(image, settings.jpeg_quality, headers)
 
     def applied_parameters(self, settings: ImageHandlerSettings) -> dict[str, Any]:
         """Every per-request parameter's value for this request: its own, else the default.
@@ -331,14 +363,18 @@ class BatchedImageHandler:
         """Each request decoded (or its error Response), and the Open Inference Protocol
         requests among them by index."""
         headers = [request_headers(context, index) for index in range(len(data))]
-        read = [self._guarded(index, self._read, index, row, headers[index]) for index, row in enumerate(data)]
-        encoded = [r for r in read if isinstance(r, Encoded)]
-        together = self._decode_jpegs_together(encoded)
+        rows = [self._guarded(index, read_body, row, headers[index]) for index, row in enumerate(data)]
         inference_requests = {
             index: request
-            for index, row in enumerate(data)
-            if (request := inference_request_of(row, headers[index])) is not None
+            for index, row in enumerate(rows)
+            if not isinstance(row, Response) and (request := inference_request_of(row, headers[index])) is not None
         }
+        read = [
+            self._guarded(index, self._read, index, row, headers[index]) if not isinstance(row, Response) else row
+            for index, row in enumerate(rows)
+        ]
+        encoded = [r for r in read if isinstance(r, Encoded)]
+        together = self._decode_jpegs_together(encoded)
         inference_requests |= {r.index: r.inference_request for r in encoded if r.inference_request is not None}
         decoded = [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
         return decoded, inference_requests

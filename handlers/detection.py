@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from settings import ImageHandlerSettings, check_choice, check_range, shown
+from errors import shown
+from settings import ImageHandlerSettings, check_choice, check_range
 from vision_ops import batched_nms, cxcywh_to_xyxy
 
 OUTPUT_FORMATS = ("json", "image")

@@ -1,12 +1,14 @@
 """TorchServe handler for the YOLOv5 object detectors."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
 from detection import DETECTION_PARAMS, DetectorSettings, box_fields, class_filter, detect_objects, draw_detections
-from imaging import InputError, letterbox, unletterbox_boxes
+from errors import InputError
+from imaging import letterbox, unletterbox_boxes
 from metrics import DETECTION_CONFIDENCE, DETECTIONS_PER_IMAGE, MAX_CONFIDENCES_PER_IMAGE
 
 
@@ -23,10 +25,14 @@ class DetectorHandler(BatchedImageHandler):
 
     def resolve(self, settings: DetectorSettings) -> DetectorSettings:
         try:
-            class_filter(settings.classes, self.class_names)  # an unknown class: 400 before inference
+            wanted = class_filter(settings.classes, self.class_names)  # an unknown class: 400 before inference
         except ValueError as err:
             raise InputError("invalid parameter", f"classes: {err}") from err
-        return settings
+        if wanted is None:
+            return settings
+        # By name, each once: what the answer echoes is then bounded by the class list.
+        names = tuple(self.class_names[index] for index in dict.fromkeys(wanted.tolist()))
+        return replace(settings, classes=names)
 
     def decode_at_least(self, settings: DetectorSettings) -> tuple[int, str] | None:
         if settings.format == "image":

@@ -9,9 +9,13 @@ import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
 from detection import DETECTION_PARAMS, box_fields
-from face_detection import FaceSettings, decode_faces, expand_boxes, pixelate_regions, prior_boxes
+from face_detection import FaceSettings, Region, decode_faces, expand_boxes, pixelate_regions, prior_boxes
 from imaging import letterbox, unletterbox_boxes, unletterbox_points
 from metrics import FACES_PER_IMAGE
+
+# Regions listed in X-Face-Boxes, at most: 4 integers of up to 8 digits each (a side can
+# be 40 M pixels long) take at most 38 characters, so the header stays under 7.6 KB.
+MAX_HEADER_REGIONS = 200
 
 
 class FacePixelizerHandler(BatchedImageHandler):
@@ -50,11 +54,7 @@ class FacePixelizerHandler(BatchedImageHandler):
             return self.answer(item, image_size=[geometry.width, geometry.height], faces=found)
         regions = expand_boxes(boxes, settings.margin, geometry.width, geometry.height)
         anonymised = pixelate_regions(item.image, regions, settings)
-        # The regions pixelated, in whole pixels: a video client keeps them per frame.
-        pixelated = json.dumps([list(region) for region in regions], separators=(",", ":"))
-        return self.image_answer(
-            item, anonymised, headers=(("X-Faces", str(len(regions))), ("X-Face-Boxes", pixelated))
-        )
+        return self.image_answer(item, anonymised, headers=face_headers(regions))
 
     def priors_for(self, height: int, width: int) -> torch.Tensor:
         """Prior boxes per input size, computed once."""
@@ -62,6 +62,18 @@ class FacePixelizerHandler(BatchedImageHandler):
             config = self.priors_config
             self.priors[(height, width)] = prior_boxes(height, width, config["min_sizes"], config["steps"], self.device)
         return self.priors[(height, width)]
+
+
+def face_headers(regions: list[Region]) -> tuple[tuple[str, str], ...]:
+    """An image answer's headers: how many faces were pixelated, and the regions, in whole
+    pixels, as a JSON list (a video client keeps them per frame) -- the first
+    MAX_HEADER_REGIONS of them, best first, so that the header stays a few KiB; then
+    X-Face-Boxes-Omitted says how many more there are (format=json lists every face)."""
+    listed = json.dumps([list(region) for region in regions[:MAX_HEADER_REGIONS]], separators=(",", ":"))
+    headers = [("X-Faces", str(len(regions))), ("X-Face-Boxes", listed)]
+    if len(regions) > MAX_HEADER_REGIONS:
+        headers.append(("X-Face-Boxes-Omitted", str(len(regions) - MAX_HEADER_REGIONS)))
+    return tuple(headers)
 
 
 def face_record(box: list[float], score: float, landmarks: list[list[float]]) -> dict:

@@ -7,6 +7,7 @@ raises `InputError`, which the handler turns into an HTTP 4xx for that request o
 """
 
 import io
+import struct
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,14 +17,17 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import vision_ops
+from errors import InputError, public_detail
 
-# Formats decoded by torchvision's C decoders (faster than PIL); the rest go through
-# PIL. PNG is not among them: torchvision 0.29's libpng wrapper segfaults on a PNG
-# with corrupt pixel data (tests/unit/test_imaging.py::test_png_with_bad_crc_is_corrupt),
-# which would kill the worker and every request in its batch.
-TORCHVISION_FORMATS = frozenset({"JPEG", "MPO", "WEBP", "GIF"})
+# JPEGs are decoded by torchvision's C decoder (libjpeg-turbo, faster than PIL's); the
+# other formats go through PIL, because torchvision 0.29's other decoders are unsafe or
+# wrong on input a client controls: its libpng wrapper segfaults on a PNG with corrupt
+# pixel data (the worker and its whole batch die); its GIF decoder takes pixel indices
+# past the colour table as colours from whatever memory follows it, and decodes every
+# frame of an animation; its WebP decoder ignores the EXIF orientation and refuses
+# animations. PIL decodes the first frame only, and an index past the table as black.
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})
-SUPPORTED_FORMATS = TORCHVISION_FORMATS | {"PNG", "BMP", "TIFF"}
+SUPPORTED_FORMATS = JPEG_FORMATS | {"PNG", "WEBP", "GIF", "BMP", "TIFF"}
 
 # Leading bytes of the formats we decode.
 IMAGE_SIGNATURES = (
@@ -39,19 +43,6 @@ IMAGE_SIGNATURES = (
 # ImageNet channel statistics, as in torchvision's ImageClassification preset.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class InputError(Exception):
-    """A problem with one request that the client must fix (HTTP 4xx).
-
-    `error` is a short stable description, `detail` says what exactly was wrong.
-    """
-
-    def __init__(self, error: str, detail: str, status: int = 400):
-        super().__init__(f"{error}: {detail}")
-        self.error = error
-        self.detail = detail
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -84,10 +75,12 @@ def probe_image(data: bytes) -> ImageInfo:
             with Image.open(io.BytesIO(data)) as image:
                 return ImageInfo(image.format or "unknown", image.width, image.height)
     except Image.DecompressionBombError as err:
-        raise InputError("image too large", str(err), status=413) from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise InputError("image too large", public_detail(err), status=413) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error) as err:
         if looks_like_image(data):
-            raise InputError("corrupt image", f"the image header cannot be read: {err}") from err
+            # PIL's "cannot identify image file" names the buffer object, nothing the client can use.
+            reason = "" if isinstance(err, UnidentifiedImageError) else f": {public_detail(err)}"
+            raise InputError("corrupt image", f"the image header cannot be read{reason}") from err
         head = bytes(data[:16])
         raise InputError(
             "unsupported image format",
@@ -124,7 +117,9 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
     """Decode image bytes to uint8 [3, H, W] RGB, EXIF orientation applied.
 
     The pixel count is checked from the header before any pixel is decoded, so a
-    decompression bomb costs nothing. Animated images give their first frame.
+    decompression bomb costs nothing. Animated images (GIF, WebP, APNG) and multi-page
+    TIFFs give their first frame, and only that frame is decoded: the pixel limit
+    counts every pixel that is decoded, however many frames follow.
     """
     return decode_checked(data, check_image(data, max_pixels))
 
@@ -132,13 +127,17 @@ def decode_image(data: bytes, max_pixels: int) -> torch.Tensor:
 def decode_checked(data: bytes, info: ImageInfo) -> torch.Tensor:
     """decode_image for bytes whose header `check_image` already read and accepted."""
     try:
-        if info.format in TORCHVISION_FORMATS:
+        if info.format in JPEG_FORMATS:
             image = _decode_with_torchvision(data)
         else:
             image = _decode_with_pil(data)
-    except (RuntimeError, OSError, SyntaxError, ValueError) as err:
-        raise InputError("corrupt image", f"{info.format} data cannot be decoded: {err}") from err
-    return _to_uint8(image)
+    except MemoryError:
+        raise
+    except Exception as err:  # the header was valid: whatever the decoder trips on is in the data
+        raise InputError("corrupt image", f"{info.format} data cannot be decoded: {public_detail(err)}") from err
+    if image.shape[-1] * image.shape[-2] > info.width * info.height:
+        raise InputError("corrupt image", f"the {info.format} data holds more pixels than its header says")
+    return image
 
 
 def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor]:
@@ -173,16 +172,16 @@ def decode_image_at_least(data: bytes, info: ImageInfo, size: int, fit: str) -> 
             # scale would shrink below one pixel (5000x3) asks for 1, so that PIL scales less.
             image.draft("RGB", (max(1, info.width // scale), max(1, info.height // scale)))
             array = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as err:
-        raise InputError("corrupt image", f"JPEG data cannot be decoded: {err}") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # as in decode_checked
+        raise InputError("corrupt image", f"JPEG data cannot be decoded: {public_detail(err)}") from err
     original = (info.height, info.width) if rotated else (info.width, info.height)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous(), original
 
 
 def _decode_with_torchvision(data: bytes) -> torch.Tensor:
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    image = vision_ops.decode_image(buffer)
-    return image[0] if image.ndim == 4 else image  # animated GIF: [frames, 3, H, W]
+    return vision_ops.decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
 
 
 def _decode_with_pil(data: bytes) -> torch.Tensor:
@@ -197,12 +196,6 @@ def _decode_with_pil(data: bytes) -> torch.Tensor:
             return gray.expand(3, *gray.shape).contiguous()
         array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-def _to_uint8(image: torch.Tensor) -> torch.Tensor:
-    if image.dtype == torch.uint16:  # 16-bit PNG: keep the most significant byte
-        return (image.to(torch.int32) >> 8).to(torch.uint8)
-    return image
 
 
 def center_crop_box(height: int, width: int, resize_size: int, crop_size: int) -> tuple[int, int, int, int]:

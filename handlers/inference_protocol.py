@@ -14,13 +14,14 @@ JSON answer's text) or "image" (a JPEG, base64-encoded, as BYTES in JSON must be
 """
 
 import base64
-import json
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from imaging import InputError
+from errors import InputError, shown
+from payload import parse_json, parse_json_body
 
 HEADER_LENGTH = "inference-header-content-length"
 # Request parameters the protocol (and its clients, e.g. tritonclient's "binary_data_output")
@@ -29,6 +30,11 @@ PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "binary_data", "binary_data_size", "priority", "timeout", "sequence_id", "sequence_start",
      "sequence_end", "headers"}
 )  # fmt: skip
+
+
+_BYTE_COUNT = re.compile(r"\s*[0-9]{1,12}\s*")  # ASCII digits: str.isdigit() takes "²", which int() refuses
+# An id is echoed in the answer: a longer one is refused rather than sent back.
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -45,57 +51,124 @@ def header_value(headers: Mapping[str, Any], name: str) -> str | None:
     return None
 
 
+def read_body(row: Mapping[str, Any], headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's fields with a JSON body parsed (payload.parse_json_body), except a
+    binary-extension request's: a JSON header, then the tensors' bytes."""
+    if header_value(headers, HEADER_LENGTH) is not None:
+        return dict(row)
+    return parse_json_body(row)
+
+
 def inference_request_of(row: Mapping[str, Any], headers: Mapping[str, Any]) -> InferenceRequest | None:
-    """The v2 request this is (its id, when it can be read), or None: never raises, so
-    that even a malformed v2 request gets a v2-shaped error answer (TorchServe's gRPC
-    front end fails the worker on any other answer to one)."""
+    """The v2 request this is (its id, when it is one that can be echoed), or None: never
+    raises, so that even a malformed v2 request gets a v2-shaped error answer (TorchServe's
+    gRPC front end fails the worker on any other answer to one). `row` has its JSON body
+    parsed (payload.parse_json_body)."""
     body = row.get("body")
-    if isinstance(body, dict) and isinstance(body.get("inputs"), list):
-        return InferenceRequest(str(body.get("id", "")))
+    if isinstance(body, dict) and "inputs" in body:
+        return InferenceRequest(echoed_id(body.get("id")))
     if header_value(headers, HEADER_LENGTH) is not None and isinstance(body, (bytes, bytearray)):
         return InferenceRequest("")
     return None
 
 
+def echoed_id(value: Any) -> str:
+    """A request's id as the answer may echo it: "" unless it is a string of at most MAX_ID_CHARS."""
+    return value if isinstance(value, str) and len(value) <= MAX_ID_CHARS else ""
+
+
 def parse_inference_request(
     row: Mapping[str, Any], headers: Mapping[str, Any]
 ) -> tuple[bytes, dict[str, Any], InferenceRequest] | None:
-    """(image bytes, parameters, request) of a v2 request; None for any other request."""
+    """(image bytes, parameters, request) of a v2 request; None for any other request.
+    Whatever its JSON holds, a v2 request that cannot be read raises InputError."""
     body = row.get("body")
     length = header_value(headers, HEADER_LENGTH)
     binary = b""
     if length is not None and isinstance(body, (bytes, bytearray)):
-        try:
-            size = int(length)
-            document, binary = json.loads(bytes(body[:size])), bytes(body[size:])
-        except ValueError as err:
-            raise InputError("invalid inference request", f"the JSON header does not parse: {err}") from err
-    elif isinstance(body, dict) and isinstance(body.get("inputs"), list):
+        size = header_size(length, len(body))
+        document, binary = parse_json(bytes(body[:size]), "the inference request's JSON header"), bytes(body[size:])
+    elif isinstance(body, dict) and "inputs" in body:
         document = body
     else:
         return None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise InputError("invalid inference request", "expected a JSON object with an 'inputs' list")
+    request_id = document.get("id", "")
+    if not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS:
+        raise InputError("invalid inference request", f"'id' must be a string of at most {MAX_ID_CHARS} characters")
     image = image_input(document["inputs"], binary)
-    parameters = document.get("parameters") or {}
+    parameters = document.get("parameters")
+    if parameters is None:
+        parameters = {}
     if not isinstance(parameters, dict):
-        raise InputError("invalid inference request", "'parameters' must be a JSON object")
+        raise InputError(
+            "invalid inference request", f"'parameters' must be a JSON object, got {json_type(parameters)}"
+        )
     model_parameters = {name: value for name, value in parameters.items() if name not in PROTOCOL_PARAMETERS}
-    return image, model_parameters, InferenceRequest(str(document.get("id", "")))
+    return image, model_parameters, InferenceRequest(request_id)
+
+
+def header_size(length: str, body_size: int) -> int:
+    """The Inference-Header-Content-Length header's value, checked against the body."""
+    if not _BYTE_COUNT.fullmatch(length) or int(length) > body_size:
+        raise InputError(
+            "invalid inference request",
+            f"Inference-Header-Content-Length must be a byte count of at most the body's {body_size} bytes",
+        )
+    return int(length)
+
+
+def json_type(value: Any) -> str:
+    """A JSON value's type, as a client would name it."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number")
 
 
 def image_input(inputs: list, binary: bytes) -> bytes:
     """The first BYTES input's one element: from its "data" (base64 or text) or, with the
-    binary-data extension, from the tensor bytes (a 4-byte little-endian length, then the bytes)."""
-    tensor = next((i for i in inputs if isinstance(i, dict) and i.get("datatype") == "BYTES"), None)
-    if tensor is None:
-        raise InputError("no image in request", "an inference request needs a BYTES input holding the image")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
-    if size is not None:
-        if len(binary) < 4 or len(binary) < size:
-            raise InputError("invalid inference request", f"binary_data_size {size} but {len(binary)} bytes sent")
-        (length,) = struct.unpack("<I", binary[:4])
-        return binary[4 : 4 + length]
+    binary-data extension, from the tensor bytes (each input's binary_data_size bytes in
+    order; a BYTES element is a 4-byte little-endian length, then the bytes)."""
+    offset = 0
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            raise InputError("invalid inference request", f"each input must be a JSON object, got {json_type(tensor)}")
+        size = binary_data_size(tensor)
+        if tensor.get("datatype") == "BYTES":
+            return bytes_element(binary[offset : offset + size]) if size is not None else data_element(tensor)
+        offset += size or 0
+    raise InputError("no image in request", "an inference request needs a BYTES input holding the image")
+
+
+def binary_data_size(tensor: dict) -> int | None:
+    """An input's binary_data_size parameter (None: its data is in the JSON)."""
+    parameters = tensor.get("parameters")
+    if parameters is None:
+        return None
+    if not isinstance(parameters, dict):
+        raise InputError("invalid inference request", f"an input's 'parameters' must be a JSON object, got "
+                         f"{json_type(parameters)}")  # fmt: skip
+    size = parameters.get("binary_data_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+        raise InputError("invalid inference request", f"binary_data_size must be a byte count, got {shown(size)}")
+    return size
+
+
+def bytes_element(data: bytes) -> bytes:
+    """A BYTES tensor's first element in the binary-data extension's layout."""
+    if len(data) < 4:
+        raise InputError("invalid inference request", f"the BYTES input's binary data is {len(data)} bytes: too short")
+    (length,) = struct.unpack("<I", data[:4])
+    if length > len(data) - 4:
+        raise InputError(
+            "invalid inference request",
+            f"the BYTES element claims {length} bytes, the binary data holds {len(data) - 4}",
+        )
+    return data[4 : 4 + length]
+
+
+def data_element(tensor: dict) -> bytes:
+    """A BYTES tensor's first element from its JSON "data": base64, else the text's bytes."""
     data = tensor.get("data")
     while isinstance(data, list) and len(data) == 1:  # [b64] or [[b64]]
         data = data[0]

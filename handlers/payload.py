@@ -6,17 +6,21 @@ client sent the image:
 - raw body (`curl -T img.jpg`, `--data-binary` with an image Content-Type):
   `{"body": bytearray}`
 - multipart form (`curl -F data=@img.jpg -F top_k=3`): one key per form field
-- JSON (`{"data": "<base64>", "top_k": 3}` with Content-Type application/json):
-  `{"body": dict}`, already parsed by TorchServe
-- plain base64 text as the body: `{"body": bytearray or str}`
+- JSON (`{"data": "<base64>", "top_k": 3}`, with any Content-Type): `{"body": bytearray}`,
+  parsed here (`parse_json_body`) -- TorchServe's worker would parse an application/json
+  body itself, keeping the last of a repeated key, unless TS_DECODE_INPUT_REQUEST is
+  "false" (`RAW_JSON`), which the handler sets in its worker at load
+- plain base64 text as the body: `{"body": bytearray}`
 - query strings reach the handler only on TorchServe's `/invocations` and
   `/<model>/predict` routes (its `/predictions/<model>` route drops them);
 - HTTP headers reach it on every route: `X-Top-K: 3` is the parameter `top_k`
   (`header_parameters`), the way to pass parameters with `curl -T`.
 
-TorchServe keeps only the last of a repeated form field or query parameter before a
-handler runs; what a handler can see repeated (a key twice in a JSON body it parses, a
-parameter both in a header and in the body) is refused.
+TorchServe keeps only the last of a repeated header, form field or query parameter
+before a handler runs (its frontend stores them in a map); what a handler can see
+repeated (a key twice in a JSON body, a parameter both in a header and in the body, in
+X-Top-K and X-Top_K) is refused. The gateway (deploy/haproxy/gateway.cfg) refuses a
+repeated X- parameter header.
 """
 
 import base64
@@ -26,8 +30,12 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from imaging import InputError, looks_like_image
-from settings import shown
+from errors import InputError, listed, shown
+from imaging import looks_like_image
+
+# TorchServe's worker reads this variable per request: "false" hands JSON bodies over as
+# bytes (ts/protocol/otf_message_handler.py), for `parse_json` to refuse repeated keys.
+RAW_JSON = ("TS_DECODE_INPUT_REQUEST", "false")
 
 # Where the image may be, in order of preference.
 IMAGE_FIELDS = ("data", "body", "image", "file")
@@ -38,14 +46,23 @@ _DATA_URI = re.compile(rb"^data:[\w/+.-]*;base64,")
 _BASE64_TEXT = re.compile(rb"^[A-Za-z0-9+/=\s_-]+$")
 
 
+def parse_json_body(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The request's fields, with a body that is JSON (whatever its Content-Type says)
+    parsed: InputError if it starts like JSON and does not parse."""
+    body = row.get("body")
+    if isinstance(body, str):
+        body = body.encode("utf-8", errors="replace")
+    if isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] in (b"{", b"["):
+        return {**row, "body": parse_json(body, "the body")}
+    return dict(row)
+
+
 def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """Return (image bytes, parameters) of one request; raise InputError if no image."""
-    fields = dict(row)
+    fields = parse_json_body(row)
     if not fields:
         raise InputError("empty request", "the request has no body; send an image")
     body = fields.get("body")
-    if isinstance(body, (bytes, bytearray)) and body.lstrip()[:1] in (b"{", b"["):
-        body = _parse_json(body)  # JSON sent without Content-Type: application/json
     if isinstance(body, dict):  # a JSON object: its keys are the request's fields
         del fields["body"]
         fields.update(body)
@@ -55,7 +72,7 @@ def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
         fields.pop(key, None)
     image_key = next((key for key in IMAGE_FIELDS if key in fields), None)
     if image_key is None:
-        received = ", ".join(sorted(fields)) or "none"
+        received = listed(sorted(fields)) or "none"
         raise InputError(
             "no image in request",
             "send the image as the request body, as a multipart field named 'data', "
@@ -64,20 +81,23 @@ def split_request(row: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
     return image_bytes(fields.pop(image_key)), fields
 
 
-def _parse_json(body: bytes) -> Any:
+def parse_json(text: bytes, what: str) -> Any:
+    """JSON from a client: InputError if it does not parse, names a key twice in an
+    object, or nests deeper than Python's parser goes."""
     try:
-        return json.loads(body, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise InputError("invalid JSON request", f"the body starts like JSON but does not parse: {err}") from err
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise InputError("invalid JSON request", f"{what} nests JSON too deeply") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise InputError("invalid JSON request", f"{what} starts like JSON but does not parse: {err}") from err
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object that names a key twice is refused: which value would count is a guess.
-    (A body sent as application/json is parsed by TorchServe, which keeps the last.)"""
+    """A JSON object that names a key twice is refused: which value would count is a guess."""
     document: dict[str, Any] = {}
     for key, value in pairs:
         if key in document:
-            raise InputError("repeated parameter", f"{shown(key)} appears more than once in the JSON body")
+            raise InputError("repeated parameter", f"{shown(key)} appears more than once in a JSON object")
         document[key] = value
     return document
 

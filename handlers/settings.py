@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from drift_monitor import DriftSettings
-from imaging import InputError
+from errors import InputError, listed, shown
 
 S = TypeVar("S")
 
@@ -29,7 +29,9 @@ class ImageHandlerSettings:
     # Image size limit. Kept below TorchServe's max_request_size (16 MiB in config.properties)
     # so that too-large images get this handler's JSON 413 rather than the frontend's empty one.
     max_image_bytes: int = 16_000_000
-    # Image-output size limit, below TorchServe's max_response_size (16 MiB in config.properties).
+    # Answer size limit (body and headers, as sent: an Open Inference Protocol answer's image
+    # in base64), below TorchServe's max_response_size (16 MiB in config.properties), above
+    # which its frontend drops the worker. At least 16 KiB: an error answer takes ~5 KB at most.
     max_response_bytes: int = 16_000_000
     # Intra-op threads per worker on CPU; 0 = CPU cores / maxWorkers (never oversubscribed).
     num_threads: int = 0
@@ -64,7 +66,7 @@ class ImageHandlerSettings:
         self._drift_settings()  # raises ValueError for a bad drift_* value
         check_range("max_image_pixels", self.max_image_pixels, 1, 1_000_000_000)
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
-        check_range("max_response_bytes", self.max_response_bytes, 1, 2**31 - 1)
+        check_range("max_response_bytes", self.max_response_bytes, 16_384, 2**31 - 1)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
         check_range("release_memory_after_s", self.release_memory_after_s, 0, 3600)
         check_choice("jpeg_decoder", self.jpeg_decoder, ("auto", "batched", "per_image"))
@@ -93,12 +95,6 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {shown(value)}")
 
 
-def shown(value: Any, limit: int = 40) -> str:
-    """A value for an error message, cut short: a client may send megabytes."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 5]}...{text[-2:]} ({len(text)} characters)"
-
-
 def settings_from_mapping(cls: type[S], mapping: Mapping[str, Any] | None) -> S:
     """Build `cls` from a YAML mapping; unknown keys and bad values raise ValueError."""
     mapping = dict(mapping or {})
@@ -118,8 +114,7 @@ def with_overrides(settings: S, params: Mapping[str, Any], allowed: Mapping[str,
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         accepted = ", ".join(allowed) or "none"
-        names = ", ".join(name if len(name) <= 40 else f"{name[:37]}..." for name in unknown)
-        raise InputError("unknown parameter", f"{names} (accepted per request: {accepted})")
+        raise InputError("unknown parameter", f"{listed(unknown)} (accepted per request: {accepted})")
     hints = typing.get_type_hints(type(settings))
     for name, value in params.items():
         field = allowed[name]

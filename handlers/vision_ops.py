@@ -36,20 +36,20 @@ def _load_operators() -> None:
 _load_operators()
 
 
-def decode_image(data: torch.Tensor) -> torch.Tensor:
-    """Encoded bytes (uint8 [N]) -> uint8 RGB [3, H, W] (animated GIF: [frames, 3, H, W]),
-    EXIF orientation applied: torchvision.io.decode_image."""
-    return torch.ops.image.decode_image(data, RGB, True)
+def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
+    """JPEG bytes (uint8 [N]) -> uint8 RGB [3, H, W], EXIF orientation applied:
+    torchvision.io.decode_jpeg on the CPU."""
+    return torch.ops.image.decode_jpeg(data, RGB, True)
 
 
 def decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Several JPEGs (uint8 [N] each) -> uint8 RGB [3, H, W] each on `device`, EXIF
     orientation applied; on CUDA in one nvJPEG call (torchvision.io.decode_jpeg)."""
     if device.type == "cuda":
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision import io
 
-        return decode_jpeg(datas, mode=ImageReadMode.RGB, apply_exif_orientation=True, device=device)
-    return [torch.ops.image.decode_jpeg(data, RGB, True) for data in datas]
+        return io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, apply_exif_orientation=True, device=device)
+    return [decode_jpeg(data) for data in datas]
 
 
 def encode_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ with a JSON {"error", "detail", "status"}, supported input a 200 with a valid re
 
 import base64
 import io
+import re
 import zlib
 from dataclasses import dataclass, field
 
@@ -18,6 +19,20 @@ from scripts.bench.photos import encode, photo
 MAX_IMAGE_PIXELS = 40_000_000
 MAX_IMAGE_BYTES = 16_000_000
 FRONTEND_MAX_REQUEST = 16_777_216
+
+
+# What an error answer must never carry: a file path or source file, a memory address,
+# a traceback or a C++ stack (handlers/errors.py).
+LEAKS = re.compile(
+    r"(?<![\w.])/[\w.-]+/[\w./-]+|[A-Za-z]:\\|\.(?:py|cpp|cc|h|so|java)\b|0x[0-9a-fA-F]{6,}| at 0x|Traceback|"
+    r"File \"|frame #\d|Exception raised from"
+)
+
+
+def assert_clean(text: str) -> None:
+    """An error answer's text tells nothing about the server."""
+    leak = LEAKS.search(text)
+    assert leak is None, f"the answer leaks {leak.group(0)!r}: {text[:300]}"
 
 
 @dataclass(frozen=True)

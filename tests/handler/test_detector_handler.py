@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from detector_handler import DetectorHandler
-from scripts.bench.photos import encode
+from scripts.bench.photos import encode, photo
 from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector
 
 YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "handler": {}}
@@ -107,9 +107,9 @@ def test_input_size_from_the_config_changes_the_letterbox(make_handler):
 
 
 def test_an_image_answer_over_the_response_limit_is_a_413(make_handler):
-    yaml = {**YAML, "handler": {"max_response_bytes": 2000}}
+    yaml = {**YAML, "handler": {"max_response_bytes": 16_384}}
     handler, context = make_handler(RedBoxDetector(), DETECTOR_METADATA, yaml, DetectorHandler)
-    image = photo_with_red_box((400, 300), (100, 100, 200, 200))
+    image = encode(photo("astronaut"), "PNG")  # about 60 KB as the JPEG answer
     small = photo_with_red_box((40, 30), (10, 10, 20, 20))
     results = handler.handle([{"data": image, "format": b"image"}, {"data": small, "format": b"image"}], context)
     assert context.status(0) == 413 and json.loads(results[0])["error"] == "result too large"

@@ -7,7 +7,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imaging import IMAGE_SIGNATURES, InputError, decode_image
+from errors import InputError
+from imaging import IMAGE_SIGNATURES, decode_image
 from payload import image_bytes
 from scripts.bench.photos import encode, photo
 

@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from imaging import InputError
+from errors import InputError
 from inference_protocol import InferenceRequest, inference_answer, inference_request_of, parse_inference_request
 
 IMAGE = b"\xff\xd8\xff\xe0 a jpeg"

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from classifier_handler import ClassifierHandler
 from detection import class_filter
 from detector_handler import DetectorHandler
+from errors import InputError
 from face_pixelizer_handler import FacePixelizerHandler
-from imaging import InputError
 from payload import header_parameters, merge_parameters, split_request
 from settings import with_overrides
 

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from imaging import InputError
+from errors import InputError
 from payload import image_bytes, split_request
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4

@@ -3,7 +3,7 @@
 import pytest
 
 from classification import ClassifierSettings
-from imaging import InputError
+from errors import InputError
 from settings import ImageHandlerSettings, coerce, settings_from_mapping, with_overrides
 
 TOP_K = {"top_k": "top_k"}

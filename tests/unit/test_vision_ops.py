@@ -67,8 +67,8 @@ def test_box_conversion_is_torchvisions():
 
 def test_codecs_are_torchvisions():
     data = torch.frombuffer(bytearray(encode(photo("astronaut"), "JPEG")), dtype=torch.uint8)
-    image = vision_ops.decode_image(data)
-    assert torch.equal(image, torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB))
+    image = vision_ops.decode_jpeg(data)
+    assert torch.equal(image, torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB))
     (batched,) = vision_ops.decode_jpegs([data], torch.device("cpu"))
     assert torch.equal(batched, image)
     assert torch.equal(vision_ops.encode_jpeg(image, 80), torchvision.io.encode_jpeg(image, quality=80))
