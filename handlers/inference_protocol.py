@@ -94,7 +94,8 @@ def parse_inference_request(
         return None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise InputError("invalid inference request", "expected a JSON object with an 'inputs' list")
-    request_id = document.get("id", "")
+    request_id = document.get("id")
+    request_id = "" if request_id is None else request_id
     if not isinstance(request_id, str) or len(request_id) > MAX_ID_CHARS:
         raise InputError("invalid inference request", f"'id' must be a string of at most {MAX_ID_CHARS} characters")
     image = image_input(document["inputs"], binary)
@@ -134,6 +135,11 @@ def image_input(inputs: list, binary: bytes) -> bytes:
         if not isinstance(tensor, dict):
             raise InputError("invalid inference request", f"each input must be a JSON object, got {json_type(tensor)}")
         size = binary_data_size(tensor)
+        if size is not None and offset + size > len(binary):
+            raise InputError(
+                "invalid inference request",
+                f"the inputs' binary_data_size add up to more than the {len(binary)} bytes sent",
+            )
         if tensor.get("datatype") == "BYTES":
             return bytes_element(binary[offset : offset + size]) if size is not None else data_element(tensor)
         offset += size or 0

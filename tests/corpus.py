@@ -6,14 +6,17 @@ with a JSON {"error", "detail", "status"}, supported input a 200 with a valid re
 
 import base64
 import io
+import json
 import re
+import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from scripts.bench.photos import encode, photo
+from tests.image_structures import gif, gif_frame, riff, riff_chunks, webp
 
 # Kept in step with the handlers' defaults (handlers/settings.py) and config.properties.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -42,7 +45,7 @@ class Case:
     status: int | tuple[int, ...]  # what the client must get
     error: str | None = None  # the JSON "error" of a 4xx
     size: tuple[int, int] | None = None  # (width, height) a 200's result must report
-    tags: frozenset = field(default_factory=frozenset)
+    route: str = "predictions"  # or "v2": POST /v2/models/<model>/infer, answered as a v2 document
 
     def expects(self, status: int) -> bool:
         return status in (self.status if isinstance(self.status, tuple) else (self.status,))
@@ -168,6 +171,148 @@ def image_cases() -> list[Case]:
     ]
 
 
+def blocks_gif(colours: list[tuple[int, int, int]], indices_from: int, size: int = 64) -> bytes:
+    """A GIF of 16x16 blocks (one JPEG block each, so a JPEG answer keeps their colours)
+    whose pixel indices run from `indices_from` up, past a colour table of `colours`."""
+    blocks = size // 16
+    indices = [
+        indices_from + (y // 16 * blocks + x // 16) % (256 - indices_from) for y in range(size) for x in range(size)
+    ]
+    return gif(size, size, colours, [gif_frame(size, size, indices, 8)])
+
+
+# The colours of GIF_PAST_ITS_TABLE: an answer may show these and black (PIL's colour past a
+# table), and nothing else (torchvision's decoder showed whatever memory followed the table).
+GIF_COLOURS = [(200, 40, 40), (40, 200, 40)]
+GIF_PAST_ITS_TABLE = blocks_gif(GIF_COLOURS, 0)
+
+
+def many_frame_gif() -> bytes:
+    """1,500 frames of 256x256 in one file: 1,500 times the pixel limit's count if all were decoded."""
+    tiles = [
+        Image.fromarray(((np.indices((256, 256)).sum(0) // 16 + shift) % 4 * 80).astype(np.uint8)) for shift in (0, 1)
+    ]
+    return encode(tiles[0], "GIF", save_all=True, append_images=[tiles[i % 2] for i in range(1, 1500)], duration=40)
+
+
+def gif_with_garbage_after_its_first_frame() -> bytes:
+    first = gif_frame(64, 48, [i % 3 for i in range(64 * 48)], 2)
+    return gif(
+        64, 48, [(200, 30, 30), (30, 200, 30), (30, 30, 200)], [first] + [b"\x2c" + bytes(9) + b"\x02\x03abc\x00"] * 50
+    )
+
+
+def truncated_webp() -> bytes:
+    chunks = riff_chunks(webp([photo("chelsea")], lossless=False))
+    return riff([chunk[: len(chunk) // 2] for chunk in chunks])
+
+
+def hostile_image_cases() -> list[Case]:
+    """Image structures a hostile client builds: a GIF's pixels past its colour table,
+    thousands of frames, garbage after the first frame; WebP animated, turned by EXIF, cut."""
+    chelsea, coffee = photo("chelsea"), photo("coffee").resize((451, 300))
+    corrupt_gif = GIF_PAST_ITS_TABLE[:40] + bytes(200)
+    return [
+        Case("gif past its colour table", raw(GIF_PAST_ITS_TABLE), 200, size=(64, 64)),
+        Case("gif of 1500 frames", raw(many_frame_gif()), 200, size=(256, 256)),
+        Case(
+            "gif with garbage after its first frame", raw(gif_with_garbage_after_its_first_frame()), 200, size=(64, 48)
+        ),
+        Case("animated webp", raw(webp([chelsea, coffee], lossless=False)), 200, size=(451, 300)),
+        Case("exif-rotated webp", raw(webp([chelsea], lossless=False, orientation=6)), 200, size=(300, 451)),
+        Case("truncated webp", raw(truncated_webp()), 400, "corrupt image"),
+        Case("corrupt gif", raw(corrupt_gif), 400, "corrupt image"),
+    ]
+
+
+def nested_json(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def v2_request(document: dict | str, **headers: str) -> dict:
+    text = document if isinstance(document, str) else json.dumps(document)
+    return {"method": "POST", "data": text.encode(), "headers": {"Content-Type": "application/json", **headers}}
+
+
+def v2_binary(header: dict | str, binary: bytes, length: str | None = None) -> dict:
+    """The binary-data extension (tritonclient's default): a JSON header, then the tensors' bytes."""
+    text = (header if isinstance(header, str) else json.dumps(header)).encode()
+    headers = {"Inference-Header-Content-Length": length or str(len(text)), "Content-Type": "application/octet-stream"}
+    return {"method": "POST", "data": text + binary, "headers": headers}
+
+
+def protocol_cases() -> list[Case]:
+    """JSON of every shape in every field, on the plain route and the Open Inference
+    Protocol's: each a 4xx naming the problem, never a 5xx (which TorchServe's gRPC front
+    end, for one, answers by failing the worker)."""
+    image = encode(photo("chelsea"), "JPEG")
+    encoded = base64.b64encode(image).decode()
+    tensor = {"name": "image", "shape": [1], "datatype": "BYTES", "data": [encoded]}
+    element = struct.pack("<I", len(image)) + image
+    binary_tensor = {
+        "name": "image",
+        "shape": [1],
+        "datatype": "BYTES",
+        "parameters": {"binary_data_size": len(element)},
+    }
+    huge_name = "é" * 3_000_000  # 6 MB of UTF-8, 18 MB once escaped: echoed, the answer would kill the worker
+    plain = f'{{"data": "{encoded}", "PARAM": 1}}'
+    v2 = "v2"
+    return [
+        Case("json field name of megabytes", v2_request(plain.replace("PARAM", huge_name)), 400, "unknown parameter"),
+        Case(
+            "json parameter nested 990 deep",
+            v2_request(plain.replace('"PARAM": 1', f'"top_k": {nested_json(990)}')),
+            400,
+        ),  # fmt: skip
+        Case("json nested 100000 deep", v2_request(nested_json(100_000)), 400, "invalid JSON request"),
+        Case(
+            "json key twice, as application/json",
+            v2_request(plain.replace('"PARAM": 1', '"top_k": 1, "top_k": 2')),
+            400,
+            "repeated parameter",
+        ),  # fmt: skip
+        Case("v2 parameters a string", v2_request({"inputs": [tensor], "parameters": "top_k=1"}), 400, route=v2),
+        Case("v2 parameters a list", v2_request({"inputs": [tensor], "parameters": [1]}), 400, route=v2),
+        Case("v2 input parameters a string", v2_request({"inputs": [{**tensor, "parameters": "x"}]}), 400, route=v2),
+        Case("v2 id of megabytes", v2_request({"id": "i" * 8_000_000, "inputs": [tensor]}), 400, route=v2),
+        Case("v2 id a list", v2_request({"id": ["a"], "inputs": [tensor]}), 400, route=v2),
+        Case("v2 inputs an object", v2_request({"inputs": {"a": 1}}), 400, route=v2),
+        Case("v2 input a number", v2_request({"inputs": [3, tensor]}), 400, route=v2),
+        Case(
+            "v2 parameter nested 990 deep",
+            v2_request(
+                json.dumps({"inputs": [tensor], "parameters": {"top_k": 1}}).replace(
+                    '"top_k": 1', f'"top_k": {nested_json(990)}'
+                )
+            ),
+            400,
+            route=v2,
+        ),  # fmt: skip
+        Case(
+            "v2 binary_data_size a string",
+            v2_binary({"inputs": [{**binary_tensor, "parameters": {"binary_data_size": "12"}}]}, element),
+            400,
+            route=v2,
+        ),  # fmt: skip
+        Case(
+            "v2 binary_data_size past the body",
+            v2_binary({"inputs": [{**binary_tensor, "parameters": {"binary_data_size": 10**12}}]}, element),
+            400,
+            route=v2,
+        ),  # fmt: skip
+        Case("v2 binary header nested 100000 deep", v2_binary(nested_json(100_000), element), 400, route=v2),
+        Case(
+            "v2 binary header length not a number",
+            v2_binary({"inputs": [binary_tensor]}, element, length="²"),
+            400,
+            route=v2,
+        ),  # fmt: skip
+        Case("v2 binary", v2_binary({"inputs": [binary_tensor]}, element), 200, route=v2),
+        Case("v2 json", v2_request({"id": "a", "inputs": [tensor]}), 200, route=v2),
+    ]
+
+
 # Per kind: an integer and a real-valued parameter, a valid override, and one given as a header.
 PARAMETERS = {
     "classifier": ("top_k", "top_k", {"top_k": "3"}),
@@ -222,7 +367,7 @@ def parameter_cases(kind: str) -> list[Case]:
 
 
 def corpus(kind: str) -> list[Case]:
-    return image_cases() + parameter_cases(kind)
+    return image_cases() + hostile_image_cases() + parameter_cases(kind) + protocol_cases()
 
 
 def read_image_size(body: bytes) -> tuple[int, int]:

@@ -3,6 +3,7 @@ replicas.py): one key for both, health-checked, and one replica SIGKILLed under 
 restarted while the clients go on, with no failed request (the gateway retries requests
 a replica never answered) and the balancer's view following the kill."""
 
+import json
 import os
 
 import pytest
@@ -55,6 +56,38 @@ def test_the_replicas_take_no_key_and_listen_on_loopback_only(cluster):
         config = (replica.workdir / "config.properties").read_text()
         assert "disable_token_authorization=true" in config
         assert not (replica.workdir / "key_file.json").exists()
+
+
+def test_what_torchserve_answers_with_500_the_gateway_refuses_with_a_4xx(cluster):
+    """Bodies TorchServe's frontend fails on before any handler runs, and a parameter
+    header given twice (TorchServe would keep one): a 4xx JSON from the gateway."""
+    import http.client
+
+    gateway = cluster.gateway
+    url = f"{gateway.url}/predictions/{MODEL}"
+    image = images()["small"]
+    cases = [
+        ("application/x-www-form-urlencoded", image, 415, "unsupported media type"),  # curl --data-binary's default
+        ("application/x-www-form-urlencoded; charset=utf-8", b"a=%", 415, "unsupported media type"),
+        ("multipart/form-data; boundary=", image, 400, "invalid multipart request"),
+        ("multipart/form-data; charset=utf-8; boundary= ", image, 400, "invalid multipart request"),
+    ]
+    for content_type, body, status, error in cases:
+        answer = requests.post(url, data=body, headers={**gateway.header(), "Content-Type": content_type}, timeout=60)
+        assert answer.status_code == status and answer.json()["error"] == error, (content_type, answer.text)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    for first, second in (("X-Top-K", "X-Top-K"), ("X-Top_K", "x-top_k")):
+        connection.putrequest("PUT", f"/predictions/{MODEL}")
+        for name, value in (*gateway.header().items(), (first, "1"), (second, "3")):
+            connection.putheader(name, value)
+        connection.putheader("Content-Length", str(len(image)))
+        connection.endheaders(image)
+        answer = connection.getresponse()
+        document = json.loads(answer.read())
+        assert answer.status == 400 and document["detail"].startswith("top_k is given by more than one X- header")
+    ok = requests.put(url, data=image, headers={**gateway.header(), "X-Top-K": "2"}, timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["predictions"]) == 2
 
 
 def test_a_killed_replica_costs_no_request_and_comes_back(cluster):

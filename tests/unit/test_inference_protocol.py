@@ -66,3 +66,24 @@ def test_answers_are_one_bytes_output():
     assert answer == {"model_name": "m", "model_version": "1.0", "id": "7", "outputs": [output]}
     image = inference_answer("m", "1.0", InferenceRequest(""), IMAGE, "image/jpeg")["outputs"][0]
     assert image["name"] == "image" and base64.b64decode(image["data"][0]) == IMAGE
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [("12", "must be a byte count"), (True, "must be a byte count"), (-1, "must be a byte count"),
+     (10**12, "add up to more than"), (2, "too short")],
+)  # fmt: skip
+def test_a_binary_data_size_that_does_not_match_the_bytes_sent_is_refused(size, message):
+    row, headers = binary_request(IMAGE)
+    text = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "parameters": {"binary_data_size": size}}]})
+    row = {"body": bytearray(text.encode() + bytes(row["body"])[int(headers["Inference-Header-Content-Length"]) :])}
+    with pytest.raises(InputError, match=message):
+        parse_inference_request(row, {"Inference-Header-Content-Length": str(len(text))})
+
+
+@pytest.mark.parametrize("request_id", ["x" * 257, 7, ["a"], {}])
+def test_an_id_that_cannot_be_echoed_is_refused_and_the_answer_echoes_none(request_id):
+    row = {"body": {"id": request_id, "inputs": [{"name": "x", "datatype": "BYTES", "data": ["aGk="]}]}}
+    with pytest.raises(InputError, match="'id' must be a string"):
+        parse_inference_request(row, {})
+    assert inference_request_of(row, {}) == InferenceRequest("")

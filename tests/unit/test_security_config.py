@@ -79,3 +79,17 @@ def test_the_logging_configuration_is_well_formed_xml():
     assert files and all(
         name.startswith(("${env:LOG_LOCATION:-logs}/", "${env:METRICS_LOCATION:-logs}/")) for name in files
     )
+
+
+def test_the_gateway_refuses_every_parameter_header_given_twice():
+    """TorchServe keeps one of a repeated header before any handler runs; the gateway
+    refuses each parameter any model takes, in each spelling the handlers read."""
+    from scripts.build.inprocess import handler_class
+    from scripts.zoo import FAMILIES
+
+    config = (REPO / "deploy" / "haproxy" / "gateway.cfg").read_text()
+    params = {param for family in FAMILIES.values() for param in handler_class(family.handler[:-3]).request_params}
+    for param in params:
+        rule = next((line for line in config.splitlines() if f'\\"detail\\":\\"{param} is given by' in line), "")
+        spellings = {"x-" + param.replace("_", "-"), "x-" + param}
+        assert all(f"req.fhdr_cnt({name}) gt 1" in rule for name in spellings), param
