@@ -12,22 +12,29 @@ from scripts.bench.photos import photo
 AUDIO_RATE = 16000
 
 
-def panning_clip(path: Path, width: int, height: int, frames: int, fps: int, audio: bool = True) -> Path:
+def panning_clip(path: Path, width: int, height: int, frames: int, fps: int, audio: bool = True,
+                 quarter_turns: int = 0) -> Path:  # fmt: skip
     """Write the clip: frame i shows the photo, scaled so that the window is 1.6x narrower
     than it, from a left edge moving right; the face (the middle third of the photo's
-    width) stays inside the window."""
+    width) stays inside the window. `quarter_turns`: the frames are stored turned that many
+    quarter turns clockwise, with the display matrix that turns them back (as a phone held
+    sideways records). An odd size is encoded as yuv444p (yuv420p takes even sizes only)."""
     scale = 1.6 * width / 512
     scaled = np.asarray(photo("astronaut").resize((round(512 * scale), round(512 * scale)), Image.LANCZOS))
     travel = min(scaled.shape[1] // 3, scaled.shape[1] - width)  # the face spans 1/3 .. 0.6 of the photo
     with av.open(str(path), "w") as container:
         video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        stored_width, stored_height = (height, width) if quarter_turns % 2 else (width, height)
+        odd = width % 2 or height % 2
+        video.width, video.height, video.pix_fmt = stored_width, stored_height, "yuv444p" if odd else "yuv420p"
+        if quarter_turns:
+            video.set_display_rotation(90 * quarter_turns)  # counter-clockwise, undoing the turn below
         sound = container.add_stream("aac", rate=AUDIO_RATE) if audio else None
         if sound is not None:
             sound.layout = "mono"
         for index in range(frames):
             x = travel * index // max(1, frames - 1)
-            window = np.ascontiguousarray(scaled[:height, x : x + width])
+            window = np.ascontiguousarray(np.rot90(scaled[:height, x : x + width], -quarter_turns))
             frame = av.VideoFrame.from_ndarray(window, format="rgb24")
             frame.pts = index
             container.mux(video.encode(frame))

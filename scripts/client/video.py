@@ -6,13 +6,18 @@
 Decodes the video with PyAV, sends every frame (as a JPEG) to `face_pixelizer` with at
 most --concurrency frames in flight, and encodes the pixelated frames in their order
 with their own timestamps: the same frame count, frame rate, size and duration. Audio
-streams are copied packet for packet, never re-encoded. --faces-json writes one line
-per frame with the face regions that were pixelated.
+streams are copied packet for packet, never re-encoded. A video recorded turned (a phone's
+display matrix) is sent upright, so that faces are found as they are seen, and written
+back as it was stored, with its display matrix. An odd width or height is padded to even
+by repeating the last column or row (H.264's yuv420p takes even sizes only), and said so.
+--faces-json writes one line per frame with the face regions that were pixelated, in
+the frame as displayed.
 """
 
 import argparse
 import io
 import json
+import struct
 import sys
 import time
 from collections import deque
@@ -47,32 +52,82 @@ class VideoReport:
         return self.frames / self.seconds if self.seconds else 0.0
 
 
-def frame_jpeg(frame) -> bytes:
-    """A decoded PyAV frame -> JPEG bytes (RGB)."""
+@dataclass(frozen=True)
+class Orientation:
+    """How a video's frames are displayed: its display matrix (FFmpeg's 9 int32, None for
+    none) and the rotation in it, in quarter turns counter-clockwise."""
+
+    matrix: tuple[int, ...] | None = None
+    quarter_turns: int = 0
+
+
+def orientation_of(source: Path) -> Orientation:
+    """The display matrix the video's frames carry (read off its first frame)."""
+    import av
+    from av.sidedata.sidedata import Type
+
+    with av.open(str(source)) as container:
+        for frame in container.decode(video=0):
+            matrices = [bytes(data) for data in frame.side_data.keys() if data.type == Type.DISPLAYMATRIX]
+            if not matrices:
+                return Orientation()
+            return Orientation(struct.unpack("=9i", matrices[0]), round((frame.rotation or 0) / 90) % 4)
+    return Orientation()
+
+
+def upright(pixels: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """A stored frame (H, W, 3) as displayed: turned `quarter_turns` x 90 degrees counter-clockwise."""
+    return np.ascontiguousarray(np.rot90(pixels, quarter_turns))
+
+
+def as_stored(pixels: np.ndarray, quarter_turns: int) -> np.ndarray:
+    """`upright`'s inverse."""
+    return np.ascontiguousarray(np.rot90(pixels, -quarter_turns))
+
+
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """The size H.264's yuv420p can encode: each side rounded up to even."""
+    return width + width % 2, height + height % 2
+
+
+def padded_to_even(pixels: np.ndarray) -> np.ndarray:
+    """(H, W, 3) with an odd side padded by repeating its last row or column."""
+    height, width = pixels.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return pixels
+    return np.pad(pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def frame_jpeg(frame, orientation: Orientation = Orientation()) -> bytes:
+    """A decoded PyAV frame -> JPEG bytes (RGB), as displayed."""
     buffer = io.BytesIO()
-    frame.to_image().save(buffer, "JPEG", quality=FRAME_JPEG_QUALITY)
+    pixels = upright(frame.to_ndarray(format="rgb24"), orientation.quarter_turns)
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=FRAME_JPEG_QUALITY)
     return buffer.getvalue()
 
 
-def answer_frame(answer: Answer, source, number: int):
-    """The pixelizer's JPEG answer -> a video frame with the source frame's timestamp."""
+def answer_frame(answer: Answer, source, number: int, orientation: Orientation = Orientation()):
+    """The pixelizer's JPEG answer -> a video frame as stored (even-sized), with the source
+    frame's timestamp."""
     import av
 
     if not (answer.ok and answer.is_image):
         raise FrameRefused(
             f"frame {number}: HTTP {answer.status}: {answer.error() if not answer.ok else 'not an image'}"
         )
-    pixels = np.asarray(Image.open(io.BytesIO(answer.body)).convert("RGB"))
-    frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+    pixels = as_stored(np.asarray(Image.open(io.BytesIO(answer.body)).convert("RGB")), orientation.quarter_turns)
+    frame = av.VideoFrame.from_ndarray(padded_to_even(pixels), format="rgb24")
     frame.pts, frame.time_base = source.pts, source.time_base
     return frame
 
 
-def in_order(pool: ThreadPoolExecutor, client, frames: Iterator, params: dict, window: int) -> Iterator:
+def in_order(pool: ThreadPoolExecutor, client, frames: Iterator, params: dict, window: int,
+             orientation: Orientation = Orientation()) -> Iterator:  # fmt: skip
     """(source frame, its answer) in decoding order, with at most `window` frames in flight."""
     pending: deque[tuple[object, Future]] = deque()
     for frame in frames:
-        pending.append((frame, pool.submit(client.predict, MODEL, frame_jpeg(frame), params, "frame.jpg")))
+        jpeg = frame_jpeg(frame, orientation)
+        pending.append((frame, pool.submit(client.predict, MODEL, jpeg, params, "frame.jpg")))
         if len(pending) >= window:
             source, future = pending.popleft()
             yield source, future.result()
@@ -81,15 +136,17 @@ def in_order(pool: ThreadPoolExecutor, client, frames: Iterator, params: dict, w
         yield source, future.result()
 
 
-def open_output(target: Path, source_stream, codec: str, crf: int):
+def open_output(target: Path, source_stream, codec: str, crf: int, orientation: Orientation = Orientation()):
     import av
 
     output = av.open(str(target), "w")
     stream = output.add_stream(codec, rate=source_stream.average_rate or source_stream.guessed_rate)
-    stream.width, stream.height = source_stream.codec_context.width, source_stream.codec_context.height
+    stream.width, stream.height = even_size(source_stream.codec_context.width, source_stream.codec_context.height)
     stream.pix_fmt = "yuv420p"
     stream.time_base = source_stream.time_base
     stream.options = {"crf": str(crf)} if codec in ("libx264", "libx265") else {}
+    if orientation.matrix is not None:
+        stream.set_display_matrix(orientation.matrix)
     return output, stream
 
 
@@ -99,10 +156,15 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
     import av
 
     started = time.perf_counter()
+    orientation = orientation_of(source)
     with av.open(str(source)) as container:
         video = container.streams.video[0]
         audio_streams = list(container.streams.audio)
-        output, encoder = open_output(target, video, codec, crf)
+        output, encoder = open_output(target, video, codec, crf, orientation)
+        width, height = video.codec_context.width, video.codec_context.height
+        if even_size(width, height) != (width, height):
+            print(f"{source}: {width}x{height} padded to {'x'.join(map(str, even_size(width, height)))} (the last "
+                  "column or row repeated): yuv420p takes even sizes only", file=sys.stderr)  # fmt: skip
         copies = {stream.index: output.add_stream_from_template(stream) for stream in audio_streams}
         faces = faces_json.open("w") if faces_json else None
         frames, bar = (
@@ -111,13 +173,11 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
         )
         try:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
-                for source_frame, answer in in_order(pool, client, demux(container, video, copies, output), params,
-                                                     2 * concurrency):  # fmt: skip
-                    output.mux(encoder.encode(answer_frame(answer, source_frame, frames)))
+                frames_in = demux(container, video, copies, output)
+                for source_frame, answer in in_order(pool, client, frames_in, params, 2 * concurrency, orientation):
+                    output.mux(encoder.encode(answer_frame(answer, source_frame, frames, orientation)))
                     if faces:
-                        boxes = json.loads(answer.headers.get("X-Face-Boxes", "[]"))
-                        print(json.dumps({"frame": frames, "time": float(source_frame.time or 0), "faces": boxes}),
-                              file=faces)  # fmt: skip
+                        print(json.dumps(faces_record(answer, frames, float(source_frame.time or 0))), file=faces)
                     frames += 1
                     bar.update()
             output.mux(encoder.encode(None))  # flush the encoder
@@ -127,6 +187,14 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
             if faces:
                 faces.close()
     return VideoReport(frames, time.perf_counter() - started)
+
+
+def faces_record(answer: Answer, number: int, seconds: float) -> dict:
+    """A frame's line of --faces-json: the regions pixelated (the server lists the first 200;
+    "omitted" counts the others, which were pixelated all the same)."""
+    record = {"frame": number, "time": seconds, "faces": json.loads(answer.headers.get("X-Face-Boxes", "[]"))}
+    omitted = int(answer.headers.get("X-Face-Boxes-Omitted", 0))
+    return {**record, "omitted": omitted} if omitted else record
 
 
 def demux(container, video, copies: dict, output) -> Iterator:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from scripts.bench.clips import panning_clip
+from scripts.client.video import orientation_of, upright
 from scripts.zoo import REPO
 
 pytestmark = pytest.mark.integration
@@ -67,3 +68,32 @@ def test_a_clip_comes_back_with_its_faces_pixelated_and_nothing_else_changed(tor
         difference = np.abs(after - before).mean(axis=2)
         assert difference[inside].mean() > 8, f"frame {entry['frame']}: the face is not pixelated"
         assert difference[~near].mean() < 3, f"frame {entry['frame']}: the rest changed"
+
+
+def test_a_turned_clip_of_odd_size_keeps_its_turn_and_is_padded_to_even(torchserve, tmp_path):
+    """A phone's clip stored sideways with a display matrix, 321x241 as displayed: faces are
+    found upright, the output is stored as the input was, with the same display matrix,
+    padded to even (the last row and column repeated), and the client says so."""
+    clip, anonymised, faces_file = tmp_path / "turned.mp4", tmp_path / "anonymised.mp4", tmp_path / "faces.jsonl"
+    panning_clip(clip, 321, 241, 6, FPS, audio=False, quarter_turns=1)
+    connection = ["--config", str(torchserve.workdir / "config.properties"),
+                  "--key-file", str(torchserve.workdir / "key_file.json")]  # fmt: skip
+    command = [sys.executable, "-m", "scripts.client", "anonymise", str(clip), "-o", str(anonymised),
+               "--faces-json", str(faces_file), *connection]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "241x321 padded to 242x322" in result.stderr  # stored sideways: 241 wide, 321 high
+    assert orientation_of(anonymised) == orientation_of(clip) and orientation_of(clip).quarter_turns == 1
+
+    with av.open(str(clip)) as source, av.open(str(anonymised)) as output:
+        before = [f.to_ndarray(format="rgb24").astype(np.int16) for f in source.decode(video=0)]
+        after = [f.to_ndarray(format="rgb24").astype(np.int16) for f in output.decode(video=0)]
+    assert len(after) == len(before) == 6 and after[0].shape == (322, 242, 3)
+    faces = [json.loads(line) for line in faces_file.read_text().splitlines()]
+    for stored_before, stored_after, entry in zip(before, after, faces, strict=True):
+        assert len(entry["faces"]) == 1, entry  # the astronaut, found upright
+        shown_before, shown_after = upright(stored_before, 1), upright(stored_after[:321, :241], 1)
+        x1, y1, x2, y2 = entry["faces"][0]
+        difference = np.abs(shown_after - shown_before).mean(axis=2)
+        assert difference[y1:y2, x1:x2].mean() > 8  # her face, where the answer said, as displayed
+        assert np.abs(stored_after[321] - stored_after[320]).max() <= 12  # the padding repeats the last row

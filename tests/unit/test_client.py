@@ -161,6 +161,8 @@ def test_retry_rules():
     assert retryable(500, b'{"code": 500, "message": "Worker died."}')
     assert not retryable(500, b'{"error": "inference failed", "status": 500}')  # the handler's own: no retry
     assert not any(retryable(status, b"{}") for status in (400, 404, 413, 415))
+    too_large = b'{"error": "result too large: ...", "model_name": "m", "outputs": []}'  # a v2 answer's 413
+    assert not retryable(413, too_large)  # the request's own fault: sent again, it would fail again
 
 
 def test_grpc_bodies_become_answers_with_their_status():
