@@ -13,6 +13,7 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
 
 from scripts.bench.photos import encode, photo
@@ -29,6 +30,14 @@ FRONTEND_MAX_REQUEST = 16_777_216
 LEAKS = re.compile(
     r"(?<![\w.])/[\w.-]+/[\w./-]+|[A-Za-z]:\\|\.(?:py|cpp|cc|h|so|java)\b|0x[0-9a-fA-F]{6,}| at 0x|Traceback|"
     r"File \"|frame #\d|Exception raised from"
+)
+
+
+# Any JSON value, nested a few levels: what a hostile client puts in a field.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
 )
 
 

@@ -17,18 +17,12 @@ from detector_handler import DetectorHandler
 from face_pixelizer_handler import MAX_HEADER_REGIONS, face_headers
 from payload import RAW_JSON
 from scripts.bench.photos import encode, photo
-from tests.corpus import assert_clean
+from tests.corpus import assert_clean, json_values
 from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector
 
 PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 IMAGE = encode(photo("chelsea").resize((64, 48)), "JPEG")
 ENCODED = base64.b64encode(IMAGE).decode()
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
-)
 
 
 def handle(handler, context, rows: list[dict], headers: list[dict] | None = None) -> list[tuple[int, bytes]]:

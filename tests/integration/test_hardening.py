@@ -18,7 +18,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from scripts.bench.photos import encode, photo
-from tests.corpus import GIF_COLOURS, GIF_PAST_ITS_TABLE, Case, assert_clean, corpus, read_image_size, v2_binary
+from tests.corpus import (
+    GIF_COLOURS,
+    GIF_PAST_ITS_TABLE,
+    Case,
+    assert_clean,
+    corpus,
+    json_values,
+    read_image_size,
+    v2_binary,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,13 +240,6 @@ def test_an_answer_larger_than_torchserve_takes_is_a_413_and_the_worker_lives(to
 def as_json(document) -> dict:
     """A JSON body as a client may send it: NaN and Infinity included (requests' json= refuses them)."""
     return {"data": json.dumps(document).encode(), "headers": {"Content-Type": "application/json"}}
-
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-    max_leaves=12,
-)
 
 
 def test_any_json_in_any_v2_or_parameter_field_is_a_4xx_through_torchserve(torchserve):
