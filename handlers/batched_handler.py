@@ -26,8 +26,11 @@ from typing import Any, TypeVar
 
 import torch
 
+from compiled_model import load_compiled_model, select_device
+from cpu_threads import ThreadBudget, thread_budget
 from drift_monitor import REFERENCE_FILE, DriftMonitor, DriftReport, load_reference
 from errors import InputError, public_detail
+from idle_memory import idle_trimmer
 from imaging import (
     JPEG_FORMATS,
     ImageInfo,
@@ -57,7 +60,6 @@ from metrics import (
     status_class,
 )
 from payload import RAW_JSON, header_parameters, merge_parameters, split_request
-from runtime import ThreadBudget, idle_trimmer, load_compiled_model, select_device, thread_budget
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
 
 logger = logging.getLogger(__name__)
@@ -167,7 +169,7 @@ class BatchedImageHandler:
         self.settings = settings_from_mapping(self.settings_class, yaml_config.get("handler"))
         self.device = select_device(context.system_properties.get("gpu_id"))
         self.batch_size = int(context.system_properties.get("batch_size") or 1)
-        # CPU threads follow the workers alive on the machine (runtime.ThreadBudget).
+        # CPU threads follow the workers alive on the machine (cpu_threads.ThreadBudget).
         self.threads: ThreadBudget | None = None
         if self.device.type == "cpu":
             self.threads = thread_budget(self.settings.num_threads)

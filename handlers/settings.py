@@ -45,7 +45,7 @@ class ImageHandlerSettings:
     # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
     channels_last: bool = False
     # Once the worker has been idle this many seconds, give the memory its batches freed back
-    # to the system (glibc keeps it for reuse: runtime.IdleTrimmer); 0 = never.
+    # to the system (glibc keeps it for reuse: idle_memory.IdleTrimmer); 0 = never.
     release_memory_after_s: float = 2.0
     # Emit the handler's metrics (handlers/metrics.py; their cost: docs/benchmarks.md).
     metrics: bool = True

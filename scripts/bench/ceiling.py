@@ -66,7 +66,7 @@ def run(runs: int, cycles: int, duration: float, warmup: float) -> dict:
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "cores": handler_module("runtime").usable_cores(),
+        "cores": handler_module("cpu_threads").usable_cores(),
         "duration_s": duration,
         "warmup_s": warmup,
         "runs": measured,

@@ -96,11 +96,11 @@ def images() -> dict[str, bytes]:
 
 def served_settings(model: str) -> tuple[int, int]:
     """(batchSize, intra-op threads) the archive serves with."""
-    runtime = handler_module("runtime")  # importable whoever calls: not only endtoend's main
+    cpu_threads = handler_module("cpu_threads")  # importable whoever calls: not only endtoend's main
     config = yaml.safe_load(get_model(model).config_file.read_text())
     handler_threads = config.get("handler", {}).get("num_threads")
-    return config["batchSize"], handler_threads or runtime.threads_per_worker(
-        runtime.usable_cores(), config["maxWorkers"]
+    return config["batchSize"], handler_threads or cpu_threads.threads_per_worker(
+        cpu_threads.usable_cores(), config["maxWorkers"]
     )
 
 
@@ -108,7 +108,7 @@ def model_throughput(path: Path, batches: list[int], seconds: float) -> tuple[di
     """img/s of a compiled file, loaded as the handler loads it, on ready-made inputs, and the
     CPU time this process spent per image (ms), by batch size (all its threads: a thread
     waiting for another at a layer's end spends less than the wall time)."""
-    from runtime import load_compiled_model
+    from compiled_model import load_compiled_model
 
     compiled, metadata = load_compiled_model(path, torch.device("cpu"))
     height, width = metadata["input_size"]

@@ -35,9 +35,9 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device) -> None:
         torch.set_num_threads(self.threads)
-        runtime = handler_module("runtime")  # the same loader as our handler: the same compiled graph
+        compiled_model = handler_module("compiled_model")  # the same loader as our handler: the same compiled graph
         path = REPO / "build" / get_model(self.model_name).artifact
-        self.model, _ = runtime.load_compiled_model(path, torch.device("cpu"))
+        self.model, _ = compiled_model.load_compiled_model(path, torch.device("cpu"))
         self.counters = stage_counters(os.environ.get(STAGES_ENV))
 
     def decode_request(self, request) -> torch.Tensor:

@@ -77,7 +77,7 @@ def totals(snap: dict) -> dict[str, float]:
 
 
 # What a worker holds, step by step, in a fresh interpreter: what the handlers import, and
-# what the two modules they no longer import would add (handlers/vision_ops.py, runtime.py).
+# what the two modules they no longer import would add (handlers/vision_ops.py, compiled_model.py).
 IMPORT_STEPS = (
     ("python", ""),
     ("import torch", "import torch"),

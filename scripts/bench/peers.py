@@ -100,7 +100,7 @@ def run(cycles: int, slice_s: float, warmup: float) -> dict:
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine(),
-        "cores": handler_module("runtime").usable_cores(),
+        "cores": handler_module("cpu_threads").usable_cores(),
         "cycles": cycles,
         "slice_s": slice_s,
         "warmup_s": warmup,

@@ -1,6 +1,6 @@
 """Scaling a model's workers through the management API, with CPU threads fixed at load
 (the previous behaviour: cores ÷ the YAML's worker count, whatever the live count) and
-following the busy workers on the machine (handlers/runtime.py::ThreadBudget), side by
+following the busy workers on the machine (handlers/cpu_threads.py::ThreadBudget), side by
 side in one run -> the scaling section of docs/benchmarks.md.
 
     python -m scripts.bench.scaling                  # resnet18, 1 -> 2 -> 4 workers, 8 clients
@@ -63,7 +63,7 @@ def render_section(results: dict) -> str:
         f"- **fixed** -- {POLICIES['fixed']}: `num_threads: {results['fixed_threads']}` in its YAML, exactly what "
         "the previous code computed for this model (2 cores ÷ `maxWorkers: 1`), whatever the live worker count;",
         f"- **live** -- {POLICIES['live']}: cores ÷ the CPU workers alive on the machine that served a batch in "
-        "the last 10 s (`handlers/runtime.py::ThreadBudget`).",
+        "the last 10 s (`handlers/cpu_threads.py::ThreadBudget`).",
         "",
         "| round | workers | fixed req/s | fixed p99 ms | live req/s | live p99 ms | live ÷ fixed | live vs 1 worker |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -18,7 +18,8 @@ import requests
 
 from scripts.bench.loadgen import Request, run_load, summarize
 from scripts.bench.photos import encode, photo
-from scripts.serve.server import read_keys, read_properties
+from scripts.serve.server import read_keys
+from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = ("mobilenet_v2", "yolov5s", "face_pixelizer")

@@ -53,7 +53,7 @@ def gflops(model: torch.nn.Module, size: int) -> float:
 
 
 def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> dict:
-    from runtime import load_compiled_model
+    from compiled_model import load_compiled_model
 
     network = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
     flops = gflops(network, INPUT_SIZE)

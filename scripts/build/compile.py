@@ -130,7 +130,7 @@ def save_compiled(module: torch.jit.ScriptModule, metadata: dict, path: Path) ->
     """Write atomically: an interrupted build never leaves a half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    extra = {handler_module("runtime").METADATA_FILE: json.dumps(metadata, indent=1)}
+    extra = {handler_module("compiled_model").METADATA_FILE: json.dumps(metadata, indent=1)}
     torch.jit.save(module, str(partial), _extra_files=extra)
     os.replace(partial, path)
 
@@ -150,7 +150,7 @@ def export_and_package(model: torch.nn.Module, example: torch.Tensor, spatial_dy
     if example.device.type == "cuda":
         # GPU kernels inside the package's library, not in files beside it that the model
         # reads when it first runs: a worker deletes the unpacked package once it is loaded
-        # (handlers/runtime.py::load_aoti_package).
+        # (handlers/compiled_model.py::load_aoti_package).
         configs["aot_inductor.embed_kernel_binary"] = True
     torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs=configs)
     return partial
@@ -174,7 +174,9 @@ def add_metadata(package: Path, metadata: dict) -> None:
     """Embed metadata.json in an AOTInductor package, beside the files its loader reads."""
     with zipfile.ZipFile(package, "a") as archive:
         top = archive.namelist()[0].split("/", 1)[0]
-        archive.writestr(f"{top}/extra/{handler_module('runtime').METADATA_FILE}", json.dumps(metadata, indent=1))
+        archive.writestr(
+            f"{top}/extra/{handler_module('compiled_model').METADATA_FILE}", json.dumps(metadata, indent=1)
+        )
 
 
 def compile_model(

@@ -61,7 +61,7 @@ def write_reference(model: str, images: Path, output: Path, artifact: Path | Non
     files = image_files(images)
     artifact = artifact or artifact_of(model)
     features = embed_images(model, files, artifact)
-    weights = handler_module("runtime").read_embedded_metadata(artifact)["weights"]
+    weights = handler_module("compiled_model").read_embedded_metadata(artifact)["weights"]
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {

@@ -15,8 +15,8 @@ from scripts.zoo import handler_module
 
 def read_metadata(path: Path) -> dict:
     """The embedded metadata, read straight from the zip without loading the model: the
-    handlers' own reader (handlers/runtime.py), the one definition of where it lies."""
-    return handler_module("runtime").read_embedded_metadata(path)
+    handlers' own reader (handlers/compiled_model.py), the one definition of where it lies."""
+    return handler_module("compiled_model").read_embedded_metadata(path)
 
 
 def describe(path: Path) -> dict:

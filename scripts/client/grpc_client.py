@@ -15,9 +15,8 @@ import grpc
 
 from scripts.client.auth import AuthError, Tokens
 from scripts.client.rest import Answer, ConnectionFailed, wait_before_retry
-from scripts.serve.server import read_properties
+from scripts.ts_api import KEY_REFUSED, read_properties
 
-KEY_REFUSED = "Token Authorization failed"
 # TorchServe's messages for a request whose worker died or is not (yet) there: worth a retry.
 RETRY_MESSAGES = ("Worker died", "has no worker", "no worker")
 JPEG_MAGIC = b"\xff\xd8\xff"

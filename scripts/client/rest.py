@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 
 from scripts.client.auth import AuthError, Tokens
-from scripts.serve.server import key_refused, read_properties
+from scripts.ts_api import key_refused, read_properties
 
 # TorchServe's answers while a worker is (re)starting or died under the request: worth a retry.
 RETRY_STATUSES = (503, 507)
@@ -117,7 +117,7 @@ class ZooClient:
         while True:
             key = self.tokens.inference()
             response = self._send(model, data, params or {}, filename)
-            if key_refused(response):
+            if key_refused(response.status_code, response.text):
                 if refreshed:
                     raise AuthError(f"TorchServe refused the inference key: {response.text.strip()[:200]}")
                 self.tokens.refresh(self.management_url, key)

@@ -57,12 +57,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    drift, runtime = handler_module("drift"), handler_module("runtime")
+    drift, compiled_model = handler_module("drift"), handler_module("compiled_model")
     try:
         artifact = args.artifact or artifact_of(get_model(args.model).name)
         if not artifact.is_file():
             raise ValueError(f"{artifact} is missing: build it with `make models` (or pass --artifact)")
-        weights = runtime.read_embedded_metadata(artifact)["weights"]["name"]
+        weights = compiled_model.read_embedded_metadata(artifact)["weights"]["name"]
         reference = embed_images(args.model, image_files(args.reference), artifact)
         current = embed_images(args.model, image_files(args.current), artifact)
     except (KeyError, ValueError, OSError) as err:

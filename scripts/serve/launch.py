@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from scripts.ts_api import read_properties
+
 REPO = Path(__file__).resolve().parents[2]
 AUTH_MODES = ("token", "gateway")
 # The APIs a client could call without a key once token authorization is off.
@@ -41,13 +43,6 @@ STOP_GRACE_S = 60
 
 class UnsafeDeployment(ValueError):
     """A deployment setting that would leave a TorchServe API open without authentication."""
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """A Java properties file's key=value lines (comments skipped); scripts.serve.server
-    and everything else read config.properties with this one."""
-    pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
-    return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
 
 
 def host_of(address: str) -> str:

@@ -91,8 +91,8 @@ class Replica:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # TMPDIR: its worker sockets and unpacked models apart from the other replicas'. The
         # worker registry stays the machine's: replicas share its cores, so their workers
-        # split the threads (handlers/runtime.py), as the workers of one TorchServe do.
-        registry = str(handler_module("runtime").default_registry_dir())
+        # split the threads (handlers/cpu_threads.py), as the workers of one TorchServe do.
+        registry = str(handler_module("cpu_threads").default_registry_dir())
         env = {**os.environ, "TMPDIR": str(self.workdir), "TEMP": str(self.workdir),
                "TS_ZOO_WORKER_REGISTRY": registry}  # fmt: skip
         with open(self.workdir / "console.log", "ab") as console:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import requests
 
-from scripts.serve.launch import read_properties  # stdlib-only, for the image's launcher
+from scripts.ts_api import key_refused as refuses_key
+from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 # This repo's logging configuration: nothing written per request.
@@ -47,8 +48,8 @@ def read_keys(path: Path) -> Keys:
 
 
 def key_refused(response: requests.Response) -> bool:
-    """TorchServe's answer to a missing, wrong or expired key (400 or 401, depending on the version)."""
-    return response.status_code in (400, 401) and "Token Authorization failed" in response.text
+    """TorchServe's answer to a missing, wrong or expired key."""
+    return refuses_key(response.status_code, response.text)
 
 
 def renew_keys(management_url: str, key_file: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from runtime import REGISTRY_ENV, WorkerRegistry, usable_cores
+from cpu_threads import REGISTRY_ENV, WorkerRegistry, usable_cores
 from scripts.bench.photos import encode
 from scripts.zoo import REPO
 from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches

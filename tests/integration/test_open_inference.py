@@ -14,7 +14,7 @@ import tritonclient.http as triton_http
 from PIL import Image
 
 from scripts.bench.photos import encode, photo
-from scripts.serve.server import read_properties
+from scripts.ts_api import read_properties
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import tempfile
 import pytest
 import torch
 
-from runtime import load_compiled_model
+from compiled_model import load_compiled_model
 from scripts.build import compile as compile_script
 from scripts.build.models import read_metadata
 from scripts.families.classifiers import check_classifier_parity, parity_batch

@@ -13,8 +13,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from scripts.serve.launch import deployment_properties, read_properties
+from scripts.serve.launch import deployment_properties
 from scripts.serve.replicas import gateway_config
+from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"

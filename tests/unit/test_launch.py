@@ -3,7 +3,8 @@ and only with every API on loopback (docs/security.md, "Replicas")."""
 
 import pytest
 
-from scripts.serve.launch import REPO, UnsafeDeployment, archives_of, deployment_properties, read_properties
+from scripts.serve.launch import REPO, UnsafeDeployment, archives_of, deployment_properties
+from scripts.ts_api import read_properties
 
 PROPERTIES = read_properties(REPO / "config.properties")
 

@@ -11,14 +11,15 @@ SCRIPTS = REPO / "scripts"
 # folder (or top-level module) -> the folders it may import from
 ALLOWED = {
     "zoo": set(),
+    "ts_api": set(),
     "nets": set(),
     "families": {"nets", "zoo"},
     "build": {"families", "nets", "zoo"},
-    "serve": {"setup", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
+    "serve": {"setup", "ts_api", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
     "setup": {"zoo"},
-    "bench": {"build", "client", "families", "nets", "serve", "zoo"},
+    "bench": {"build", "client", "families", "nets", "serve", "ts_api", "zoo"},
     "monitor": {"build", "zoo"},
-    "client": {"serve", "zoo"},
+    "client": {"ts_api", "zoo"},  # nothing of the servers' harness or the benchmarks
 }
 
 

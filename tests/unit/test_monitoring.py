@@ -8,7 +8,7 @@ import re
 
 import yaml
 
-from scripts.serve.server import read_properties
+from scripts.ts_api import read_properties
 from scripts.zoo import REPO
 
 DECLARED = yaml.safe_load((REPO / "scripts" / "configs" / "metrics.yaml").read_text())

@@ -15,19 +15,9 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from runtime import (
-    IdleTrimmer,
-    ThreadBudget,
-    WorkerRegistry,
-    cgroup_cpu_quota,
-    idle_trimmer,
-    kernel_files_outside_library,
-    load_aoti_package,
-    select_device,
-    thread_budget,
-    threads_per_worker,
-    usable_cores,
-)
+from compiled_model import kernel_files_outside_library, load_aoti_package, select_device
+from cpu_threads import ThreadBudget, WorkerRegistry, cgroup_cpu_quota, thread_budget, threads_per_worker, usable_cores
+from idle_memory import IdleTrimmer, idle_trimmer
 
 
 @pytest.mark.parametrize(
@@ -84,7 +74,7 @@ def test_threads_follow_the_busy_workers_alive(restore_threads, monkeypatch, tmp
 def test_a_killed_worker_is_never_counted_and_its_file_goes(tmp_path):
     registry = WorkerRegistry(tmp_path)
     code = (
-        "import sys, time; sys.path.insert(0, 'handlers'); from runtime import WorkerRegistry; "
+        "import sys, time; sys.path.insert(0, 'handlers'); from cpu_threads import WorkerRegistry; "
         f"r = WorkerRegistry({str(tmp_path)!r}); r.heartbeat(); print(r.path, flush=True); time.sleep(60)"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -6,8 +6,8 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
-from runtime import load_compiled_model
-from scripts.serve.server import read_properties
+from compiled_model import load_compiled_model
+from scripts.ts_api import read_properties
 from scripts.zoo import REPO
 
 PROPERTIES = read_properties(REPO / "config.properties")

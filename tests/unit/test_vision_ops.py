@@ -13,7 +13,7 @@ import torchvision.ops
 import torchvision.transforms.v2.functional as F
 
 import vision_ops
-from runtime import load_compiled_model
+from compiled_model import load_compiled_model
 from scripts.bench.photos import encode, photo
 from scripts.zoo import REPO, get_model
 
@@ -99,7 +99,7 @@ import sys
 sys.path.insert(0, {str(REPO / "handlers")!r})
 import torch
 import classifier_handler, detector_handler, face_pixelizer_handler
-from runtime import load_compiled_model
+from compiled_model import load_compiled_model
 for path in {[str(p) for p in artifacts]!r}:
     load_compiled_model(path, torch.device("cpu"))
 print(sorted(name for name in ("torchvision", "torch._dynamo", "sympy") if name in sys.modules))
