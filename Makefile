@@ -40,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-scaling bench-metrics bench-replicas bench-delay bench-memory bench-ceiling bench-peers bench-video soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -99,29 +99,14 @@ models: $(ARTIFACTS) ## show each compiled model's weights and input size
 yolov5-sizes: $(call artifact,yolov5s) $(call artifact,yolov5m) $(call artifact,yolov5l) ## measure YOLOv5 S/M/L -> docs/yolov5_sizes.md
 	$(PY) -m scripts.bench.yolov5_sizes --output docs/yolov5_sizes.md
 
-bench: archive ## measure ours vs TorchServe's built-in handler vs FastAPI vs the model alone -> docs/benchmarks.md
+bench: archive ## ours vs TorchServe's built-in handler, FastAPI, LitServe and the model alone -> docs/benchmarks.md
 	$(PY) -m scripts.bench.endtoend
-
-bench-scaling: archive ## scale resnet18 1 -> 2 -> 4 workers: fixed vs live CPU threads -> docs/benchmarks.md
-	$(PY) -m scripts.bench.scaling
 
 bench-metrics: archive ## mobilenet_v2 with metrics and drift on, metrics only, both off -> docs/benchmarks.md
 	$(PY) -m scripts.bench.metrics_cost
 
 bench-replicas: archive setup ## 1 vs 2 replicas behind HAProxy, and one killed under load -> docs/benchmarks.md
 	$(PY) -m scripts.bench.replicas
-
-bench-delay: archive ## a lone client's p50 vs 32 clients' req/s per maxBatchDelay, with FastAPI and LitServe -> docs/benchmarks.md
-	$(PY) -m scripts.bench.batch_delay
-
-bench-memory: archive ## RSS of every worker and the frontend (--models all) at idle and after the soak -> docs/benchmarks.md
-	$(PY) -m scripts.bench.memory
-
-bench-ceiling: archive ## mobilenet_v2 and face_pixelizer at 8 clients vs the model alone, 3 runs, + frontend settings -> docs/benchmarks.md
-	$(PY) -m scripts.bench.ceiling
-
-bench-peers: archive ## ours vs LitServe seconds apart, with each one's CPU per request -> docs/benchmarks.md
-	$(PY) -m scripts.bench.peers
 
 bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
 	$(PY) -m scripts.bench.video

@@ -50,9 +50,13 @@ from inference_protocol import (
 )
 from metrics import (
     BATCH_IMAGES,
+    DECODE,
     DRIFT_P_VALUE,
     DRIFT_SCORE,
     DRIFT_TESTS,
+    FORWARD,
+    POSTPROCESS,
+    PREPROCESS,
     REQUESTS,
     STAGE_SECONDS,
     emit,
@@ -211,14 +215,14 @@ class BatchedImageHandler:
             self.threads.before_batch()
         with torch.inference_mode():
             # results[i] is request i's Item while it is in flight, then its Response.
-            with self._timed(context, "decode"):
+            with self._timed(context, DECODE):
                 results, inference_requests = self._decode_batch(data, context)
-            with self._timed(context, "preprocess"):
+            with self._timed(context, PREPROCESS):
                 results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
             items = [result for result in results if isinstance(result, Item)]
             if items:
                 outputs = self._forward(items, context)
-                with self._timed(context, "postprocess"):
+                with self._timed(context, POSTPROCESS):
                     for item, output in zip(items, outputs, strict=True):
                         if not isinstance(output, Response):
                             output = self._guarded(item.index, self.postprocess, output, item)
@@ -445,7 +449,7 @@ class BatchedImageHandler:
     def _forward_group(self, items: list[Item], context) -> list[Output | Response]:
         try:
             self._emit(context, BATCH_IMAGES, len(items))
-            with self._timed(context, "forward"):
+            with self._timed(context, FORWARD):
                 inputs = torch.stack([item.input for item in items])  # uint8: the model converts
                 if self.settings.channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)

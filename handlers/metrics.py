@@ -8,6 +8,8 @@ from ts.metrics.metric_type_enum import MetricTypes
 
 REQUESTS = "zoo_requests_total"  # counter: status_class, error
 STAGE_SECONDS = "zoo_stage_seconds"  # histogram: stage
+# The stages a batch passes, in order: STAGE_SECONDS' "stage" label.
+STAGES = DECODE, PREPROCESS, FORWARD, POSTPROCESS = ("decode", "preprocess", "forward", "postprocess")
 BATCH_IMAGES = "zoo_forward_batch_images"  # histogram: images per forward pass
 TOP1_PROBABILITY = "zoo_top1_probability"  # histogram, classifiers
 DETECTIONS_PER_IMAGE = "zoo_detections_per_image"  # histogram, detectors

@@ -104,11 +104,10 @@ def handler_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def shared_handler_modules(directory: Path = HANDLERS_DIR) -> list[Path]:
-    """Handler-side library modules: everything in handlers/ (or `directory`, another
-    version of it) but the families' entry points."""
+def shared_handler_modules() -> list[Path]:
+    """Handler-side library modules: everything in handlers/ but the families' entry points."""
     entry_points = {family.handler for family in FAMILIES.values()}
-    return sorted(path for path in directory.glob("*.py") if path.name not in entry_points)
+    return sorted(path for path in HANDLERS_DIR.glob("*.py") if path.name not in entry_points)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -3,7 +3,7 @@
 import pytest
 from PIL import Image
 
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 
 
 @pytest.fixture(scope="session")

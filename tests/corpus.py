@@ -16,7 +16,7 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from tests.image_structures import gif, gif_frame, riff, riff_chunks, webp
 
 # Kept in step with the handlers' defaults (handlers/settings.py) and config.properties.

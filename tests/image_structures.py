@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from PIL import Image
 
-from scripts.bench.photos import encode
+from scripts.samples.photos import encode
 
 RGB = tuple[int, int, int]
 

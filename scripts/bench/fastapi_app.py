@@ -1,16 +1,12 @@
 """The naive baseline: a minimal single-process FastAPI app serving one eager
 torchvision classifier, one image per request, with the classic per-image PIL
-pipeline -- what many tutorials deploy. With STAGES_DIR set, it adds up its time decoding
-and preprocessing (PIL) and in the forward pass (softmax and top-5 included) for the
-benchmark (scripts/bench/stage_counters.py).
+pipeline -- what many tutorials deploy.
 
     python -m scripts.bench.fastapi_app --model mobilenet_v2 --port 8090
 """
 
 import argparse
 import io
-import os
-import time
 
 import torch
 import torchvision
@@ -19,8 +15,6 @@ import uvicorn
 from fastapi import FastAPI, Request
 from PIL import Image
 
-from scripts.bench.stage_counters import STAGES_ENV, count, stage_counters
-
 PREPROCESS = T.Compose(
     [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
 )
@@ -28,19 +22,15 @@ PREPROCESS = T.Compose(
 
 def create_app(architecture: str) -> FastAPI:
     model = torchvision.models.get_model(architecture).eval()  # weights do not change its speed
-    counters = stage_counters(os.environ.get(STAGES_ENV))
     app = FastAPI()
 
     @app.put("/predictions/{name}")
     async def predict(name: str, request: Request) -> dict:
         body = await request.body()
-        started = time.perf_counter()
         inputs = PREPROCESS(Image.open(io.BytesIO(body)).convert("RGB")).unsqueeze(0)
-        decoded = time.perf_counter()
         with torch.no_grad():
             probabilities = torch.softmax(model(inputs)[0], dim=0)
         scores, indices = probabilities.topk(5)
-        count(counters, requests=1, decode_s=decoded - started, images=1, forward_s=time.perf_counter() - decoded)
         return {
             "predictions": [{"index": i, "score": s} for i, s in zip(indices.tolist(), scores.tolist(), strict=True)]
         }

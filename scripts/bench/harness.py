@@ -1,27 +1,217 @@
-"""The timing loop of the handler benchmarks (handlers run in-process by
-scripts/build/inprocess.py)."""
+"""The harness every benchmark composes: a server to load (our archives in a TorchServe of
+their own, TorchServe's defaults, or a peer server), one measured point of closed-loop
+load on it (scripts/bench/loadgen.py) with the CPU time its processes spent, and the
+counters TorchServe and our handler export; servers paused while another is measured.
 
+CPU time comes from psutil, per process tree: on a shared machine throughput drifts
+15-20 % from minute to minute, CPU seconds per request far less.
+"""
+
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
-import torch
+import psutil
+import requests
+import ts
+import yaml
+
+from scripts.bench.loadgen import Request, closed_loop, percentile
+from scripts.samples.photos import encode, photo
+from scripts.serve.server import LOG_CONFIG, local_torchserve
+from scripts.zoo import REPO, get_model, handler_module
+
+# TorchServe's own defaults for what our config.properties tunes, and its own logging.
+TORCHSERVE_DEFAULTS = {
+    "metrics_mode": "log",
+    "metrics_config": str(Path(ts.__file__).parent / "configs" / "metrics.yaml"),
+}
+# TorchServe's cumulative latency counters per model (metrics_mode=prometheus), microseconds.
+QUEUE, INFERENCE = "ts_queue_latency_microseconds", "ts_inference_latency_microseconds"
+# The Java frontend compiles its hottest paths in its first seconds of load: not measured.
+WARMUP_S = 10.0
 
 
-def synchronized(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass(frozen=True)
+class Target:
+    """A server while it runs: where to send, how, and the root of its processes."""
+
+    server: str  # "ours", "built-in", "fastapi", "litserve", or a variant's label
+    url: str
+    pid: int
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/octet-stream"})
+    method: str = "PUT"
+    metrics: str | None = None  # TorchServe's metrics address (Prometheus), for its counters
 
 
-def images_per_second(
-    function: Callable[[], object], batch: int, device: torch.device, seconds: float, warmup: int = 3
-) -> float:
-    """img/s of `function` (one batch per call) over at least `seconds` and 3 calls, after `warmup` calls."""
-    for _ in range(warmup):
-        function()
-    synchronized(device)
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 3:
-        function()
-        runs += 1
-    synchronized(device)
-    return runs * batch / (time.perf_counter() - started)
+@dataclass
+class Point:
+    server: str
+    model: str
+    concurrency: int
+    requests: int
+    req_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+    mean_ms: float
+    image: str = "small"
+    frontend_cpu_ms: float = 0.0  # CPU ms per request of TorchServe's Java frontend
+    worker_cpu_ms: float = 0.0  # ... of the rest of the server's processes (a peer: all of them)
+    queue_ms: float | None = None  # TorchServe: mean wait in its job queue
+    inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
+    stage_ms: dict[str, float] | None = None  # ours: ms per request in each stage of the handler
+
+
+def images() -> dict[str, bytes]:
+    """small: skimage's cat, 451x300; large: its retina photo, 1411x1411 (2 MP)."""
+    return {"small": encode(photo("chelsea"), "JPEG", quality=90), "large": encode(photo("retina"), "JPEG", quality=90)}
+
+
+def model_config(model: str) -> dict:
+    return yaml.safe_load(get_model(model).config_file.read_text())
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds so far of process `pid` and its descendants: {"frontend": the Java
+    processes' (TorchServe's frontend), "workers": the others'}."""
+    totals = {"frontend": 0.0, "workers": 0.0}
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times, name = process.cpu_times(), process.name()
+        except psutil.NoSuchProcess:  # ended meanwhile
+            continue
+        totals["frontend" if name == "java" else "workers"] += times.user + times.system
+    return totals
+
+
+@contextmanager
+def paused(*pids: int) -> Iterator[None]:
+    """These processes and their descendants stopped (SIGSTOP) meanwhile, then continued:
+    an idle server (LitServe's processes poll their queues, half a core) takes no CPU from
+    the one measured beside it. Waits until each has stopped: the signal takes effect at a
+    process's next entry into the kernel."""
+    processes = [p for pid in pids for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]]
+    for process in processes:
+        process.suspend()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive_and_running(p) for p in processes):
+        time.sleep(0.001)
+    try:
+        yield
+    finally:
+        for process in processes:
+            try:
+                process.resume()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def alive_and_running(process: psutil.Process) -> bool:
+    try:
+        return process.status() not in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
+def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]:
+    """TorchServe's cumulative queue and inference latency (microseconds) for `model`, and our
+    handler's seconds per stage (handlers/metrics.py's STAGE_SECONDS, keyed by the stage)."""
+    if metrics_url is None:
+        return {}
+    text = requests.get(f"{metrics_url}/metrics", timeout=10).text
+    counters = {}
+    for name in (QUEUE, INFERENCE):
+        match = re.search(rf'^{name}{{model_name="{model}".*}} (\S+)$', text, re.M)
+        counters[name] = float(match.group(1)) if match else 0.0
+    stage_seconds = handler_module("metrics").STAGE_SECONDS
+    for labels, value in re.findall(rf"^{stage_seconds}_sum{{(.*)}} (\S+)$", text, re.M):
+        label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if label.get("ModelName") == model:
+            counters[label["stage"]] = counters.get(label["stage"], 0.0) + float(value)
+    return counters
+
+
+def measure(
+    target: Target, model: str, body: bytes, clients: int, seconds: float, warmup: float = 3.0, image: str = "small"
+) -> Point:
+    """One point: `clients` closed-loop clients for `seconds` after `warmup` s of the same
+    load, with the server's CPU per request and, from a TorchServe, its queue and inference
+    times and our handler's stages per request."""
+    mix = [Request(model, image, body, target.headers, target.method)]
+    closed_loop(target.url, {}, mix, clients, min(warmup, seconds))
+    counters, cpu = torchserve_counters(target.metrics, model), cpu_seconds(target.pid)
+    outcomes = closed_loop(target.url, {}, mix, clients, seconds, 100_000)
+    elapsed = max(o.started + o.latency for o in outcomes) - min(o.started for o in outcomes)
+    latencies, count = sorted(o.latency * 1000 for o in outcomes), len(outcomes)
+    p50, p90, p99 = (percentile(latencies, q) for q in (50, 90, 99))
+    errors = sum(o.status != 200 for o in outcomes)
+    point = Point(target.server, model, clients, count, count / elapsed, p50, p90, p99, errors, sum(latencies) / count)
+    point.image = image
+    spent = cpu_seconds(target.pid)
+    point.frontend_cpu_ms, point.worker_cpu_ms = ((spent[k] - cpu[k]) * 1000 / count for k in ("frontend", "workers"))
+    if target.metrics:
+        after = torchserve_counters(target.metrics, model)
+        point.queue_ms, point.inference_ms = ((after[k] - counters[k]) / 1000 / count for k in (QUEUE, INFERENCE))
+        point.stage_ms = {k: (v - counters.get(k, 0.0)) * 1000 / count for k, v in after.items() if k[:3] != "ts_"}
+    print(f"  {point}", file=sys.stderr, flush=True)
+    return point
+
+
+@contextmanager
+def torchserve(
+    store: Path, names: list[str], server: str = "ours", defaults: bool = False, registry: Path | None = None
+) -> Iterator[Target]:
+    """A TorchServe of its own serving `names` from `store` -> its Target. `defaults`:
+    TorchServe's own settings and logging (the built-in handler's baseline). `registry`:
+    a worker registry of its own, so that its idle workers never count as busy in another
+    server's thread budget (handlers/cpu_threads.py)."""
+    overrides, log_config = (TORCHSERVE_DEFAULTS, None) if defaults else (None, LOG_CONFIG)
+    env = {handler_module("cpu_threads").REGISTRY_ENV: str(registry)} if registry else None
+    with local_torchserve(store, names, overrides=overrides, log_config=log_config, env=env) as running:
+        yield Target(
+            server, running.inference, running.process.pid, running.keys.header("inference"), metrics=running.metrics
+        )
+
+
+@contextmanager
+def peer(
+    server: str,
+    command: list[str],
+    port: int,
+    ready_path: str,
+    timeout: float,
+    method: str = "PUT",
+    headers: dict[str, str] | None = None,
+) -> Iterator[Target]:
+    """A peer server started as `command` in a session of its own -> its Target once
+    `ready_path` answers; afterwards its whole process group is stopped."""
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}{ready_path}", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        yield Target(server, url, process.pid, headers or {}, method)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

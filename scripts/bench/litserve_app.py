@@ -5,24 +5,18 @@ ours are, and the image decoded and resized with torchvision.io / transforms.v2 
 tensors. Clients POST the photo as a multipart form, LitServe's documented way to send
 a file (it parses JSON or forms only).
 
-With STAGES_DIR set, each inference worker adds up its time in decode_request (decode,
-resize, crop) and in predict (the batch's forward pass, softmax, top-5) for the benchmark
-(scripts/bench/stage_counters.py).
-
     python -m scripts.bench.litserve_app --model mobilenet_v2 --port 8091 --max-batch-size 8 --batch-timeout 0.005
 """
 
 import argparse
 import os
 import sys
-import time
 
 import litserve as ls
 import torch
 import torchvision.transforms.v2.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from scripts.bench.stage_counters import STAGES_ENV, count, stage_counters
 from scripts.zoo import REPO, get_model, handler_module
 
 RESIZE, CROP = 256, 224  # as our classifier handler prepares an image (the compiled metadata)
@@ -38,15 +32,11 @@ class ClassifierAPI(ls.LitAPI):
         compiled_model = handler_module("compiled_model")  # the same loader as our handler: the same compiled graph
         path = REPO / "build" / get_model(self.model_name).artifact
         self.model, _ = compiled_model.load_compiled_model(path, torch.device("cpu"))
-        self.counters = stage_counters(os.environ.get(STAGES_ENV))
 
     def decode_request(self, request) -> torch.Tensor:
-        started = time.perf_counter()
         data = request["image"].file.read()
         image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-        image = F.center_crop(F.resize(image, [RESIZE], antialias=True), [CROP, CROP])
-        count(self.counters, requests=1, decode_s=time.perf_counter() - started)
-        return image
+        return F.center_crop(F.resize(image, [RESIZE], antialias=True), [CROP, CROP])
 
     def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return torch.stack(inputs)
@@ -54,12 +44,10 @@ class ClassifierAPI(ls.LitAPI):
     def predict(self, images: torch.Tensor):
         """A batch [B, 3, H, W] (LitServe batching), or one image [3, H, W] (max_batch_size 1:
         LitServe then calls neither batch nor unbatch)."""
-        started = time.perf_counter()
         single = images.ndim == 3
         with torch.inference_mode():
             logits, _features = self.model(images.unsqueeze(0) if single else images)
             scores, indices = torch.softmax(logits.float(), dim=1).topk(5, dim=1)
-        count(self.counters, images=len(logits), forward_s=time.perf_counter() - started)
         return (scores[0].tolist(), indices[0].tolist()) if single else (scores, indices)
 
     def unbatch(self, output) -> list:

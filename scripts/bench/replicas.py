@@ -7,75 +7,51 @@ tests/integration/test_replicas.py runs the same kill, briefly.
 """
 
 import argparse
-import datetime
 import sys
 import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import requests
-
-from scripts.bench.endtoend import images
-from scripts.bench.report import machine, publish
-from scripts.bench.side_by_side import WARMUP_S
+from scripts.bench.doc import DOCUMENT, about_the_run, markdown_table, publish
+from scripts.bench.harness import WARMUP_S, images
+from scripts.bench.loadgen import Request, closed_loop
 from scripts.serve.replicas import Cluster, running_replicas
 from scripts.zoo import REPO
 
 
-@dataclass
-class Answers:
-    """What closed-loop clients got: (finished at, status) per request, 0 for no answer."""
-
-    finished: list[tuple[float, int]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def between(self, start: float, end: float) -> list[int]:
-        with self.lock:
-            return [status for at, status in self.finished if start <= at < end]
-
-
 class Load:
-    """`clients` closed-loop clients PUTting `body` to the gateway until stopped."""
+    """`clients` closed-loop clients sending `body` through the gateway until the block ends
+    (loadgen.closed_loop in a thread) -> every answer's status by when it came."""
 
     def __init__(self, cluster: Cluster, model: str, body: bytes, clients: int):
-        self.answers, self.stopped = Answers(), threading.Event()
-        url, header = f"{cluster.gateway.url}/predictions/{model}", cluster.gateway.header()
-
-        def client() -> None:
-            session = requests.Session()
-            while not self.stopped.is_set():
-                try:
-                    status = session.put(url, data=body, headers=header, timeout=120).status_code
-                except requests.RequestException:
-                    status = 0
-                with self.answers.lock:
-                    self.answers.finished.append((time.monotonic(), status))
-
-        self.threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+        self.stop, self.outcomes = threading.Event(), []
+        mix, gateway = [Request(model, "photo", body)], cluster.gateway
+        self.thread = threading.Thread(target=lambda: self.outcomes.extend(
+            closed_loop(gateway.url, gateway.header(), mix, clients, 3600, stop=self.stop)))  # fmt: skip
 
     def __enter__(self) -> "Load":
-        for thread in self.threads:
-            thread.start()
+        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stopped.set()
-        for thread in self.threads:
-            thread.join()
+        self.stop.set()
+        self.thread.join()
+
+    def between(self, start: float, end: float) -> list[int]:
+        """The statuses of the answers that came between `start` and `end` (time.monotonic)."""
+        return [o.status for o in self.outcomes if start <= o.started + o.latency < end]
 
 
 def throughput(cluster: Cluster, model: str, body: bytes, clients: int, seconds: float) -> float:
-    """req/s through the gateway over `seconds`, after 10 s of the same load (the Java
-    frontends' first seconds)."""
+    """req/s through the gateway over `seconds`, after WARMUP_S of the same load."""
     with Load(cluster, model, body, clients) as load:
         time.sleep(WARMUP_S)
         start = time.monotonic()
         time.sleep(seconds)
-        answered = load.answers.between(start, time.monotonic())
-    return sum(status == 200 for status in answered) / seconds
+        end = time.monotonic()
+    return sum(status == 200 for status in load.between(start, end)) / seconds
 
 
 def kill_and_restart(cluster: Cluster, model: str, body: bytes, clients: int, before: float, after: float) -> dict:
@@ -100,7 +76,7 @@ def kill_and_restart(cluster: Cluster, model: str, body: bytes, clients: int, be
     phases = {"before": (started, killed), "outage": (killed, up), "after": (up, ended)}
     result = {"clients": clients, "killed": victim.name, "down_after_s": down_after, "up_after_s": up - killed}
     for phase, (start, end) in phases.items():
-        statuses = load.answers.between(start, end)
+        statuses = load.between(start, end)
         result[phase] = {
             "seconds": end - start,
             "answers": len(statuses),
@@ -122,59 +98,31 @@ def kill_and_restart(cluster: Cluster, model: str, body: bytes, clients: int, be
 
 
 def render_section(results: dict) -> str:
-    kill = results["kill"]
+    kill, phases = results["kill"], ("before", "outage", "after")
     one, two = results["req_per_s"]["1"], results["req_per_s"]["2"]
-    rows = [
-        f"| {phase} | {kill[phase]['seconds']:.1f} | {kill[phase]['ok']} | {kill[phase]['req_per_s']:.1f} | "
-        f"{sum(kill[phase]['failed'].values())} |"
-        for phase in ("before", "outage", "after")
-    ]
-    balancer = [
-        f"| {name} | {row['status']} | {row['requests']} | {row['retries']} | {row['redispatches']} | "
-        f"{row['checks_down']} |"
-        for name, row in kill["balancer"].items()
-    ]
-    failed = sum(sum(kill[phase]["failed"].values()) for phase in ("before", "outage", "after"))
+    rows = [[phase, f"{kill[phase]['seconds']:.1f}", kill[phase]["ok"], f"{kill[phase]['req_per_s']:.1f}",
+             sum(kill[phase]["failed"].values())] for phase in phases]  # fmt: skip
+    balancer = [[name, row["status"], row["requests"], row["retries"], row["redispatches"], row["checks_down"]]
+                for name, row in kill["balancer"].items()]  # fmt: skip
+    failed = sum(row[-1] for row in rows)
     return "\n".join([
         "## Replicas behind the gateway",
         "",
-        f"`python -m scripts.bench.replicas` ({results['date']}, {results['machine']}): `{results['model']}` served "
-        f"by TorchServe replicas (`python -m scripts.serve.launch --auth gateway`, loopback ports) behind HAProxy "
-        f"(`deploy/haproxy/gateway.cfg`: one key, /ping checked every second, least connections, a request no "
-        f"replica answered retried on another), {results['clients']} closed-loop clients sending the 451x300 "
-        f"JPEG through the gateway, on the same {results['machine'].split(', ')[1]}.",
+        f"`make bench-replicas` (`scripts/bench/replicas.py`, {results['date']}, {results['machine']}): "
+        f"`{results['model']}` served by TorchServe replicas (`python -m scripts.serve.launch --auth gateway`) "
+        f"behind HAProxy (`deploy/haproxy/gateway.cfg`), {results['clients']} closed-loop clients sending the "
+        f"451x300 JPEG through the gateway, all on the same cores: 1 replica {one:.1f} req/s, 2 replicas "
+        f"{two:.1f} req/s ({results['seconds']:g} s each; on one machine the cores bound throughput, replicas "
+        "add capacity with machines and availability on one).",
         "",
-        f"| replicas | req/s ({results['seconds']:g} s) |",
-        "| --- | --- |",
-        f"| 1 | {one:.1f} |",
-        f"| 2 | {two:.1f} |",
+        f"Kill: replica `{kill['killed']}` SIGKILLed (frontend and workers) under load and restarted at once: "
+        f"DOWN in the balancer {kill['down_after_s']:.1f} s after the kill, UP and serving again after "
+        f"{kill['up_after_s']:.1f} s. Failed requests over the whole run: **{failed}** (the gateway retries a "
+        "request no replica answered on another: `retry-on`, `option redispatch`).",
         "",
-        f"Two replicas on the same cores serve {two / one:.2f}x what one does: the cores, not the replica count, "
-        "bound throughput, and two Java frontends and twice the workers share them (the workers split the "
-        "threads through the machine's worker registry). Replicas add capacity with machines (pods), and "
-        "availability on one.",
+        *markdown_table(["phase", "s", "answered 200", "req/s", "failed"], rows),
         "",
-        f"Kill: replica `{kill['killed']}` SIGKILLed (frontend and workers) under load, restarted at once; the "
-        f"balancer marked it DOWN {kill['down_after_s']:.1f} s after the kill, and it was UP and serving again "
-        f"{kill['up_after_s']:.1f} s after the kill (TorchServe's start and model loading).",
-        "",
-        "Throughput during the outage is the surviving replica's alone; after it, the restarted replica's first "
-        "seconds are slow (its Java frontend compiling its hot paths, its workers warming up).",
-        "",
-        "| phase | s | answered 200 | req/s | failed |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-        "The balancer's view at the end (HAProxy's stats):",
-        "",
-        "| replica | status | requests | retries | redispatches | times marked down |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *balancer,
-        "",
-        f"Failed requests over the whole run: **{failed}**. Requests in flight on the killed replica were "
-        "retried on the other one (gateway.cfg: `retry-on conn-failure empty-response junk-response`, "
-        "`option redispatch`; inference has no side effects, and a request up to 256 KB is kept for the retry): "
-        "none reached a client as an error.",
+        *markdown_table(["replica", "status", "requests", "retries", "redispatches", "times marked down"], balancer),
     ])  # fmt: skip
 
 
@@ -183,15 +131,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="mobilenet_v2")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30, help="per throughput point")
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=DOCUMENT)
     parser.add_argument("--json", type=Path)
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     body = images()["small"]
-    results = {"date": datetime.date.today().isoformat(), "machine": machine(), "model": args.model,
-               "clients": args.clients, "seconds": args.seconds, "req_per_s": {}}  # fmt: skip
+    results = {**about_the_run(), "model": args.model, "clients": args.clients, "seconds": args.seconds,
+               "req_per_s": {}}  # fmt: skip
     for count in (1, 2):
         with tempfile.TemporaryDirectory(prefix="replicas-") as workdir:
             with running_replicas(REPO / "model_store", args.model, count, Path(workdir)) as cluster:

@@ -16,97 +16,51 @@ from pathlib import Path
 import psutil
 import requests
 
-from scripts.bench.loadgen import Request, run_load, summarize
-from scripts.bench.photos import encode, photo
+from scripts.bench.loadgen import DEFAULT_MODELS, closed_loop, request_mix, summarize
 from scripts.serve.server import read_keys
 from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODELS = ("mobilenet_v2", "yolov5s", "face_pixelizer")
-
-
-def request_mix(models: list[str], bad_every: int) -> list[Request]:
-    """For every model: real photos, and after every `bad_every` of them one bad request
-    (truncated image, text, unknown parameter, in turn) with the 4xx it must get.
-    Models are interleaved, so every client keeps all of them busy."""
-    good = [(name, encode(photo(name), "JPEG")) for name in ("chelsea", "coffee", "astronaut")]
-    bad = [
-        ("truncated jpeg", {"method": "PUT", "data": good[1][1][:3000]}, (400,)),
-        ("text", {"method": "PUT", "data": b"this is not an image"}, (415,)),
-        ("unknown parameter", {"method": "POST", "files": {"data": good[0][1]}, "data": {"x": "1"}}, (400,)),
-    ]
-    per_model = []
-    for model in models:
-        sequence = []
-        for round_ in range(len(bad) if bad_every else 1):
-            for index in range(bad_every or len(good)):
-                name, image = good[(round_ * (bad_every or 1) + index) % len(good)]
-                sequence.append(Request(model, f"good:{name}", {"method": "PUT", "data": image}))
-            if bad_every:
-                label, kwargs, expected = bad[round_]
-                sequence.append(Request(model, f"bad:{label}", kwargs, expected))
-        per_model.append(sequence)
-    return [request for group in zip(*per_model, strict=True) for request in group]
 
 
 class MemorySampler(threading.Thread):
-    """Every `interval` seconds: each model's workers' RSS, by PID from the management API."""
+    """Every `interval` seconds until stopped: each model's workers' RSS, by PID from the
+    management API. A sample that cannot be taken (a worker restarting) is skipped, and said."""
 
     def __init__(self, management: str, headers: dict[str, str], models: list[str], interval: float):
         super().__init__(daemon=True)
         self.management, self.headers, self.models, self.interval = management, headers, models, interval
         self.samples: list[dict] = []  # {"t": s since start, "model": ..., "pid": ..., "rss_mb": ...}
-        self.skipped: set[str] = set()  # kinds of reasons a sample was skipped (said once each)
-        self.stopping = threading.Event()
-        self.started_at = time.monotonic()
+        self.stopping, self.started_at = threading.Event(), time.monotonic()
 
     def run(self) -> None:
-        while not self.stopping.is_set():
+        self.sample()
+        while not self.stopping.wait(self.interval):
             self.sample()
-            self.stopping.wait(self.interval)
         self.sample()
 
     def sample(self) -> None:
         now = round(time.monotonic() - self.started_at, 1)
         for model in self.models:
             try:
-                (description,) = requests.get(
-                    f"{self.management}/models/{model}", headers=self.headers, timeout=10
-                ).json()
-            except (requests.RequestException, ValueError) as err:
-                self.skip(f"{model}: management API: {err!r}")
-                continue
-            for worker in description["workers"]:
-                try:
-                    rss = psutil.Process(worker["pid"]).memory_info().rss / 2**20
-                except (psutil.Error, KeyError, TypeError) as err:  # e.g. a worker restarting
-                    self.skip(f"{model} worker {worker.get('pid')}: {err!r}")
-                    continue
-                self.samples.append({"t": now, "model": model, "pid": worker["pid"], "rss_mb": round(rss, 1)})
-
-    def skip(self, reason: str) -> None:
-        """A sample that could not be taken: said once per kind of reason, on stderr."""
-        kind = reason.split(":", 1)[0]
-        if kind not in self.skipped:
-            self.skipped.add(kind)
-            print(f"note: an RSS sample was skipped ({reason})", file=sys.stderr)
+                url = f"{self.management}/models/{model}"
+                (description,) = requests.get(url, headers=self.headers, timeout=10).json()
+                for pid in [worker["pid"] for worker in description["workers"]]:
+                    rss = round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+                    self.samples.append({"t": now, "model": model, "pid": pid, "rss_mb": rss})
+            except (requests.RequestException, ValueError, psutil.Error, KeyError, TypeError) as err:
+                print(f"note: an RSS sample of {model} was skipped ({err!r})", file=sys.stderr)
 
     def summary(self) -> dict[str, dict]:
-        """Per model: RSS at the first and last sample, the peak, and the growth."""
+        """Per model: RSS at the first and last sample, the peak, the growth, the worker PIDs."""
         result = {}
         for model in self.models:
-            series = [s for s in self.samples if s["model"] == model]
-            if series:
-                first, last = series[0]["rss_mb"], series[-1]["rss_mb"]
-                peak = max(s["rss_mb"] for s in series)
-                pids = sorted({s["pid"] for s in series})
-                result[model] = {
-                    "start_mb": first,
-                    "end_mb": last,
-                    "peak_mb": peak,
-                    "growth_mb": last - first,
-                    "pids": pids,
-                }
+            rss = [s["rss_mb"] for s in self.samples if s["model"] == model]
+            pids = sorted({s["pid"] for s in self.samples if s["model"] == model})
+            if rss:
+                growth = rss[-1] - rss[0]
+                result[model] = {"start_mb": rss[0], "end_mb": rss[-1], "peak_mb": max(rss), "growth_mb": growth,
+                                 "pids": pids}  # fmt: skip
         return result
 
 
@@ -118,9 +72,8 @@ def soak(
     sampler = MemorySampler(properties["management_address"], keys.header("management"), models, interval)
     sampler.start()
     started = time.monotonic()
-    outcomes = run_load(
-        properties["inference_address"], keys.header("inference"), request_mix(models, bad_every), concurrency, duration
-    )
+    mix = request_mix(models, bad_every)
+    outcomes = closed_loop(properties["inference_address"], keys.header("inference"), mix, concurrency, duration)
     elapsed = time.monotonic() - started
     sampler.stopping.set()
     sampler.join()

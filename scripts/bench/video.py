@@ -12,7 +12,6 @@ cores, so the whole is slower than the slower half.
 """
 
 import argparse
-import datetime
 import sys
 import tempfile
 import time
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import av
 
-from scripts.bench.clips import panning_clip
-from scripts.bench.report import machine, publish
+from scripts.bench.doc import DOCUMENT, about_the_run, publish
 from scripts.client.auth import Tokens
 from scripts.client.rest import Answer, ZooClient
 from scripts.client.video import MODEL, anonymise_video, frame_jpeg
+from scripts.samples.clips import panning_clip
 from scripts.serve.server import local_torchserve
 from scripts.zoo import REPO
 
@@ -79,7 +78,7 @@ def render_section(results: dict) -> str:
     return "\n".join([
         "## Video anonymisation",
         "",
-        f"`python -m scripts.bench.video` ({results['date']}, {results['machine']}): "
+        f"`make bench-video` (`scripts/bench/video.py`, {results['date']}, {results['machine']}): "
         f"`python -m scripts.client anonymise` on a {results['rows'][0]['frames']}-frame, {FPS} frames/s H.264 clip "
         "with AAC audio (a window panning across the astronaut photo, a face in every frame), face_pixelizer "
         f"served as archived, {results['concurrency']} frames in flight. *Server alone*: the same frames, as "
@@ -112,7 +111,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=150, help="frames per clip (30 frames/s)")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--output", type=Path, default=DOCUMENT)
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     return parser
 
@@ -123,12 +122,7 @@ def main(args: argparse.Namespace) -> None:
         sys.exit(f"error: {store / MODEL}.mar is missing: run `make archive`")
     with tempfile.TemporaryDirectory(prefix="bench-video-") as workdir, local_torchserve(store, [MODEL]) as server:
         rows = measure(server, Path(workdir), args.frames, args.concurrency)
-    results = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine(),
-        "concurrency": args.concurrency,
-        "rows": rows,
-    }
+    results = {**about_the_run(), "concurrency": args.concurrency, "rows": rows}
     publish("video", render_section(results), results, args.output, args.json)
 
 

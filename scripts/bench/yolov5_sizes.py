@@ -9,14 +9,13 @@ COCO accuracy.
 import argparse
 import datetime
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from scripts.bench.alone import images_per_second
 from scripts.families.detectors import INPUT_SIZE, parity_batch
 from scripts.nets.inputs import UnitScaleInput, WithInput
 from scripts.nets.yolov5 import SIZES, YOLOv5
@@ -30,21 +29,6 @@ PUBLISHED = {
 }
 
 
-def median_seconds(function, repeats: int, device: torch.device) -> float:
-    def synchronized():
-        function()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    synchronized()  # warm-up: allocator, TorchScript profiling
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        synchronized()
-        timings.append(time.perf_counter() - started)
-    return statistics.median(timings)
-
-
 def gflops(model: torch.nn.Module, size: int) -> float:
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
@@ -52,7 +36,7 @@ def gflops(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> dict:
+def measure(name: str, build_dir: Path, seconds: float, device: torch.device) -> dict:
     from compiled_model import load_compiled_model
 
     network = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
@@ -62,18 +46,14 @@ def measure(name: str, build_dir: Path, repeats: int, device: torch.device) -> d
     compiled, _ = load_compiled_model(build_dir / get_model(name).artifact, device)  # as the handler loads it
     photos = parity_batch(None).to(device)
     single, batch8 = photos[:1], photos.repeat(4, 1, 1, 1)
-    with torch.inference_mode():
-        eager_b1 = median_seconds(lambda: eager(single), repeats, device)
-        compiled_b1 = median_seconds(lambda: compiled(single), repeats, device)
-        compiled_b8 = median_seconds(lambda: compiled(batch8), max(2, repeats // 2), device)
-    return {
-        "params_m": sum(p.numel() for p in network.parameters()) / 1e6,
-        "gflops": flops,
-        "eager_b1_ms": eager_b1 * 1000,
-        "compiled_b1_ms": compiled_b1 * 1000,
-        "speedup": eager_b1 / compiled_b1,
-        "b8_images_per_s": 8 / compiled_b8,
-    }
+    with torch.inference_mode():  # img/s at batch 1 and 8, each over `seconds` after a warm-up
+        runs = ((eager, single), (compiled, single), (compiled, batch8))
+        eager_b1, compiled_b1, compiled_b8 = (
+            images_per_second(lambda m=m, x=x: m(x), len(x), device, seconds) for m, x in runs
+        )
+    params = sum(p.numel() for p in network.parameters()) / 1e6
+    return {"params_m": params, "gflops": flops, "eager_b1_ms": 1000 / eager_b1, "compiled_b1_ms": 1000 / compiled_b1,
+            "speedup": compiled_b1 / eager_b1, "b8_images_per_s": compiled_b8}  # fmt: skip
 
 
 def describe_hardware(device: torch.device, threads: int) -> str:
@@ -83,7 +63,7 @@ def describe_hardware(device: torch.device, threads: int) -> str:
     return f"{cpu} CPU, {threads} threads, torch {torch.__version__}, no GPU"
 
 
-def render(results: dict[str, dict], hardware: str, repeats: int) -> str:
+def render(results: dict[str, dict], hardware: str, seconds: float) -> str:
     today = datetime.date.today().isoformat()
     lines = [
         "# YOLOv5 S / M / L side by side",
@@ -91,7 +71,8 @@ def render(results: dict[str, dict], hardware: str, repeats: int) -> str:
         f"Measured by `make yolov5-sizes` (`scripts/bench/yolov5_sizes.py`) on {today}, in one run,",
         f"on {hardware}.",
         f"Input: real photos (scikit-image astronaut, coffee) letterboxed to {INPUT_SIZE}x{INPUT_SIZE};",
-        f"latency = median of {repeats} runs after a warm-up. *Compiled* is the file the archive serves",
+        f"latency = 1 / img/s at batch 1, each measured over {seconds:g} s after a warm-up. *Compiled* is the",
+        "file the archive serves",
         "(`build/<model>.pt2`, torch.export + AOTInductor, loaded as the handler loads it); *eager* is",
         "the same model in PyTorch.",
         "Timings do not depend on the weights, so untrained weights are used here.",
@@ -133,7 +114,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "yolov5_sizes.md")
     parser.add_argument("--build-dir", type=Path, default=REPO / "build")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3, help="per measurement")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", type=torch.device, default=torch.device("cpu"), help="cpu or cuda[:N]")
     return parser
@@ -148,10 +129,10 @@ def main(args: argparse.Namespace) -> None:
         sys.exit(f"error: {', '.join(missing)} not compiled in {args.build_dir}; run `make archive` first")
     results = {}
     for name in ("yolov5s", "yolov5m", "yolov5l"):
-        results[name] = measure(name, args.build_dir, args.repeats, args.device)
+        results[name] = measure(name, args.build_dir, args.seconds, args.device)
         print(f"{name}: {results[name]}", file=sys.stderr)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(render(results, describe_hardware(args.device, args.threads), args.repeats))
+    args.output.write_text(render(results, describe_hardware(args.device, args.threads), args.seconds))
     print(f"wrote {args.output}")
 
 

@@ -29,17 +29,16 @@ def archiver_command(
     name: str,
     config: Path,
     extra: tuple[Path, ...] = (),
-    handlers: Path = HANDLERS_DIR,
 ) -> list[str]:
     family = FAMILIES[spec.family]
-    extra_files = [*shared_handler_modules(handlers), *(REPO / data_file for data_file in family.data_files), *extra]
+    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in family.data_files), *extra]
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     return [
         str(archiver if archiver.exists() else "torch-model-archiver"),
         "--model-name", name,
         "--version", ARCHIVE_VERSION,
         "--serialized-file", str(serialized_file),
-        "--handler", str(handlers / family.handler),
+        "--handler", str(HANDLERS_DIR / family.handler),
         "--extra-files", ",".join(str(path) for path in extra_files),
         "--config-file", str(config),
         "--export-path", str(export_path),
@@ -54,12 +53,10 @@ def build_archive(
     name: str | None = None,
     config: Path | None = None,
     drift_reference: Path | None = None,
-    handlers: Path = HANDLERS_DIR,
 ) -> Path:
     """Write <export_path>/<name>.mar atomically and return its path. `name` and
     `config` default to the model's own; tests archive variants with other settings.
-    `drift_reference`: a directory of images to embed as the drift test's reference.
-    `handlers`: the handler modules to pack (another version of handlers/, to compare)."""
+    `drift_reference`: a directory of images to embed as the drift test's reference."""
     name, config = name or spec.name, config or spec.config_file
     for required in (serialized_file, config):
         if not required.is_file():
@@ -70,7 +67,7 @@ def build_archive(
         if drift_reference is not None:
             extra = (Path(staging) / handler_module("drift_monitor").REFERENCE_FILE,)
             write_reference(spec.name, drift_reference, extra[0], serialized_file)
-        command = archiver_command(spec, serialized_file, Path(staging), name, config, extra, handlers)
+        command = archiver_command(spec, serialized_file, Path(staging), name, config, extra)
         subprocess.run(command, check=True)
         target = export_path / f"{name}.mar"
         os.replace(Path(staging) / target.name, target)

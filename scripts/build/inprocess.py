@@ -31,11 +31,12 @@ class MetricsRecorder:
         return self.values.get((name, tuple(labels.items())), [])
 
     def stage_ms(self) -> dict[str, list[float]]:
-        """zoo_stage_seconds per stage, in milliseconds."""
+        """The handler's stage times (handlers/metrics.py: STAGE_SECONDS) per stage, in milliseconds."""
+        stage_seconds = handler_module("metrics").STAGE_SECONDS
         return {
             dict(labels)["stage"]: [value * 1000 for value in values]
             for (name, labels), values in self.values.items()
-            if name == "zoo_stage_seconds"
+            if name == stage_seconds
         }
 
     def clear(self) -> None:

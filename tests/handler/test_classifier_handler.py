@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 from cpu_threads import REGISTRY_ENV, WorkerRegistry, usable_cores
-from scripts.bench.photos import encode
+from scripts.samples.photos import encode
 from scripts.zoo import REPO
 from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
 

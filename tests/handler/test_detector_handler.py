@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from detector_handler import DetectorHandler
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector
 
 YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "handler": {}}

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from drift_monitor import REFERENCE_FILE
-from scripts.bench.photos import encode
+from scripts.samples.photos import encode
 from tests.handler.conftest import DEFAULT_YAML, AlwaysFails
 
 DRIFT_YAML = {

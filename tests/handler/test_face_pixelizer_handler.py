@@ -13,8 +13,8 @@ from PIL import Image
 from face_detection import expand_boxes
 from face_pixelizer_handler import FacePixelizerHandler
 from imaging import encode_jpeg
-from scripts.bench.photos import encode, photo
 from scripts.build.inprocess import FakeContext
+from scripts.samples.photos import encode, photo
 from scripts.zoo import get_model
 
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from detector_handler import DetectorHandler
 from face_pixelizer_handler import MAX_HEADER_REGIONS, face_headers
 from payload import RAW_JSON
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from tests.corpus import assert_clean, json_values
 from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench.photos import photo_bytes
 from scripts.build.inprocess import FakeContext
 from scripts.build.models import read_metadata
+from scripts.samples.photos import photo_bytes
 from scripts.zoo import REPO
 from tests.handler.conftest import DEFAULT_YAML
 

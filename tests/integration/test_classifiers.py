@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from scripts.bench.photos import photo_bytes
+from scripts.samples.photos import photo_bytes
 from scripts.zoo import MODELS
 
 pytestmark = pytest.mark.integration

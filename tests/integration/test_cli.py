@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scripts.bench.photos import photo, write_images
 from scripts.client.grpc_client import GrpcClient
+from scripts.samples.photos import photo, write_images
 from scripts.serve.server import local_torchserve, read_keys, renew_keys
 from scripts.zoo import REPO
 from tests.integration.conftest import scrape

@@ -6,7 +6,7 @@ import json
 import pytest
 from PIL import Image
 
-from scripts.bench.photos import encode, photo_bytes
+from scripts.samples.photos import encode, photo_bytes
 from scripts.zoo import MODELS
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from PIL import Image
 
 from face_detection import expand_boxes
 from imaging import encode_jpeg
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 
 pytestmark = pytest.mark.integration
 

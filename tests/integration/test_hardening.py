@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from tests.corpus import (
     GIF_COLOURS,
     GIF_PAST_ITS_TABLE,

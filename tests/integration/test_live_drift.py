@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from scripts.bench.photos import encode, photo_crops
+from scripts.samples.photos import encode, photo_crops
 from tests.integration.conftest import DRIFT_PROBES, DRIFT_REFERENCE_SIZE, DRIFT_SETTINGS, DRIFT_WINDOW, scrape
 
 pytestmark = pytest.mark.integration

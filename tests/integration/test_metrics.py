@@ -3,7 +3,7 @@ Prometheus' text format (scripts/configs/metrics.yaml declares them)."""
 
 import pytest
 
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from tests.integration.conftest import scrape
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
 from PIL import Image
 
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from scripts.ts_api import read_properties
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import os
 import pytest
 import requests
 
-from scripts.bench.endtoend import images
+from scripts.bench.harness import images
 from scripts.bench.replicas import kill_and_restart
 from scripts.serve.replicas import running_replicas
 from scripts.setup.haproxy import command_of, prefix_of

@@ -13,8 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from scripts.bench.clips import panning_clip
 from scripts.client.video import orientation_of, upright
+from scripts.samples.clips import panning_clip
 from scripts.zoo import REPO
 
 pytestmark = pytest.mark.integration

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from scripts.bench.photos import photo_bytes
 from scripts.client import cli
 from scripts.client.auth import AuthError, Tokens
 from scripts.client.grpc_client import as_answer
 from scripts.client.rest import ConnectionFailed, ZooClient, retryable
+from scripts.samples.photos import photo_bytes
 from scripts.zoo import FAMILIES, handler_module
 
 

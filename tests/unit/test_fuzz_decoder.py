@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from errors import InputError
 from imaging import IMAGE_SIGNATURES, decode_image
 from payload import image_bytes
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 
 LIMIT = 4_000_000
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from errors import InputError
 from imaging import decode_image
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from tests.corpus import assert_clean
 from tests.image_structures import (
     displayed_size,

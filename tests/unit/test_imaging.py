@@ -24,7 +24,7 @@ from imaging import (
     resize_center_crop,
     unletterbox_boxes,
 )
-from scripts.bench.photos import encode
+from scripts.samples.photos import encode
 
 LIMIT = 40_000_000
 

@@ -12,12 +12,13 @@ SCRIPTS = REPO / "scripts"
 ALLOWED = {
     "zoo": set(),
     "ts_api": set(),
+    "samples": set(),
     "nets": set(),
     "families": {"nets", "zoo"},
     "build": {"families", "nets", "zoo"},
     "serve": {"setup", "ts_api", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
     "setup": {"zoo"},
-    "bench": {"build", "client", "families", "nets", "serve", "ts_api", "zoo"},
+    "bench": {"build", "client", "families", "nets", "samples", "serve", "ts_api", "zoo"},
     "monitor": {"build", "zoo"},
     "client": {"ts_api", "zoo"},  # nothing of the servers' harness or the benchmarks
 }

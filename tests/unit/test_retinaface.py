@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as nnf
 
-from scripts.bench.photos import photo
 from scripts.families.faces import face_input, packaged_onnx_file, read_onnx_bytes, state_dict_from_onnx
 from scripts.nets.retinaface import RetinaFace
+from scripts.samples.photos import photo
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ import av
 import numpy as np
 import pytest
 
-from scripts.bench.clips import panning_clip
 from scripts.client.rest import Answer
 from scripts.client.video import (
     Orientation,
@@ -16,6 +15,7 @@ from scripts.client.video import (
     padded_to_even,
     upright,
 )
+from scripts.samples.clips import panning_clip
 
 
 @pytest.mark.parametrize("turns", range(4))

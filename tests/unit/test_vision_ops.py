@@ -14,7 +14,7 @@ import torchvision.transforms.v2.functional as F
 
 import vision_ops
 from compiled_model import load_compiled_model
-from scripts.bench.photos import encode, photo
+from scripts.samples.photos import encode, photo
 from scripts.zoo import REPO, get_model
 
 SIZES = [(300, 451), (1, 7), (480, 640), (641, 1000)]

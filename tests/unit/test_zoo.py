@@ -43,17 +43,6 @@ def test_handler_modules_are_split_into_entry_points_and_shared():
         assert all((REPO / name).is_file() for name in family.data_files)
 
 
-def test_an_archive_can_pack_another_version_of_the_handlers(tmp_path):
-    from scripts.build.archive import archiver_command
-
-    (tmp_path / "imaging.py").write_text("")
-    spec = get_model("mobilenet_v2")
-    command = archiver_command(spec, Path("m.pt"), tmp_path, "m", spec.config_file, handlers=tmp_path)
-    assert command[command.index("--handler") + 1] == str(tmp_path / FAMILIES[spec.family].handler)
-    packed = command[command.index("--extra-files") + 1].split(",")
-    assert str(tmp_path / "imaging.py") in packed and not any(p.startswith(str(REPO / "handlers")) for p in packed)
-
-
 def test_labels_are_torchvisions_imagenet_categories():
     labels = json.loads(Path(REPO / "index_to_name.json").read_text())
     weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1

@@ -7,7 +7,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from scripts.bench.photos import photo
+from scripts.samples.photos import photo
 
 AUDIO_RATE = 16000
 
