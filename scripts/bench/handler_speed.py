@@ -30,8 +30,9 @@ import torch
 
 from scripts.bench.alone import images_per_second, synchronized
 from scripts.bench.doc import DOCUMENT, markdown_table, publish
-from scripts.build.compile import PRECISIONS, RECIPES, compile_model
+from scripts.build.compile import PRECISIONS, compile_model
 from scripts.build.inprocess import load_handler
+from scripts.families import family
 from scripts.samples.photos import encode, photo
 from scripts.zoo import COMPILERS, REPO, get_model, handler_module
 
@@ -88,7 +89,7 @@ def build_variant(model: str, compiler: str, precision: str, device: torch.devic
     """Compile `model` with `compiler` in `precision` for `device` (checked against the fp32
     eager model, as make archive checks it) -> what was built, and how long it took."""
     spec = get_model(model)
-    weights = RECIPES[spec.family].resolve_weights(spec, download=False)
+    weights = family(spec.family).recipe.resolve_weights(spec, download=False)
     path = directory / f"{model}-{compiler}-{precision}{COMPILERS[compiler]}"
     started = time.perf_counter()
     metadata = compile_model(spec, weights, path, precision, str(device))

@@ -17,7 +17,8 @@ import tempfile
 from pathlib import Path
 
 from scripts.build.drift_reference import write_reference
-from scripts.zoo import FAMILIES, HANDLERS_DIR, REPO, ModelSpec, get_model, handler_module, shared_handler_modules
+from scripts.families import families, family
+from scripts.zoo import HANDLERS_DIR, REPO, ModelSpec, get_model, handler_module
 
 ARCHIVE_VERSION = "1.0"
 
@@ -30,20 +31,26 @@ def archiver_command(
     config: Path,
     extra: tuple[Path, ...] = (),
 ) -> list[str]:
-    family = FAMILIES[spec.family]
-    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in family.data_files), *extra]
+    task = family(spec.family)
+    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in task.data_files), *extra]
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     return [
         str(archiver if archiver.exists() else "torch-model-archiver"),
         "--model-name", name,
         "--version", ARCHIVE_VERSION,
         "--serialized-file", str(serialized_file),
-        "--handler", str(HANDLERS_DIR / family.handler),
+        "--handler", str(HANDLERS_DIR / task.handler),
         "--extra-files", ",".join(str(path) for path in extra_files),
         "--config-file", str(config),
         "--export-path", str(export_path),
         "--force",
     ]  # fmt: skip
+
+
+def shared_handler_modules() -> list[Path]:
+    """Handler-side library modules: everything in handlers/ but the families' entry points."""
+    entry_points = {task.handler for task in families().values()}
+    return sorted(path for path in HANDLERS_DIR.glob("*.py") if path.name not in entry_points)
 
 
 def build_archive(

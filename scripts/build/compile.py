@@ -11,38 +11,13 @@ import os
 import sys
 import warnings
 import zipfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.export import Dim
 
-from scripts.families.classifiers import (
-    build_classifier,
-    check_classifier_parity,
-    classifier_input,
-    classifier_metadata,
-    parity_batch,
-)
-from scripts.families.detectors import (
-    build_detector,
-    check_detector_parity,
-    detector_input,
-    detector_metadata,
-    resolve_detector_weights,
-)
-from scripts.families.detectors import parity_batch as detector_parity_batch
-from scripts.families.faces import (
-    build_face_detector,
-    check_face_parity,
-    face_input,
-    face_metadata,
-    resolve_face_weights,
-)
-from scripts.families.faces import parity_batch as face_parity_batch
-from scripts.families.weights import Weights, WeightsError, resolve_classifier_weights
-from scripts.nets.features import ClassifierWithFeatures, WithFeatures
+from scripts.families import family
+from scripts.families.weights import Weights, WeightsError
 from scripts.nets.inputs import WithInput
 from scripts.zoo import ModelSpec, get_model, handler_module
 
@@ -51,59 +26,6 @@ METADATA_FORMAT = 1
 
 class ParityError(Exception):
     """The compiled model does not reproduce the eager one."""
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one family is built: weights, eager model, check inputs, metadata, parity,
-    and which input dimensions may vary in a torch.export graph."""
-
-    resolve_weights: Callable[..., Weights]
-    build: Callable[[ModelSpec, Weights], torch.nn.Module]
-    example: Callable[[Weights], torch.Tensor]
-    metadata: Callable[[ModelSpec, Weights], dict]
-    check: Callable[..., float]  # (eager, compiled, precision) -> max abs difference
-    input_adapter: Callable[[Weights], torch.nn.Module]  # uint8 RGB -> what the network expects
-    # The network answering (*task outputs, features [B, D]) and where the features come from.
-    with_features: Callable[[torch.nn.Module], torch.nn.Module]
-    features: str
-    spatial_dynamic: bool = False  # letterboxed families take any multiple of 32 as height/width
-
-
-RECIPES = {
-    "classifier": Recipe(
-        resolve_classifier_weights,
-        build_classifier,
-        lambda weights: parity_batch(weights.preset),
-        classifier_metadata,
-        check_classifier_parity,
-        classifier_input,
-        ClassifierWithFeatures,
-        "penultimate layer, globally average-pooled",
-    ),
-    "detector": Recipe(
-        resolve_detector_weights,
-        build_detector,
-        detector_parity_batch,
-        detector_metadata,
-        check_detector_parity,
-        detector_input,
-        WithFeatures,
-        "backbone's last map (SPPF, stride 32), globally average-pooled",
-        spatial_dynamic=True,
-    ),
-    "face": Recipe(
-        resolve_face_weights,
-        build_face_detector,
-        face_parity_batch,
-        face_metadata,
-        check_face_parity,
-        face_input,
-        WithFeatures,
-        "backbone's last map (MobileNet-0.25 stage 3, stride 32), globally average-pooled",
-        spatial_dynamic=True,
-    ),
-}
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -194,7 +116,7 @@ def compile_model(
 
 def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: str, device: str) -> dict:
     """compile_model's work, with float32 exact on a GPU."""
-    recipe = RECIPES[spec.family]
+    recipe = family(spec.family).recipe
     device = torch.device(device)
     network = recipe.build(spec, weights)
     eager = WithInput(recipe.input_adapter(weights), recipe.with_features(network)).eval().to(device)
@@ -285,7 +207,7 @@ def main(args: argparse.Namespace) -> None:
     warnings.filterwarnings("ignore", message=r".*is deprecated\. Please (switch to|use)", category=FutureWarning)
     try:
         spec = get_model(args.model)
-        weights = RECIPES[spec.family].resolve_weights(
+        weights = family(spec.family).recipe.resolve_weights(
             spec, args.weights, args.weights_dir, download=not args.no_download, strict=args.strict
         )
         metadata = compile_model(spec, weights, args.output, args.precision, args.device)

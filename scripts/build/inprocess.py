@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from scripts.zoo import FAMILIES, REPO, get_model, handler_module
+from scripts.families import family
+from scripts.zoo import REPO, get_model, handler_module
 
 
 class MetricsRecorder:
@@ -109,9 +110,10 @@ def load_handler(
     # model the table compiles with AOTInductor (or the reverse) loads as what it is.
     serialized_file = spec.artifact if artifact is None else spec.name + Path(artifact).suffix
     shutil.copy(artifact or REPO / "build" / spec.artifact, model_dir / serialized_file)
-    for data_file in FAMILIES[spec.family].data_files:
+    task = family(spec.family)
+    for data_file in task.data_files:
         shutil.copy(REPO / data_file, model_dir)
     context = FakeContext(model_dir, config, model, serialized_file, gpu_id)
-    handler = handler_class(Path(FAMILIES[spec.family].handler).stem)()
+    handler = handler_class(Path(task.handler).stem)()
     handler.initialize(context)
     return handler, context

@@ -6,7 +6,9 @@ import torchvision
 import torchvision.transforms.v2 as T
 from skimage import data as photos
 
-from scripts.families.weights import RANDOM_SEED, Weights, WeightsError
+from scripts.families import Family, Recipe
+from scripts.families.weights import RANDOM_SEED, Weights, WeightsError, resolve_classifier_weights
+from scripts.nets.features import ClassifierWithFeatures
 from scripts.nets.inputs import ImageNetInput
 from scripts.zoo import ModelSpec
 
@@ -73,3 +75,20 @@ def check_classifier_parity(eager: torch.Tensor, compiled: torch.Tensor, precisi
     if not torch.allclose(eager, compiled, rtol=0, atol=1e-4 * scale):
         raise ValueError(f"logits differ by up to {difference:.3g} (tolerance {1e-4 * scale:.3g})")
     return difference
+
+
+FAMILY = Family(
+    "classifier",
+    handler="classifier_handler.py",
+    data_files=("index_to_name.json",),
+    recipe=Recipe(
+        resolve_classifier_weights,
+        build_classifier,
+        lambda weights: parity_batch(weights.preset),
+        classifier_metadata,
+        check_classifier_parity,
+        classifier_input,
+        ClassifierWithFeatures,
+        "penultimate layer, globally average-pooled",
+    ),
+)

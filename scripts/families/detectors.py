@@ -6,6 +6,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from skimage import data as photos
 
+from scripts.families import Family, Recipe
 from scripts.families.weights import (
     RANDOM_SEED,
     Weights,
@@ -15,6 +16,7 @@ from scripts.families.weights import (
     sha256_file,
 )
 from scripts.families.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import UnitScaleInput
 from scripts.nets.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
 from scripts.zoo import ModelSpec
@@ -136,3 +138,20 @@ def check_detector_parity(eager: torch.Tensor, compiled: torch.Tensor, precision
     if boxes > 0.01 * INPUT_SIZE or scores > 0.02:
         raise ValueError(f"{precision}: boxes differ by up to {boxes:.3g} px, probabilities by {scores:.3g}")
     return difference
+
+
+FAMILY = Family(
+    "detector",
+    handler="detector_handler.py",  # class names travel in the model's metadata
+    recipe=Recipe(
+        resolve_detector_weights,
+        build_detector,
+        parity_batch,
+        detector_metadata,
+        check_detector_parity,
+        detector_input,
+        WithFeatures,
+        "backbone's last map (SPPF, stride 32), globally average-pooled",
+        spatial_dynamic=True,
+    ),
+)

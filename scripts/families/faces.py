@@ -19,7 +19,9 @@ import torch
 from onnx import numpy_helper
 from skimage import data as photos
 
+from scripts.families import Family, Recipe
 from scripts.families.weights import Weights, WeightsError, explicit_weights_file, sha256_file
+from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import BGRMeanInput
 from scripts.nets.retinaface import RetinaFace
 from scripts.zoo import ModelSpec
@@ -137,3 +139,20 @@ def check_face_parity(eager: tuple, compiled: tuple, precision: str = "fp32") ->
     if on_faces[1] > 0.02 or on_faces[0] > 0.1 or on_faces[2] > 0.1:
         raise ValueError(f"{precision}: on face anchors loc/conf/landmarks differ by up to {on_faces}")
     return max(on_faces)
+
+
+FAMILY = Family(
+    "face",
+    handler="face_pixelizer_handler.py",
+    recipe=Recipe(
+        resolve_face_weights,
+        build_face_detector,
+        parity_batch,
+        face_metadata,
+        check_face_parity,
+        face_input,
+        WithFeatures,
+        "backbone's last map (MobileNet-0.25 stage 3, stride 32), globally average-pooled",
+        spatial_dynamic=True,
+    ),
+)

@@ -12,8 +12,9 @@ from scripts.client import cli
 from scripts.client.auth import AuthError, Tokens
 from scripts.client.grpc_client import as_answer
 from scripts.client.rest import ConnectionFailed, ZooClient, retryable
+from scripts.families import families
 from scripts.samples.photos import photo_bytes
-from scripts.zoo import FAMILIES, handler_module
+from scripts.zoo import handler_module
 
 
 class StandIn(BaseHTTPRequestHandler):
@@ -80,8 +81,8 @@ def client_of(server, **options) -> ZooClient:
 
 def test_every_handler_parameter_has_an_option():
     accepted = set()
-    for family in FAMILIES.values():
-        module = handler_module(Path(family.handler).stem)
+    for task in families().values():
+        module = handler_module(Path(task.handler).stem)
         (handler,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
         accepted |= set(handler.request_params)
     assert {param for param, _ in cli.PARAMETERS.values()} == accepted

@@ -9,6 +9,7 @@ import torch
 from compiled_model import load_compiled_model
 from scripts.build import compile as compile_script
 from scripts.build.models import read_metadata
+from scripts.families import family
 from scripts.families.classifiers import check_classifier_parity, parity_batch
 from scripts.families.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights
 from scripts.nets.inputs import WithInput
@@ -41,7 +42,7 @@ def test_served_file_matches_eager_on_real_photos_with_dynamic_batch(compiled_re
     model, metadata = load_compiled_model(output, torch.device("cpu"))
     spec = get_model("resnet18")
     weights = random_weights(spec, strict=False)
-    recipe = compile_script.RECIPES["classifier"]
+    recipe = family("classifier").recipe
     network = recipe.build(spec, weights)
     eager = WithInput(recipe.input_adapter(weights), network).eval()
     photos = parity_batch(IMAGENET_PRESET)

@@ -85,10 +85,10 @@ def test_the_gateway_refuses_every_parameter_header_given_twice():
     """TorchServe keeps one of a repeated header before any handler runs; the gateway
     refuses each parameter any model takes, in each spelling the handlers read."""
     from scripts.build.inprocess import handler_class
-    from scripts.zoo import FAMILIES
+    from scripts.families import families
 
     config = (REPO / "deploy" / "haproxy" / "gateway.cfg").read_text()
-    params = {param for family in FAMILIES.values() for param in handler_class(family.handler[:-3]).request_params}
+    params = {param for task in families().values() for param in handler_class(task.handler[:-3]).request_params}
     for param in params:
         rule = next((line for line in config.splitlines() if f'\\"detail\\":\\"{param} is given by' in line), "")
         spellings = {"x-" + param.replace("_", "-"), "x-" + param}

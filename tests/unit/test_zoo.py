@@ -10,7 +10,9 @@ import yaml
 from classification import ClassifierSettings
 from detection import DetectorSettings
 from face_detection import FaceSettings
-from scripts.zoo import FAMILIES, MODELS, REPO, get_model, shared_handler_modules
+from scripts.build.archive import shared_handler_modules
+from scripts.families import families
+from scripts.zoo import MODELS, REPO, get_model
 from settings import settings_from_mapping
 
 SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings, "face": FaceSettings}
@@ -37,10 +39,11 @@ def test_every_model_has_a_valid_config(spec):
 def test_handler_modules_are_split_into_entry_points_and_shared():
     shared = {path.name for path in shared_handler_modules()}
     assert {"batched_handler.py", "imaging.py", "payload.py"} <= shared
-    assert not shared & {family.handler for family in FAMILIES.values()}
-    for family in FAMILIES.values():
-        assert (REPO / "handlers" / family.handler).is_file()
-        assert all((REPO / name).is_file() for name in family.data_files)
+    assert not shared & {task.handler for task in families().values()}
+    for task in families().values():
+        assert (REPO / "handlers" / task.handler).is_file()
+        assert all((REPO / name).is_file() for name in task.data_files)
+    assert {spec.family for spec in MODELS} <= set(families())  # every model's family is declared
 
 
 def test_labels_are_torchvisions_imagenet_categories():
