@@ -79,55 +79,26 @@ def render(results: dict) -> str:
             ["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)]
         ),
         "",
-        "Throughput, latency and CPU per request (the server's processes: TorchServe's Java frontend + workers):",
-        "",
     ]
+    return "\n".join(lines + point_lines(results) + litserve_lines(results) + breakdown_lines(results))
+
+
+def point_lines(results: dict) -> list[str]:
+    """Every point, and the model alone."""
     order = sorted(results["points"], key=lambda p: (p["model"], p["image"] != "small", p["server"], p["concurrency"]))
-    rows = [
-        [
-            p["model"],
-            p["server"],
-            p["image"],
-            p["concurrency"],
-            f"{p['req_per_s']:.1f}",
-            f"{p['p50_ms']:.0f}",
-            f"{p['p99_ms']:.0f}",
-            f"{p['frontend_cpu_ms'] + p['worker_cpu_ms']:.1f}",
-            p["errors"],
-        ]
-        for p in order
-    ]
-    lines += markdown_table(
-        ["model", "server", "photo", "clients", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors"], rows
-    )
-    lines += ["", "The model alone:", ""]
-    rows = [
-        [
-            model,
-            c["compiler"],
-            c["workers"],
-            c["threads"],
-            c["batch"],
-            f"{c['b1']:.1f}",
-            f"{c['served']:.1f}",
-            f"{c['cpu_ms_per_image']:.1f}",
-        ]
-        for model, c in results["ceilings"].items()
-    ]
-    lines += markdown_table(
-        [
-            "model",
-            "compiler",
-            "processes",
-            "threads each",
-            "served batch",
-            "img/s at batch 1",
-            "img/s at served batch",
-            "CPU ms/image",
-        ],
-        rows,
-    )
-    return "\n".join(lines + litserve_lines(results) + breakdown_lines(results))
+    points = [[p["model"], p["server"], p["image"], p["concurrency"], f"{p['req_per_s']:.1f}", f"{p['p50_ms']:.0f}",
+               f"{p['p99_ms']:.0f}", f"{p['frontend_cpu_ms'] + p['worker_cpu_ms']:.1f}", p["errors"]]
+              for p in order]  # fmt: skip
+    alone = [[model, c["compiler"], c["workers"], c["threads"], c["batch"], f"{c['b1']:.1f}", f"{c['served']:.1f}",
+              f"{c['cpu_ms_per_image']:.1f}"] for model, c in results["ceilings"].items()]  # fmt: skip
+    return [
+        "", "Throughput, latency and CPU per request (the server's processes: TorchServe's frontend + workers):", "",
+        *markdown_table(["model", "server", "photo", "clients", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors"],
+                        points),
+        "", "The model alone:", "",
+        *markdown_table(["model", "compiler", "processes", "threads each", "served batch", "img/s at batch 1",
+                         "img/s at served batch", "CPU ms/image"], alone),
+    ]  # fmt: skip
 
 
 def litserve_lines(results: dict) -> list[str]:

@@ -1,4 +1,4 @@
-"""Bad input, concurrency and worker faults through a real TorchServe (issue 5):
+"""Bad input, concurrency and worker faults through a real TorchServe:
 every malformed request costs exactly one 4xx, for that request alone."""
 
 import base64

@@ -63,9 +63,10 @@ def test_serving_loads_torchscript_only_never_a_pickle(tmp_path):
 
 def test_config_properties_holds_no_path_relative_to_the_repo_but_the_stores():
     """Started with this file from another directory, TorchServe must not look for
-    repo files there (the log4j path used to be in vmargs); only model_store (TorchServe's
-    launcher names it when missing) and metrics_config (TorchServe logs that it failed to
-    load it) are relative to the repo root, and both exist there."""
+    repo files there (no log4j path in vmargs: it would be read relative to the start
+    directory); only model_store (TorchServe's launcher names it when missing) and
+    metrics_config (TorchServe logs that it failed to load it) are relative to the repo
+    root, and both exist there."""
     assert "log4j" not in PROPERTIES.get("vmargs", "")
     relative = {key for key, value in PROPERTIES.items() if "/" in value and not value.startswith(("http", "file"))}
     assert relative <= {"metrics_config"}
