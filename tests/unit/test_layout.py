@@ -72,3 +72,18 @@ def test_no_import_cycle():
     for module in GRAPH:
         if module not in state:
             visit(module, [])
+
+
+# scripts/bench: the toolkit every experiment may use, and what an experiment may import besides.
+BENCH_TOOLKIT = {"harness", "loadgen", "alone", "doc"}
+BENCH_OWN_PARTS = {"endtoend": {"endtoend_report"}}
+
+
+def test_no_benchmark_imports_another():
+    """The measuring code is a toolkit plus experiments that compose it, never each other."""
+    for module, imported_modules in GRAPH.items():
+        if not module.startswith("scripts.bench.") or module.split(".")[-1] in BENCH_TOOLKIT | {"__init__"}:
+            continue
+        experiment = module.split(".")[-1]
+        others = {name.split(".")[2] for name in imported_modules if name.startswith("scripts.bench.")}
+        assert others <= BENCH_TOOLKIT | BENCH_OWN_PARTS.get(experiment, set()), (module, others)
