@@ -78,7 +78,6 @@ def render(results: dict) -> str:
         *markdown_table(
             ["target", "measured", "met"], [[t, m, "yes" if ok else "**no**"] for t, m, ok in targets(results)]
         ),
-        "",
     ]
     return "\n".join(lines + point_lines(results) + litserve_lines(results) + breakdown_lines(results))
 

@@ -34,7 +34,10 @@ def test_handler_limits_sit_below_torchserves():
     assert defaults.max_response_bytes < int(PROPERTIES["max_response_size"])
 
 
-@pytest.mark.parametrize("path", ["key_file.json", "logs/model_log.log", "model_store/resnet18.mar", "build/x.pt"])
+@pytest.mark.parametrize(
+    "path",
+    ["key_file.json", "logs/model_log.log", "model_store/resnet18.mar", "model_store/.partial-x/m.mar", "build/x.pt"],
+)
 def test_secrets_logs_and_build_outputs_are_git_ignored(path):
     if not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
