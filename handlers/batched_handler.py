@@ -236,8 +236,9 @@ class BatchedImageHandler:
         limit = self.settings.max_response_bytes
         results = [fitted(response, limit) for response in results]
         for index, request in inference_requests.items():
-            answer = fitted(self._inference_answer(request, results[index], context), limit, V2_FORM)
-            results[index] = answer if answer.status != 413 else self._inference_answer(request, answer, context)
+            answer = self._inference_answer(request, results[index], context)
+            fitting = fitted(answer, limit, V2_FORM)  # an answer too large is refused in the protocol's shape too
+            results[index] = answer if fitting is answer else self._inference_answer(request, fitting, context)
         return self._respond(results, context)
 
     def _inference_answer(self, request: InferenceRequest, response: Response, context) -> Response:

@@ -188,6 +188,18 @@ def test_an_answer_that_would_not_fit_is_a_413_for_that_request_alone(make_handl
     assert "Open Inference Protocol" in check_answer(*protocol, limit=limit)["detail"]
 
 
+def test_a_v2_request_refused_with_a_413_gets_a_v2_answer_beside_its_neighbour(make_handler):
+    """An image over the pixel limit is refused in the protocol's shape, once, and the
+    plain request batched with it is answered."""
+    handler, context = make_handler(yaml={"batchSize": 4, "handler": {"max_image_pixels": 1000}})
+    small = encode(photo("chelsea").resize((32, 24)), "JPEG")
+    protocol, plain = handle(handler, context, [as_sent(v2()), {"data": small}])
+    assert protocol[0] == 413 and plain[0] == 200
+    answer = json.loads(protocol[1])
+    assert answer["id"] == "1" and answer["error"].startswith("image too large")
+    assert json.loads(answer["outputs"][0]["data"][0])["status"] == 413
+
+
 def test_the_face_boxes_header_is_bounded_and_says_what_it_left_out():
     regions = [(x, y, x + 40_000_000, y + 1) for x in range(70) for y in range(70)]  # 4,900 faces on a 40 MP line
     headers = dict(face_headers(regions))
