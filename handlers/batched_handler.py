@@ -6,7 +6,11 @@ A batch flows: per request decode (a failure answers that request alone with a 4
 response per request, in order, each with its own status and content type.
 
 A task subclass sets `settings_class`, `request_params` and `task`, and implements
-`prepare` and `postprocess` (and `setup` if it needs data files). The compiled model
+`prepare` and `postprocess` (and `setup` if it needs data files). `summarise` may do the
+batch's post-processing at once where the outputs are (on the GPU: top-k, NMS), ending
+in one copy to the host; `postprocess` then builds each answer. Image answers are
+JPEG-encoded together at the end of the batch (on the GPU, where the images are). The
+images decoded on the CPU reach the GPU in one copy. The compiled model
 takes the stacked uint8 images as they are: it normalises them itself, in its graph.
 It answers the task's outputs and then each image's feature vector, which the live
 drift test reads (drift_monitor.py) off the request path.
@@ -39,7 +43,6 @@ from imaging import (
     decode_checked,
     decode_image_at_least,
     decode_jpegs,
-    encode_jpeg,
 )
 from inference_protocol import (
     InferenceRequest,
@@ -65,6 +68,7 @@ from metrics import (
 )
 from payload import RAW_JSON, header_parameters, merge_parameters, split_request
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
+from vision_ops import encode_jpegs, to_device
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,6 +92,8 @@ class Response:
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()  # extra HTTP response headers
     error: str = ""  # an error answer's kind ("corrupt image"), for the request metrics
+    image: torch.Tensor | None = None  # an image answer's uint8 [3, H, W], until encoded (`encoded`)
+    jpeg_quality: int = 0
 
     @classmethod
     def json(cls, document: Any, status: int = 200) -> "Response":
@@ -103,8 +109,9 @@ class Response:
 
     @classmethod
     def jpeg(cls, image: torch.Tensor, quality: int, headers=()) -> "Response":
-        """uint8 [3, H, W] as a JPEG answer."""
-        return cls(encode_jpeg(image, quality), "image/jpeg", headers=tuple(headers))
+        """uint8 [3, H, W] (any device) as a JPEG answer, encoded with the batch's others
+        by `encoded`."""
+        return cls(b"", "image/jpeg", headers=tuple(headers), image=image, jpeg_quality=quality)
 
     @property
     def size(self) -> int:
@@ -127,6 +134,32 @@ def fitted(response: Response, limit: int, form: str = "") -> Response:
         return response
     hint = "send a smaller image, or ask for format=json or for fewer results"
     return Response.failure(413, "result too large", f"{detail} (max_response_bytes); {hint}")
+
+
+def encoded(responses: list[Response]) -> list[Response]:
+    """The responses with every image answer JPEG-encoded: those of one quality in one
+    call, on their device (`vision_ops.encode_jpegs`). If the call fails, each image is
+    encoded alone, so that only an image that cannot be encoded fails."""
+    pending: dict[tuple[int, str], list[int]] = {}
+    for index, response in enumerate(responses):
+        if response.image is not None:
+            pending.setdefault((response.jpeg_quality, response.image.device.type), []).append(index)
+    done = list(responses)
+    for (quality, _device), indices in pending.items():
+        try:
+            datas = encode_jpegs([responses[index].image for index in indices], quality)
+        except Exception:
+            if len(indices) == 1:
+                logger.exception("JPEG encoding failed for request %d", indices[0])
+                done[indices[0]] = Response.failure(500, "internal error", "encoding the answer image failed")
+                continue
+            logger.exception("batched JPEG encoding failed; encoding its %d images one by one", len(indices))
+            for index in indices:
+                done[index] = encoded([responses[index]])[0]
+            continue
+        for index, data in zip(indices, datas, strict=True):
+            done[index] = replace(responses[index], body=data.numpy().tobytes(), image=None)
+    return done
 
 
 # One image's slice of a model output: a tensor, or a tuple of them (RetinaFace's three heads).
@@ -219,14 +252,15 @@ class BatchedImageHandler:
                 results, inference_requests = self._decode_batch(data, context)
             with self._timed(context, PREPROCESS):
                 results = [self._guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
+            results = self._to_device(results)
             items = [result for result in results if isinstance(result, Item)]
             if items:
-                outputs = self._forward(items, context)
+                groups = self._forward(items, context)
                 with self._timed(context, POSTPROCESS):
-                    for item, output in zip(items, outputs, strict=True):
-                        if not isinstance(output, Response):
-                            output = self._guarded(item.index, self.postprocess, output, item)
-                        results[item.index] = output
+                    for group, outputs in groups:
+                        for item, result in zip(group, self._postprocess_group(group, outputs), strict=True):
+                            results[item.index] = result
+                    results = encoded(results)
                 for item in items:
                     for name, value in item.observations:
                         self._emit(context, name, value)
@@ -349,8 +383,14 @@ class BatchedImageHandler:
         """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, its geometry)."""
         raise NotImplementedError
 
-    def postprocess(self, output: Output, item: Item) -> Response:
-        """One image's slice of the model output -> that request's response."""
+    def summarise(self, outputs: Output, items: list[Item]) -> list[Any]:
+        """A forward pass's outputs (batched, on the model's device) -> what `postprocess`
+        takes for each item, in order. By default each image's slice of the outputs; a task
+        does its batch-wide work here (top-k, NMS) and copies the results to the host once."""
+        return list(unbatch(outputs, len(items)))
+
+    def postprocess(self, summary: Any, item: Item) -> Response:
+        """One item's `summarise` result -> that request's response."""
         raise NotImplementedError
 
     def warmup(self) -> None:
@@ -358,11 +398,18 @@ class BatchedImageHandler:
         TorchScript's profiling runs) happen at load time, not on a client's request."""
         image = torch.full((3, 480, 640), 114, dtype=torch.uint8, device=self.device)
         item = Item(0, image, self.resolve(self.settings), (640, 480))
+        # TorchScript specialises on each batch shape (and cuDNN picks its kernels per shape):
+        # on a GPU, where batches of any size up to batch_size form under load, every size is
+        # run at load, so that no request meets a first-time shape; on the CPU, the two ends.
+        sizes = range(1, self.batch_size + 1) if self.device.type == "cuda" else sorted({1, self.batch_size})
         with torch.inference_mode():
-            prepared, _geometry = self.prepare(item)
-            for batch in sorted({1, self.batch_size}):  # TorchScript specialises on each batch shape
+            prepared, geometry = self.prepare(item)
+            item.input, item.geometry = prepared, geometry
+            for batch in sizes:
+                inputs = prepared.expand(batch, *prepared.shape).contiguous()
                 for _ in range(3):
-                    self.model(prepared.expand(batch, *prepared.shape).contiguous())
+                    outputs, _features = split_features(self.model(inputs))
+                self.summarise(outputs, [item] * batch)  # the post-processing's kernels too
 
     # --- the batch pipeline ------------------------------------------------------
 
@@ -424,30 +471,29 @@ class BatchedImageHandler:
         else:
             image, original = decode_image_at_least(request.data, request.info, *hint)
         original = original or (image.shape[-1], image.shape[-2])  # decoded at full size
-        if image.device != self.device:
-            if self.device.type == "cuda":
-                image = image.pin_memory()  # page-locked: the copy to the GPU runs asynchronously
-            image = image.to(self.device, non_blocking=True)
         return Item(request.index, image, settings, original)
+
+    def _to_device(self, results: list["Item | Response"]) -> list["Item | Response"]:
+        """The images decoded on the host moved to the model's device, in one copy."""
+        on_host = [result for result in results if isinstance(result, Item) and result.image.device != self.device]
+        for item, image in zip(on_host, to_device([item.image for item in on_host], self.device), strict=True):
+            item.image = image
+        return results
 
     def _prepare(self, item: Item) -> Item:
         item.input, item.geometry = self.prepare(item)
         return item
 
-    def _forward(self, items: list[Item], context) -> list[Output | Response]:
-        """Per-item model outputs (or error Responses), in the order of `items`: one
-        forward pass per input shape (a request may ask for another input size)."""
-        outputs: list[Output | Response | None] = [None] * len(items)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for position, item in enumerate(items):
-            groups.setdefault(tuple(item.input.shape), []).append(position)
-        for positions in groups.values():
-            results = self._forward_group([items[position] for position in positions], context)
-            for position, result in zip(positions, results, strict=True):
-                outputs[position] = result
-        return outputs
+    def _forward(self, items: list[Item], context) -> list[tuple[list[Item], Output | list[Response]]]:
+        """The model's outputs for groups of `items`, batched: one forward pass per input
+        shape (a request may ask for another input size); a group that failed as a whole
+        is split, so that an image the model cannot process fails alone."""
+        groups: dict[tuple[int, ...], list[Item]] = {}
+        for item in items:
+            groups.setdefault(tuple(item.input.shape), []).append(item)
+        return [result for group in groups.values() for result in self._forward_group(group, context)]
 
-    def _forward_group(self, items: list[Item], context) -> list[Output | Response]:
+    def _forward_group(self, items: list[Item], context) -> list[tuple[list[Item], Output | list[Response]]]:
         try:
             self._emit(context, BATCH_IMAGES, len(items))
             with self._timed(context, FORWARD):
@@ -456,14 +502,35 @@ class BatchedImageHandler:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
                 outputs, features = split_features(self.model(inputs))
             self._observe_drift(features)
-            return list(unbatch(outputs, len(items)))
+            return [(items, outputs)]
         except Exception:
             if len(items) == 1:
                 logger.exception("inference failed for request %d", items[0].index)
-                return [Response.failure(500, "inference failed", "the model failed on this image; see the worker log")]
-            # Retry one by one so that an image the model cannot process fails alone.
+                detail = "the model failed on this image; see the worker log"
+                return [(items, [Response.failure(500, "inference failed", detail)])]
             logger.exception("batched inference failed; retrying its %d images one by one", len(items))
-            return [output for item in items for output in self._forward_group([item], context)]
+            return [result for item in items for result in self._forward_group([item], context)]
+
+    def _postprocess_group(self, items: list[Item], outputs: Output | list[Response]) -> list[Response]:
+        """One forward pass's items answered: `summarise` for the group, then `postprocess`
+        per item. If `summarise` fails for the group, each item is summarised alone."""
+        if isinstance(outputs, list):  # the forward pass failed: its error answers
+            return outputs
+        try:
+            summaries = self.summarise(outputs, items)
+        except Exception:
+            if len(items) == 1:
+                logger.exception("post-processing failed for request %d", items[0].index)
+                return [Response.failure(500, "internal error", "processing this request failed; see the worker log")]
+            logger.exception("batched post-processing failed; retrying its %d images one by one", len(items))
+            return [
+                self._postprocess_group([item], output_slice(outputs, position))[0]
+                for position, item in enumerate(items)
+            ]
+        return [
+            self._guarded(item.index, self.postprocess, summary, item)
+            for item, summary in zip(items, summaries, strict=True)
+        ]
 
     @staticmethod
     def _guarded(index: int, step: Callable[..., T], *args) -> T | Response:
@@ -517,6 +584,13 @@ def split_features(answer: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> tup
     tuple of them, features Tensor[B, D])."""
     *outputs, features = answer
     return (outputs[0] if len(outputs) == 1 else tuple(outputs)), features
+
+
+def output_slice(outputs: Output, position: int) -> Output:
+    """Image `position` of batched outputs, keeping the batch dimension (a batch of one)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs[position : position + 1]
+    return type(outputs)(part[position : position + 1] for part in outputs)
 
 
 def unbatch(outputs: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor], size: int) -> Iterator[Output]:

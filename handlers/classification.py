@@ -33,9 +33,22 @@ def load_labels(path: Path, num_classes: int) -> list[str]:
 def top_k_predictions(logits: torch.Tensor, k: int, labels: list[str]) -> list[dict]:
     """logits [C] -> the k most probable classes as {"label", "index", "score"},
     best first, with softmax probabilities as scores."""
+    return batched_top_k(logits.unsqueeze(0), [k], labels)[0]
+
+
+def batched_top_k(logits: torch.Tensor, ks: list[int], labels: list[str]) -> list[list[dict]]:
+    """logits [B, C] (any device) -> per image its ks[i] most probable classes, as
+    top_k_predictions: one softmax and one top-k for the batch where the logits are,
+    and one copy of [B, max(ks)] scores and indices to the host."""
     probabilities = torch.softmax(logits.float(), dim=-1)
-    scores, indices = probabilities.topk(min(k, probabilities.numel()))
+    scores, indices = probabilities.topk(min(max(ks), probabilities.shape[-1]), dim=-1)
+    # One copy: class indices (< 2^24) are exact in float64 beside the scores.
+    rows = torch.cat([scores.double(), indices.double()], dim=-1).cpu().tolist()
+    width = scores.shape[-1]
     return [
-        {"label": labels[index], "index": index, "score": round(score, 6)}
-        for score, index in zip(scores.tolist(), indices.tolist(), strict=True)
+        [
+            {"label": labels[int(index)], "index": int(index), "score": round(score, 6)}
+            for score, index in zip(row[: min(k, width)], row[width : width + min(k, width)], strict=True)
+        ]
+        for row, k in zip(rows, ks, strict=True)
     ]

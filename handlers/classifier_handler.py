@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
-from classification import ClassifierSettings, load_labels, top_k_predictions
+from classification import ClassifierSettings, batched_top_k, load_labels
 from imaging import resize_center_crop
 from metrics import TOP1_PROBABILITY
 
@@ -26,7 +26,9 @@ class ClassifierHandler(BatchedImageHandler):
     def prepare(self, item: Item) -> tuple[torch.Tensor, None]:
         return resize_center_crop(item.image, self.resize_size, self.crop_size), None
 
-    def postprocess(self, logits: torch.Tensor, item: Item) -> Response:
-        predictions = top_k_predictions(logits, item.settings.top_k, self.labels)
+    def summarise(self, logits: torch.Tensor, items: list[Item]) -> list[list[dict]]:
+        return batched_top_k(logits, [item.settings.top_k for item in items], self.labels)
+
+    def postprocess(self, predictions: list[dict], item: Item) -> Response:
         self.observe(item, TOP1_PROBABILITY, predictions[0]["score"])
         return self.answer(item, predictions=predictions)

@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from errors import shown
 from settings import ImageHandlerSettings, check_choice, check_range
-from vision_ops import batched_nms, cxcywh_to_xyxy
+from vision_ops import batched_nms, best_per_group, cxcywh_to_xyxy, rows_per_group
 
 OUTPUT_FORMATS = ("json", "image")
 # ultralytics' non_max_suppression keeps at most this many boxes before NMS (max_nms).
@@ -90,20 +90,65 @@ def detect_objects(
     Returns boxes (Tensor[K, 4]) in (x1, y1, x2, y2), scores (Tensor[K]) =
     objectness x best class probability, labels (Tensor[K]) -- one label per box, as
     ultralytics' detect.py, with class-aware NMS (boxes of different classes never
-    suppress each other).
+    suppress each other). On the CPU.
     """
-    candidates = predictions[predictions[:, 4] > score_threshold]  # cheap objectness pre-filter
+    request = DetectionRequest(score_threshold, iou_threshold, max_detections, classes)
+    return detect_objects_batch(predictions.unsqueeze(0), [request])[0]
+
+
+@dataclass(frozen=True)
+class DetectionRequest:
+    """What one image of a batch asks `detect_objects_batch` for."""
+
+    score_threshold: float
+    iou_threshold: float
+    max_detections: int
+    classes: torch.Tensor | None = None  # class indices to keep; None: all
+
+
+def detect_objects_batch(
+    predictions: torch.Tensor, requests: list[DetectionRequest]
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """detect_objects for a batch, predictions (Tensor[B, N, 5 + C]) on any device, at
+    once: the thresholds, the candidates' scores, NMS per image and class and the best
+    max_detections of each image computed where the predictions are, then one copy of the
+    detections to the host. Returns, per image, boxes [K, 4], scores [K], labels [K] on the CPU."""
+    device, num_classes = predictions.device, predictions.shape[-1] - 5
+    thresholds = torch.tensor([r.score_threshold for r in requests], dtype=predictions.dtype, device=device)
+    image, row = (predictions[..., 4] > thresholds[:, None]).nonzero(as_tuple=True)  # cheap objectness pre-filter
+    candidates = predictions[image, row]
     scores, labels = (candidates[:, 5:] * candidates[:, 4:5]).max(dim=1)
-    keep = scores > score_threshold
-    if classes is not None:
-        keep &= torch.isin(labels, classes.to(labels.device))
+    keep = scores > thresholds[image]
+    if any(r.classes is not None for r in requests):
+        allowed = torch.ones(len(requests), num_classes, dtype=torch.bool)
+        for index, request in enumerate(requests):
+            if request.classes is not None:
+                allowed[index] = False
+                allowed[index, request.classes] = True
+        keep &= allowed.to(device)[image, labels]
+    image, scores, labels = image[keep], scores[keep], labels[keep]
     boxes = cxcywh_to_xyxy(candidates[keep, :4])
-    scores, labels = scores[keep], labels[keep]
-    if scores.numel() > MAX_NMS_CANDIDATES:
-        top = scores.topk(MAX_NMS_CANDIDATES).indices
-        boxes, scores, labels = boxes[top], scores[top], labels[top]
-    kept = batched_nms(boxes, scores, labels, iou_threshold)[:max_detections]
-    return boxes[kept], scores[kept], labels[kept]
+    within = best_per_group(image, scores, torch.full((len(requests),), MAX_NMS_CANDIDATES, device=device))
+    image, scores, labels, boxes = image[within], scores[within], labels[within], boxes[within]
+    kept = nms_per_image(boxes, scores, image * num_classes + labels, image, [r.iou_threshold for r in requests])
+    image, scores, labels, boxes = image[kept], scores[kept], labels[kept], boxes[kept]
+    selected = best_per_group(image, scores, torch.tensor([r.max_detections for r in requests], device=device))
+    parts = rows_per_group(image[selected], [boxes[selected], scores[selected], labels[selected]], len(requests))
+    return [(part[:, :4].to(predictions.dtype), part[:, 4].to(predictions.dtype), part[:, 5].long()) for part in parts]
+
+
+def nms_per_image(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, image: torch.Tensor, iou_thresholds: list[float]
+) -> torch.Tensor:
+    """Indices of the boxes that NMS keeps within each group, where image i's boxes are
+    compared at iou_thresholds[i]: one NMS call per distinct threshold (one, unless the
+    requests of a batch asked for different ones)."""
+    kept = []
+    for threshold in sorted(set(iou_thresholds)):
+        images = torch.tensor([t == threshold for t in iou_thresholds], device=boxes.device)
+        members = images[image].nonzero().squeeze(1)
+        kept.append(members[batched_nms(boxes[members], scores[members], groups[members], threshold)])
+    return torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64, device=boxes.device)
 
 
 def draw_detections(image: torch.Tensor, boxes: torch.Tensor, labels: list[int], captions: list[str]) -> torch.Tensor:

@@ -6,7 +6,15 @@ from pathlib import Path
 import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
-from detection import DETECTION_PARAMS, DetectorSettings, box_fields, class_filter, detect_objects, draw_detections
+from detection import (
+    DETECTION_PARAMS,
+    DetectionRequest,
+    DetectorSettings,
+    box_fields,
+    class_filter,
+    detect_objects_batch,
+    draw_detections,
+)
 from errors import InputError
 from imaging import letterbox, unletterbox_boxes
 from metrics import DETECTION_CONFIDENCE, DETECTIONS_PER_IMAGE, MAX_CONFIDENCES_PER_IMAGE
@@ -42,12 +50,21 @@ class DetectorHandler(BatchedImageHandler):
     def prepare(self, item: Item):
         return letterbox(item.image, self.input_size, self.fill, item.original_size)
 
-    def postprocess(self, predictions: torch.Tensor, item: Item) -> Response:
+    def summarise(self, predictions: torch.Tensor, items: list[Item]) -> list[tuple[torch.Tensor, ...]]:
+        requests = [
+            DetectionRequest(
+                item.settings.score_threshold,
+                item.settings.iou_threshold,
+                item.settings.max_detections,
+                class_filter(item.settings.classes, self.class_names),  # checked by `resolve`
+            )
+            for item in items
+        ]
+        return detect_objects_batch(predictions, requests)
+
+    def postprocess(self, detections: tuple[torch.Tensor, ...], item: Item) -> Response:
         settings, geometry = item.settings, item.geometry
-        wanted = class_filter(settings.classes, self.class_names)  # checked by `resolve`
-        boxes, scores, labels = detect_objects(
-            predictions, settings.score_threshold, settings.iou_threshold, settings.max_detections, wanted
-        )
+        boxes, scores, labels = detections
         boxes = unletterbox_boxes(boxes, geometry)
         self.observe(item, DETECTIONS_PER_IMAGE, len(boxes))
         for score in scores[:MAX_CONFIDENCES_PER_IMAGE].tolist():  # best first

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as nnf
 
-from detection import DetectionSettings
+from detection import DetectionSettings, nms_per_image
 from settings import check_choice, check_range
-from vision_ops import gaussian_blur, nms
+from vision_ops import best_per_group, gaussian_blur, rows_per_group
 
 MODES = ("mosaic", "blur")
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
@@ -74,17 +74,42 @@ def decode_faces(
     settings: FaceSettings,
 ) -> Faces:
     """One image's outputs (loc [N, 4], conf [N, 2], landmarks [N, 10]) -> its faces in
-    input pixels, best first: threshold, top-k, decode, NMS, max_faces."""
-    scores = conf[:, 1]
-    keep = (scores > settings.score_threshold).nonzero().squeeze(1)
-    keep = keep[scores[keep].argsort(descending=True)[: settings.top_k]]
-    priors, scores = priors[keep], scores[keep]
-    centres = priors[:, :2] + loc[keep, :2] * variances[0] * priors[:, 2:]
-    sizes = priors[:, 2:] * torch.exp(loc[keep, 2:] * variances[1])
+    input pixels, best first, on the CPU: threshold, top-k, decode, NMS, max_faces."""
+    batch = (loc.unsqueeze(0), conf.unsqueeze(0), landmarks.unsqueeze(0))
+    return decode_faces_batch(*batch, priors, variances, [settings])[0]
+
+
+def decode_faces_batch(
+    loc: torch.Tensor,
+    conf: torch.Tensor,
+    landmarks: torch.Tensor,
+    priors: torch.Tensor,
+    variances: tuple[float, float],
+    settings: list[FaceSettings],
+) -> list[Faces]:
+    """decode_faces for a batch of one input size (loc [B, N, 4], conf [B, N, 2],
+    landmarks [B, N, 10], on any device) at once, each image with its own settings:
+    computed where the outputs are, then one copy of the faces to the host."""
+    device = conf.device
+
+    def per_image(values: list[float | int], dtype=None) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    thresholds = per_image([s.score_threshold for s in settings], conf.dtype)
+    image, row = (conf[..., 1] > thresholds[:, None]).nonzero(as_tuple=True)
+    scores = conf[image, row, 1]
+    best = best_per_group(image, scores, per_image([s.top_k for s in settings]))
+    image, row, scores = image[best], row[best], scores[best]
+    anchors, offsets = priors[row], loc[image, row]
+    centres = anchors[:, :2] + offsets[:, :2] * variances[0] * anchors[:, 2:]
+    sizes = anchors[:, 2:] * torch.exp(offsets[:, 2:] * variances[1])
     boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
-    points = priors[:, None, :2] + landmarks[keep].view(-1, 5, 2) * variances[0] * priors[:, None, 2:]
-    kept = nms(boxes, scores, settings.iou_threshold)[: settings.max_faces]
-    return Faces(boxes[kept], scores[kept], points[kept])
+    points = anchors[:, None, :2] + landmarks[image, row].view(-1, 5, 2) * variances[0] * anchors[:, None, 2:]
+    kept = nms_per_image(boxes, scores, image, image, [s.iou_threshold for s in settings])
+    image, scores, boxes, points = image[kept], scores[kept], boxes[kept], points[kept]
+    selected = best_per_group(image, scores, per_image([s.max_faces for s in settings]))
+    parts = rows_per_group(image[selected], [boxes[selected], scores[selected], points[selected]], len(settings))
+    return [Faces(part[:, :4].float(), part[:, 4].float(), part[:, 5:].float().view(-1, 5, 2)) for part in parts]
 
 
 def expand_boxes(boxes: torch.Tensor, margin: float, width: int, height: int) -> list[Region]:

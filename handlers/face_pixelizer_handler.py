@@ -9,7 +9,15 @@ import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
 from detection import DETECTION_PARAMS, box_fields
-from face_detection import FaceSettings, Region, decode_faces, expand_boxes, pixelate_regions, prior_boxes
+from face_detection import (
+    Faces,
+    FaceSettings,
+    Region,
+    decode_faces_batch,
+    expand_boxes,
+    pixelate_regions,
+    prior_boxes,
+)
 from imaging import letterbox, unletterbox_boxes, unletterbox_points
 from metrics import FACES_PER_IMAGE
 
@@ -41,11 +49,14 @@ class FacePixelizerHandler(BatchedImageHandler):
         # Decoded at full size: the anonymised photo goes back at its original resolution.
         return letterbox(item.image, item.settings.input_size, self.fill)
 
-    def postprocess(self, outputs: tuple[torch.Tensor, ...], item: Item) -> Response:
+    def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
         loc, conf, landmarks = outputs
-        settings, geometry = item.settings, item.geometry
+        priors = self.priors_for(*items[0].input.shape[-2:])  # a forward pass has one input size
         variances = tuple(self.priors_config["variances"])
-        faces = decode_faces(loc, conf, landmarks, self.priors_for(*item.input.shape[-2:]), variances, settings)
+        return decode_faces_batch(loc, conf, landmarks, priors, variances, [item.settings for item in items])
+
+    def postprocess(self, faces: Faces, item: Item) -> Response:
+        settings, geometry = item.settings, item.geometry
         boxes, points = unletterbox_boxes(faces.boxes, geometry), unletterbox_points(faces.landmarks, geometry)
         self.observe(item, FACES_PER_IMAGE, len(boxes))
         if settings.format == "json":

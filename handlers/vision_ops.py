@@ -59,6 +59,34 @@ def encode_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.ops.image.encode_jpeg(image, quality)
 
 
+def encode_jpegs(images: list[torch.Tensor], quality: int) -> list[torch.Tensor]:
+    """Several uint8 [3, H, W] images, all on one device -> JPEG bytes as uint8 [N] each,
+    on the CPU; on CUDA in one nvJPEG call (torchvision.io.encode_jpeg of a list), which
+    copies only the compressed bytes back to the host."""
+    if images and images[0].device.type == "cuda":
+        from torchvision import io
+
+        if not 1 <= quality <= 100:
+            raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
+        encoded = io.encode_jpeg([image.contiguous() for image in images], quality=quality)
+        return [data.cpu() for data in encoded]
+    return [encode_jpeg(image.cpu().contiguous(), quality) for image in images]
+
+
+def to_device(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """CPU tensors -> the same tensors on `device` in one host-to-device copy: packed into
+    one page-locked buffer (so that the copy runs asynchronously), copied, and split into
+    views. On the CPU they are returned as they are."""
+    if device.type == "cpu" or not images:
+        return images
+    flat = torch.cat([image.reshape(-1) for image in images])
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    moved = flat.to(device, non_blocking=True)
+    parts = moved.split([image.numel() for image in images])
+    return [part.view(image.shape) for part, image in zip(parts, images, strict=True)]
+
+
 def _native_uint8_resize() -> bool:
     """Whether torch resizes uint8 images natively (vectorised) on this CPU."""
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
@@ -104,16 +132,53 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     return torch.ops.torchvision.nms(boxes, scores, iou_threshold)
 
 
-def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """NMS within each class: every class's boxes are moved apart, beyond all the others,
-    so that boxes of different classes never overlap."""
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """NMS within each group (a class; an image and a class): every group's boxes are
+    moved apart, beyond all the others, so that boxes of different groups never overlap.
+    In float64: with thousands of groups the moved coordinates reach millions, where
+    float32 would round them (and the overlaps computed from them) to 1/8 pixel."""
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    offsets = classes.to(boxes) * (boxes.max() + 1)
-    return nms(boxes + offsets[:, None], scores, iou_threshold)
+    boxes = boxes.double()
+    offsets = groups.double() * (boxes.max() - boxes.min().clamp(max=0) + 1)
+    return nms(boxes + offsets[:, None], scores.double(), iou_threshold)
+
+
+def rank_within_groups(groups: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """groups (Tensor[N], int), scores (Tensor[N]) -> each element's rank within its group
+    by decreasing score (0: the group's best), in the elements' order. Keeps "the best k
+    of each image" a mask, without a loop over the images."""
+    if groups.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=groups.device)
+    by_score = scores.argsort(descending=True, stable=True)
+    order = by_score[groups[by_score].argsort(stable=True)]  # by group, best first within each
+    sorted_groups = groups[order]
+    starts = torch.ones_like(sorted_groups, dtype=torch.bool)
+    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    positions = torch.arange(len(order), device=groups.device)
+    first = torch.cummax(torch.where(starts, positions, 0), dim=0).values  # each run's first position
+    ranks = torch.empty_like(positions)
+    ranks[order] = positions - first
+    return ranks
 
 
 def cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     """Boxes (centre x, centre y, width, height) -> (x1, y1, x2, y2)."""
     centre, size = boxes[..., :2], boxes[..., 2:4]
     return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+
+
+def best_per_group(groups: torch.Tensor, scores: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """Indices of the best limits[g] elements of each group g (groups: Tensor[N] of
+    indices into limits), ordered by group, best first within each."""
+    ranks = rank_within_groups(groups, scores)
+    selected = (ranks < limits[groups]).nonzero().squeeze(1)
+    return selected[(groups[selected] * len(groups) + ranks[selected]).argsort()]
+
+
+def rows_per_group(groups: torch.Tensor, columns: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """Per-element columns (Tensor[N] or Tensor[N, D], any device), ordered by group ->
+    for each of `count` groups its rows as float64 Tensor[K, sum of D] on the host: one
+    copy for them all (float64 holds the indices and float32 values exactly)."""
+    rows = torch.cat([(c.flatten(1) if c.dim() > 1 else c[:, None]).double() for c in columns], dim=1).cpu()
+    return list(rows.split(torch.bincount(groups.cpu(), minlength=count).tolist()))

@@ -119,6 +119,23 @@ def test_a_failing_batch_is_retried_image_by_image(make_handler):
     assert [top1(r) for r in results] == ["red", "green", "blue"]
 
 
+def test_a_failing_batch_wide_post_processing_is_retried_image_by_image(make_handler, monkeypatch):
+    """`summarise` works on the whole batch (top-k on the device); if it fails for the batch,
+    each image is summarised alone, and only the image it fails on gets a 500."""
+    handler, context = make_handler()
+    summarise = handler.summarise
+
+    def fails_on_batches_and_on_green(logits, items):
+        if len(items) > 1 or top1({"predictions": summarise(logits, items)[0]}) == "green":
+            raise RuntimeError("post-processing failed")
+        return summarise(logits, items)
+
+    monkeypatch.setattr(handler, "summarise", fails_on_batches_and_on_green)
+    results = answers(handler.handle([body(solid(RED)), body(solid(GREEN)), body(solid(BLUE))], context))
+    assert [context.status(i) for i in range(3)] == [200, 500, 200]
+    assert [top1(results[0]), results[1]["error"], top1(results[2])] == ["red", "internal error", "blue"]
+
+
 def test_a_failing_model_answers_500_per_request_and_never_raises(make_handler):
     handler, context = make_handler(module=AlwaysFails(), yaml={**DEFAULT_YAML, "handler": {"warmup": False}})
     results = answers(handler.handle([body(solid(RED)), body(b"junk")], context))

@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from batched_handler import Response, encoded
 from face_detection import expand_boxes
 from face_pixelizer_handler import FacePixelizerHandler
 from imaging import encode_jpeg
@@ -118,3 +119,16 @@ def test_per_request_settings_including_input_size_in_one_batch(pixelizer):
     assert mean_difference(blurred, coarse, (190, 80, 260, 170)) > 5  # different anonymisations
     assert "mode must be one of mosaic, blur" in json.loads(results[4])["detail"]
     assert "input_size must be a multiple of 32" in json.loads(results[5])["detail"]
+
+
+def test_image_answers_are_encoded_together_and_one_that_cannot_be_encoded_fails_alone():
+    """`encoded` JPEG-encodes a batch's image answers in one call per quality; when that
+    call fails, each is encoded alone and only the broken one becomes a 500."""
+    good = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    broken = torch.zeros(3, 16, 16, dtype=torch.float32)  # not uint8: the encoder refuses it
+    error = Response.failure(415, "unsupported image format", "not an image")
+    responses = [Response.jpeg(good, 90), Response.jpeg(broken, 90), error, Response.jpeg(good, 50)]
+    done = encoded(responses)
+    assert [r.status for r in done] == [200, 500, 415, 200]
+    assert done[0].body == encode_jpeg(good, 90) and done[3].body == encode_jpeg(good, 50)
+    assert all(r.image is None for r in done)

@@ -1,10 +1,20 @@
 """YOLOv5 output decoding: thresholds, class-aware NMS against a slow reference,
 class filters, settings."""
 
+import dataclasses
+
 import pytest
 import torch
 
-from detection import DetectorSettings, class_colour, class_filter, detect_objects, draw_detections
+from detection import (
+    DetectionRequest,
+    DetectorSettings,
+    class_colour,
+    class_filter,
+    detect_objects,
+    detect_objects_batch,
+    draw_detections,
+)
 
 NAMES = ["person", "bicycle", "car"]
 
@@ -122,3 +132,28 @@ def test_draw_detections_outlines_boxes_on_a_copy():
 
 def test_class_colours_are_distinct():
     assert len({class_colour(label) for label in range(80)}) == 80
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_detects_what_each_image_detects_alone(seed):
+    """detect_objects_batch against detect_objects on each image alone (checked against
+    the slow reference above), each image asking for its own thresholds, limit and classes."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, rows, classes = 5, 400, 7
+    centres = torch.rand(batch, rows, 2, generator=generator) * 200
+    sizes = torch.rand(batch, rows, 2, generator=generator) * 60 + 4
+    scores = torch.rand(batch, rows, 1 + classes, generator=generator)
+    predictions = torch.cat([centres, sizes, scores], dim=-1)
+    requests = [
+        DetectionRequest(0.25, 0.45, 300),
+        DetectionRequest(0.5, 0.45, 5),
+        DetectionRequest(0.1, 0.3, 50, torch.tensor([1, 4])),
+        DetectionRequest(1.0, 0.45, 300),  # nothing passes
+        DetectionRequest(0.25, 0.7, 1000, torch.tensor([0])),
+    ]
+    together = detect_objects_batch(predictions, requests)
+    for image, request in enumerate(requests):
+        alone = detect_objects(predictions[image], *dataclasses.astuple(request))
+        for got, expected in zip(together[image], alone, strict=True):
+            assert torch.equal(got, expected)
+    assert len(together[3][0]) == 0 and len(together[1][0]) == 5

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+import torchvision
 
 from face_detection import (
     FaceSettings,
     decode_faces,
+    decode_faces_batch,
     expand_boxes,
     mosaic_grid,
     pixelate_regions,
@@ -140,3 +142,41 @@ def test_input_is_never_modified(noise):
 def test_settings_reject_bad_values(values):
     with pytest.raises(ValueError):
         FaceSettings(**values)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_decodes_what_each_image_decodes_alone(seed):
+    """decode_faces_batch against the obvious per-image steps (torchvision's NMS), each
+    image with its own settings."""
+    generator = torch.Generator().manual_seed(seed)
+    priors = prior_boxes(64, 96, [[16, 32], [64, 128]], [8, 16])
+    batch, rows = 4, len(priors)
+    loc = torch.randn(batch, rows, 4, generator=generator) * 0.3
+    conf = torch.softmax(torch.randn(batch, rows, 2, generator=generator) * 3, dim=-1)
+    landmarks = torch.randn(batch, rows, 10, generator=generator) * 0.3
+    settings = [
+        FaceSettings(),
+        FaceSettings(score_threshold=0.9, max_faces=2),
+        FaceSettings(score_threshold=0.2, iou_threshold=0.6, top_k=30),
+        FaceSettings(score_threshold=1.0),  # nothing passes
+    ]
+    together = decode_faces_batch(loc, conf, landmarks, priors, VARIANCES, settings)
+    for image, setting in enumerate(settings):
+        alone = reference_faces(loc[image], conf[image], landmarks[image], priors, setting)
+        got = (together[image].boxes, together[image].scores, together[image].landmarks)
+        for field, expected in zip(got, alone, strict=True):
+            assert torch.allclose(field, expected, atol=1e-5)
+    assert len(together[0].boxes) > 0 and len(together[1].boxes) == 2 and len(together[3].boxes) == 0
+
+
+def reference_faces(loc, conf, landmarks, priors, settings):
+    scores = conf[:, 1]
+    keep = (scores > settings.score_threshold).nonzero().squeeze(1)
+    keep = keep[scores[keep].argsort(descending=True)[: settings.top_k]]
+    anchors, scores = priors[keep], scores[keep]
+    centres = anchors[:, :2] + loc[keep, :2] * VARIANCES[0] * anchors[:, 2:]
+    sizes = anchors[:, 2:] * torch.exp(loc[keep, 2:] * VARIANCES[1])
+    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], dim=1)
+    points = anchors[:, None, :2] + landmarks[keep].view(-1, 5, 2) * VARIANCES[0] * anchors[:, None, 2:]
+    kept = torchvision.ops.nms(boxes, scores, settings.iou_threshold)[: settings.max_faces]
+    return boxes[kept], scores[kept], points[kept]

@@ -106,3 +106,46 @@ print(sorted(name for name in ("torchvision", "torch._dynamo", "sympy") if name 
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_within_groups_against_sorting_each_group(seed):
+    generator = torch.Generator().manual_seed(seed)
+    groups = torch.randint(0, 5, (300,), generator=generator)
+    scores = torch.rand(300, generator=generator)
+    ranks = vision_ops.rank_within_groups(groups, scores)
+    for group in range(5):
+        members = (groups == group).nonzero().squeeze(1)
+        expected = torch.empty_like(members)
+        expected[scores[members].argsort(descending=True)] = torch.arange(len(members))
+        assert torch.equal(ranks[members], expected)
+    assert vision_ops.rank_within_groups(torch.empty(0, dtype=torch.int64), torch.empty(0)).numel() == 0
+
+
+def test_batched_nms_keeps_groups_apart_even_with_negative_coordinates_and_many_groups():
+    """Two identical boxes in different groups both survive, whatever their coordinates;
+    within one group the lower one is suppressed."""
+    box = torch.tensor([[-30.0, -30.0, 10.0, 10.0]])
+    boxes = box.repeat(4, 1)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    groups = torch.tensor([0, 1, 5000, 5000])  # thousands of groups: an image and a class each
+    assert sorted(vision_ops.batched_nms(boxes, scores, groups, 0.5).tolist()) == [0, 1, 2]
+
+
+def test_to_device_on_the_cpu_returns_the_images_themselves():
+    images = [torch.zeros(3, 4, 5, dtype=torch.uint8), torch.ones(3, 2, 2, dtype=torch.uint8)]
+    assert all(a is b for a, b in zip(vision_ops.to_device(images, torch.device("cpu")), images, strict=True))
+
+
+def test_to_device_packs_splits_and_reshapes_in_order(monkeypatch):
+    """The packing as it runs for a GPU, checked on the CPU through the 'meta'-free path:
+    packed into one flat tensor and split back into views of the original shapes."""
+    images = [torch.arange(60, dtype=torch.uint8).view(3, 4, 5), torch.full((3, 2, 2), 7, dtype=torch.uint8)]
+    moved = vision_ops.to_device(images, torch.device("meta"))
+    assert [tuple(m.shape) for m in moved] == [(3, 4, 5), (3, 2, 2)] and moved[0].device.type == "meta"
+
+
+def test_encode_jpegs_equals_encoding_each():
+    images = [torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8)]
+    together = vision_ops.encode_jpegs(images, 85)
+    assert all(torch.equal(a, vision_ops.encode_jpeg(image, 85)) for a, image in zip(together, images, strict=True))
