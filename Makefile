@@ -14,10 +14,12 @@ YOLO_WEIGHTS ?=
 WEIGHTS_DIR ?= $(YOLO_WEIGHTS)
 # STRICT=1: fail instead of building any model with random weights.
 STRICT ?=
-# PRECISION=bf16|fp16: reduced-precision builds (parity within a documented tolerance).
-PRECISION ?= fp32
-# DEVICE=cuda: check the builds on the GPU and compile the AOTInductor (.pt2) models for it.
+# DEVICE=cuda: check the builds on the GPU and compile the AOTInductor (.pt2) models for it;
+# the archives then carry each model's GPU profile (the gpu: block of scripts/configs/<model>.yaml).
 DEVICE ?= cpu
+PROFILE := $(if $(filter cuda%,$(DEVICE)),gpu,cpu)
+# PRECISION=fp32|bf16|fp16 (parity within a documented tolerance): bf16 on a GPU, fp32 on the CPU.
+PRECISION ?= $(if $(filter gpu,$(PROFILE)),bf16,fp32)
 # DRIFT_REFERENCE=<dir>: images each archive's drift test compares served images with
 # (<dir>/<model>/ where it exists, else <dir>); without it, each worker's first images.
 DRIFT_REFERENCE ?=
@@ -67,19 +69,26 @@ serve-venv: ## a venv to serve the archives with, nothing else (VENV=<dir>; the 
 # Compiled TorchScript, one per model; rebuilt when the build code, the build
 # requirements or a weights file in WEIGHTS_DIR changes (test-only requirements do not).
 .SECONDEXPANSION:
-COMPILE_DEPS = $(COMPILE_SRC) requirements-serve.txt requirements.txt requirements-nodeps.txt $$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
+COMPILE_DEPS = $(COMPILE_SRC) requirements-serve.txt requirements.txt requirements-nodeps.txt $(BUILD)/target.txt \
+	$$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
 $(BUILD)/%.pt: $(COMPILE_DEPS) | $(SETUP)
 	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 $(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
 	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
-ARCHIVE_DEPS = scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/build/archive.py \
+ARCHIVE_DEPS = scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/build/archive.py scripts/build/profiles.py \
 	scripts/build/drift_reference.py $(BUILD)/drift-reference.txt \
 	$(if $(DRIFT_REFERENCE),$(shell find $(DRIFT_REFERENCE) -type f 2>/dev/null))
 $(STORE)/%.mar: $$(call artifact,$$*) $(ARCHIVE_DEPS)
-	$(PY) -m scripts.build.archive $* --serialized-file $< --export-path $(STORE) \
+	$(PY) -m scripts.build.archive $* --serialized-file $< --export-path $(STORE) --profile $(PROFILE) \
 		$(if $(DRIFT_REFERENCE),--drift-reference $(DRIFT_REFERENCE))
+
+# Holds what the models are built for (device, precision), rewritten only when it changes:
+# switching DEVICE or PRECISION then recompiles and re-archives every model.
+$(BUILD)/target.txt: FORCE
+	@mkdir -p $(@D)
+	@echo '$(DEVICE) $(PRECISION)' | cmp -s - $@ || echo '$(DEVICE) $(PRECISION)' > $@
 
 # Holds DRIFT_REFERENCE's value, rewritten only when it changes: the archives then rebuild.
 $(BUILD)/drift-reference.txt: FORCE

@@ -21,9 +21,9 @@ from pathlib import Path
 import psutil
 import requests
 import ts
-import yaml
 
 from scripts.bench.loadgen import Request, closed_loop, percentile
+from scripts.build import profiles
 from scripts.samples.photos import encode, photo
 from scripts.serve.server import LOG_CONFIG, local_torchserve
 from scripts.zoo import REPO, get_model, handler_module
@@ -76,8 +76,8 @@ def images() -> dict[str, bytes]:
     return {"small": encode(photo("chelsea"), "JPEG", quality=90), "large": encode(photo("retina"), "JPEG", quality=90)}
 
 
-def model_config(model: str) -> dict:
-    return yaml.safe_load(get_model(model).config_file.read_text())
+def model_config(model: str, profile: str = "cpu") -> dict:
+    return profiles.model_config(get_model(model), profile)
 
 
 def cpu_seconds(pid: int) -> dict[str, float]:

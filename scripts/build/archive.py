@@ -4,9 +4,9 @@
 
 The archive holds the TorchScript file, the family's handler module, the shared
 handler modules (TorchServe copies extra files flat into the model directory, which
-is on the worker's PYTHONPATH), the family's data files and the model's YAML config;
-with --drift-reference DIR also the drift test's reference sample, embedded from DIR
-(scripts/build/drift_reference.py).
+is on the worker's PYTHONPATH), the family's data files and the model's YAML config
+(with --profile gpu, its GPU settings: scripts/build/profiles.py); with --drift-reference
+DIR also the drift test's reference sample, embedded from DIR (scripts/build/drift_reference.py).
 """
 
 import argparse
@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from scripts.build.drift_reference import write_reference
+from scripts.build.profiles import PROFILES, profile_file
 from scripts.families import families, family
 from scripts.zoo import HANDLERS_DIR, REPO, ModelSpec, get_model, handler_module
 
@@ -60,16 +61,19 @@ def build_archive(
     name: str | None = None,
     config: Path | None = None,
     drift_reference: Path | None = None,
+    profile: str = "cpu",
 ) -> Path:
     """Write <export_path>/<name>.mar atomically and return its path. `name` and
-    `config` default to the model's own; tests archive variants with other settings.
-    `drift_reference`: a directory of images to embed as the drift test's reference."""
-    name, config = name or spec.name, config or spec.config_file
-    for required in (serialized_file, config):
+    `config` default to the model's own (with `profile`'s settings); tests archive
+    variants with other settings. `drift_reference`: a directory of images to embed as
+    the drift test's reference."""
+    name = name or spec.name
+    for required in (serialized_file, config or spec.config_file):
         if not required.is_file():
             raise FileNotFoundError(f"{required} is missing (run `make archive`)")
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
+        config = config or profile_file(spec, profile, Path(staging))
         extra = ()
         if drift_reference is not None:
             extra = (Path(staging) / handler_module("drift_monitor").REFERENCE_FILE,)
@@ -89,13 +93,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--drift-reference", type=Path, help="directory of reference images for the drift test (or of <model>/ ones)"
     )
+    parser.add_argument("--profile", choices=PROFILES, default="cpu", help="the settings for the hardware it serves on")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
     try:
         spec = get_model(args.model)
-        target = build_archive(spec, args.serialized_file, args.export_path, drift_reference=args.drift_reference)
+        target = build_archive(
+            spec, args.serialized_file, args.export_path, drift_reference=args.drift_reference, profile=args.profile
+        )
     except (KeyError, ValueError, OSError, subprocess.CalledProcessError) as err:
         sys.exit(f"error: {err}")
     print(f"{target}: {target.stat().st_size / 1e6:.1f} MB")

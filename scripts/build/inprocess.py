@@ -7,8 +7,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-import yaml
-
+from scripts.build.profiles import model_config
 from scripts.families import family
 from scripts.zoo import REPO, get_model, handler_module
 
@@ -102,7 +101,7 @@ def load_handler(
     (`handler_settings` overriding its handler: section), on the GPU `gpu_id` when
     given, as TorchServe assigns one -> (handler, context)."""
     spec = get_model(model)
-    config = yaml.safe_load(spec.config_file.read_text())
+    config = model_config(spec, "cpu" if gpu_id is None else "gpu")  # the settings its archive would carry
     if batch_size:
         config["batchSize"] = batch_size
     config["handler"] = {**config.get("handler", {}), **(handler_settings or {})}

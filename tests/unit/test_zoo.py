@@ -1,6 +1,7 @@
 """The model table, its configs and the label file agree with each other."""
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,14 @@ import yaml
 from classification import ClassifierSettings
 from detection import DetectorSettings
 from face_detection import FaceSettings
-from scripts.build.archive import shared_handler_modules
+from scripts.build.archive import build_archive, shared_handler_modules
+from scripts.build.profiles import FRONTEND_KEYS, PROFILES, model_config, resolve_profile
 from scripts.families import families
 from scripts.zoo import MODELS, REPO, get_model
 from settings import settings_from_mapping
 
 SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings, "face": FaceSettings}
-TORCHSERVE_KEYS = {"minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "handler"}
+TORCHSERVE_KEYS = FRONTEND_KEYS | {"handler"}
 
 
 def test_issue_models_are_in_the_table():
@@ -28,12 +30,39 @@ def test_unknown_model_names_the_known_ones():
         get_model("resnet19")
 
 
+@pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("spec", MODELS, ids=lambda spec: spec.name)
-def test_every_model_has_a_valid_config(spec):
-    config = yaml.safe_load(spec.config_file.read_text())
+def test_every_model_has_a_valid_config_in_each_profile(spec, profile):
+    config = model_config(spec, profile)
     assert set(config) <= TORCHSERVE_KEYS
     assert 1 <= config["minWorkers"] <= config["maxWorkers"] and config["batchSize"] >= 1
     settings_from_mapping(SETTINGS[spec.family], config.get("handler"))  # raises on unknown keys
+
+
+@pytest.mark.parametrize("spec", MODELS, ids=lambda spec: spec.name)
+def test_the_gpu_profile_batches_more_and_queues_512_waiting_clients(spec):
+    """Only the gpu: block differs; the CPU profile is the file without it."""
+    raw, cpu, gpu = yaml.safe_load(spec.config_file.read_text()), model_config(spec), model_config(spec, "gpu")
+    assert cpu == {key: value for key, value in raw.items() if key != "gpu"}
+    assert gpu["batchSize"] > cpu["batchSize"] and gpu["jobQueueSize"] >= 512
+    assert gpu["handler"] == {**cpu["handler"], **raw["gpu"]["handler"]}
+
+
+def test_a_profile_may_set_torchserve_keys_and_handler_settings_only():
+    with pytest.raises(ValueError, match="gpu: sets \\['workers'\\]"):
+        resolve_profile({"batchSize": 1, "gpu": {"workers": 2}}, "gpu")
+    with pytest.raises(ValueError, match="unknown profile"):
+        resolve_profile({}, "tpu")
+
+
+def test_a_gpu_archive_carries_the_gpu_profile(tmp_path):
+    spec = get_model("resnet50")
+    (tmp_path / "model.pt").write_bytes(b"not read by the archiver")
+    for profile in PROFILES:
+        archive = build_archive(spec, tmp_path / "model.pt", tmp_path / profile, profile=profile)
+        with zipfile.ZipFile(archive) as packed:
+            carried = yaml.safe_load(packed.read("resnet50.yaml"))
+        assert resolve_profile(carried, "cpu") == model_config(spec, profile)
 
 
 def test_handler_modules_are_split_into_entry_points_and_shared():
