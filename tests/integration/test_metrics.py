@@ -1,9 +1,13 @@
 """The handlers' metrics as a real TorchServe exports them at its metrics address, in
 Prometheus' text format (scripts/configs/metrics.yaml declares them)."""
 
+import time
+
 import pytest
 
 from scripts.samples.photos import encode, photo
+from scripts.serve.server import local_torchserve
+from scripts.zoo import REPO
 from tests.integration.conftest import scrape
 
 pytestmark = pytest.mark.integration
@@ -58,3 +62,25 @@ def test_what_the_detectors_find_is_measured(torchserve, model, metrics):
         assert change(before, after, "zoo_detection_confidence_count", **mine) == min(20, len(found))
     else:
         assert len(found) == 1  # the astronaut
+
+
+def test_gpu_utilisation_and_memory_are_exported_from_nvml(archives):
+    """TorchServe runs the collector config.properties names (installed by the set-up) and
+    exports its GPU lines in Prometheus' format: here from a stand-in NVML with two GPUs,
+    as on a GPU machine from the driver's. Every interval, with no traceback in the log."""
+    store, fake_nvml = archives[0], REPO / "tests" / "fakes" / "nvml"
+    with local_torchserve(store, ["mobilenet_v2"], {"metric_time_interval": "1"}, env={"PYTHONPATH": str(fake_nvml)}) as server:
+        deadline, samples = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and ("GPUUtilization", DEVICE_1) not in samples:
+            time.sleep(1)
+            samples = scrape(server)
+        log = (server.workdir / "logs" / "ts_log.log").read_text()
+    assert samples[("GPUUtilization", frozenset({("Level", "Host"), ("DeviceId", "0")}))] == 37
+    assert samples[("GPUUtilization", DEVICE_1)] == 38
+    assert samples[("GPUMemoryUsed", DEVICE_1)] == 2048
+    assert samples[("GPUMemoryUtilization", DEVICE_1)] == 25
+    assert ("CPUUtilization", frozenset({("Level", "Host")})) in samples
+    assert "Traceback" not in log and "nvgpu" not in log
+
+
+DEVICE_1 = frozenset({("Level", "Host"), ("DeviceId", "1")})
