@@ -42,7 +42,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
-.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-gpu soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -119,6 +119,14 @@ bench-replicas: archive setup ## 1 vs 2 replicas behind HAProxy, and one killed 
 
 bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
 	$(PY) -m scripts.bench.video
+
+# On a CUDA machine: archives built there with their GPU profile (scripts/bench/gpu.py), then
+# the handler in-process against the model (scripts/bench/handler_speed.py).
+bench-gpu: setup ## GPU serving: the model alone, a no-op TorchServe, ours and LitServe at 1-512 clients -> docs/benchmarks.md
+	$(PY) -m scripts.bench.gpu --device cuda
+	$(PY) -m scripts.bench.handler_speed --device cuda --models resnet50 yolov5s face_pixelizer \
+		--precisions bf16 --json docs/handler_speed.json
+	$(PY) -m scripts.bench.handler_speed --render docs/handler_speed.json
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.bench.soak --duration 600 --concurrency 8 --markdown docs/soak.md

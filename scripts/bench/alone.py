@@ -51,14 +51,21 @@ def served_settings(model: str) -> tuple[int, int, int]:
     return config["batchSize"], config["maxWorkers"], threads
 
 
-def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int, tuple[float, float]]:
+def model_throughput(
+    path: Path, batches: list[int], seconds: float, device: str = "cpu", channels_last: bool = False
+) -> dict[int, tuple[float, float]]:
     """{batch: (img/s, CPU ms per image of this process)} of a compiled file on ready-made
-    inputs (all its threads' CPU: a thread waiting for another spends less than the wall time)."""
-    compiled, metadata = handler_module("compiled_model").load_compiled_model(path, torch.device("cpu"))
+    inputs on `device` (all its threads' CPU: a thread waiting for another spends less than
+    the wall time)."""
+    device = torch.device(device)
+    compiled, metadata = handler_module("compiled_model").load_compiled_model(path, device)
     height, width = metadata["input_size"]
     result = {}
     for batch in batches:
-        inputs = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8)  # as the handler sends
+        # uint8, as the handler sends
+        inputs = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, device=device)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             for _ in range(8):  # TorchScript profiles and specialises on the first runs of a shape
                 compiled(inputs)
@@ -69,7 +76,7 @@ def model_throughput(path: Path, batches: list[int], seconds: float) -> dict[int
                 calls += 1
                 compiled(inputs)
 
-            rate = images_per_second(run, batch, torch.device("cpu"), seconds, warmup=0)
+            rate = images_per_second(run, batch, device, seconds, warmup=0)
             result[batch] = (rate, 1000 * (time.process_time() - started) / (calls * batch))
     return result
 

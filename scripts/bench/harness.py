@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,6 +69,8 @@ class Point:
     worker_cpu_ms: float = 0.0  # ... of the rest of the server's processes (a peer: all of them)
     queue_ms: float | None = None  # TorchServe: mean wait in its job queue
     inference_ms: float | None = None  # TorchServe: mean time from its queue to the worker's answer
+    mean_batch: float | None = None  # ours: images per forward pass
+    gpu_busy: float | None = None  # % of the time the GPU ran a kernel (NVML), where there is one
     stage_ms: dict[str, float] | None = None  # ours: ms per request in each stage of the handler
 
 
@@ -133,12 +136,50 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
     for name in (QUEUE, INFERENCE):
         match = re.search(rf'^{name}{{model_name="{model}".*}} (\S+)$', text, re.M)
         counters[name] = float(match.group(1)) if match else 0.0
-    stage_seconds = handler_module("metrics").STAGE_SECONDS
-    for labels, value in re.findall(rf"^{stage_seconds}_sum{{(.*)}} (\S+)$", text, re.M):
+    metrics = handler_module("metrics")
+    for labels, value in re.findall(rf"^{metrics.STAGE_SECONDS}_sum{{(.*)}} (\S+)$", text, re.M):
         label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         if label.get("ModelName") == model:
             counters[label["stage"]] = counters.get(label["stage"], 0.0) + float(value)
+    for suffix in ("sum", "count"):  # images, forward passes
+        for labels, value in re.findall(rf"^{metrics.BATCH_IMAGES}_{suffix}{{(.*)}} (\S+)$", text, re.M):
+            if dict(re.findall(r'(\w+)="([^"]*)"', labels)).get("ModelName") == model:
+                counters[f"ts_batch_{suffix}"] = counters.get(f"ts_batch_{suffix}", 0.0) + float(value)
     return counters
+
+
+class GpuSampler:
+    """The GPUs' utilisation (NVML) sampled every `interval` s while in a `with` block:
+    `busy` is the mean over the samples and the GPUs, None without an NVIDIA driver."""
+
+    def __init__(self, interval: float = 0.1):
+        self.interval, self.samples, self.busy = interval, [], None
+
+    def __enter__(self) -> "GpuSampler":
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+        except Exception:  # no nvidia-ml-py or no driver: nothing to sample
+            self.nvml = None
+            return self
+        self.nvml, self.done = pynvml, threading.Event()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+
+        def sample() -> None:
+            while not self.done.wait(self.interval):
+                self.samples += [pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
+
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.nvml is not None:
+            self.done.set()
+            self.thread.join()
+            self.nvml.nvmlShutdown()
+            self.busy = sum(self.samples) / len(self.samples) if self.samples else None
 
 
 def measure(
@@ -150,19 +191,22 @@ def measure(
     mix = [Request(model, image, body, target.headers, target.method)]
     closed_loop(target.url, {}, mix, clients, min(warmup, seconds))
     counters, cpu = torchserve_counters(target.metrics, model), cpu_seconds(target.pid)
-    outcomes = closed_loop(target.url, {}, mix, clients, seconds, 100_000)
+    with GpuSampler() as gpu:
+        outcomes = closed_loop(target.url, {}, mix, clients, seconds, 1_000_000)
     elapsed = max(o.started + o.latency for o in outcomes) - min(o.started for o in outcomes)
     latencies, count = sorted(o.latency * 1000 for o in outcomes), len(outcomes)
     p50, p90, p99 = (percentile(latencies, q) for q in (50, 90, 99))
     errors = sum(o.status != 200 for o in outcomes)
     point = Point(target.server, model, clients, count, count / elapsed, p50, p90, p99, errors, sum(latencies) / count)
-    point.image = image
+    point.image, point.gpu_busy = image, gpu.busy
     spent = cpu_seconds(target.pid)
     point.frontend_cpu_ms, point.worker_cpu_ms = ((spent[k] - cpu[k]) * 1000 / count for k in ("frontend", "workers"))
     if target.metrics:
         after = torchserve_counters(target.metrics, model)
         point.queue_ms, point.inference_ms = ((after[k] - counters[k]) / 1000 / count for k in (QUEUE, INFERENCE))
         point.stage_ms = {k: (v - counters.get(k, 0.0)) * 1000 / count for k, v in after.items() if k[:3] != "ts_"}
+        images, passes = (after.get(k, 0.0) - counters.get(k, 0.0) for k in ("ts_batch_sum", "ts_batch_count"))
+        point.mean_batch = images / passes if passes else None
     print(f"  {point}", file=sys.stderr, flush=True)
     return point
 

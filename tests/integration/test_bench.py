@@ -46,3 +46,21 @@ def test_quick_metrics_cost_interleaves_three_servers(tmp_path):
     assert [sorted(p["variant"] for p in cycle) for cycle in rounds] == [["all_on", "metrics_only", "off"]] * 2
     assert all(p["requests"] > 0 and p["errors"] == 0 for cycle in rounds for p in cycle)
     assert "| median |" in result.stdout
+
+
+def test_the_gpu_benchmark_runs_through_on_the_cpu(tmp_path):
+    """scripts/bench/gpu.py end to end on the CPU, briefly: the model alone, a no-op
+    TorchServe archived with the model's settings, ours, LitServe; the report judges the
+    targets. On a GPU the same run builds and measures the GPU archives."""
+    command = [sys.executable, "-m", "scripts.bench.gpu", "--device", "cpu", "--quick", "--models", "mobilenet_v2",
+               "--clients", "1", "2", "--seconds", "1", "--json", str(tmp_path / "gpu.json")]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (measured,) = json.loads((tmp_path / "gpu.json").read_text())["models"]
+    assert {(p["server"], p["concurrency"]) for p in measured["points"]} == {
+        (server, clients) for server in ("no-op", "ours", "litserve") for clients in (1, 2)
+    }
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in measured["points"])
+    assert measured["alone_img_per_s"] > 0
+    assert all(p["mean_batch"] >= 1 for p in measured["points"] if p["server"] == "ours")
+    assert "x LitServe:" in result.stdout and "0 errors at 2 clients: 0 yes" in result.stdout

@@ -68,8 +68,8 @@ def test_gpu_utilisation_and_memory_are_exported_from_nvml(archives):
     """TorchServe runs the collector config.properties names (installed by the set-up) and
     exports its GPU lines in Prometheus' format: here from a stand-in NVML with two GPUs,
     as on a GPU machine from the driver's. Every interval, with no traceback in the log."""
-    store, fake_nvml = archives[0], REPO / "tests" / "fakes" / "nvml"
-    with local_torchserve(store, ["mobilenet_v2"], {"metric_time_interval": "1"}, env={"PYTHONPATH": str(fake_nvml)}) as server:
+    store, stand_in = archives[0], {"PYTHONPATH": str(REPO / "tests" / "fakes" / "nvml")}
+    with local_torchserve(store, ["mobilenet_v2"], {"metric_time_interval": "1"}, env=stand_in) as server:
         deadline, samples = time.monotonic() + 60, {}
         while time.monotonic() < deadline and ("GPUUtilization", DEVICE_1) not in samples:
             time.sleep(1)

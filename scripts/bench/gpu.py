@@ -1,0 +1,190 @@
+"""GPU serving in one run, on any CUDA machine: for resnet50, yolov5s and face_pixelizer,
+archives built for the GPU (their GPU profile, bf16), and for each
+(a) the compiled model alone at the served batch size, on ready-made tensors;
+(b) TorchServe with a no-op handler archived with the same settings, fed the same bodies:
+    what the frontend passes (the ceiling any handler is served under);
+(c) our archive at 1, 32, 128 and 512 closed-loop clients: req/s, p50, p99, errors,
+    images per forward pass, GPU busy (NVML), and where a request's time goes;
+(d) LitServe serving the same compiled file on the same GPU (scripts/bench/litserve_app.py),
+    its batching tuned at 128 clients, at the same concurrencies
+-> its section of docs/benchmarks.md (the GPU, driver, torch, date; the targets) and the raw
+numbers in docs/benchmarks_gpu.json. The in-process handler against the model is
+scripts/bench/handler_speed.py (`make bench-gpu` runs both).
+
+    python -m scripts.bench.gpu                            # make bench-gpu (~12 min on an H200)
+    python -m scripts.bench.gpu --device cpu --quick       # the whole run on the CPU, briefly (CI)
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from scripts.bench.alone import model_throughput
+from scripts.bench.doc import about_the_run, markdown_table, publish
+from scripts.bench.harness import Target, images, measure, peer, torchserve
+from scripts.bench.loadgen import multipart
+from scripts.build.archive import ARCHIVE_VERSION, build_archive
+from scripts.build.profiles import model_config
+from scripts.serve.server import free_ports
+from scripts.zoo import COMPILERS, REPO, get_model
+
+MODELS = ("resnet50", "yolov5s", "face_pixelizer")
+CLIENTS = (1, 32, 128, 512)
+# LitServe's batching, (max_batch_size, batch_timeout s), tried at 128 clients; the best is measured.
+LITSERVE_SETTINGS = ((16, 0.005), (32, 0.005), (32, 0.01), (64, 0.01))
+BOUNDARY = "zoo-bench-photo"  # the multipart boundary of the photo sent to LitServe
+# The targets at 128 clients: >= this share of min(model alone, no-op ceiling), >= this x LitServe.
+OF_CEILING, OVER_LITSERVE, P99_OVER_P50 = 0.5, 1.2, 3.0
+
+
+def compile_for(model: str, device: str, compiler: str | None, workdir: Path) -> Path:
+    """`model` compiled for `device` (bf16 on a GPU) into `workdir`; on the CPU, build/'s file."""
+    spec = get_model(model)
+    if device == "cpu":
+        return REPO / "build" / spec.artifact
+    output = workdir / f"{model}{COMPILERS[compiler or spec.compiler]}"
+    command = [sys.executable, "-m", "scripts.build.compile", model, "--output", str(output),
+               "--device", device, "--precision", "bf16"]  # fmt: skip
+    subprocess.run(command, cwd=REPO, check=True)
+    return output
+
+
+def noop_archive(model: str, store: Path, profile: str) -> str:
+    """scripts/bench/noop_handler.py archived with `model`'s TorchServe settings -> its name."""
+    name = f"{model}_noop"
+    config = {key: value for key, value in model_config(get_model(model), profile).items() if key != "handler"}
+    (store / f"{name}.yaml").write_text(json.dumps(config))  # JSON is YAML
+    command = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name,
+               "--version", ARCHIVE_VERSION, "--handler", str(REPO / "scripts" / "bench" / "noop_handler.py"),
+               "--config-file", str(store / f"{name}.yaml"), "--export-path", str(store), "--force"]  # fmt: skip
+    subprocess.run(command, check=True)
+    return name
+
+
+def litserve(model: str, artifact: Path, device: str, batching: tuple[int, float], workers: int):
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--artifact", str(artifact),
+               "--port", str(port), "--device", device, "--workers", str(workers),
+               "--max-batch-size", str(batching[0]), "--batch-timeout", str(batching[1])]  # fmt: skip
+    headers, _form = multipart(b"", name="image", boundary=BOUNDARY)
+    return peer("litserve", command, port, "/health", timeout=300, method="POST", headers=headers)
+
+
+def sweep(target: Target, model: str, body: bytes, clients, seconds: float) -> list[dict]:
+    if target.server == "litserve":
+        body = multipart(body, name="image", boundary=BOUNDARY)[1]
+    return [asdict(measure(target, model, body, count, seconds)) for count in clients]
+
+
+def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) -> dict:
+    profile = "cpu" if args.device == "cpu" else "gpu"
+    config = model_config(get_model(model), profile)
+    artifact = compile_for(model, args.device, args.compiler, workdir)
+    store = workdir / f"store-{model}"
+    store.mkdir()
+    build_archive(get_model(model), artifact, store, profile=profile)
+    batch, workers = config["batchSize"], config["maxWorkers"]
+    channels_last = config["handler"].get("channels_last", False)
+    alone = model_throughput(artifact, [batch], args.seconds, args.device, channels_last)[batch][0]
+    result = {"model": model, "batch": batch, "workers": workers, "alone_img_per_s": alone, "points": []}
+    with torchserve(store, [noop_archive(model, store, profile)], "no-op") as target:
+        result["points"] += sweep(target, f"{model}_noop", body, args.clients, args.seconds)
+    with torchserve(store, [model]) as target:
+        result["points"] += sweep(target, model, body, args.clients, args.seconds)
+    tried = []
+    for batching in LITSERVE_SETTINGS[:1] if args.quick else LITSERVE_SETTINGS:
+        with litserve(model, artifact, args.device, batching, workers) as target:
+            tried.append((sweep(target, model, body, [args.clients[-2]], args.seconds)[0]["req_per_s"], batching))
+    result["litserve"] = {"tried": tried, "best": max(tried)[1]}
+    with litserve(model, artifact, args.device, result["litserve"]["best"], workers) as target:
+        result["points"] += sweep(target, model, body, args.clients, args.seconds)
+    return result
+
+
+def gpu_description(device: str) -> str:
+    if not device.startswith("cuda"):
+        return f"no GPU (a dry run on the CPU, {torch.get_num_threads()} threads)"
+    import pynvml
+
+    pynvml.nvmlInit()
+    driver = pynvml.nvmlSystemGetDriverVersion()
+    pynvml.nvmlShutdown()
+    return f"one {torch.cuda.get_device_name(device)}, driver {driver}, CUDA {torch.version.cuda}"
+
+
+def verdicts(result: dict, clients: tuple[int, ...]) -> list[str]:
+    """The targets, judged from this model's points."""
+    at = {(p["server"], p["concurrency"]): p for p in result["points"]}
+    busiest, middle, most = clients[-2], clients[1] if len(clients) > 2 else clients[0], clients[-1]
+    ours, noop, peer_ = at[("ours", busiest)], at[("no-op", busiest)], at[("litserve", busiest)]
+    ceiling = min(result["alone_img_per_s"], noop["req_per_s"])
+    checks = [
+        (f"at {busiest} clients >= {OF_CEILING}x min(model alone, no-op)", ours["req_per_s"] / ceiling, OF_CEILING),
+        (f"at {busiest} clients >= {OVER_LITSERVE}x LitServe", ours["req_per_s"] / peer_["req_per_s"], OVER_LITSERVE),
+    ]
+    lines = [f"{text}: {ratio:.2f}x {'yes' if ratio >= goal else '**no**'}" for text, ratio, goal in checks]
+    errors, spread = at[("ours", most)]["errors"], at[("ours", middle)]["p99_ms"] / at[("ours", middle)]["p50_ms"]
+    lines.append(f"0 errors at {most} clients: {errors} {'yes' if errors == 0 else '**no**'}")
+    lines.append(f"at {middle} clients p99 <= {P99_OVER_P50}x p50: {spread:.1f}x {'yes' if spread <= 3 else '**no**'}")
+    stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in (ours["stage_ms"] or {}).items())
+    lines.append(f"ours at {busiest} clients, ms per request: queue {ours['queue_ms']:.1f}, in the worker "
+                 f"{ours['inference_ms']:.1f}; handler stages {stages}")  # fmt: skip
+    return lines
+
+
+def render(results: dict) -> str:
+    lines = [
+        "## GPU serving (`make bench-gpu`)",
+        "",
+        f"{results['date']}, {results['gpu']}, torch {results['torch']}; {results['machine']}. Closed-loop "
+        f"clients, {results['seconds']:g} s a point, the 451x300 cat JPEG; archives with their "
+        f"{results['profile']} profile, {results['precision']}. Raw numbers: docs/benchmarks_gpu.json.",
+    ]
+    for result in results["models"]:
+        rows = [
+            [p["server"], p["concurrency"], f"{p['req_per_s']:.0f}", f"{p['p50_ms']:.1f}", f"{p['p99_ms']:.1f}",
+             p["errors"], "" if p["mean_batch"] is None else f"{p['mean_batch']:.1f}",
+             "" if p["gpu_busy"] is None else f"{p['gpu_busy']:.0f} %"]
+            for p in result["points"]
+        ]  # fmt: skip
+        lines += ["", f"### {result['model']}: batch {result['batch']}, {result['workers']} workers; the model "
+                      f"alone {result['alone_img_per_s']:.0f} img/s; LitServe's best batching "
+                      f"{tuple(result['litserve']['best'])}", ""]  # fmt: skip
+        lines += markdown_table(["server", "clients", "req/s", "p50 ms", "p99 ms", "errors", "batch", "GPU busy"], rows)
+        lines += ["", *(f"- {line}" for line in verdicts(result, tuple(results["clients"])))]
+    return "\n".join(lines)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS))
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--compiler", choices=list(COMPILERS), help="default: each model's own")
+    parser.add_argument("--quick", action="store_true", help="one LitServe setting, no doc (with --json)")
+    parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks_gpu.json")
+    return parser
+
+
+def main(args: argparse.Namespace) -> None:
+    body = images()["small"]
+    on_gpu = args.device != "cpu"
+    results = {**about_the_run(), "gpu": gpu_description(args.device), "torch": torch.__version__,
+               "profile": "GPU" if on_gpu else "CPU", "precision": "bf16" if on_gpu else "fp32",
+               "seconds": args.seconds, "clients": args.clients, "models": []}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as workdir:
+        for model in args.models:
+            results["models"].append(run_model(model, args, body, Path(workdir)))
+            args.json.write_text(json.dumps(results, indent=1))  # what is measured so far survives a crash
+    publish("gpu", render(results), results, None if args.quick else REPO / "docs" / "benchmarks.md", args.json)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
