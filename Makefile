@@ -51,7 +51,7 @@ help: ## list the targets
 setup: $(SETUP) ## create .venv with the pinned dependencies and a Java for TorchServe
 
 $(SETUP): requirements-serve.txt requirements.txt requirements-client.txt requirements-dev.txt requirements-nodeps.txt \
-		scripts/setup/venv.py scripts/setup/grpc_stubs.py scripts/setup/haproxy.py
+		scripts/setup/venv.py scripts/setup/grpc_stubs.py scripts/setup/haproxy.py scripts/setup/debian.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-nodeps.txt
@@ -131,12 +131,15 @@ bench-gpu: setup ## GPU serving: the model alone, a no-op TorchServe, ours and L
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.bench.soak --duration 600 --concurrency 8 --markdown docs/soak.md
 
-serve: archive ## start TorchServe on 127.0.0.1 with every archive and wait until it is ready
+# The web page to try every model (scripts/web/app.py), beside TorchServe, on loopback.
+WEB_PORT ?= 8090
+serve: archive ## start TorchServe on 127.0.0.1 with every archive, and the web page; wait until ready
 	mkdir -p logs
 	$(ACTIVATE) torchserve --start --ncs --models all --ts-config config.properties --log-config $(LOG_CONFIG) \
 		> logs/console.log 2>&1 \
 		|| { cat logs/console.log; exit 1; }
 	$(PY) -m scripts.serve.server wait
+	$(PY) -m scripts.web.app start --port $(WEB_PORT)
 
 # Container images (deploy/docker/Dockerfile, docs/deploy.md), where a Docker engine exists.
 IMAGE ?= torchserve-zoo
@@ -153,10 +156,17 @@ N ?= 2
 replicas: archive ## N TorchServe replicas behind HAProxy with one key (N=2, MODELS_SERVED=all); Ctrl-C stops
 	$(PY) -m scripts.serve.replicas -n $(N) --models $(or $(MODELS_SERVED),all)
 
-stop: ## stop TorchServe
+stop: ## stop TorchServe and the web page
+	$(PY) -m scripts.web.app stop
 	$(ACTIVATE) torchserve --stop
 
-test: archive lint ## run every test: unit, handler and a real TorchServe (what CI runs)
+# Chromium and its driver for the browser tests (scripts/setup/browser.py), unpacked into the venv.
+BROWSER := $(VENV)/.browser-done
+$(BROWSER): scripts/setup/browser.py scripts/setup/debian.py | $(SETUP)
+	$(PY) -m scripts.setup.browser --venv $(VENV)
+	touch $@
+
+test: archive lint $(BROWSER) ## run every test: unit, handler, a real TorchServe and the page in a browser (what CI runs)
 	$(ACTIVATE) pytest
 
 lint: $(SETUP) ## check style (ruff)

@@ -193,6 +193,7 @@ class Item:
 class BatchedImageHandler:
     settings_class: type = ImageHandlerSettings
     request_params: dict[str, str] = {}  # request parameter -> the setting it overrides
+    parameter_choices: dict[str, tuple[str, ...]] = {}  # request parameter -> the values it takes
     task: str = ""  # the compiled model's metadata["task"] this handler serves
 
     # --- TorchServe entry points -------------------------------------------------
@@ -237,6 +238,9 @@ class BatchedImageHandler:
         )
 
     def handle(self, data: list[dict], context) -> list[bytes]:
+        if len(data) == 1 and request_headers(context, 0).get("describe") == "True":
+            # TorchServe's describe API (GET /models/<name>?customized=true) asks the handler.
+            return [json.dumps(self.describe(), separators=(",", ":")).encode()]
         self.memory.batch_started()
         try:
             return self._handle(data, context)
@@ -306,6 +310,22 @@ class BatchedImageHandler:
         applied = json.dumps(self.applied_parameters(settings), separators=(",", ":"))
         headers = (*headers, ("X-Parameters", applied))
         return Response.jpeg(image, settings.jpeg_quality, headers)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client (the web page) needs to know of this model: its task, its weights
+        (and whether they are random), the largest image it takes, and each per-request
+        parameter with its default (and its values, where they are a choice)."""
+        weights = self.metadata["weights"]
+        return {
+            "model": self.model_name,
+            "task": self.task,
+            **self.provenance,
+            "random_weights": weights["name"] == "random",
+            "max_image_bytes": self.settings.max_image_bytes,
+            "max_image_pixels": self.settings.max_image_pixels,
+            "parameters": self.applied_parameters(self.resolve(self.settings)),
+            "choices": {param: list(values) for param, values in self.parameter_choices.items()},
+        }
 
     def applied_parameters(self, settings: ImageHandlerSettings) -> dict[str, Any]:
         """Every per-request parameter's value for this request: its own, else the default.

@@ -8,6 +8,7 @@ import torch
 from batched_handler import BatchedImageHandler, Item, Response
 from detection import (
     DETECTION_PARAMS,
+    OUTPUT_FORMATS,
     DetectionRequest,
     DetectorSettings,
     box_fields,
@@ -24,12 +25,16 @@ class DetectorHandler(BatchedImageHandler):
     settings_class = DetectorSettings
     # request parameter -> setting
     request_params = {**DETECTION_PARAMS, "max_detections": "max_detections", "classes": "classes"}
+    parameter_choices = {"format": OUTPUT_FORMATS}
     task = "detection"
 
     def setup(self, model_dir: Path) -> None:
         self.class_names = self.metadata["class_names"]
         self.input_size = self.letterbox_size(self.settings.input_size)
         self.fill = self.metadata["letterbox_fill"]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "class_names": self.class_names}
 
     def resolve(self, settings: DetectorSettings) -> DetectorSettings:
         try:

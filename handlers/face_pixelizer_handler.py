@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from batched_handler import BatchedImageHandler, Item, Response
-from detection import DETECTION_PARAMS, box_fields
+from detection import DETECTION_PARAMS, OUTPUT_FORMATS, box_fields
 from face_detection import (
+    MODES,
     Faces,
     FaceSettings,
     Region,
@@ -33,6 +34,7 @@ class FacePixelizerHandler(BatchedImageHandler):
         **DETECTION_PARAMS,
         **{name: name for name in ("input_size", "max_faces", "mode", "blocks", "block_size", "margin")},
     }
+    parameter_choices = {"format": OUTPUT_FORMATS, "mode": MODES}
     task = "face_detection"
 
     def setup(self, model_dir: Path) -> None:

@@ -52,6 +52,12 @@ class Tokens:
             return self.token
         return self._file()["inference"]["key"]
 
+    def management(self) -> str:
+        """The key file's management key (a given inference key comes with none)."""
+        if self.key_file is None or not self.key_file.is_file():
+            raise AuthError("no management key: key_file.json is needed to list the models")
+        return self._file()["management"]["key"]
+
     def header(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.inference()}"}
 

@@ -13,8 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from scripts.setup.debian import download_and_unpack, library_path
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian 12's haproxy and the libraries of its build that a slim system lacks.
@@ -31,8 +32,7 @@ def command_of(prefix: Path) -> tuple[str, dict[str, str]] | None:
     None when neither runs."""
     unpacked = prefix / "usr" / "sbin" / "haproxy"
     if unpacked.exists():
-        libraries = prefix / "usr" / "lib" / "x86_64-linux-gnu"
-        env = {**os.environ, "LD_LIBRARY_PATH": f"{libraries}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+        env = {**os.environ, "LD_LIBRARY_PATH": library_path(prefix)}
         if version_of(str(unpacked), env):
             return str(unpacked), env
     on_path = shutil.which("haproxy")
@@ -52,20 +52,6 @@ def version_of(binary: str, env: dict[str, str]) -> tuple[int, int] | None:
     return version if version and version >= MIN_VERSION else None
 
 
-def download_and_unpack(prefix: Path) -> None:
-    with tempfile.TemporaryDirectory() as downloads:
-        fetch = subprocess.run(["apt-get", "download", *PACKAGES], cwd=downloads, capture_output=True, text=True)
-        if fetch.returncode != 0 and os.geteuid() == 0:  # package lists missing: refresh them (root only)
-            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
-            fetch = subprocess.run(["apt-get", "download", *PACKAGES], cwd=downloads, capture_output=True, text=True)
-        if fetch.returncode != 0:
-            raise RuntimeError(f"apt-get download {' '.join(PACKAGES)} failed: {fetch.stderr.strip()}")
-        shutil.rmtree(prefix, ignore_errors=True)
-        prefix.mkdir(parents=True)
-        for package in sorted(Path(downloads).glob("*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(package), str(prefix)], check=True)
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--venv", type=Path, default=REPO / ".venv")
@@ -77,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
     found = command_of(prefix)
     if found is None and shutil.which("apt-get") and shutil.which("dpkg-deb"):
         try:
-            download_and_unpack(prefix)
+            download_and_unpack(PACKAGES, prefix)
         except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
             print(f"warning: could not unpack Debian's HAProxy: {err}", file=sys.stderr)
         found = command_of(prefix)

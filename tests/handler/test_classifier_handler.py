@@ -272,3 +272,24 @@ def test_open_inference_requests_are_answered_in_the_protocol_even_when_malforme
     assert json.loads(answer)["predictions"][0]["label"] == "red"
     assert [context.status(i) for i in range(3)] == [200, 400, 400]
     assert results[1]["error"].startswith("no image in request") and "outputs" in results[1]
+
+
+def test_the_describe_api_gets_the_model_its_weights_and_parameters(make_handler):
+    """TorchServe's GET /models/<name>?customized=true reaches the handler as one request
+    with the header describe: True; the answer is what a client needs to build a form."""
+    handler, context = make_handler()
+    context.request_headers[0] = {"describe": "True"}
+    (answer,) = handler.handle([{"body": bytearray()}], context)
+    described = json.loads(answer)
+    assert described == {
+        "model": "tiny",
+        "task": "classification",
+        "weights": "test-fixture",
+        "weights_sha256": None,
+        "random_weights": False,
+        "max_image_bytes": handler.settings.max_image_bytes,
+        "max_image_pixels": handler.settings.max_image_pixels,
+        "parameters": {"top_k": handler.settings.top_k},
+        "choices": {},
+    }
+    assert context.status(0) == 200

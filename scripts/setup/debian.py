@@ -1,0 +1,42 @@
+"""Debian packages unpacked into the venv, for the tools the project runs beside Python
+(HAProxy, a Chromium for the browser tests): `apt-get download` and `dpkg-deb -x`, so that
+nothing is installed system-wide and no root is needed where apt's package lists exist."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def missing_closure(packages: tuple[str, ...]) -> list[str]:
+    """`packages` and the dependencies (not the recommendations) this system lacks, as apt
+    would install them."""
+    plan = subprocess.run(
+        ["apt-get", "install", "--simulate", "--no-install-recommends", *packages],
+        capture_output=True, text=True, check=True, env={**os.environ, "LC_ALL": "C"},
+    ).stdout  # fmt: skip
+    return [line.split()[1] for line in plan.splitlines() if line.startswith("Inst ")]
+
+
+def download_and_unpack(packages: list[str] | tuple[str, ...], prefix: Path) -> None:
+    """The packages' files under `prefix` (emptied first)."""
+    with tempfile.TemporaryDirectory() as downloads:
+        fetch = subprocess.run(["apt-get", "download", *packages], cwd=downloads, capture_output=True, text=True)
+        if fetch.returncode != 0 and os.geteuid() == 0:  # package lists missing: refresh them (root only)
+            subprocess.run(["apt-get", "update", "-qq"], check=True, capture_output=True)
+            fetch = subprocess.run(["apt-get", "download", *packages], cwd=downloads, capture_output=True, text=True)
+        if fetch.returncode != 0:
+            raise RuntimeError(f"apt-get download {' '.join(packages)} failed: {fetch.stderr.strip()}")
+        shutil.rmtree(prefix, ignore_errors=True)
+        prefix.mkdir(parents=True)
+        for package in sorted(Path(downloads).glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(package), str(prefix)], check=True)
+
+
+def library_path(prefix: Path) -> str:
+    """LD_LIBRARY_PATH for binaries unpacked under `prefix`: its library directories and
+    their subdirectories holding libraries of their own (pulseaudio/)."""
+    roots = [prefix / "usr" / "lib" / "x86_64-linux-gnu", prefix / "lib" / "x86_64-linux-gnu"]
+    nested = [path for root in roots if root.is_dir() for path in root.iterdir() if any(path.glob("*.so*"))]
+    return ":".join([*map(str, roots + nested), os.environ.get("LD_LIBRARY_PATH", "")])

@@ -1,0 +1,210 @@
+"""The web page (scripts/web/) in a real browser -- Debian's Chromium, headless, driven by
+Selenium through its chromedriver (scripts/setup/browser.py) -- against the session's real
+TorchServe: a person's photo in, the answer as the page shows it.
+
+ZOO_SCREENSHOTS=<dir> keeps a screenshot of each view there (docs/screenshots/ holds them)."""
+
+import base64
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from scripts.samples.photos import encode, photo
+from scripts.serve.server import free_ports
+from scripts.setup.browser import browser_of
+from scripts.zoo import REPO
+
+pytestmark = pytest.mark.integration
+
+# The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.
+ASTRONAUT_FACE = (150, 30, 300, 215)
+
+
+@pytest.fixture(scope="module")
+def page_url(torchserve):
+    """The page's server for the session's TorchServe, with its keys."""
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "scripts.web.app", "run", "--port", str(port),
+               "--config", str(torchserve.workdir / "config.properties"),
+               "--key-file", str(torchserve.workdir / "key_file.json")]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{url}/api/models", timeout=30).ok:
+                break
+        except requests.ConnectionError:
+            time.sleep(0.3)
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    found = browser_of(REPO / ".venv")
+    assert found is not None, "no Chromium: run `python -m scripts.setup.browser` (make test does)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = found.chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1400"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(found.chromedriver, env=found.env))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser, page_url):
+    browser.get(page_url)
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card[data-model='yolov5s']"))
+    return browser
+
+
+def send(page, model: str, path: Path) -> None:
+    Select(page.find_element(By.ID, "model")).select_by_value(model)
+    page.find_element(By.ID, "file").send_keys(str(path))
+
+
+def status(page) -> str:
+    return page.find_element(By.ID, "status").text
+
+
+def wait_for(page, condition, timeout: float = 120):
+    return WebDriverWait(page, timeout).until(condition)
+
+
+def screenshot(page, name: str, selector: str = "main") -> None:
+    """The part of the page `selector` picks, as docs/screenshots/ shows it."""
+    directory = os.environ.get("ZOO_SCREENSHOTS")
+    if directory:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        page.find_element(By.CSS_SELECTOR, selector).screenshot(str(Path(directory) / f"{name}.png"))
+
+
+def photo_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.jpg"
+    path.write_bytes(encode(photo(name), "JPEG", quality=95))
+    return path
+
+
+def test_the_page_lists_every_served_model_with_its_weights_and_workers(page, torchserve):
+    cards = {card.get_attribute("data-model"): card.text for card in page.find_elements(By.CSS_SELECTOR, ".card")}
+    assert {"mobilenet_v2", "resnet18", "yolov5s", "face_pixelizer"} <= set(cards)
+    assert "classification · MobileNet_V2_Weights.IMAGENET1K_V1" in cards["mobilenet_v2"]
+    assert "yolov5s v6" in cards["yolov5s"] and "random weights" not in cards["yolov5s"]
+    assert "worker(s) ready" in cards["face_pixelizer"]
+    screenshot(page, "models", "#models")
+    page_source = page.page_source
+    assert torchserve.keys.header("inference")["Authorization"].split()[-1] not in page_source  # no key in the page
+
+
+def test_the_cat_is_an_egyptian_cat(page, tmp_path):
+    send(page, "mobilenet_v2", photo_file(tmp_path, "chelsea"))
+    bars = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='predictions']"))
+    assert bars[0].text.splitlines()[0] == "Egyptian cat"
+    assert "mobilenet_v2 answered in" in status(page)
+    screenshot(page, "classifier")
+
+
+def test_a_text_file_shows_why_it_was_refused(page, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo\n")
+    send(page, "resnet18", text)
+    wait_for(page, lambda d: "refused" in status(d))
+    assert "unsupported image format" in status(page) and "not an image in a supported format" in status(page)
+    assert page.find_element(By.ID, "status").get_attribute("class") == "status error"
+
+
+def test_detections_are_drawn_and_the_confidence_slider_refilters_without_a_request(page, tmp_path):
+    send(page, "yolov5s", photo_file(tmp_path, "chelsea"))
+    canvas = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "canvas[data-testid='detections']"))[0]
+    assert int(canvas.get_attribute("data-boxes")) >= 1
+    assert (
+        "1 of" in canvas.find_element(By.XPATH, "..").text
+        or "detections at confidence" in canvas.find_element(By.XPATH, "..").text
+    )
+    drawn = canvas_pixels(page, canvas)
+    plain = np.asarray(Image.open(photo_file(tmp_path, "chelsea")).convert("RGB"), dtype=np.int16)
+    assert np.abs(drawn - plain).max() > 100  # the box's coloured outline is on the photo
+    screenshot(page, "detector")
+    requests_before = predictions_requested(page)
+    page.execute_script(
+        "const s = document.getElementById('param-confidence'); s.value = '1'; s.dispatchEvent(new Event('input'));"
+    )
+    assert canvas.get_attribute("data-boxes") == "0" and predictions_requested(page) == requests_before
+
+
+def test_the_astronaut_s_face_is_pixelated_and_nothing_else_changes(page, tmp_path):
+    original = photo_file(tmp_path, "astronaut")
+    send(page, "face_pixelizer", original)
+    image = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "img[data-testid='anonymised']"))[0]
+    wait_for(page, lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image))
+    shown = image_pixels(page, image)
+    sent = np.asarray(Image.open(original).convert("RGB"), dtype=np.int16)
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    mask = np.zeros(sent.shape[:2], dtype=bool)
+    mask[y1:y2, x1:x2] = True
+    difference = np.abs(shown - sent).mean(axis=2)
+    assert difference[mask].mean() > 8 * difference[~mask].mean()  # the face hidden ...
+    assert difference[~mask].mean() < 3  # ... and the rest as it was, up to the JPEG round trip
+    assert "1 face(s) hidden" in page.find_element(By.ID, "result").text
+    assert page.find_element(By.LINK_TEXT, "Download").get_attribute("download") == "anonymised.jpg"
+    screenshot(page, "face_pixelizer")
+
+
+def test_the_page_s_server_refuses_what_it_must_not_forward(page_url):
+    """Over a model's own upload limit, an unknown model, a repeated parameter: a JSON 4xx
+    naming the problem, before TorchServe is asked."""
+    over = requests.post(f"{page_url}/api/predictions/mobilenet_v2", data=b"\xff" * 16_000_001, timeout=60)
+    assert over.status_code == 413 and over.json()["error"] == "image too large"
+    unknown = requests.post(f"{page_url}/api/predictions/nope", data=b"x", timeout=60)
+    assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
+    repeated = requests.post(f"{page_url}/api/predictions/mobilenet_v2?top_k=1&top_k=2", data=b"x", timeout=60)
+    assert repeated.status_code == 400 and repeated.json()["error"] == "repeated parameter"
+
+
+def test_the_page_s_server_listens_on_loopback_only():
+    done = subprocess.run([sys.executable, "-m", "scripts.web.app", "run", "--host", "0.0.0.0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode != 0 and "not a loopback address" in done.stderr
+
+
+def canvas_pixels(page, canvas) -> np.ndarray:
+    data_url = page.execute_script("return arguments[0].toDataURL('image/png');", canvas)
+    return decode_data_url(data_url)
+
+
+def image_pixels(page, image) -> np.ndarray:
+    """The bytes the page shows in an <img>, fetched from its blob URL in the page."""
+    data_url = page.execute_async_script(
+        """const [image, done] = arguments;
+        fetch(image.src).then((r) => r.blob()).then((blob) => {
+          const reader = new FileReader(); reader.onload = () => done(reader.result); reader.readAsDataURL(blob);
+        });""",
+        image,
+    )
+    return decode_data_url(data_url)
+
+
+def decode_data_url(data_url: str) -> np.ndarray:
+    data = base64.b64decode(data_url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.int16)
+
+
+def predictions_requested(page) -> int:
+    return page.execute_script(
+        "return performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/predictions/')).length;"
+    )
