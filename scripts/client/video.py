@@ -12,6 +12,11 @@ back as it was stored, with its display matrix. An odd width or height is padded
 by repeating the last column or row (H.264's yuv420p takes even sizes only), and said so.
 --faces-json writes one line per frame with the face regions that were pixelated, in
 the frame as displayed.
+
+Frame memory (--frame-memory N, 5 by default): a face the detector misses for a frame or
+two between detections (motion blur, a turned head) must not show for those frames, so
+the regions pixelated in each of the last N frames are pixelated in this one too (a mosaic
+with the answer's own cell count), as dedicated video anonymisers do.
 """
 
 import argparse
@@ -21,7 +26,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ from scripts.client.options import UsageError, add_connection_options, make_clie
 from scripts.client.rest import Answer
 
 MODEL = "face_pixelizer"
+FRAME_MEMORY = 5  # frames whose face regions stay hidden after them (--frame-memory)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 FRAME_JPEG_QUALITY = 95  # frames travel as JPEGs: near-lossless, a fraction of the raw size
 
@@ -106,16 +112,42 @@ def frame_jpeg(frame, orientation: Orientation = Orientation()) -> bytes:
     return buffer.getvalue()
 
 
-def answer_frame(answer: Answer, source, number: int, orientation: Orientation = Orientation()):
+def regions_of(answer: Answer) -> list[tuple[int, int, int, int]]:
+    """The regions the pixelizer hid in a frame (X-Face-Boxes: x1, y1, x2, y2 as displayed)."""
+    return [tuple(region) for region in json.loads(answer.headers.get("X-Face-Boxes", "[]"))]
+
+
+def mosaic(pixels: np.ndarray, regions, blocks: int = 8, block_size: int = 0) -> np.ndarray:
+    """RGB pixels [H, W, 3] with each region (x1, y1, x2, y2) replaced by flat cells, each
+    the mean colour under it: `blocks` cells across a region's longer side, or cells of
+    `block_size` pixels (the pixelizer's mosaic settings). Modifies and returns `pixels`."""
+    height, width = pixels.shape[:2]
+    for x1, y1, x2, y2 in regions:
+        x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
+        if x2 <= x1 or y2 <= y1:
+            continue
+        cell = block_size or max(1, -(-max(x2 - x1, y2 - y1) // blocks))  # ceil
+        for top in range(y1, y2, cell):
+            for left in range(x1, x2, cell):
+                block = pixels[top : min(top + cell, y2), left : min(left + cell, x2)]
+                block[...] = block.reshape(-1, 3).mean(axis=0).round().astype(pixels.dtype)
+    return pixels
+
+
+def answer_frame(answer: Answer, source, number: int, orientation: Orientation = Orientation(), remembered=()):
     """The pixelizer's JPEG answer -> a video frame as stored (even-sized), with the source
-    frame's timestamp."""
+    frame's timestamp; the `remembered` regions (earlier frames') pixelated too."""
     import av
 
     if not (answer.ok and answer.is_image):
         raise FrameRefused(
             f"frame {number}: HTTP {answer.status}: {answer.error() if not answer.ok else 'not an image'}"
         )
-    pixels = as_stored(np.asarray(Image.open(io.BytesIO(answer.body)).convert("RGB")), orientation.quarter_turns)
+    pixels = np.array(Image.open(io.BytesIO(answer.body)).convert("RGB"))
+    if remembered:
+        applied = json.loads(answer.headers.get("X-Parameters", "{}"))
+        mosaic(pixels, remembered, applied.get("blocks", 8), applied.get("block_size", 0))
+    pixels = as_stored(pixels, orientation.quarter_turns)
     frame = av.VideoFrame.from_ndarray(padded_to_even(pixels), format="rgb24")
     frame.pts, frame.time_base = source.pts, source.time_base
     return frame
@@ -151,8 +183,10 @@ def open_output(target: Path, source_stream, codec: str, crf: int, orientation: 
 
 
 def anonymise_video(client, source: Path, target: Path, params: dict, concurrency: int = 8, codec: str = "libx264",
-                    crf: int = 18, faces_json: Path | None = None, progress: bool = True) -> VideoReport:  # fmt: skip
-    """One video -> its anonymised copy (see the module's docstring)."""
+                    crf: int = 18, faces_json: Path | None = None, progress: bool | Callable[[int, int], None] = True,
+                    frame_memory: int = FRAME_MEMORY) -> VideoReport:  # fmt: skip
+    """One video -> its anonymised copy (see the module's docstring). `progress`: a bar on
+    stderr, or a function called with (frames done, frames in the clip or 0) after each."""
     import av
 
     started = time.perf_counter()
@@ -167,19 +201,22 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
                   "column or row repeated): yuv420p takes even sizes only", file=sys.stderr)  # fmt: skip
         copies = {stream.index: output.add_stream_from_template(stream) for stream in audio_streams}
         faces = faces_json.open("w") if faces_json else None
-        frames, bar = (
-            0,
-            tqdm(total=video.frames or None, unit="frame", file=sys.stderr, disable=None if progress else True),
-        )
+        hidden = None if progress is True else True  # tqdm: None shows the bar on a terminal only
+        bar = tqdm(total=video.frames or None, unit="frame", file=sys.stderr, disable=hidden)
+        frames, memory = 0, deque(maxlen=frame_memory)  # the last frames' regions
         try:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 frames_in = demux(container, video, copies, output)
                 for source_frame, answer in in_order(pool, client, frames_in, params, 2 * concurrency, orientation):
-                    output.mux(encoder.encode(answer_frame(answer, source_frame, frames, orientation)))
+                    remembered = [region for regions in memory for region in regions]
+                    output.mux(encoder.encode(answer_frame(answer, source_frame, frames, orientation, remembered)))
                     if faces:
                         print(json.dumps(faces_record(answer, frames, float(source_frame.time or 0))), file=faces)
+                    memory.append(regions_of(answer))
                     frames += 1
                     bar.update()
+                    if callable(progress):
+                        progress(frames, video.frames or 0)
             output.mux(encoder.encode(None))  # flush the encoder
         finally:
             bar.close()
@@ -226,7 +263,8 @@ def anonymise(args: argparse.Namespace) -> int:
         faces = args.faces_json if not args.video.is_dir() or args.faces_json is None else (
             args.faces_json.parent / f"{source.stem}.faces.jsonl")  # fmt: skip
         try:
-            report = anonymise_video(client, source, target, params, args.concurrency, args.codec, args.crf, faces)
+            report = anonymise_video(client, source, target, params, args.concurrency, args.codec, args.crf, faces,
+                                     frame_memory=args.frame_memory)  # fmt: skip
         except FrameRefused as err:
             print(f"error: {source}: {err}", file=sys.stderr)
             return 1
@@ -245,6 +283,8 @@ def add_anonymise_parser(commands) -> None:
         "--crf", type=int, default=18, help="x264/x265 quality: lower is better (18: visually lossless)"
     )
     parser.add_argument("--concurrency", type=int, default=8, help="frames in flight")
+    parser.add_argument("--frame-memory", type=int, default=FRAME_MEMORY, metavar="N",
+                        help="also pixelate the face regions of the last N frames (0: off)")  # fmt: skip
     for option, param in (("--mode", "mode"), ("--blocks", "blocks"), ("--margin", "margin"),
                           ("--confidence", "confidence")):  # fmt: skip
         parser.add_argument(option, dest=param)

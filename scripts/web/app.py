@@ -1,5 +1,6 @@
 """The web page to try every served model: a person drops a photo and sees the answer
-(top-k bars, boxes drawn in the page, the pixelated photo beside the original).
+(top-k bars, boxes drawn in the page, the pixelated photo beside the original), or a
+short clip and gets it back anonymised (scripts/client/video.py, frame memory on).
 
     python -m scripts.web.app start            # `make serve` does: http://127.0.0.1:8090/, logs/web.log
     python -m scripts.web.app stop             # `make stop` does
@@ -17,11 +18,17 @@ The page itself (static/) is plain HTML and JavaScript modules: no build step, n
 import argparse
 import ipaddress
 import json
+import logging
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -35,12 +42,47 @@ from starlette.staticfiles import StaticFiles
 
 from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
+from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES, FrameRefused, anonymise_video
 from scripts.zoo import REPO
 
+logger = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 # The answer headers the page reads (faces pixelated, their regions, the parameters applied).
 RELAYED_HEADERS = ("X-Faces", "X-Face-Boxes", "X-Face-Boxes-Omitted", "X-Parameters")
 MODELS_TTL_S = 5.0  # how long the model list (and each model's limits) is reused
+MAX_VIDEO_BYTES = 100_000_000  # a short clip
+MAX_RUNNING_VIDEOS, KEPT_VIDEOS = 2, 8  # clips anonymised at once; finished ones kept to download
+VIDEO_PARAMS = ("confidence", "mode", "blocks", "block_size", "margin")  # the pixelizer's, for a clip
+
+
+@dataclass
+class VideoJob:
+    """A clip being anonymised in a thread: how far it is, and where its result is."""
+
+    directory: Path
+    target: Path
+    done: int = 0
+    total: int = 0
+    state: str = "running"  # running, done, failed
+    error: str = ""
+
+    def run(self, client: ZooClient, source: Path, params: dict, frame_memory: int) -> None:
+        def progress(done: int, total: int) -> None:
+            self.done, self.total = done, total
+
+        try:
+            anonymise_video(client, source, self.target, {**params, "format": "image"}, progress=progress,
+                            frame_memory=frame_memory)  # fmt: skip
+            self.state = "done"
+        except FrameRefused as err:
+            self.state, self.error = "failed", str(err)
+        except (ConnectionFailed, AuthError) as err:
+            self.state, self.error = "failed", f"TorchServe does not answer: {type(err).__name__}"
+        except Exception as err:  # PyAV on a file that is not a video it can read, among others
+            logger.exception("anonymising %s failed", self.directory.name)
+            self.state, self.error = "failed", f"the clip cannot be read or written as a video ({type(err).__name__})"
+        finally:
+            source.unlink(missing_ok=True)
 
 
 def failure(status: int, error: str, detail: str) -> JSONResponse:
@@ -50,8 +92,21 @@ def failure(status: int, error: str, detail: str) -> JSONResponse:
 class Zoo:
     """The served models, from TorchServe's management API, and predictions through the client."""
 
-    def __init__(self, client: ZooClient):
+    def __init__(self, client: ZooClient, videos: Path):
         self.client, self.listed_at, self.models = client, 0.0, []
+        self.videos_dir, self.videos = videos, {}  # id -> VideoJob, oldest first
+
+    def start_video(self, data: bytes, suffix: str, params: dict, frame_memory: int) -> str:
+        finished = [key for key, job in self.videos.items() if job.state != "running"]
+        for key in finished[: max(0, len(self.videos) - KEPT_VIDEOS)]:
+            shutil.rmtree(self.videos.pop(key).directory, ignore_errors=True)
+        key = secrets.token_hex(8)
+        directory = self.videos_dir / key
+        directory.mkdir()
+        (source := directory / f"clip{suffix}").write_bytes(data)
+        job = self.videos[key] = VideoJob(directory, directory / f"anonymised{suffix}")
+        threading.Thread(target=job.run, args=(self.client, source, params, frame_memory), daemon=True).start()
+        return key
 
     def management(self, path: str) -> requests.Response:
         key = self.client.tokens.management()
@@ -127,10 +182,45 @@ def build_app(zoo: Zoo) -> Starlette:
         headers = {name: answer.headers[name] for name in RELAYED_HEADERS if name in answer.headers}
         return Response(answer.body, answer.status, headers, media_type=answer.content_type)
 
+    async def start_video(request: Request) -> Response:
+        if sum(job.state == "running" for job in zoo.videos.values()) >= MAX_RUNNING_VIDEOS:
+            return failure(429, "busy", f"{MAX_RUNNING_VIDEOS} clips are being anonymised; try again when one is done")
+        try:
+            frame_memory = int(request.query_params.get("frame_memory", FRAME_MEMORY))
+        except ValueError:
+            return failure(400, "invalid parameter", "frame_memory must be a whole number of frames")
+        if not 0 <= frame_memory <= 100:
+            return failure(400, "invalid parameter", "frame_memory must be between 0 and 100 frames")
+        data = await read_limited(request, MAX_VIDEO_BYTES)
+        if data is None:
+            return failure(413, "video too large", f"a clip may have at most {MAX_VIDEO_BYTES} bytes")
+        suffix = Path(request.headers.get("x-filename", "clip.mp4")).suffix.lower()
+        suffix = suffix if suffix in VIDEO_SUFFIXES else ".mp4"
+        params = {key: value for key, value in request.query_params.items() if key in VIDEO_PARAMS}
+        return JSONResponse({"id": await run_in_threadpool(zoo.start_video, data, suffix, params, frame_memory)})
+
+    def video_job(request: Request) -> VideoJob | None:
+        return zoo.videos.get(request.path_params["key"])
+
+    async def video_status(request: Request) -> Response:
+        job = video_job(request)
+        if job is None:
+            return failure(404, "unknown video", "no clip with this id (finished ones are kept a while)")
+        return JSONResponse({"state": job.state, "done": job.done, "total": job.total, "error": job.error})
+
+    async def video_file(request: Request) -> Response:
+        job = video_job(request)
+        if job is None or job.state != "done":
+            return failure(404, "no video", "this clip is not anonymised (yet)")
+        return FileResponse(job.target, filename=f"anonymised{job.target.suffix}")
+
     routes = [
         Route("/", index),
         Route("/api/models", models),
         Route("/api/predictions/{model}", predict, methods=["POST"]),
+        Route("/api/videos", start_video, methods=["POST"]),
+        Route("/api/videos/{key}", video_status),
+        Route("/api/videos/{key}/file", video_file),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
@@ -205,7 +295,8 @@ def main(args: argparse.Namespace) -> None:
         client = ZooClient.from_config(args.config, args.key_file, retries=2)
     except AuthError as err:
         sys.exit(f"error: {err} (start TorchServe first: make serve)")
-    uvicorn.run(build_app(Zoo(client)), host=args.host, port=args.port, log_level="warning")
+    with tempfile.TemporaryDirectory(prefix="zoo-web-") as videos:
+        uvicorn.run(build_app(Zoo(client, Path(videos))), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import requests
@@ -21,6 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from scripts.samples.clips import panning_clip
 from scripts.samples.photos import encode, photo
 from scripts.serve.server import free_ports
 from scripts.setup.browser import browser_of
@@ -163,6 +165,24 @@ def test_the_astronaut_s_face_is_pixelated_and_nothing_else_changes(page, tmp_pa
     assert "1 face(s) hidden" in page.find_element(By.ID, "result").text
     assert page.find_element(By.LINK_TEXT, "Download").get_attribute("download") == "anonymised.jpg"
     screenshot(page, "face_pixelizer")
+
+
+def test_a_clip_comes_back_anonymised_frame_for_frame(page, page_url, tmp_path):
+    clip = panning_clip(tmp_path / "walk.mp4", 320, 240, frames=8, fps=4, audio=False)
+    page.find_element(By.CSS_SELECTOR, ".tab[data-tab='video']").click()
+    page.find_element(By.ID, "clip").send_keys(str(clip))
+    page.find_element(By.ID, "anonymise").click()
+    link = wait_for(page, lambda d: d.find_element(By.ID, "video-download").is_displayed()
+                    and d.find_element(By.ID, "video-download"))  # fmt: skip
+    assert page.find_element(By.ID, "video-status").text == "8 frames anonymised"
+    screenshot(page, "video")
+    answer = requests.get(link.get_attribute("href"), timeout=60)
+    (tmp_path / "out.mp4").write_bytes(answer.content)
+    with av.open(str(tmp_path / "out.mp4")) as out, av.open(str(clip)) as source:
+        sent = [f.to_ndarray(format="rgb24").astype(np.int16) for f in source.decode(video=0)]
+        got = [f.to_ndarray(format="rgb24").astype(np.int16) for f in out.decode(video=0)]
+    assert len(got) == len(sent) == 8
+    assert all(np.abs(a - b).max() > 100 for a, b in zip(got, sent, strict=True))  # a face hidden in each
 
 
 def test_the_page_s_server_refuses_what_it_must_not_forward(page_url):

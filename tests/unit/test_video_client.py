@@ -1,21 +1,29 @@
 """The video client's frame geometry, pure: turning a stored frame upright and back,
 padding an odd size to even, and what --faces-json writes per frame."""
 
+import io
+import json
+
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 from scripts.client.rest import Answer
 from scripts.client.video import (
+    FRAME_MEMORY,
     Orientation,
+    anonymise_video,
     as_stored,
     even_size,
     faces_record,
+    mosaic,
     orientation_of,
     padded_to_even,
     upright,
 )
 from scripts.samples.clips import panning_clip
+from scripts.samples.photos import photo
 
 
 @pytest.mark.parametrize("turns", range(4))
@@ -53,3 +61,69 @@ def test_faces_json_says_how_many_regions_the_header_left_out():
         "frame": 3, "time": 0.25, "faces": [[1, 2, 3, 4]], "omitted": 4509
     }  # fmt: skip
     assert "omitted" not in faces_record(Answer(200, b"", "image/jpeg", {"X-Face-Boxes": "[]"}), 0, 0.0)
+
+
+FACE = (100, 40, 200, 160)  # where the stand-in detector finds "the face" in every frame it does
+
+
+class MissingDetector:
+    """A stand-in face pixelizer that finds the face in one frame out of `every` (a detector
+    missing the frames between): there it greys the region out and lists it in
+    X-Face-Boxes, as the server does; the other frames come back as they were sent."""
+
+    def __init__(self, every: int):
+        self.every, self.frames = every, 0
+
+    def predict(self, model, jpeg, params, filename):
+        number, self.frames = self.frames, self.frames + 1  # one frame in flight: in order
+        pixels = np.array(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+        headers = {"X-Parameters": json.dumps({"blocks": 8, "block_size": 0}), "X-Face-Boxes": "[]"}
+        if number % self.every == 0:
+            x1, y1, x2, y2 = FACE
+            pixels[y1:y2, x1:x2] = 128
+            headers["X-Face-Boxes"] = json.dumps([list(FACE)])
+        out = io.BytesIO()
+        Image.fromarray(pixels).save(out, "JPEG", quality=95)
+        return Answer(200, out.getvalue(), "image/jpeg", headers)
+
+
+def still_clip(path, frames: int = 30):
+    """The astronaut's face, still, `frames` frames of 320x240."""
+    window = np.asarray(photo("astronaut").resize((320, 320)))[40:280]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(window), format="rgb24")
+            frame.pts = index
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path, window.astype(np.int16)
+
+
+def frames_with_the_face_visible(path, original) -> tuple[int, int]:
+    x1, y1, x2, y2 = FACE
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray(format="rgb24").astype(np.int16) for frame in container.decode(video=0)]
+    visible = [np.abs(f[y1:y2, x1:x2] - original[y1:y2, x1:x2]).mean() < 12 for f in frames]
+    return sum(visible), len(frames)
+
+
+@pytest.mark.parametrize("memory, visible", [(0, 20), (2, 0), (FRAME_MEMORY, 0)])
+def test_frame_memory_hides_a_face_the_detector_misses_between_detections(tmp_path, memory, visible):
+    """The detector finds the face in 1 frame of 3: without memory 20 of the 30 frames
+    show it; remembering the last 2 (or the default 5) frames' regions, none does."""
+    clip, original = still_clip(tmp_path / "still.mp4")
+    target = tmp_path / "out.mp4"
+    anonymise_video(MissingDetector(every=3), clip, target, {}, concurrency=1, progress=False, frame_memory=memory)
+    assert frames_with_the_face_visible(target, original) == (visible, 30)
+
+
+def test_mosaic_makes_flat_cells_of_each_region_s_mean_and_leaves_the_rest():
+    pixels = np.arange(20 * 20 * 3, dtype=np.uint8).reshape(20, 20, 3).copy()
+    before = pixels.copy()
+    mosaic(pixels, [(0, 0, 8, 8)], blocks=2)
+    cell = before[:4, :4].reshape(-1, 3).mean(axis=0).round()
+    assert (
+        (pixels[:4, :4] == cell).all() and (pixels[8:] == before[8:]).all() and (pixels[:, 8:] == before[:, 8:]).all()
+    )

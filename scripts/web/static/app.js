@@ -33,6 +33,10 @@ async function loadModels() {
   $("#model-list").replaceChildren(...state.models.map(modelCard));
   $("#model").replaceChildren(...state.models.map((m) => element("option", { value: m.name, text: m.name })));
   choose(state.models[0]?.name);
+  const pixelizer = state.models.find((m) => m.name === "face_pixelizer");
+  for (const name of ["mode", "blocks", "margin"]) {  // the video tab's defaults: the pixelizer's own
+    if (pixelizer?.parameters?.[name] !== undefined) $(`#video-${name}`).value = pixelizer.parameters[name];
+  }
 }
 
 function modelCard(model) {
@@ -186,6 +190,39 @@ function wirePhotoInput() {
   $("#model").addEventListener("change", (event) => choose(event.target.value));
 }
 
+// A clip sent to this page's server, which anonymises it with scripts/client's video code;
+// its progress polled until the file can be downloaded.
+async function anonymiseClip() {
+  const clip = $("#clip").files[0];
+  const status = $("#video-status");
+  if (!clip) return setStatus("Choose a clip first", true, status);
+  const params = new URLSearchParams({ frame_memory: $("#frame-memory").value, mode: $("#video-mode").value,
+    blocks: $("#video-blocks").value, margin: $("#video-margin").value });
+  $("#video-download").hidden = true;
+  setStatus(`Uploading ${clip.name}…`, false, status);
+  const response = await fetch(`/api/videos?${params}`, { method: "POST", body: clip,
+    headers: { "Content-Type": "application/octet-stream", "X-Filename": clip.name } });
+  if (!response.ok) return setStatus(await errorOf(response), true, status);
+  const { id } = await response.json();
+  const bar = $("#video-progress");
+  bar.hidden = false;
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const progress = await (await fetch(`/api/videos/${id}`)).json();
+    bar.max = progress.total || Math.max(progress.done, 1);
+    bar.value = progress.done;
+    if (progress.state === "failed") return setStatus(progress.error, true, status);
+    if (progress.state === "done") {
+      setStatus(`${progress.done} frames anonymised`, false, status);
+      const link = $("#video-download");
+      link.href = `/api/videos/${id}/file`;
+      link.hidden = false;
+      return;
+    }
+    setStatus(`${progress.done}${progress.total ? " of " + progress.total : ""} frames anonymised…`, false, status);
+  }
+}
+
 function wireTabs() {
   for (const tab of document.querySelectorAll(".tab")) {
     tab.addEventListener("click", () => {
@@ -199,4 +236,5 @@ function wireTabs() {
 
 wireTabs();
 wirePhotoInput();
+$("#anonymise").addEventListener("click", anonymiseClip);
 loadModels();
