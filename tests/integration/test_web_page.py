@@ -7,6 +7,7 @@ ZOO_SCREENSHOTS=<dir> keeps a screenshot of each view there (docs/screenshots/ h
 import base64
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -147,6 +148,17 @@ def test_detections_are_drawn_and_the_confidence_slider_refilters_without_a_requ
         "const s = document.getElementById('param-confidence'); s.value = '1'; s.dispatchEvent(new Event('input'));"
     )
     assert canvas.get_attribute("data-boxes") == "0" and predictions_requested(page) == requests_before
+
+
+def test_compare_shows_every_served_detector_side_by_side_with_its_latency(page, tmp_path):
+    send(page, "yolov5s", photo_file(tmp_path, "chelsea"))
+    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "canvas[data-testid='detections']"))
+    page.find_element(By.ID, "compare").click()
+    wait_for(page, lambda d: status(d).startswith("Compared"))
+    drawn = {c.get_attribute("data-model"): c for c in page.find_elements(By.CSS_SELECTOR, "canvas[data-testid]")}
+    assert {"yolov5s", "yolov5m", "yolov5l"} <= set(drawn)
+    captions = page.find_element(By.ID, "result").text
+    assert re.search(r"yolov5m: \d+ ms, random weights", captions) and re.search(r"yolov5s: \d+ ms —", captions)
 
 
 def test_the_astronaut_s_face_is_pixelated_and_nothing_else_changes(page, tmp_path):
