@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from scripts.setup.debian import download_and_unpack, library_path, missing_closure
+from scripts.setup.debian import found_or_unpacked, library_path, missing_closure
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("chromium", "chromium-driver")
@@ -62,13 +62,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    found = browser_of(args.venv)
-    if found is None and shutil.which("apt-get") and shutil.which("dpkg-deb"):
-        try:
-            download_and_unpack(missing_closure(PACKAGES) or list(PACKAGES), prefix_of(args.venv))
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
-            print(f"warning: could not unpack Debian's Chromium: {err}", file=sys.stderr)
-        found = browser_of(args.venv)
+    packages = lambda: missing_closure(PACKAGES) or list(PACKAGES)  # noqa: E731
+    found = found_or_unpacked(lambda: browser_of(args.venv), packages, prefix_of(args.venv), "Chromium")
     if found is None:
         sys.exit("error: no Chromium for the browser tests: install Debian's chromium and chromium-driver "
                  "(or any Chromium with its chromedriver) and put them on PATH")  # fmt: skip

@@ -5,8 +5,28 @@ nothing is installed system-wide and no root is needed where apt's package lists
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def found_or_unpacked(
+    find: Callable[[], T | None], packages: Callable[[], list[str]], prefix: Path, what: str
+) -> T | None:
+    """`find()`'s tool; where it finds none and apt exists, after unpacking `packages()`
+    into `prefix` (a failure is a warning: the caller says what to do)."""
+    found = find()
+    if found is None and shutil.which("apt-get") and shutil.which("dpkg-deb"):
+        try:
+            download_and_unpack(packages(), prefix)
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
+            print(f"warning: could not unpack Debian's {what}: {err}", file=sys.stderr)
+        found = find()
+    return found
 
 
 def missing_closure(packages: tuple[str, ...]) -> list[str]:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.setup.debian import download_and_unpack, library_path
+from scripts.setup.debian import found_or_unpacked, library_path
 
 REPO = Path(__file__).resolve().parents[2]
 # Debian 12's haproxy and the libraries of its build that a slim system lacks.
@@ -60,13 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     prefix = prefix_of(args.venv)
-    found = command_of(prefix)
-    if found is None and shutil.which("apt-get") and shutil.which("dpkg-deb"):
-        try:
-            download_and_unpack(PACKAGES, prefix)
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
-            print(f"warning: could not unpack Debian's HAProxy: {err}", file=sys.stderr)
-        found = command_of(prefix)
+    found = found_or_unpacked(lambda: command_of(prefix), lambda: list(PACKAGES), prefix, "HAProxy")
     if found is None:
         print(f"warning: no HAProxy {'.'.join(map(str, MIN_VERSION))}+ (needed by `make replicas` only): "
               "install it and put it on PATH", file=sys.stderr)  # fmt: skip
