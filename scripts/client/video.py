@@ -11,7 +11,7 @@ display matrix) is sent upright, so that faces are found as they are seen, and w
 back as it was stored, with its display matrix. An odd width or height is padded to even
 by repeating the last column or row (H.264's yuv420p takes even sizes only), and said so.
 --faces-json writes one line per frame with the face regions that were pixelated, in
-the frame as displayed.
+the frame as displayed (and those remembered from earlier frames).
 
 Frame memory (--frame-memory N, 5 by default): a face the detector misses for a frame or
 two between detections (motion blur, a turned head) must not show for those frames, so
@@ -211,7 +211,8 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
                     remembered = [region for regions in memory for region in regions]
                     output.mux(encoder.encode(answer_frame(answer, source_frame, frames, orientation, remembered)))
                     if faces:
-                        print(json.dumps(faces_record(answer, frames, float(source_frame.time or 0))), file=faces)
+                        record = faces_record(answer, frames, float(source_frame.time or 0), remembered)
+                        print(json.dumps(record), file=faces)
                     memory.append(regions_of(answer))
                     frames += 1
                     bar.update()
@@ -226,12 +227,14 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
     return VideoReport(frames, time.perf_counter() - started)
 
 
-def faces_record(answer: Answer, number: int, seconds: float) -> dict:
+def faces_record(answer: Answer, number: int, seconds: float, remembered=()) -> dict:
     """A frame's line of --faces-json: the regions pixelated (the server lists the first 200;
-    "omitted" counts the others, which were pixelated all the same)."""
+    "omitted" counts the others, which were pixelated all the same), and "remembered": the
+    earlier frames' regions pixelated in this one too (frame memory), each once."""
     record = {"frame": number, "time": seconds, "faces": json.loads(answer.headers.get("X-Face-Boxes", "[]"))}
     omitted = int(answer.headers.get("X-Face-Boxes-Omitted", 0))
-    return {**record, "omitted": omitted} if omitted else record
+    record = {**record, "omitted": omitted} if omitted else record
+    return {**record, "remembered": [list(r) for r in dict.fromkeys(remembered)]} if remembered else record
 
 
 def demux(container, video, copies: dict, output) -> Iterator:

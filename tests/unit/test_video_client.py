@@ -127,3 +127,9 @@ def test_mosaic_makes_flat_cells_of_each_region_s_mean_and_leaves_the_rest():
     assert (
         (pixels[:4, :4] == cell).all() and (pixels[8:] == before[8:]).all() and (pixels[:, 8:] == before[:, 8:]).all()
     )
+
+
+def test_faces_json_lists_the_remembered_regions_once():
+    answer = Answer(200, b"", "image/jpeg", {"X-Face-Boxes": "[[1,2,3,4]]"})
+    record = faces_record(answer, 7, 0.7, [(1, 2, 3, 4), (0, 0, 5, 5), (1, 2, 3, 4)])
+    assert record["remembered"] == [[1, 2, 3, 4], [0, 0, 5, 5]] and record["faces"] == [[1, 2, 3, 4]]
