@@ -61,19 +61,20 @@ class Tokens:
     def header(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.inference()}"}
 
-    def refresh(self, management_url: str, rejected: str) -> None:
-        """After a 401 with key `rejected`: if the key file already holds another key (a
-        refresh by someone else, a restarted server), use it; else ask TorchServe for a
-        new one with the API key and read it back from the file."""
+    def refresh(self, management_url: str, rejected: str, kind: str = "inference") -> None:
+        """After a 401 with the `kind` ("inference" or "management") key `rejected`: if the
+        key file already holds another key (a refresh by someone else, a restarted server),
+        use it; else ask TorchServe for a new one with the API key and read it back from the file."""
+        current = self.inference if kind == "inference" else self.management
         with self._lock:
-            if self.token is not None:
+            if self.token is not None and kind == "inference":
                 raise AuthError("TorchServe refused the given inference key (--token or $" + TOKEN_ENV + ")")
-            if self.inference() != rejected:
+            if current() != rejected:
                 return
             api_key = self._file()["API"]["key"]
             answer = requests.post(
-                f"{management_url}/token", params={"type": "inference"},
+                f"{management_url}/token", params={"type": kind},
                 headers={"Authorization": f"Bearer {api_key}"}, timeout=30,
             )  # fmt: skip
-            if answer.status_code != 200 or self.inference() == rejected:
-                raise AuthError(f"the inference key was refused and refreshing it failed ({answer.status_code})")
+            if answer.status_code != 200 or current() == rejected:
+                raise AuthError(f"the {kind} key was refused and refreshing it failed ({answer.status_code})")

@@ -43,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
 from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES, FrameRefused, anonymise_video
+from scripts.ts_api import key_refused
 from scripts.zoo import REPO
 
 logger = logging.getLogger(__name__)
@@ -109,9 +110,14 @@ class Zoo:
         return key
 
     def management(self, path: str) -> requests.Response:
-        key = self.client.tokens.management()
-        headers = {"Authorization": f"Bearer {key}"}
-        return requests.get(f"{self.client.management_url}{path}", headers=headers, timeout=30)
+        """GET of TorchServe's management API, its key renewed once if it has expired."""
+        for attempt in range(2):
+            key = self.client.tokens.management()
+            url, headers = f"{self.client.management_url}{path}", {"Authorization": f"Bearer {key}"}
+            answer = requests.get(url, headers=headers, timeout=30)
+            if attempt or not key_refused(answer.status_code, answer.text):
+                return answer
+            self.client.tokens.refresh(self.client.management_url, key, "management")
 
     def list_models(self) -> list[dict]:
         """Each served model: name, workers ready, and what its handler describes (task,

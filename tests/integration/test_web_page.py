@@ -6,11 +6,13 @@ ZOO_SCREENSHOTS=<dir> keeps a screenshot of each view there (docs/screenshots/ h
 
 import base64
 import io
+import json
 import os
 import re
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
@@ -24,9 +26,10 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from scripts.samples.clips import panning_clip
-from scripts.samples.photos import encode, photo
-from scripts.serve.server import free_ports
+from scripts.samples.photos import encode, photo, photo_bytes
+from scripts.serve.server import free_ports, local_torchserve
 from scripts.setup.browser import browser_of
+from scripts.web.app import MODELS_TTL_S
 from scripts.zoo import REPO
 
 pytestmark = pytest.mark.integration
@@ -37,23 +40,32 @@ ASTRONAUT_FACE = (150, 30, 300, 215)
 
 @pytest.fixture(scope="module")
 def page_url(torchserve):
-    """The page's server for the session's TorchServe, with its keys."""
+    """The page's server for the session's TorchServe."""
+    with web_page(torchserve) as url:
+        yield url
+
+
+@contextmanager
+def web_page(torchserve):
+    """The page's server for `torchserve`, with its keys -> its address."""
     (port,) = free_ports(1)
     command = [sys.executable, "-m", "scripts.web.app", "run", "--port", str(port),
                "--config", str(torchserve.workdir / "config.properties"),
                "--key-file", str(torchserve.workdir / "key_file.json")]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/api/models", timeout=30).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{url}/api/models", timeout=30).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +218,24 @@ def test_the_page_s_server_refuses_what_it_must_not_forward(page_url):
     assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
     repeated = requests.post(f"{page_url}/api/predictions/mobilenet_v2?top_k=1&top_k=2", data=b"x", timeout=60)
     assert repeated.status_code == 400 and repeated.json()["error"] == "repeated parameter"
+
+
+def test_the_page_s_server_renews_expired_keys(archives, tmp_path):
+    """TorchServe's keys expire (here after 3 s): the page lists the models (management key)
+    and forwards a photo (inference key) all the same, renewing each with the API key."""
+    store, _ = archives
+    with local_torchserve(store, ["fault_probe"], overrides={"token_expiration_min": "0.05"}) as server:
+        key_file = server.workdir / "key_file.json"
+        before = json.loads(key_file.read_text())
+        with web_page(server) as url:
+            time.sleep(max(4, MODELS_TTL_S) + 0.5)  # the keys (3 s), and the page's model list, expired
+            listed = requests.get(f"{url}/api/models", timeout=60)
+            answer = requests.post(f"{url}/api/predictions/fault_probe", data=photo_bytes("chelsea"), timeout=60)
+        after = json.loads(key_file.read_text())
+    assert listed.status_code == 200 and [m["name"] for m in listed.json()] == ["fault_probe"]
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "Egyptian cat"
+    assert after["management"]["key"] != before["management"]["key"]
+    assert after["inference"]["key"] != before["inference"]["key"]
 
 
 def test_the_page_s_server_listens_on_loopback_only():

@@ -21,7 +21,7 @@ ALLOWED = {
     "bench": {"build", "client", "families", "nets", "samples", "serve", "ts_api", "zoo"},
     "monitor": {"build", "zoo"},
     "client": {"ts_api", "zoo"},  # nothing of the servers' harness or the benchmarks
-    "web": {"client", "zoo"},  # the page is a client of TorchServe like any other
+    "web": {"client", "ts_api", "zoo"},  # the page is a client of TorchServe like any other
 }
 
 
