@@ -134,6 +134,28 @@ def test_the_cat_is_an_egyptian_cat(page, tmp_path):
     screenshot(page, "classifier")
 
 
+def test_a_photo_can_be_dropped_or_pasted(page):
+    """The drop zone and the page take a photo as a person's drag and drop or paste hands it
+    over: a File in the event's DataTransfer."""
+    give = """const [kind, data] = arguments;
+        const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "photo.jpg", { type: "image/jpeg" }));
+        if (kind === "drop") {
+          const drop = new DragEvent("drop", { dataTransfer: transfer, bubbles: true });
+          document.getElementById("drop").dispatchEvent(drop);
+        } else {
+          document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true }));
+        }"""
+    Select(page.find_element(By.ID, "model")).select_by_value("mobilenet_v2")
+    page.execute_script(give, "drop", base64.b64encode(photo_bytes("chelsea")).decode())
+    bars = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-testid='predictions']"))
+    assert bars[0].text.splitlines()[0] == "Egyptian cat"
+    Select(page.find_element(By.ID, "model")).select_by_value("face_pixelizer")
+    page.execute_script(give, "paste", base64.b64encode(photo_bytes("astronaut")).decode())
+    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "img[data-testid='anonymised']"))
+
+
 def test_a_text_file_shows_why_it_was_refused(page, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("not a photo\n")
