@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from scripts.bench import endtoend_report as report
+from scripts.bench import harness
 from scripts.bench.alone import ceiling, served_settings
 from scripts.bench.doc import about_the_run, publish
-from scripts.bench.harness import Target, images, measure, peer, torchserve
-from scripts.bench.loadgen import multipart
+from scripts.bench.harness import Target, as_form, images, measure, peer, torchserve
 from scripts.build.archive import ARCHIVE_VERSION
 from scripts.build.inprocess import load_handler
 from scripts.serve.server import free_ports
@@ -35,7 +35,6 @@ CLASSIFIERS = ("mobilenet_v2", "resnet18")  # the models every peer serves too
 OTHERS = ("yolov5s", "face_pixelizer")
 # LitServe's batching, (max_batch_size, batch_timeout s), tried at 8 clients; the best is measured.
 LITSERVE_SETTINGS = ((1, 0.0), (4, 0.002), (4, 0.005), (8, 0.005), (8, 0.01), (16, 0.01))
-BOUNDARY = "zoo-bench-photo"  # the multipart boundary of the photo sent to LitServe
 
 
 class LogitsOnly(torch.nn.Module):
@@ -93,35 +92,10 @@ def fastapi(model: str):
 
 
 def litserve(model: str, max_batch_size: int, batch_timeout: float):
-    """scripts/bench/litserve_app.py serving `model`'s compiled file with these batching
-    settings, as many workers and threads each as our archive; the photo sent as a
-    multipart form, LitServe's documented way to send a file."""
-    (port,) = free_ports(1)
-    batch, workers, threads = served_settings(model)
-    command = [
-        sys.executable,
-        "-m",
-        "scripts.bench.litserve_app",
-        "--model",
-        model,
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--threads",
-        str(threads),
-        "--max-batch-size",
-        str(max_batch_size),
-        "--batch-timeout",
-        str(batch_timeout),
-    ]
-    headers, _form = multipart(b"", name="image", boundary=BOUNDARY)
-    return peer("litserve", command, port, "/health", timeout=180, method="POST", headers=headers)
-
-
-def as_form(target: Target, body: bytes) -> bytes:
-    """The photo as `target` takes it: LitServe's as a multipart form, the others' raw."""
-    return multipart(body, name="image", boundary=BOUNDARY)[1] if target.server == "litserve" else body
+    """LitServe serving `model`'s compiled file with these batching settings, as many
+    workers and threads each as our archive."""
+    _batch, workers, threads = served_settings(model)
+    return harness.litserve(model, max_batch_size, batch_timeout, workers, threads)
 
 
 def tune_litserve(model: str, body: bytes, seconds: float, settings=LITSERVE_SETTINGS) -> dict:

@@ -28,18 +28,15 @@ import torch
 
 from scripts.bench.alone import model_throughput
 from scripts.bench.doc import about_the_run, markdown_table, publish
-from scripts.bench.harness import Target, images, measure, peer, torchserve
-from scripts.bench.loadgen import multipart
+from scripts.bench.harness import Target, as_form, images, litserve, measure, torchserve
 from scripts.build.archive import ARCHIVE_VERSION, build_archive
 from scripts.build.profiles import model_config
-from scripts.serve.server import free_ports
 from scripts.zoo import COMPILERS, REPO, get_model
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")
 CLIENTS = (1, 32, 128, 512)
 # LitServe's batching, (max_batch_size, batch_timeout s), tried at 128 clients; the best is measured.
 LITSERVE_SETTINGS = ((16, 0.005), (32, 0.005), (64, 0.01))
-BOUNDARY = "zoo-bench-photo"  # the multipart boundary of the photo sent to LitServe
 # The targets at 128 clients: >= this share of min(model alone, no-op ceiling), >= this x LitServe.
 OF_CEILING, OVER_LITSERVE, P99_OVER_P50 = 0.5, 1.2, 3.0
 
@@ -68,19 +65,8 @@ def noop_archive(model: str, store: Path, profile: str) -> str:
     return name
 
 
-def litserve(model: str, artifact: Path, device: str, batching: tuple[int, float], workers: int):
-    (port,) = free_ports(1)
-    command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--artifact", str(artifact),
-               "--port", str(port), "--device", device, "--workers", str(workers),
-               "--max-batch-size", str(batching[0]), "--batch-timeout", str(batching[1])]  # fmt: skip
-    headers, _form = multipart(b"", name="image", boundary=BOUNDARY)
-    return peer("litserve", command, port, "/health", timeout=300, method="POST", headers=headers)
-
-
 def sweep(target: Target, model: str, body: bytes, clients, seconds: float) -> list[dict]:
-    if target.server == "litserve":
-        body = multipart(body, name="image", boundary=BOUNDARY)[1]
-    return [asdict(measure(target, model, body, count, seconds)) for count in clients]
+    return [asdict(measure(target, model, as_form(target, body), count, seconds)) for count in clients]
 
 
 def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) -> dict:
@@ -100,10 +86,10 @@ def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) 
         result["points"] += sweep(target, model, body, args.clients, args.seconds)
     tried = []
     for batching in LITSERVE_SETTINGS[:1] if args.quick else LITSERVE_SETTINGS:
-        with litserve(model, artifact, args.device, batching, workers) as target:
+        with litserve(model, *batching, workers, device=args.device, artifact=artifact) as target:
             tried.append((sweep(target, model, body, [args.clients[-2]], args.seconds)[0]["req_per_s"], batching))
     result["litserve"] = {"tried": tried, "best": max(tried)[1]}
-    with litserve(model, artifact, args.device, result["litserve"]["best"], workers) as target:
+    with litserve(model, *result["litserve"]["best"], workers, device=args.device, artifact=artifact) as target:
         result["points"] += sweep(target, model, body, args.clients, args.seconds)
     return result
 
@@ -132,7 +118,9 @@ def verdicts(result: dict, clients: tuple[int, ...]) -> list[str]:
     lines = [f"{text}: {ratio:.2f}x {'yes' if ratio >= goal else '**no**'}" for text, ratio, goal in checks]
     errors, spread = at[("ours", most)]["errors"], at[("ours", middle)]["p99_ms"] / at[("ours", middle)]["p50_ms"]
     lines.append(f"0 errors at {most} clients: {errors} {'yes' if errors == 0 else '**no**'}")
-    lines.append(f"at {middle} clients p99 <= {P99_OVER_P50}x p50: {spread:.1f}x {'yes' if spread <= 3 else '**no**'}")
+    lines.append(
+        f"at {middle} clients p99 <= {P99_OVER_P50}x p50: {spread:.1f}x {'yes' if spread <= P99_OVER_P50 else '**no**'}"
+    )
     stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in (ours["stage_ms"] or {}).items())
     lines.append(f"ours at {busiest} clients, ms per request: queue {ours['queue_ms']:.1f}, in the worker "
                  f"{ours['inference_ms']:.1f}; handler stages {stages}")  # fmt: skip

@@ -23,10 +23,10 @@ import psutil
 import requests
 import ts
 
-from scripts.bench.loadgen import Request, closed_loop, percentile
+from scripts.bench.loadgen import Request, closed_loop, multipart, percentile
 from scripts.build import profiles
 from scripts.samples.photos import encode, photo
-from scripts.serve.server import LOG_CONFIG, local_torchserve
+from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve
 from scripts.zoo import REPO, get_model, handler_module
 
 # TorchServe's own defaults for what our config.properties tunes, and its own logging.
@@ -259,3 +259,26 @@ def peer(
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+# The multipart boundary of the photo sent to LitServe (which takes a file as a form only).
+LITSERVE_BOUNDARY = "zoo-bench-photo"
+
+
+def litserve(model: str, max_batch_size: int, batch_timeout: float, workers: int, threads: int = 0,
+             device: str = "cpu", artifact: Path | None = None):  # fmt: skip
+    """scripts/bench/litserve_app.py serving `model`'s compiled file (build/'s, or `artifact`)
+    on `device` with these batching settings, `workers` inference processes of `threads`
+    CPU threads (0: the cores shared out) -> a `peer` Target taking the photo as a form."""
+    (port,) = free_ports(1)
+    command = [sys.executable, "-m", "scripts.bench.litserve_app", "--model", model, "--port", str(port),
+               "--device", device, "--workers", str(workers), "--threads", str(threads),
+               "--max-batch-size", str(max_batch_size), "--batch-timeout", str(batch_timeout)]  # fmt: skip
+    command += ["--artifact", str(artifact)] if artifact else []
+    headers, _form = multipart(b"", name="image", boundary=LITSERVE_BOUNDARY)
+    return peer("litserve", command, port, "/health", timeout=300, method="POST", headers=headers)
+
+
+def as_form(target: Target, body: bytes) -> bytes:
+    """The photo as `target` takes it: LitServe's as a multipart form, the others' raw."""
+    return multipart(body, name="image", boundary=LITSERVE_BOUNDARY)[1] if target.server == "litserve" else body

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,25 +48,18 @@ def page_url(torchserve):
 
 @contextmanager
 def web_page(torchserve):
-    """The page's server for `torchserve`, with its keys -> its address."""
+    """The page's server for `torchserve`, with its keys, started and stopped as `make serve`
+    and `make stop` do -> its address."""
     (port,) = free_ports(1)
-    command = [sys.executable, "-m", "scripts.web.app", "run", "--port", str(port),
-               "--config", str(torchserve.workdir / "config.properties"),
-               "--key-file", str(torchserve.workdir / "key_file.json")]  # fmt: skip
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}/api/models", timeout=30).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.3)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as logs:
+        options = ["--port", str(port), "--logs", logs, "--config", str(torchserve.workdir / "config.properties"),
+                   "--key-file", str(torchserve.workdir / "key_file.json")]  # fmt: skip
+        web = [sys.executable, "-m", "scripts.web.app"]
+        subprocess.run([*web, "start", *options], cwd=REPO, check=True, capture_output=True, timeout=120)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            subprocess.run([*web, "stop", *options], cwd=REPO, check=True, timeout=60)
 
 
 @pytest.fixture(scope="module")
