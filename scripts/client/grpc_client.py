@@ -14,12 +14,22 @@ import json
 import grpc
 
 from scripts.client.auth import AuthError, Tokens
-from scripts.client.rest import Answer, ConnectionFailed, wait_before_retry
-from scripts.ts_api import KEY_REFUSED, read_properties
+from scripts.client.rest import DIED, UNAVAILABLE, Answer, ConnectionFailed, wait_before_retry
+from scripts.ts_api import WORKER_DIED, key_refused_grpc, read_properties
 
-# TorchServe's messages for a request whose worker died or is not (yet) there: worth a retry.
-RETRY_MESSAGES = ("Worker died", "has no worker", "no worker")
 JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def retry_reason_grpc(code: str, details: str) -> str | None:
+    """The REST client's retry_reason for a failed gRPC call: the frontend's "Worker died."
+    (INTERNAL, its message then the exception's name on the next line) or its UNAVAILABLE
+    (no worker yet, a full queue). A handler's own error carries the handler's JSON body."""
+    first_line = details.split("\n", 1)[0]
+    if code == "INTERNAL" and first_line == WORKER_DIED:
+        return DIED
+    if code == "UNAVAILABLE" and not first_line.startswith("{") and "connect" not in first_line.lower():
+        return UNAVAILABLE
+    return None
 
 
 class GrpcAnswerError(Exception):
@@ -68,15 +78,16 @@ class GrpcClient:
         return self._stub.Predictions(request, metadata=metadata, timeout=self.timeout).prediction
 
     def predict(self, model: str, data: bytes, params: dict[str, str] | None = None, filename: str = "image") -> Answer:
-        """One image -> its answer; dead-worker answers retried, an expired key refreshed once."""
-        refreshed, attempt = False, 0
+        """One image -> its answer; as the REST client: retries, at most one after "Worker
+        died.", an expired key refreshed once."""
+        refreshed, attempt, died = False, 0, 0
         while True:
             key = self.tokens.inference()
             try:
                 return as_answer(self._call(model, data, params or {}), attempt + 1)
             except grpc.RpcError as err:
                 details = err.details() or ""
-                if err.code() == grpc.StatusCode.PERMISSION_DENIED and KEY_REFUSED in details:
+                if key_refused_grpc(err.code().name, details):
                     if refreshed:
                         raise AuthError(f"TorchServe refused the inference key: {details}") from err
                     self.tokens.refresh(self.management_url, key)
@@ -85,7 +96,9 @@ class GrpcClient:
                 if err.code() == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
                     raise ConnectionFailed(f"cannot reach TorchServe's gRPC API at {self.target}: {details}") from err
                 attempt += 1
-                if any(message in details for message in RETRY_MESSAGES) and attempt <= self.retries:
+                reason = retry_reason_grpc(err.code().name, details)
+                died += reason == DIED
+                if reason is not None and attempt <= self.retries and died <= 1:
                     wait_before_retry(attempt, self.backoff)
                     continue
                 body = json.dumps({"error": err.code().name.lower(), "detail": details, "status": 500}).encode()

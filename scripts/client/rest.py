@@ -1,7 +1,10 @@
 """The zoo's models over TorchServe's REST inference API: one image per call, the
 per-request parameters as form fields (TorchServe drops query strings on /predictions),
-the token from key_file.json refreshed when it expires, and "Worker died." / "no worker"
-answers retried with backoff. Thread-safe: one HTTP session per thread."""
+the token from key_file.json refreshed when it expires (only when TorchServe's frontend
+itself refused it: scripts/ts_api.py), "no worker" answers retried with backoff, and a
+"Worker died." answer retried once: a second one says that this request is likely what
+kills workers, and sending it again would kill the next. Thread-safe: one HTTP session
+per thread."""
 
 import json
 import threading
@@ -12,11 +15,9 @@ from pathlib import Path
 import requests
 
 from scripts.client.auth import AuthError, Tokens
-from scripts.ts_api import key_refused, read_properties
+from scripts.ts_api import frontend_error, key_refused, read_properties, worker_died
 
-# TorchServe's answers while a worker is (re)starting or died under the request: worth a retry.
-RETRY_STATUSES = (503, 507)
-WORKER_DIED = "Worker died."  # its message, with 500 or 507 depending on where it noticed
+DIED, UNAVAILABLE = "worker died", "no worker"  # the frontend's answers worth sending again
 
 
 class ConnectionFailed(Exception):
@@ -58,16 +59,15 @@ def wait_before_retry(attempt: int, backoff: float) -> None:
     time.sleep(min(backoff * 2 ** (attempt - 1), 8.0))
 
 
-def retryable(status: int, body: bytes) -> bool:
-    """A worker that died or is not there yet (never a 4xx, never the handler's own 500)."""
-    if status in RETRY_STATUSES:
-        return True
-    if status == 500:
-        try:
-            return json.loads(body).get("message") == WORKER_DIED
-        except (ValueError, AttributeError):
-            return False
-    return False
+def retry_reason(status: int, body: bytes) -> str | None:
+    """DIED: the frontend's "Worker died." (the batch's worker died under it); UNAVAILABLE:
+    its 503 (no worker yet, or a full queue); None for everything else -- a handler's answer
+    whatever it says, a 4xx."""
+    if worker_died(status, body):
+        return DIED
+    if status == 503 and frontend_error(status, body) is not None:
+        return UNAVAILABLE
+    return None
 
 
 class ZooClient:
@@ -110,10 +110,10 @@ class ZooClient:
             raise ConnectionFailed(f"cannot reach TorchServe at {self.inference_url}: {err}") from err
 
     def predict(self, model: str, data: bytes, params: dict[str, str] | None = None, filename: str = "image") -> Answer:
-        """One image -> its answer, after at most `retries` retries of a dead worker's answers
-        (0.5, 1, 2, 4, ... s apart) and one key refresh on a 401."""
+        """One image -> its answer, after at most `retries` retries (0.5, 1, 2, 4, ... s apart)
+        of which at most one after "Worker died.", and one key refresh on TorchServe's refusal."""
         refreshed = False
-        attempt = 0
+        attempt = died = 0
         while True:
             key = self.tokens.inference()
             response = self._send(model, data, params or {}, filename)
@@ -124,7 +124,9 @@ class ZooClient:
                 refreshed = True
                 continue
             attempt += 1
-            if retryable(response.status_code, response.content) and attempt <= self.retries:
+            reason = retry_reason(response.status_code, response.content)
+            died += reason == DIED
+            if reason is not None and attempt <= self.retries and died <= 1:
                 wait_before_retry(attempt, self.backoff)
                 continue
             content_type = response.headers.get("Content-Type", "application/json").split(";")[0]

@@ -10,11 +10,17 @@ import pytest
 
 from scripts.client import cli
 from scripts.client.auth import AuthError, Tokens
-from scripts.client.grpc_client import as_answer
-from scripts.client.rest import ConnectionFailed, ZooClient, retryable
+from scripts.client.grpc_client import as_answer, retry_reason_grpc
+from scripts.client.rest import DIED, UNAVAILABLE, ConnectionFailed, ZooClient, retry_reason
 from scripts.families import families
 from scripts.samples.photos import photo_bytes
+from scripts.ts_api import KEY_REFUSED, key_refused, key_refused_grpc
 from scripts.zoo import handler_module
+
+# TorchServe 0.12's answer to a wrong or expired key, as its frontend writes it.
+REFUSED = {"code": 400, "type": "InvalidKeyException", "message": KEY_REFUSED}
+DIED_507 = {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+NO_WORKER = {"code": 503, "type": "ServiceUnavailableException", "message": 'Model "m" has no worker'}
 
 
 class StandIn(BaseHTTPRequestHandler):
@@ -26,7 +32,7 @@ class StandIn(BaseHTTPRequestHandler):
         server = self.server
         server.seen.append((self.path, self.headers.get("Authorization"), self.headers.get("Content-Type")))
         if self.headers.get("Authorization") != f"Bearer {server.valid_key}":
-            return self.reply(401, {"code": 401, "message": "Token Authorization failed. Token either incorrect"})
+            return self.reply(400, REFUSED)
         status, body = server.script[min(server.calls, len(server.script) - 1)]
         server.calls += 1
         self.reply(status, body)
@@ -89,19 +95,42 @@ def test_every_handler_parameter_has_an_option():
 
 
 def test_dead_workers_are_retried_and_refusals_are_not(stand_in):
-    stand_in.script = [
-        (507, {"code": 507, "message": "Worker died."}),
-        (503, {"message": "no worker"}),
-        (200, {"a": 1}),
-    ]
+    stand_in.script = [(507, DIED_507), (503, NO_WORKER), (200, {"a": 1})]
     answer = client_of(stand_in).predict("m", b"img")
     assert answer.ok and answer.attempts == 3 and answer.json() == {"a": 1}
     stand_in.script, stand_in.calls = [(400, {"error": "corrupt image", "detail": "x", "status": 400})], 0
     answer = client_of(stand_in).predict("m", b"img")
     assert answer.status == 400 and answer.attempts == 1 and answer.error() == "corrupt image: x"
-    stand_in.script, stand_in.calls = [(503, {"message": "no worker"})], 0
+    stand_in.script, stand_in.calls = [(503, NO_WORKER)], 0
     answer = client_of(stand_in, retries=2).predict("m", b"img")
     assert answer.status == 503 and answer.attempts == 3  # the limit: 1 + 2 retries
+
+
+def test_a_request_that_meets_a_dead_worker_twice_is_not_sent_a_third_time(stand_in):
+    """The first "Worker died." may be a batch-mate's doing; the second says that this
+    request kills workers: sending it again would kill the next one."""
+    stand_in.script = [(500, {**DIED_507, "code": 500}), (503, NO_WORKER), (507, DIED_507), (200, {"a": 1})]
+    answer = client_of(stand_in).predict("m", b"img")
+    assert answer.status == 507 and answer.attempts == 3 and stand_in.calls == 3
+
+
+def test_only_the_frontend_refusing_a_key_renews_it(stand_in):
+    """A handler's 400 quoting a client's parameter named like TorchServe's refusal is an
+    answer, not a refused key: renewing the key would lock out every other client."""
+    quoted = [
+        {"error": "unknown parameter", "detail": f"{text!r} is not a parameter", "status": 400}
+        for text in (KEY_REFUSED, "Token Authorization failed", "InvalidKeyException", json.dumps(REFUSED))
+    ]
+    stand_in.script = [(400, body) for body in quoted]
+    client = client_of(stand_in)
+    for _ in quoted:
+        assert client.predict("m", b"img").status == 400
+    assert json.loads(stand_in.key_file.read_text())["inference"]["key"] == "key-1"  # never renewed
+    assert all(not key_refused(400, json.dumps(body)) for body in quoted)
+    assert key_refused(400, json.dumps(REFUSED)) and not key_refused(200, json.dumps(REFUSED))
+    assert not key_refused(400, json.dumps({**REFUSED, "detail": "x"}))  # not exactly the frontend's shape
+    assert key_refused_grpc("PERMISSION_DENIED", KEY_REFUSED)
+    assert not key_refused_grpc("PERMISSION_DENIED", f"{KEY_REFUSED}\norg.pytorch.serve.http.InternalServerException")
 
 
 def test_raw_images_are_never_sent_as_a_form(stand_in):
@@ -158,12 +187,19 @@ def test_an_unreachable_server_is_a_connection_failure(stand_in, tmp_path):
 
 
 def test_retry_rules():
-    assert retryable(503, b"") and retryable(507, b"")
-    assert retryable(500, b'{"code": 500, "message": "Worker died."}')
-    assert not retryable(500, b'{"error": "inference failed", "status": 500}')  # the handler's own: no retry
-    assert not any(retryable(status, b"{}") for status in (400, 404, 413, 415))
+    died = {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+    assert retry_reason(500, json.dumps(died).encode()) == DIED
+    assert retry_reason(507, json.dumps(DIED_507).encode()) == DIED
+    assert retry_reason(503, json.dumps(NO_WORKER).encode()) == UNAVAILABLE
+    assert retry_reason(503, b"") is None and retry_reason(507, b"") is None  # not the frontend's
+    assert retry_reason(500, b'{"error": "inference failed", "status": 500}') is None  # the handler's own
+    handler_quoting = {"error": "bad", "detail": "Worker died.", "message": "Worker died.", "status": 500}
+    assert retry_reason(500, json.dumps(handler_quoting).encode()) is None
+    assert not any(retry_reason(status, b"{}") for status in (400, 404, 413, 415))
     too_large = b'{"error": "result too large: ...", "model_name": "m", "outputs": []}'  # a v2 answer's 413
-    assert not retryable(413, too_large)  # the request's own fault: sent again, it would fail again
+    assert retry_reason(413, too_large) is None  # the request's own fault: sent again, it would fail again
+    assert retry_reason_grpc("INTERNAL", "Worker died.\norg.pytorch.serve.http.InternalServerException") == DIED
+    assert retry_reason_grpc("INTERNAL", '{"error": "internal error", "detail": "Worker died."}') is None
 
 
 def test_grpc_bodies_become_answers_with_their_status():
