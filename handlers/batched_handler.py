@@ -68,7 +68,7 @@ from metrics import (
 )
 from payload import RAW_JSON, header_parameters, merge_parameters, split_request
 from settings import ImageHandlerSettings, settings_from_mapping, with_overrides
-from vision_ops import encode_jpegs, to_device
+from vision_ops import JPEG_MAX_SIDE, encode_jpegs, to_device
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -141,10 +141,15 @@ def encoded(responses: list[Response]) -> list[Response]:
     call, on their device (`vision_ops.encode_jpegs`). If the call fails, each image is
     encoded alone, so that only an image that cannot be encoded fails."""
     pending: dict[tuple[int, str], list[int]] = {}
-    for index, response in enumerate(responses):
-        if response.image is not None:
-            pending.setdefault((response.jpeg_quality, response.image.device.type), []).append(index)
     done = list(responses)
+    for index, response in enumerate(responses):
+        if response.image is not None and max(response.image.shape[-2:]) > JPEG_MAX_SIDE:
+            height, width = response.image.shape[-2:]
+            detail = (f"the answer would be a {width}x{height} JPEG, and a JPEG holds at most {JPEG_MAX_SIDE} pixels "
+                      "a side; ask for format=json")  # fmt: skip
+            done[index] = Response.failure(413, "image answer too large", detail)
+        elif response.image is not None:
+            pending.setdefault((response.jpeg_quality, response.image.device.type), []).append(index)
     for (quality, _device), indices in pending.items():
         try:
             datas = encode_jpegs([responses[index].image for index in indices], quality)
@@ -238,8 +243,7 @@ class BatchedImageHandler:
         )
 
     def handle(self, data: list[dict], context) -> list[bytes]:
-        if len(data) == 1 and request_headers(context, 0).get("describe") == "True":
-            # TorchServe's describe API (GET /models/<name>?customized=true) asks the handler.
+        if is_describe_call(data, context):
             return [json.dumps(self.describe(), separators=(",", ":")).encode()]
         self.memory.batch_started()
         try:
@@ -586,6 +590,15 @@ class BatchedImageHandler:
         started = time.perf_counter()
         yield
         self._emit(context, STAGE_SECONDS, time.perf_counter() - started, stage=stage)
+
+
+def is_describe_call(data: list[dict], context) -> bool:
+    """Whether this is TorchServe's describe call (GET /models/<name>?customized=true on the
+    management API): a batch of one request with no input at all, marked by the frontend
+    with the header `describe: True`. A client can send that header on a prediction too
+    (the frontend passes every request header on), but a prediction always carries its
+    body or form fields: it is never taken for the describe call."""
+    return len(data) == 1 and not data[0] and request_headers(context, 0).get("describe") == "True"
 
 
 def request_headers(context, index: int) -> dict[str, Any]:  # values: str, or TorchServe's per-field dicts

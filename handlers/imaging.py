@@ -18,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 import vision_ops
 from errors import InputError, public_detail
+from image_structure import check_structure
 
 # JPEGs are decoded by torchvision's C decoder (libjpeg-turbo, faster than PIL's); the
 # other formats go through PIL, because torchvision 0.29's other decoders are unsafe or
@@ -96,7 +97,9 @@ def looks_like_image(data: bytes) -> bool:
 
 
 def check_image(data: bytes, max_pixels: int) -> ImageInfo:
-    """The header of a supported image within the pixel limit, or InputError."""
+    """The header of a supported image within the pixel limit, listing no more than
+    image_structure's limits, or InputError."""
+    check_structure(data)
     info = probe_image(data)
     if info.format not in SUPPORTED_FORMATS:
         raise InputError(

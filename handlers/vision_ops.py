@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as nnf
 
 RGB = 3  # torchvision.io.ImageReadMode.RGB
+# libjpeg's JPEG_MAX_DIMENSION. Beyond it torchvision 0.29's encoder crashes the whole
+# process (a segmentation fault: a 65501x1 image is enough): never call it with a larger image.
+JPEG_MAX_SIDE = 65_500
 
 
 def _load_operators() -> None:
@@ -54,9 +57,16 @@ def decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.
 
 def encode_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
     """uint8 [3, H, W] on the CPU -> JPEG bytes as uint8 [N]: torchvision.io.encode_jpeg."""
+    check_jpeg_encodable(image, quality)
+    return torch.ops.image.encode_jpeg(image, quality)
+
+
+def check_jpeg_encodable(image: torch.Tensor, quality: int) -> None:
+    """ValueError for what libjpeg cannot encode (see JPEG_MAX_SIDE), before it is asked."""
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
-    return torch.ops.image.encode_jpeg(image, quality)
+    if image.dim() != 3 or not 1 <= min(image.shape[-2:]) <= max(image.shape[-2:]) <= JPEG_MAX_SIDE:
+        raise ValueError(f"a JPEG holds 1 to {JPEG_MAX_SIDE} pixels a side, not {tuple(image.shape)}")
 
 
 def encode_jpegs(images: list[torch.Tensor], quality: int) -> list[torch.Tensor]:
@@ -66,8 +76,8 @@ def encode_jpegs(images: list[torch.Tensor], quality: int) -> list[torch.Tensor]
     if images and images[0].device.type == "cuda":
         from torchvision import io
 
-        if not 1 <= quality <= 100:
-            raise ValueError(f"JPEG quality must be between 1 and 100, got {quality}")
+        for image in images:
+            check_jpeg_encodable(image, quality)
         encoded = io.encode_jpeg([image.contiguous() for image in images], quality=quality)
         return [data.cpu() for data in encoded]
     return [encode_jpeg(image.cpu().contiguous(), quality) for image in images]

@@ -17,7 +17,18 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from scripts.samples.photos import encode, photo
-from tests.image_structures import gif, gif_frame, riff, riff_chunks, webp
+from tests.image_structures import (
+    apng_declaring,
+    gif,
+    gif_frame,
+    png_with_chunks_before_its_end,
+    riff,
+    riff_chunks,
+    tiff,
+    webp,
+    webp_with_frames,
+    ztxt_chunk,
+)
 
 # Kept in step with the handlers' defaults (handlers/settings.py) and config.properties.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -231,6 +242,33 @@ def hostile_image_cases() -> list[Case]:
         Case("exif-rotated webp", raw(webp([chelsea], lossless=False, orientation=6)), 200, size=(300, 451)),
         Case("truncated webp", raw(truncated_webp()), 400, "corrupt image"),
         Case("corrupt gif", raw(corrupt_gif), 400, "corrupt image"),
+        # What a file lists, bounded before Pillow builds it (handlers/image_structure.py).
+        Case("tiff of 16x16 listing a million strips", raw(tiff(16, 16, 1_000_000, 1)), 413, "image too large"),
+        Case("tiff listing more strips than rows", raw(tiff(16, 16, 50_000, 1)), 400, "corrupt image"),
+        Case("png with 72 MB of inflating text", raw(inflating_text_png()), 413, "image too large"),
+        Case("apng declaring 100001 frames", raw(apng_declaring(100_001, coffee)), 413, "image too large"),
+        Case("webp of 10001 frames", raw(webp_with_frames(10_001)), 413, "image too large"),
+    ]
+
+
+def inflating_text_png() -> bytes:
+    """72 compressed text chunks of 1 MB each once inflated, in a PNG of 100 kB."""
+    chunks = [ztxt_chunk(f"comment{i}".encode(), 1_000_000) for i in range(72)]
+    return png_with_chunks_before_its_end(photo("coffee").resize((120, 80)), chunks)
+
+
+def answer_size_cases(kind: str) -> list[Case]:
+    """Images whose image answer a JPEG cannot hold (65,500 px a side at most; torchvision's
+    encoder ends the worker beyond it): a 413 for an image answer, a JSON answer as usual."""
+    wide = encode(photo("coffee").resize((65_501, 1)), "PNG")
+    tall = encode(photo("coffee").resize((1, 65_501)).convert("P"), "GIF")
+    if kind == "classifier":
+        return [Case("65501x1 png", raw(wide), 200)]
+    as_image = {"headers": {"X-Format": "image"}}
+    return [
+        Case("65501x1 png as an image answer", {**raw(wide), **as_image}, 413, "image answer too large"),
+        Case("1x65501 gif as an image answer", {**raw(tall), **as_image}, 413, "image answer too large"),
+        Case("65501x1 png as json", {**raw(wide), "headers": {"X-Format": "json"}}, 200, size=(65_501, 1)),
     ]
 
 
@@ -376,7 +414,7 @@ def parameter_cases(kind: str) -> list[Case]:
 
 
 def corpus(kind: str) -> list[Case]:
-    return image_cases() + hostile_image_cases() + parameter_cases(kind) + protocol_cases()
+    return image_cases() + hostile_image_cases() + answer_size_cases(kind) + parameter_cases(kind) + protocol_cases()
 
 
 def read_image_size(body: bytes) -> tuple[int, int]:

@@ -171,3 +171,59 @@ def displayed_size(size: tuple[int, int], orientation: int | None) -> tuple[int,
 def first_frame_rgb(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as image:
         return image.convert("RGB")
+
+
+# --- TIFF (TIFF 6.0: a header, then directories of 12-byte entries) ----------------------
+
+
+def tiff(width: int, height: int, strips: int, rows_per_strip: int, strip_offset: int | None = None) -> bytes:
+    """An uncompressed 8-bit RGB TIFF whose first directory lists `strips` strips of
+    `rows_per_strip` rows; every strip is the same pixel data (at `strip_offset`, which may
+    be made to point past the end of the file)."""
+    pixels = bytes(range(256)) * (width * rows_per_strip * 3 // 256 + 1)
+    pixels = pixels[: width * min(rows_per_strip, height) * 3]
+    offsets_at = 8 + len(pixels)
+    counts_at = offsets_at + 4 * strips
+    directory_at = counts_at + 4 * strips
+    offset = 8 if strip_offset is None else strip_offset
+    short, long = 3, 4
+    entries = [(256, short, width), (257, short, height), (258, short, 8), (259, short, 1), (262, short, 2),
+               (273, long, offsets_at if strips > 1 else offset), (277, short, 3), (278, short, rows_per_strip),
+               (279, long, counts_at if strips > 1 else len(pixels))]  # fmt: skip
+    directory = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        count = strips if tag in (273, 279) else 1
+        directory += struct.pack("<HHI", tag, kind, count) + struct.pack("<I" if kind == long else "<HH", value, *(
+            () if kind == long else (0,)))  # fmt: skip
+    return (
+        b"II*\x00" + struct.pack("<I", directory_at) + pixels
+        + struct.pack(f"<{strips}I", *[offset] * strips) + struct.pack(f"<{strips}I", *[len(pixels)] * strips)
+        + directory + b"\x00\x00\x00\x00"
+    )  # fmt: skip
+
+
+def png_with_chunks_before_its_end(image: Image.Image, chunks: Sequence[bytes]) -> bytes:
+    """A real PNG of `image` with `chunks` inserted before its IEND (after the pixels, where
+    Pillow reads them as it finishes decoding)."""
+    data = encode(image, "PNG")
+    return data[:-12] + b"".join(chunks) + data[-12:]
+
+
+def ztxt_chunk(keyword: bytes, inflated_size: int) -> bytes:
+    """A compressed text chunk of a kilobyte or so that inflates to `inflated_size` bytes."""
+    return png_chunk(b"zTXt", keyword + b"\x00\x00" + zlib.compress(b"a" * inflated_size, 9))
+
+
+def apng_declaring(frames: int, image: Image.Image) -> bytes:
+    """A real PNG whose animation control chunk declares `frames` frames (it holds one)."""
+    data = encode(image, "PNG")
+    control = png_chunk(b"acTL", struct.pack(">II", frames, 0))
+    return data[:33] + control + data[33:]  # after the signature and IHDR
+
+
+def webp_with_frames(frames: int) -> bytes:
+    """A WebP container with `frames` (empty) animation frames after a VP8X header."""
+    header = b"VP8X" + struct.pack("<I", 10) + bytes([0x02, 0, 0, 0]) + (15).to_bytes(3, "little") * 2
+    animation = b"ANIM" + struct.pack("<I", 6) + bytes(6)
+    frame = b"ANMF" + struct.pack("<I", 16) + bytes(16)
+    return riff([header, animation, *[frame] * frames])

@@ -276,10 +276,11 @@ def test_open_inference_requests_are_answered_in_the_protocol_even_when_malforme
 
 def test_the_describe_api_gets_the_model_its_weights_and_parameters(make_handler):
     """TorchServe's GET /models/<name>?customized=true reaches the handler as one request
-    with the header describe: True; the answer is what a client needs to build a form."""
+    with no input (ts/service.py: no parameters, an empty dict) and the header describe:
+    True; the answer is what a client needs to build a form."""
     handler, context = make_handler()
     context.request_headers[0] = {"describe": "True"}
-    (answer,) = handler.handle([{"body": bytearray()}], context)
+    (answer,) = handler.handle([{}], context)
     described = json.loads(answer)
     assert described == {
         "model": "tiny",
@@ -293,3 +294,13 @@ def test_the_describe_api_gets_the_model_its_weights_and_parameters(make_handler
         "choices": {},
     }
     assert context.status(0) == 200
+
+
+def test_a_client_s_describe_header_does_not_change_a_prediction_s_route(make_handler):
+    """TorchServe passes a prediction's headers to the handler: `describe: True` on a
+    prediction must not turn it into the describe call."""
+    handler, context = make_handler()
+    for row in (body(solid(RED)), {"data": solid(RED, fmt="PNG")}, {"body": bytearray()}):
+        context.request_headers[0] = {"describe": "True"}
+        (answer,) = answers(handler.handle([row], context))
+        assert "task" not in answer and ("predictions" in answer or answer["error"] == "empty request")

@@ -132,3 +132,22 @@ def test_image_answers_are_encoded_together_and_one_that_cannot_be_encoded_fails
     assert [r.status for r in done] == [200, 500, 415, 200]
     assert done[0].body == encode_jpeg(good, 90) and done[3].body == encode_jpeg(good, 50)
     assert all(r.image is None for r in done)
+
+
+def test_an_image_answer_a_jpeg_cannot_hold_is_a_413_for_that_request_alone(pixelizer):
+    """torchvision's JPEG encoder ends the whole worker on a side over 65,500 pixels
+    (libjpeg's limit): such an answer is refused before the encoder is called, and its
+    batch-mates are answered; the same image as JSON is answered."""
+    handler, context = pixelizer
+    wide = encode(photo("coffee").resize((65_501, 1)), "PNG")
+    tall = encode(photo("coffee").resize((1, 65_501)), "PNG")
+    rows = [{"body": wide}, {"body": encode(photo("astronaut"), "PNG")}, {"body": tall},
+            {"data": wide, "format": b"json"}]  # fmt: skip
+    results = handler.handle(rows, context)
+    assert [context.status(i) for i in range(4)] == [413, 200, 413, 200]
+    for index in (0, 2):
+        refusal = json.loads(results[index])
+        assert refusal["error"] == "image answer too large" and "65500 pixels a side" in refusal["detail"]
+        assert "format=json" in refusal["detail"]
+    assert pixels(results[1]).shape == (512, 512, 3)
+    assert json.loads(results[3])["image_size"] == [65_501, 1]

@@ -149,3 +149,15 @@ def test_encode_jpegs_equals_encoding_each():
     images = [torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8)]
     together = vision_ops.encode_jpegs(images, 85)
     assert all(torch.equal(a, vision_ops.encode_jpeg(image, 85)) for a, image in zip(together, images, strict=True))
+
+
+def test_the_jpeg_encoder_is_never_called_beyond_what_libjpeg_takes():
+    """Beyond 65,500 pixels a side libjpeg's default error handler ends the process: the
+    call is refused with a ValueError first (this test would die, not fail, otherwise)."""
+    at_the_limit = torch.zeros(3, 1, vision_ops.JPEG_MAX_SIDE, dtype=torch.uint8)
+    assert vision_ops.encode_jpeg(at_the_limit, 90).numel() > 0
+    for shape in ((3, 1, vision_ops.JPEG_MAX_SIDE + 1), (3, vision_ops.JPEG_MAX_SIDE + 1, 1), (3, 0, 5)):
+        with pytest.raises(ValueError, match="a JPEG holds 1 to 65500 pixels a side"):
+            vision_ops.encode_jpeg(torch.zeros(shape, dtype=torch.uint8), 90)
+        with pytest.raises(ValueError):
+            vision_ops.encode_jpegs([torch.zeros(shape, dtype=torch.uint8)], 90)
