@@ -42,6 +42,9 @@ MODEL = "face_pixelizer"
 FRAME_MEMORY = 5  # frames whose face regions stay hidden after them (--frame-memory)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 FRAME_JPEG_QUALITY = 95  # frames travel as JPEGs: near-lossless, a fraction of the raw size
+# Decoded frames waiting for their answers, at most (besides the --concurrency limit): a
+# clip of huge frames is held a few frames at a time, not 2 x concurrency of them.
+IN_FLIGHT_BYTES = 256 << 20
 
 
 class FrameRefused(Exception):
@@ -154,18 +157,32 @@ def answer_frame(answer: Answer, source, number: int, orientation: Orientation =
 
 
 def in_order(pool: ThreadPoolExecutor, client, frames: Iterator, params: dict, window: int,
-             orientation: Orientation = Orientation()) -> Iterator:  # fmt: skip
-    """(source frame, its answer) in decoding order, with at most `window` frames in flight."""
-    pending: deque[tuple[object, Future]] = deque()
-    for frame in frames:
+             orientation: Orientation = Orientation(), max_pixels: int | None = None) -> Iterator:  # fmt: skip
+    """(source frame, its answer) in decoding order, with at most `window` frames and
+    IN_FLIGHT_BYTES of decoded pixels in flight; a frame over `max_pixels` is refused."""
+    pending: deque[tuple[object, Future, int]] = deque()
+    held = 0
+    for number, frame in enumerate(frames):
+        check_frame_size(frame.width, frame.height, max_pixels, f"frame {number}")
         jpeg = frame_jpeg(frame, orientation)
-        pending.append((frame, pool.submit(client.predict, MODEL, jpeg, params, "frame.jpg")))
-        if len(pending) >= window:
-            source, future = pending.popleft()
+        size = frame.width * frame.height * 3 + len(jpeg)
+        pending.append((frame, pool.submit(client.predict, MODEL, jpeg, params, "frame.jpg"), size))
+        held += size
+        while len(pending) >= window or (held > IN_FLIGHT_BYTES and len(pending) > 1):
+            source, future, size = pending.popleft()
+            held -= size
             yield source, future.result()
     while pending:
-        source, future = pending.popleft()
+        source, future, _ = pending.popleft()
         yield source, future.result()
+
+
+def check_frame_size(width: int, height: int, max_pixels: int | None, what: str) -> None:
+    """FrameRefused for frames over the model's pixel limit, before they are decoded or sent."""
+    if max_pixels and width * height > max_pixels:
+        raise FrameRefused(
+            f"{what} is {width}x{height} = {width * height} pixels, over {MODEL}'s limit of {max_pixels} pixels"
+        )
 
 
 def open_output(target: Path, source_stream, codec: str, crf: int, orientation: Orientation = Orientation()):
@@ -184,12 +201,19 @@ def open_output(target: Path, source_stream, codec: str, crf: int, orientation: 
 
 def anonymise_video(client, source: Path, target: Path, params: dict, concurrency: int = 8, codec: str = "libx264",
                     crf: int = 18, faces_json: Path | None = None, progress: bool | Callable[[int, int], None] = True,
-                    frame_memory: int = FRAME_MEMORY) -> VideoReport:  # fmt: skip
+                    frame_memory: int = FRAME_MEMORY, max_pixels: int | None = None) -> VideoReport:  # fmt: skip
     """One video -> its anonymised copy (see the module's docstring). `progress`: a bar on
-    stderr, or a function called with (frames done, frames in the clip or 0) after each."""
+    stderr, or a function called with (frames done, frames in the clip or 0) after each.
+    `max_pixels`: the model's pixel limit, checked from the stream's header before any
+    frame is decoded, and on each frame (a frame may be larger than its header says)."""
     import av
 
     started = time.perf_counter()
+    with av.open(str(source)) as container:
+        if not container.streams.video:
+            raise FrameRefused("the file holds no video stream")
+        header = container.streams.video[0].codec_context
+        check_frame_size(header.width, header.height, max_pixels, "the clip's frame size")
     orientation = orientation_of(source)
     with av.open(str(source)) as container:
         video = container.streams.video[0]
@@ -207,7 +231,8 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
         try:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 frames_in = demux(container, video, copies, output)
-                for source_frame, answer in in_order(pool, client, frames_in, params, 2 * concurrency, orientation):
+                answers = in_order(pool, client, frames_in, params, 2 * concurrency, orientation, max_pixels)
+                for source_frame, answer in answers:
                     remembered = [region for regions in memory for region in regions]
                     output.mux(encoder.encode(answer_frame(answer, source_frame, frames, orientation, remembered)))
                     if faces:
@@ -267,7 +292,7 @@ def anonymise(args: argparse.Namespace) -> int:
             args.faces_json.parent / f"{source.stem}.faces.jsonl")  # fmt: skip
         try:
             report = anonymise_video(client, source, target, params, args.concurrency, args.codec, args.crf, faces,
-                                     frame_memory=args.frame_memory)  # fmt: skip
+                                     frame_memory=args.frame_memory, max_pixels=args.max_pixels)  # fmt: skip
         except FrameRefused as err:
             print(f"error: {source}: {err}", file=sys.stderr)
             return 1
@@ -288,6 +313,8 @@ def add_anonymise_parser(commands) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="frames in flight")
     parser.add_argument("--frame-memory", type=int, default=FRAME_MEMORY, metavar="N",
                         help="also pixelate the face regions of the last N frames (0: off)")  # fmt: skip
+    parser.add_argument("--max-pixels", type=int, metavar="N",
+                        help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
     for option, param in (("--mode", "mode"), ("--blocks", "blocks"), ("--margin", "margin"),
                           ("--confidence", "confidence")):  # fmt: skip
         parser.add_argument(option, dest=param)

@@ -8,42 +8,49 @@ short clip and gets it back anonymised (scripts/client/video.py, frame memory on
 
 It is a Starlette app on uvicorn -- a small, well-kept ASGI toolkit and its reference
 server: routing, static files and request streams, nothing hand-written about HTTP -- and
-a client of TorchServe like any other: it holds the keys (key_file.json, an expired
-inference key refreshed as scripts/client does: the same ZooClient), so that no token
-reaches the browser. It listens on loopback only, reads at most a model's own
-max_image_bytes of an upload, and forwards the photo and the parameters as they came.
+a client of TorchServe like any other: it holds the keys (key_file.json, a key TorchServe
+refused renewed as scripts/client does: the same ZooClient), so that no token reaches the
+browser. Because it holds them, it answers this page only (scripts/web/access.py: Host,
+Origin, Fetch Metadata and the page's own token), never another website through its
+visitor's browser. It listens on loopback only, reads at most a model's own
+max_image_bytes of an upload (and none that stalls), and forwards the photo and the
+parameters as they came. Clips are anonymised by child processes (scripts/web/videos.py).
 The page itself (static/) is plain HTML and JavaScript modules: no build step, no network.
 """
 
 import argparse
+import asyncio
 import ipaddress
 import json
 import logging
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from http import HTTPStatus
 from pathlib import Path
 
 import requests
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
-from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES, FrameRefused, anonymise_video
+from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES
+from scripts.client.video import MODEL as VIDEO_MODEL
 from scripts.ts_api import key_refused
+from scripts.web.access import SameOriginOnly, allowed_hosts, new_token
+from scripts.web.videos import MAX_VIDEO_BYTES, MAX_VIDEOS_AT_ONCE, VideoJobs
 from scripts.zoo import REPO
 
 logger = logging.getLogger(__name__)
@@ -51,39 +58,11 @@ STATIC = Path(__file__).parent / "static"
 # The answer headers the page reads (faces pixelated, their regions, the parameters applied).
 RELAYED_HEADERS = ("X-Faces", "X-Face-Boxes", "X-Face-Boxes-Omitted", "X-Parameters")
 MODELS_TTL_S = 5.0  # how long the model list (and each model's limits) is reused
-MAX_VIDEO_BYTES = 100_000_000  # a short clip
-MAX_RUNNING_VIDEOS, KEPT_VIDEOS = 2, 8  # clips anonymised at once; finished ones kept to download
 VIDEO_PARAMS = ("confidence", "mode", "blocks", "block_size", "margin")  # the pixelizer's, for a clip
-
-
-@dataclass
-class VideoJob:
-    """A clip being anonymised in a thread: how far it is, and where its result is."""
-
-    directory: Path
-    target: Path
-    done: int = 0
-    total: int = 0
-    state: str = "running"  # running, done, failed
-    error: str = ""
-
-    def run(self, client: ZooClient, source: Path, params: dict, frame_memory: int) -> None:
-        def progress(done: int, total: int) -> None:
-            self.done, self.total = done, total
-
-        try:
-            anonymise_video(client, source, self.target, {**params, "format": "image"}, progress=progress,
-                            frame_memory=frame_memory)  # fmt: skip
-            self.state = "done"
-        except FrameRefused as err:
-            self.state, self.error = "failed", str(err)
-        except (ConnectionFailed, AuthError) as err:
-            self.state, self.error = "failed", f"TorchServe does not answer: {type(err).__name__}"
-        except Exception as err:  # PyAV on a file that is not a video it can read, among others
-            logger.exception("anonymising %s failed", self.directory.name)
-            self.state, self.error = "failed", f"the clip cannot be read or written as a video ({type(err).__name__})"
-        finally:
-            source.unlink(missing_ok=True)
+BODY_IDLE_S = 20.0  # an upload that sends nothing for this long is refused (408)
+BODY_TOTAL_S = 600.0  # and one that takes longer than this in all
+MAX_CONNECTIONS = 16  # uvicorn answers 503 beyond: each may hold an upload of up to a model's max_image_bytes
+TOKEN_PLACEHOLDER = "{{zoo_token}}"  # where index.html carries the page's token (scripts/web/access.py)
 
 
 def failure(status: int, error: str, detail: str) -> JSONResponse:
@@ -93,24 +72,11 @@ def failure(status: int, error: str, detail: str) -> JSONResponse:
 class Zoo:
     """The served models, from TorchServe's management API, and predictions through the client."""
 
-    def __init__(self, client: ZooClient, videos: Path):
+    def __init__(self, client: ZooClient):
         self.client, self.listed_at, self.models = client, 0.0, []
-        self.videos_dir, self.videos = videos, {}  # id -> VideoJob, oldest first
-
-    def start_video(self, data: bytes, suffix: str, params: dict, frame_memory: int) -> str:
-        finished = [key for key, job in self.videos.items() if job.state != "running"]
-        for key in finished[: max(0, len(self.videos) - KEPT_VIDEOS)]:
-            shutil.rmtree(self.videos.pop(key).directory, ignore_errors=True)
-        key = secrets.token_hex(8)
-        directory = self.videos_dir / key
-        directory.mkdir()
-        (source := directory / f"clip{suffix}").write_bytes(data)
-        job = self.videos[key] = VideoJob(directory, directory / f"anonymised{suffix}")
-        threading.Thread(target=job.run, args=(self.client, source, params, frame_memory), daemon=True).start()
-        return key
 
     def management(self, path: str) -> requests.Response:
-        """GET of TorchServe's management API, its key renewed once if it has expired."""
+        """GET of TorchServe's management API, its key renewed once if TorchServe refused it."""
         for attempt in range(2):
             key = self.client.tokens.management()
             url, headers = f"{self.client.management_url}{path}", {"Authorization": f"Bearer {key}"}
@@ -135,27 +101,59 @@ class Zoo:
         self.models, self.listed_at = models, time.monotonic()
         return models
 
-    def limit_of(self, model: str) -> int | None:
+    def described(self, model: str) -> dict | None:
         found = [entry for entry in self.list_models() if entry["name"] == model]
-        return found[0].get("max_image_bytes") if found else None
+        return found[0] if found else None
 
 
-async def read_limited(request: Request, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is longer than `limit` bytes."""
+async def receive_body(request: Request, limit: int, write: Callable[[bytes], object],
+                       idle_s: float = BODY_IDLE_S) -> str | None:  # fmt: skip
+    """The request body handed to `write` chunk by chunk -> None, or what was wrong with it:
+    longer than `limit` bytes (said as soon as it is), silent for `idle_s`, or slower than
+    BODY_TOTAL_S in all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return bytes(body)
+        return "too large"
+    received, stream = 0, request.stream().__aiter__()
+    try:
+        async with asyncio.timeout(BODY_TOTAL_S):
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), idle_s)
+                except StopAsyncIteration:
+                    return None
+                received += len(chunk)
+                if received > limit:
+                    return "too large"
+                write(chunk)
+    except TimeoutError:
+        return "too slow"
+    except ClientDisconnect:
+        return "broken off"
 
 
-def build_app(zoo: Zoo) -> Starlette:
-    async def index(request: Request) -> FileResponse:
-        return FileResponse(STATIC / "index.html")
+def body_problem(problem: str, limit: int, what: str) -> JSONResponse:
+    if problem == "too large":
+        return failure(413, f"{what} too large", f"the upload is over the limit of {limit} bytes")
+    return failure(408, "upload too slow", f"the upload stalled or took too long ({problem}); send it again")
+
+
+def one_value_each(request: Request) -> JSONResponse | None:
+    """A 400 naming the query parameters given more than once, else None."""
+    repeated = sorted(
+        {key for key, _ in request.query_params.multi_items() if len(request.query_params.getlist(key)) > 1}
+    )
+    if repeated:
+        return failure(400, "repeated parameter", f"{', '.join(repeated)[:200]} given more than once; send it once")
+    return None
+
+
+def build_app(zoo: Zoo, jobs: VideoJobs, hosts: frozenset[str], token: str, body_idle_s: float = BODY_IDLE_S
+              ) -> SameOriginOnly:  # fmt: skip
+    index_html = (STATIC / "index.html").read_text().replace(TOKEN_PLACEHOLDER, token)
+
+    async def index(request: Request) -> HTMLResponse:
+        return HTMLResponse(index_html, headers={"Cache-Control": "no-store"})
 
     async def models(request: Request) -> Response:
         try:
@@ -165,75 +163,113 @@ def build_app(zoo: Zoo) -> Starlette:
         except AuthError as err:
             return failure(502, "not authorized", str(err))
 
-    async def predict(request: Request) -> Response:
-        model = request.path_params["model"]
+    async def described(model: str) -> dict | JSONResponse:
         try:
-            limit = await run_in_threadpool(zoo.limit_of, model)
+            found = await run_in_threadpool(zoo.described, model)
         except (requests.ConnectionError, ConnectionFailed, AuthError) as err:
             return failure(502, "server unreachable", f"TorchServe does not answer ({type(err).__name__})")
-        if limit is None:
-            return failure(404, "unknown model", f"no model named {model[:80]!r} is served")
-        data = await read_limited(request, limit)
-        if data is None:
-            return failure(413, "image too large", f"the upload is over {model}'s limit of {limit} bytes")
-        repeated = sorted({key for key, _ in request.query_params.multi_items()
-                           if len(request.query_params.getlist(key)) > 1})  # fmt: skip
-        if repeated:
-            return failure(400, "repeated parameter", f"{', '.join(repeated)[:200]} given more than once; send it once")
-        params = dict(request.query_params)
+        return found if found is not None else failure(404, "unknown model", f"no model named {model[:80]!r} is served")
+
+    async def predict(request: Request) -> Response:
+        model = request.path_params["model"]
+        if (refused := one_value_each(request)) is not None:
+            return refused
+        found = await described(model)
+        if isinstance(found, Response):
+            return found
+        limit, body = found.get("max_image_bytes") or 0, bytearray()
+        if (problem := await receive_body(request, limit, body.extend, body_idle_s)) is not None:
+            return body_problem(problem, limit, "image")
         try:
-            answer = await run_in_threadpool(zoo.client.predict, model, data, params, "upload")
+            answer = await run_in_threadpool(
+                zoo.client.predict, model, bytes(body), dict(request.query_params), "upload"
+            )
         except (ConnectionFailed, AuthError) as err:
             return failure(502, "server unreachable", str(err))
         headers = {name: answer.headers[name] for name in RELAYED_HEADERS if name in answer.headers}
         return Response(answer.body, answer.status, headers, media_type=answer.content_type)
 
     async def start_video(request: Request) -> Response:
-        if sum(job.state == "running" for job in zoo.videos.values()) >= MAX_RUNNING_VIDEOS:
-            return failure(429, "busy", f"{MAX_RUNNING_VIDEOS} clips are being anonymised; try again when one is done")
+        if (refused := one_value_each(request)) is not None:
+            return refused
+        unknown = sorted(set(request.query_params) - {*VIDEO_PARAMS, "frame_memory"})
+        if unknown:
+            return failure(
+                400,
+                "unknown parameter",
+                f"{', '.join(unknown)[:200]}: a clip takes {', '.join(VIDEO_PARAMS)}, frame_memory",
+            )
         try:
             frame_memory = int(request.query_params.get("frame_memory", FRAME_MEMORY))
         except ValueError:
             return failure(400, "invalid parameter", "frame_memory must be a whole number of frames")
         if not 0 <= frame_memory <= 100:
             return failure(400, "invalid parameter", "frame_memory must be between 0 and 100 frames")
-        data = await read_limited(request, MAX_VIDEO_BYTES)
-        if data is None:
-            return failure(413, "video too large", f"a clip may have at most {MAX_VIDEO_BYTES} bytes")
-        suffix = Path(request.headers.get("x-filename", "clip.mp4")).suffix.lower()
-        suffix = suffix if suffix in VIDEO_SUFFIXES else ".mp4"
-        params = {key: value for key, value in request.query_params.items() if key in VIDEO_PARAMS}
-        return JSONResponse({"id": await run_in_threadpool(zoo.start_video, data, suffix, params, frame_memory)})
+        found = await described(VIDEO_MODEL)
+        if isinstance(found, Response):
+            return found
+        suffix = Path(request.headers.get("x-filename", "clip.mp4")[-200:]).suffix.lower()
+        reserved = jobs.reserve(suffix if suffix in VIDEO_SUFFIXES else ".mp4")
+        if reserved is None:
+            return failure(
+                429, "busy", f"{MAX_VIDEOS_AT_ONCE} clips are being sent or anonymised; try again when one is done"
+            )
+        key, job = reserved
+        try:
+            with job.source.open("wb") as upload:
+                problem = await receive_body(request, MAX_VIDEO_BYTES, upload.write, body_idle_s)
+        except BaseException:
+            jobs.discard(key)
+            raise
+        if problem is not None:
+            jobs.discard(key)
+            return body_problem(problem, MAX_VIDEO_BYTES, "video")
+        params = {name: value for name, value in request.query_params.items() if name in VIDEO_PARAMS}
+        await run_in_threadpool(jobs.start, key, params, frame_memory, found.get("max_image_pixels") or 0)
+        return JSONResponse({"id": key})
 
-    def video_job(request: Request) -> VideoJob | None:
-        return zoo.videos.get(request.path_params["key"])
-
-    async def video_status(request: Request) -> Response:
-        job = video_job(request)
-        if job is None:
+    async def video(request: Request) -> Response:
+        key = request.path_params["key"]
+        if request.method == "DELETE":
+            if not await run_in_threadpool(jobs.cancel, key):
+                return failure(404, "unknown video", "no clip with this id")
+            return JSONResponse({"state": "cancelled"})
+        status = jobs.status(key)
+        if status is None:
             return failure(404, "unknown video", "no clip with this id (finished ones are kept a while)")
-        return JSONResponse({"state": job.state, "done": job.done, "total": job.total, "error": job.error})
+        return JSONResponse(status)
 
     async def video_file(request: Request) -> Response:
-        job = video_job(request)
-        if job is None or job.state != "done":
+        target = jobs.result(request.path_params["key"])
+        if target is None:
             return failure(404, "no video", "this clip is not anonymised (yet)")
-        return FileResponse(job.target, filename=f"anonymised{job.target.suffix}")
+        return FileResponse(target, filename=f"anonymised{target.suffix}")
 
     routes = [
         Route("/", index),
         Route("/api/models", models),
         Route("/api/predictions/{model}", predict, methods=["POST"]),
         Route("/api/videos", start_video, methods=["POST"]),
-        Route("/api/videos/{key}", video_status),
+        Route("/api/videos/{key}", video, methods=["GET", "DELETE"]),
         Route("/api/videos/{key}/file", video_file),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
+    async def refused(request: Request, exc: HTTPException) -> Response:  # no such route, method not allowed
+        detail = "no such page or API call" if exc.status_code == 404 else f"{request.method[:20]} is not taken here"
+        return failure(exc.status_code, HTTPStatus(exc.status_code).phrase.lower(), detail)
+
     async def internal_error(request: Request, exc: Exception) -> Response:
         return failure(500, "internal error", "the page's server failed on this request; see its log")
 
-    return Starlette(routes=routes, exception_handlers={Exception: internal_error})
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        jobs.close()  # no child process outlives the server
+
+    handlers = {HTTPException: refused, Exception: internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    return SameOriginOnly(app, hosts, token)
 
 
 def is_loopback(host: str) -> bool:
@@ -254,6 +290,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, default=REPO / "config.properties", help="TorchServe's config")
     parser.add_argument("--key-file", type=Path, default=REPO / "key_file.json", help="TorchServe's keys")
     parser.add_argument("--logs", type=Path, default=REPO / "logs", help="start/stop: its log and pid file")
+    parser.add_argument("--body-idle-s", type=float, default=BODY_IDLE_S,
+                        help="refuse an upload that sends nothing for this many seconds (408)")  # fmt: skip
     return parser
 
 
@@ -261,7 +299,8 @@ def start(args: argparse.Namespace) -> None:
     """The page's server in a session of its own (its pid in logs/web.pid), once it answers."""
     args.logs.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "scripts.web.app", "run", "--host", args.host, "--port", str(args.port),
-               "--config", str(args.config), "--key-file", str(args.key_file)]  # fmt: skip
+               "--config", str(args.config), "--key-file", str(args.key_file),
+               "--body-idle-s", str(args.body_idle_s)]  # fmt: skip
     with open(args.logs / "web.log", "ab") as log:
         process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, start_new_session=True)
     (args.logs / "web.pid").write_text(f"{process.pid}\n")
@@ -302,7 +341,10 @@ def main(args: argparse.Namespace) -> None:
     except AuthError as err:
         sys.exit(f"error: {err} (start TorchServe first: make serve)")
     with tempfile.TemporaryDirectory(prefix="zoo-web-") as videos:
-        uvicorn.run(build_app(Zoo(client, Path(videos))), host=args.host, port=args.port, log_level="warning")
+        jobs = VideoJobs(Path(videos), args.config, args.key_file)
+        app = build_app(Zoo(client), jobs, allowed_hosts(args.host, args.port), new_token(), args.body_idle_s)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=MAX_CONNECTIONS,
+                    timeout_keep_alive=5)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import av
@@ -28,13 +28,16 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from scripts.samples.clips import panning_clip
 from scripts.samples.photos import encode, photo, photo_bytes
-from scripts.serve.server import free_ports, local_torchserve
+from scripts.serve.server import local_torchserve
 from scripts.setup.browser import browser_of
 from scripts.web.app import MODELS_TTL_S
 from scripts.zoo import REPO
+from tests.integration.conftest import scrape
+from tests.web_page import page_token, web_page
 
 pytestmark = pytest.mark.integration
 
+REBOUND_NAME = "evil.example"
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.
 ASTRONAUT_FACE = (150, 30, 300, 215)
 
@@ -42,24 +45,8 @@ ASTRONAUT_FACE = (150, 30, 300, 215)
 @pytest.fixture(scope="module")
 def page_url(torchserve):
     """The page's server for the session's TorchServe."""
-    with web_page(torchserve) as url:
-        yield url
-
-
-@contextmanager
-def web_page(torchserve):
-    """The page's server for `torchserve`, with its keys, started and stopped as `make serve`
-    and `make stop` do -> its address."""
-    (port,) = free_ports(1)
-    with tempfile.TemporaryDirectory() as logs:
-        options = ["--port", str(port), "--logs", logs, "--config", str(torchserve.workdir / "config.properties"),
-                   "--key-file", str(torchserve.workdir / "key_file.json")]  # fmt: skip
-        web = [sys.executable, "-m", "scripts.web.app"]
-        subprocess.run([*web, "start", *options], cwd=REPO, check=True, capture_output=True, timeout=120)
-        try:
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            subprocess.run([*web, "stop", *options], cwd=REPO, check=True, timeout=60)
+    with web_page(torchserve) as page:
+        yield page.url
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +55,10 @@ def browser():
     assert found is not None, "no Chromium: run `python -m scripts.setup.browser` (make test does)"
     options = webdriver.ChromeOptions()
     options.binary_location = found.chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1400"):
+    # evil.example resolves to this machine, as a DNS-rebinding attacker's name would.
+    arguments = ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,1400",
+                 f"--host-resolver-rules=MAP {REBOUND_NAME} 127.0.0.1")  # fmt: skip
+    for argument in arguments:
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(found.chromedriver, env=found.env))
     yield driver
@@ -228,11 +218,14 @@ def test_a_clip_comes_back_anonymised_frame_for_frame(page, page_url, tmp_path):
 def test_the_page_s_server_refuses_what_it_must_not_forward(page_url):
     """Over a model's own upload limit, an unknown model, a repeated parameter: a JSON 4xx
     naming the problem, before TorchServe is asked."""
-    over = requests.post(f"{page_url}/api/predictions/mobilenet_v2", data=b"\xff" * 16_000_001, timeout=60)
+    token = {"X-Zoo-Token": page_token(page_url)}
+    over = requests.post(f"{page_url}/api/predictions/mobilenet_v2", data=b"\xff" * 16_000_001, headers=token,
+                         timeout=60)  # fmt: skip
     assert over.status_code == 413 and over.json()["error"] == "image too large"
-    unknown = requests.post(f"{page_url}/api/predictions/nope", data=b"x", timeout=60)
+    unknown = requests.post(f"{page_url}/api/predictions/nope", data=b"x", headers=token, timeout=60)
     assert unknown.status_code == 404 and "nope" in unknown.json()["detail"]
-    repeated = requests.post(f"{page_url}/api/predictions/mobilenet_v2?top_k=1&top_k=2", data=b"x", timeout=60)
+    repeated = requests.post(f"{page_url}/api/predictions/mobilenet_v2?top_k=1&top_k=2", data=b"x", headers=token,
+                             timeout=60)  # fmt: skip
     assert repeated.status_code == 400 and repeated.json()["error"] == "repeated parameter"
 
 
@@ -243,15 +236,94 @@ def test_the_page_s_server_renews_expired_keys(archives, tmp_path):
     with local_torchserve(store, ["fault_probe"], overrides={"token_expiration_min": "0.05"}) as server:
         key_file = server.workdir / "key_file.json"
         before = json.loads(key_file.read_text())
-        with web_page(server) as url:
+        with web_page(server) as page:
+            url = page.url
             time.sleep(max(4, MODELS_TTL_S) + 0.5)  # the keys (3 s), and the page's model list, expired
             listed = requests.get(f"{url}/api/models", timeout=60)
-            answer = requests.post(f"{url}/api/predictions/fault_probe", data=photo_bytes("chelsea"), timeout=60)
+            answer = requests.post(f"{url}/api/predictions/fault_probe", data=photo_bytes("chelsea"),
+                                   headers={"X-Zoo-Token": page.token()}, timeout=60)  # fmt: skip
         after = json.loads(key_file.read_text())
     assert listed.status_code == 200 and [m["name"] for m in listed.json()] == ["fault_probe"]
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "Egyptian cat"
     assert after["management"]["key"] != before["management"]["key"]
     assert after["inference"]["key"] != before["inference"]["key"]
+
+
+ATTACK = """<!doctype html><html><body>
+<form id="form" method="POST" action="PAGE/api/videos" enctype="text/plain"><input name="x" value="y"></form>
+<script>
+const page = "PAGE", photo = Uint8Array.from(atob("PHOTO"), (c) => c.charCodeAt(0));
+window.results = {};
+async function attempt(name, request) {
+  try { const answer = await request(); results[name] = answer.type === "opaque" ? "sent" : await answer.text(); }
+  catch (error) { results[name] = `blocked: ${error.name}`; }
+}
+(async () => {
+  await attempt("read", () => fetch(`${page}/api/models`));
+  await attempt("simple post", () => fetch(`${page}/api/predictions/mobilenet_v2`,
+    { method: "POST", mode: "no-cors", body: new Blob([photo], { type: "text/plain" }) }));
+  await attempt("post with a header", () => fetch(`${page}/api/predictions/mobilenet_v2`,
+    { method: "POST", body: photo, headers: { "X-Zoo-Token": "guessed" } }));
+  results.done = true;
+})();
+</script></body></html>"""
+
+
+def attacker_site(page_url: str, html: str) -> ThreadingHTTPServer:
+    """Another website's page, on another loopback port (another origin), aimed at the page."""
+    body = html.replace("PAGE", page_url).replace("PHOTO", base64.b64encode(photo_bytes("chelsea")).decode()).encode()
+
+    class Attacker(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Attacker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def served(torchserve, model: str) -> float:
+    return sum(value for (name, labels), value in scrape(torchserve).items()
+               if name == "ts_inference_requests_total" and ("model_name", model) in labels)  # fmt: skip
+
+
+def test_another_website_can_neither_read_the_page_s_answers_nor_act_through_it(browser, page_url, torchserve):
+    """A page of another origin (another loopback port) tries what any website could: read
+    the model list, post a photo without a preflight, post one with a custom header, submit
+    a form. Nothing is read, no prediction runs, the form gets the page server's 403."""
+    attacker = attacker_site(page_url, ATTACK)
+    before = served(torchserve, "mobilenet_v2")
+    try:
+        browser.get(f"http://127.0.0.1:{attacker.server_address[1]}/")
+        wait_for(browser, lambda d: d.execute_script("return window.results && window.results.done"), 60)
+        results = browser.execute_script("return window.results")
+        assert results["read"] == "blocked: TypeError" and results["post with a header"] == "blocked: TypeError"
+        # sent without a preflight; the page's server refuses it (its answer, with its
+        # Cross-Origin-Resource-Policy, is not even handed to the other page as opaque)
+        assert results["simple post"] in ("sent", "blocked: TypeError")
+        browser.execute_script("document.getElementById('form').submit()")
+        wait_for(browser, lambda d: "forbidden" in d.page_source)
+        assert "another" in browser.page_source  # "a request from another origin / site"
+    finally:
+        attacker.shutdown()
+    time.sleep(1)  # a prediction the page had forwarded would be counted by now
+    assert served(torchserve, "mobilenet_v2") == before
+
+
+def test_a_rebound_name_gets_nothing_from_the_page(browser, page_url):
+    """DNS rebinding: a name an attacker controls, resolving to 127.0.0.1, makes the
+    attacker's page same-origin with whatever answers there; the page's server answers its
+    own names only."""
+    browser.get(page_url.replace("127.0.0.1", REBOUND_NAME) + "/")
+    assert "this server answers requests for" in browser.page_source
+    assert not browser.find_elements(By.CSS_SELECTOR, ".card")
 
 
 def test_the_page_s_server_listens_on_loopback_only():
@@ -266,12 +338,15 @@ def canvas_pixels(page, canvas) -> np.ndarray:
 
 
 def image_pixels(page, image) -> np.ndarray:
-    """The bytes the page shows in an <img>, fetched from its blob URL in the page."""
-    data_url = page.execute_async_script(
-        """const [image, done] = arguments;
-        fetch(image.src).then((r) => r.blob()).then((blob) => {
-          const reader = new FileReader(); reader.onload = () => done(reader.result); reader.readAsDataURL(blob);
-        });""",
+    """The pixels the page shows in an <img>, as the browser decoded them (drawn on a canvas:
+    the page's CSP lets it fetch from its own server only, blob URLs included)."""
+    data_url = page.execute_script(
+        """const [image] = arguments;
+        const canvas = document.createElement("canvas");
+        canvas.width = image.naturalWidth;
+        canvas.height = image.naturalHeight;
+        canvas.getContext("2d").drawImage(image, 0, 0);
+        return canvas.toDataURL("image/png");""",
         image,
     )
     return decode_data_url(data_url)

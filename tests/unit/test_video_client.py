@@ -3,6 +3,7 @@ padding an odd size to even, and what --faces-json writes per frame."""
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
@@ -12,11 +13,13 @@ from PIL import Image
 from scripts.client.rest import Answer
 from scripts.client.video import (
     FRAME_MEMORY,
+    FrameRefused,
     Orientation,
     anonymise_video,
     as_stored,
     even_size,
     faces_record,
+    in_order,
     mosaic,
     orientation_of,
     padded_to_even,
@@ -133,3 +136,49 @@ def test_faces_json_lists_the_remembered_regions_once():
     answer = Answer(200, b"", "image/jpeg", {"X-Face-Boxes": "[[1,2,3,4]]"})
     record = faces_record(answer, 7, 0.7, [(1, 2, 3, 4), (0, 0, 5, 5), (1, 2, 3, 4)])
     assert record["remembered"] == [[1, 2, 3, 4], [0, 0, 5, 5]] and record["faces"] == [[1, 2, 3, 4]]
+
+
+def test_frames_over_the_pixel_limit_are_refused_before_any_is_decoded_or_sent(tmp_path):
+    """From the stream's header first; a frame larger than its header says (Motion JPEG
+    frames carry their own sizes) on its own, before it is encoded and sent."""
+    clip, _ = still_clip(tmp_path / "still.mp4", frames=3)
+    detector = MissingDetector(every=1)
+    with pytest.raises(FrameRefused, match="320x240 = 76800 pixels, over face_pixelizer's limit of 76799"):
+        anonymise_video(detector, clip, tmp_path / "out.mp4", {}, progress=False, max_pixels=76_799)
+    assert detector.frames == 0
+    anonymise_video(detector, clip, tmp_path / "out.mp4", {}, progress=False, max_pixels=76_800)
+    assert detector.frames == 3
+
+
+class Frame:
+    """A decoded frame as in_order sees it: a size, and pixels."""
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+
+    def to_ndarray(self, format):
+        return np.zeros((self.height, self.width, 3), np.uint8)
+
+
+class Counting:
+    """A stand-in client that counts the frames sent."""
+
+    def __init__(self):
+        self.sent = 0
+
+    def predict(self, model, jpeg, params, filename):
+        self.sent += 1
+        return Answer(200, jpeg, "image/jpeg")
+
+
+def test_frames_in_flight_are_bounded_by_their_bytes_not_only_their_count(monkeypatch):
+    monkeypatch.setattr("scripts.client.video.IN_FLIGHT_BYTES", 3 * 100 * 100 * 3)
+    client = Counting()
+    with ThreadPoolExecutor(1) as pool:
+        frames = iter([Frame(100, 100)] * 20)
+        answers = in_order(pool, client, frames, {}, window=16)
+        for number, _ in enumerate(answers):
+            assert client.sent - number <= 4  # three frames' pixels (and their JPEGs) at most, not 16
+        frames = iter([Frame(100, 100), Frame(5000, 5000)])
+        with pytest.raises(FrameRefused, match="frame 1 is 5000x5000"):
+            list(in_order(pool, client, frames, {}, window=16, max_pixels=1_000_000))

@@ -5,6 +5,9 @@
 import { element, showClassification, showDetections, showFaces } from "./views.js";
 
 const $ = (selector) => document.querySelector(selector);
+// The page's token, which its server wants on every call that changes something
+// (scripts/web/access.py): another website can neither read it nor send the header.
+const TOKEN = document.querySelector("meta[name='zoo-token']").content;
 const state = { models: [], model: null, file: null, redraw: null, requested: null };
 
 function setStatus(text, isError = false, target = $("#status")) {
@@ -119,7 +122,7 @@ function parameters() {
 async function predict(model, file, params) {
   const started = performance.now();
   const response = await fetch(`/api/predictions/${encodeURIComponent(model)}?${new URLSearchParams(params)}`,
-    { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" } });
+    { method: "POST", body: file, headers: { "Content-Type": "application/octet-stream", "X-Zoo-Token": TOKEN } });
   return { response, ms: performance.now() - started };
 }
 
@@ -190,8 +193,9 @@ function wirePhotoInput() {
   $("#model").addEventListener("change", (event) => choose(event.target.value));
 }
 
-// A clip sent to this page's server, which anonymises it with scripts/client's video code;
-// its progress polled until the file can be downloaded.
+// A clip sent to this page's server, which anonymises it with scripts/client's video code
+// in a process of its own; its progress polled until the file can be downloaded. Cancel
+// ends that process and forgets the clip.
 async function anonymiseClip() {
   const clip = $("#clip").files[0];
   const status = $("#video-status");
@@ -200,26 +204,35 @@ async function anonymiseClip() {
     blocks: $("#video-blocks").value, margin: $("#video-margin").value });
   $("#video-download").hidden = true;
   setStatus(`Uploading ${clip.name}…`, false, status);
+  const suffix = clip.name.match(/\.[A-Za-z0-9]{1,5}$/)?.[0] ?? ".mp4";  // the server needs the kind only
   const response = await fetch(`/api/videos?${params}`, { method: "POST", body: clip,
-    headers: { "Content-Type": "application/octet-stream", "X-Filename": clip.name } });
+    headers: { "Content-Type": "application/octet-stream", "X-Filename": `clip${suffix}`, "X-Zoo-Token": TOKEN } });
   if (!response.ok) return setStatus(await errorOf(response), true, status);
   const { id } = await response.json();
   const bar = $("#video-progress");
-  bar.hidden = false;
-  for (;;) {
-    await new Promise((resolve) => setTimeout(resolve, 500));
-    const progress = await (await fetch(`/api/videos/${id}`)).json();
-    bar.max = progress.total || Math.max(progress.done, 1);
-    bar.value = progress.done;
-    if (progress.state === "failed") return setStatus(progress.error, true, status);
-    if (progress.state === "done") {
-      setStatus(`${progress.done} frames anonymised`, false, status);
-      const link = $("#video-download");
-      link.href = `/api/videos/${id}/file`;
-      link.hidden = false;
-      return;
+  const cancel = $("#video-cancel");
+  bar.hidden = cancel.hidden = false;
+  cancel.onclick = () => fetch(`/api/videos/${id}`, { method: "DELETE", headers: { "X-Zoo-Token": TOKEN } });
+  try {
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      const answer = await fetch(`/api/videos/${id}`);
+      if (answer.status === 404) return setStatus("Cancelled", false, status);
+      const progress = await answer.json();
+      bar.max = progress.total || Math.max(progress.done, 1);
+      bar.value = progress.done;
+      if (progress.state === "failed") return setStatus(progress.error, true, status);
+      if (progress.state === "done") {
+        setStatus(`${progress.done} frames anonymised`, false, status);
+        const link = $("#video-download");
+        link.href = `/api/videos/${id}/file`;
+        link.hidden = false;
+        return;
+      }
+      setStatus(`${progress.done}${progress.total ? " of " + progress.total : ""} frames anonymised…`, false, status);
     }
-    setStatus(`${progress.done}${progress.total ? " of " + progress.total : ""} frames anonymised…`, false, status);
+  } finally {
+    cancel.hidden = true;
   }
 }
 

@@ -14,7 +14,8 @@ export function element(tag, attributes = {}, ...children) {
 export function showClassification(container, answer) {
   const bars = element("div", { class: "bars", "data-testid": "predictions" });
   for (const { label, score } of answer.predictions) {
-    const fill = element("div", { class: "fill", style: `width: ${(100 * score).toFixed(1)}%` });
+    const fill = element("div", { class: "fill" });
+    fill.style.width = `${(100 * score).toFixed(1)}%`;  // CSSOM: the page's CSP refuses style attributes
     bars.append(element("div", { class: "bar" },
       element("span", { class: "label", text: label }),
       element("div", { class: "track" }, fill),
