@@ -12,8 +12,10 @@ every start and takes none from outside, so N replicas have N different keys. Tw
 - `token` (the default): TorchServe's own token authorization. Fine for one server.
 - `gateway`: TorchServe's token authorization off, for replicas behind a gateway that
   authenticates every client with one credential (deploy/haproxy/gateway.cfg). Refused
-  unless the inference, management and gRPC APIs listen on loopback only, where nothing
-  but the gateway on the same host (or pod) reaches them. A config file that turns token
+  unless every API (inference, management, metrics, both gRPC) listens on loopback only,
+  where nothing but the gateway on the same host (or pod) reaches them: the keyed ones
+  because they are keyless now, and all of them because the frontend's bundled Netty and
+  gRPC will never be patched (docs/security.md, "The frontend's own exposure"). A config file that turns token
   authorization off is refused in `token` mode rather than obeyed: only this explicit
   setting turns it off.
 """
@@ -35,8 +37,9 @@ from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 AUTH_MODES = ("token", "gateway")
-# The APIs a client could call without a key once token authorization is off.
-GUARDED = ("inference_address", "management_address", "grpc_inference_address", "grpc_management_address")
+# Every API of the frontend: on loopback only in gateway mode.
+GUARDED = ("inference_address", "management_address", "metrics_address", "grpc_inference_address",
+           "grpc_management_address")  # fmt: skip
 GRPC_DEFAULT_HOST = "0.0.0.0"  # TorchServe binds gRPC to every interface unless told otherwise
 STOP_GRACE_S = 60
 
@@ -81,7 +84,8 @@ def deployment_properties(properties: Mapping[str, str], auth: str, overrides: M
     if exposed:
         raise UnsafeDeployment(
             "--auth gateway turns TorchServe's token authorization off, so every API it serves must listen on "
-            f"loopback only, where only the gateway reaches it; not loopback: {', '.join(exposed)}"
+            f"loopback only, where only the gateway reaches it (it proxies the metrics API at /torchserve/metrics); "
+            f"not loopback: {', '.join(exposed)}"
         )
     return {**served, "disable_token_authorization": "true"}
 

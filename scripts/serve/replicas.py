@@ -10,6 +10,7 @@ token authorization off and every API on its own loopback ports. HAProxy
 checks every client's key (one key for all replicas: $ZOO_API_KEY, or generated and
 written to <workdir>/api_key), health-checks each replica's /ping every second, balances
 by least connections and retries a request that a replica never answered on another one.
+gRPC clients connect to --grpc-port, with the same key as metadata.
 Its view of the replicas: http://127.0.0.1:<stats port>/stats (;csv), and /metrics.
 """
 
@@ -17,12 +18,13 @@ import argparse
 import csv
 import io
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +37,24 @@ from scripts.zoo import REPO, handler_module
 
 GATEWAY_CONFIG = REPO / "deploy" / "haproxy" / "gateway.cfg"
 BACKEND = "torchserve"  # the gateway's backend (gateway.cfg)
+GRPC_BACKEND = "torchserve_grpc"  # the replicas' gRPC inference APIs
+METRICS_BACKEND = "torchserve_metrics"  # its route to a TorchServe's metrics API (GET /torchserve/metrics)
 
 
-def gateway_config(template: str, servers: list[tuple[str, str]]) -> str:
-    """gateway.cfg with one `server NAME ADDRESS` line per (name, host:port) appended to its
-    backend, the file's last section."""
-    if not template.rstrip().splitlines()[-1].lstrip().startswith("#") or f"backend {BACKEND}" not in template:
-        raise ValueError(f"{GATEWAY_CONFIG.name} must end with the {BACKEND} backend's settings")
-    return template.rstrip("\n") + "\n" + "".join(f"    server {name} {address}\n" for name, address in servers)
+def gateway_config(template: str, servers: Mapping[str, list[tuple[str, str]]]) -> str:
+    """gateway.cfg with one `server NAME ADDRESS` line per (name, host:port) appended to
+    each backend named in `servers` (BACKEND: the TorchServes' REST inference APIs;
+    GRPC_BACKEND: their gRPC ones; METRICS_BACKEND: the metrics API of the one beside the
+    gateway, in a pod)."""
+    sections = re.split(r"(?m)^(?=\S)", template)  # each section starts at an unindented line
+    for backend, members in servers.items():
+        found = [index for index, text in enumerate(sections) if text.startswith(f"backend {backend}\n")]
+        if not found:
+            raise ValueError(f"{GATEWAY_CONFIG.name} has no backend {backend}")
+        body = sections[found[0]].rstrip("\n")
+        lines = "".join(f"    server {name} {address}\n" for name, address in members)
+        sections[found[0]] = body + "\n" + lines + sections[found[0]][len(body) + 1 :]
+    return "".join(sections)
 
 
 def descendants(pid: int, proc: Path = Path("/proc")) -> list[int]:
@@ -78,6 +90,10 @@ class Replica:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.ports[0]}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.ports[3]}"
 
     def start(self) -> None:
         inference, management, metrics, grpc_inference, grpc_management = self.ports
@@ -139,6 +155,7 @@ class Gateway:
     stats_url: str
     key: str
     process: subprocess.Popen
+    grpc_target: str = ""  # host:port of its gRPC frontend
 
     def header(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
@@ -177,13 +194,17 @@ class Cluster:
 
 @contextmanager
 def running_replicas(store: Path, models: str, count: int, workdir: Path, port: int = 0, stats_port: int = 0,
-                     key: str | None = None) -> Iterator[Cluster]:  # fmt: skip
+                     key: str | None = None, grpc_port: int = 0) -> Iterator[Cluster]:  # fmt: skip
     """`count` replicas and the gateway in front of them, until the block ends."""
     found = command_of(prefix_of(Path(sys.executable).parents[1]))
     if found is None:
         raise RuntimeError("no HAProxy 2.2+: run `make setup` (scripts/setup/haproxy.py) or put one on PATH")
     haproxy, env = found
-    port, stats_port = port or free_ports(1)[0], stats_port or free_ports(1)[0]
+    port, stats_port, grpc_port = (
+        port or free_ports(1)[0],
+        stats_port or free_ports(1)[0],
+        grpc_port or free_ports(1)[0],
+    )
     key = key or secrets.token_urlsafe(24)
     replicas = [Replica(f"ts{index}", store, models, workdir / f"ts{index}") for index in range(1, count + 1)]
     with ExitStack() as stack:
@@ -193,14 +214,18 @@ def running_replicas(store: Path, models: str, count: int, workdir: Path, port: 
         for replica in replicas:
             replica.wait_ready()
         config = workdir / "haproxy.cfg"
-        config.write_text(gateway_config(GATEWAY_CONFIG.read_text(), [(r.name, r.address) for r in replicas]))
+        servers = {BACKEND: [(replica.name, replica.address) for replica in replicas],
+                   GRPC_BACKEND: [(replica.name, replica.grpc_address) for replica in replicas]}  # fmt: skip
+        config.write_text(gateway_config(GATEWAY_CONFIG.read_text(), servers))
         env = {**env, "ZOO_API_KEY": key, "ZOO_GATEWAY_BIND": f"127.0.0.1:{port}",
+               "ZOO_GATEWAY_GRPC_BIND": f"127.0.0.1:{grpc_port}",
                "ZOO_GATEWAY_STATS_BIND": f"127.0.0.1:{stats_port}"}  # fmt: skip
         with open(workdir / "haproxy.log", "ab") as log:
             process = subprocess.Popen([haproxy, "-db", "-f", str(config)], env=env, stdout=log, stderr=log)
         stack.callback(process.wait, 30)
         stack.callback(process.terminate)
-        gateway = Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}", key, process)
+        gateway = Gateway(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}", key, process,
+                          f"127.0.0.1:{grpc_port}")  # fmt: skip
         for replica in replicas:
             gateway.wait_until(replica.name, "UP", timeout=30)
         yield Cluster(gateway, replicas)
@@ -213,6 +238,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-store", type=Path, default=REPO / "model_store")
     parser.add_argument("--port", type=int, default=8088, help="the gateway's port (loopback)")
     parser.add_argument("--stats-port", type=int, default=8404, help="the balancer's stats and metrics (loopback)")
+    parser.add_argument("--grpc-port", type=int, default=7088, help="the gateway's gRPC port (loopback)")
     parser.add_argument("--workdir", type=Path, default=REPO / "logs" / "replicas")
     return parser
 
@@ -229,12 +255,13 @@ def main(args: argparse.Namespace) -> None:
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     with running_replicas(args.model_store, args.models, args.replicas, args.workdir, args.port, args.stats_port,
-                          key) as cluster:  # fmt: skip
+                          key, args.grpc_port) as cluster:  # fmt: skip
         gateway = cluster.gateway
         print(f"{args.replicas} TorchServe replicas ({args.models}) behind {gateway.url}; the balancer's view: "
               f"{gateway.stats_url}/stats")  # fmt: skip
         source = "$ZOO_API_KEY" if os.environ.get("ZOO_API_KEY") else f"$(cat {key_file})"
         print(f'  curl -H "Authorization: Bearer {source}" -T photo.jpg {gateway.url}/predictions/<model>\n'
+              f"  gRPC: {gateway.grpc_target}, the same key as metadata\n"
               "Ctrl-C stops them all.", flush=True)  # fmt: skip
         try:
             while not stopping and gateway.process.poll() is None:

@@ -5,13 +5,15 @@ a replica never answered) and the balancer's view following the kill."""
 
 import json
 import os
+from ipaddress import ip_address
 
+import psutil
 import pytest
 import requests
 
 from scripts.bench.harness import images
 from scripts.bench.replicas import kill_and_restart
-from scripts.serve.replicas import running_replicas
+from scripts.serve.replicas import descendants, running_replicas
 from scripts.setup.haproxy import command_of, prefix_of
 
 MODEL = "mobilenet_v2"
@@ -50,12 +52,66 @@ def test_one_key_for_every_replica_and_nothing_without_it(cluster):
 
 
 def test_the_replicas_take_no_key_and_listen_on_loopback_only(cluster):
+    """Every socket a replica's processes listen on (the frontend's five APIs: its bundled
+    Netty and gRPC will never be patched) is on loopback: only the gateway reaches them."""
     for replica in cluster.replicas:
         host, _ = replica.address.split(":")
         assert host == "127.0.0.1"
         config = (replica.workdir / "config.properties").read_text()
         assert "disable_token_authorization=true" in config
         assert not (replica.workdir / "key_file.json").exists()
+        listening = [address for pid in [replica.process.pid, *descendants(replica.process.pid)]
+                     for address in listening_on(pid)]  # fmt: skip
+        assert len(listening) >= 5 and all(is_loopback(address.ip) for address in listening), listening
+
+
+def listening_on(pid: int) -> list:
+    """The addresses process `pid` listens on (none if it has just ended: the metrics collector does)."""
+    try:
+        return [c.laddr for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def is_loopback(ip: str) -> bool:
+    address = ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # Java listens on ::ffff:127.0.0.1
+
+
+def test_a_describe_header_never_reaches_torchserve_through_the_gateway(cluster):
+    """TorchServe marks its describe call with `describe: True`; a client's copy is
+    dropped by the gateway: a request with no input gets the handler's 400, not the
+    model's description."""
+    gateway = cluster.gateway
+    empty_form = {"Content-Type": "multipart/form-data; boundary=x", "describe": "True", **gateway.header()}
+    answer = requests.post(f"{gateway.url}/predictions/{MODEL}", data=b"--x--\r\n", headers=empty_form, timeout=60)
+    assert answer.status_code == 400 and "task" not in answer.json(), answer.text
+
+
+def test_torchserve_s_metrics_are_read_through_the_gateway_only_where_it_has_them(cluster):
+    """In a pod the gateway serves its TorchServe's metrics API at /torchserve/metrics
+    (deploy/k8s); here each replica keeps its own on loopback, and the route says so."""
+    stats = cluster.gateway.stats_url
+    assert requests.get(f"{stats}/torchserve/metrics", timeout=30).status_code == 503
+    assert requests.post(f"{stats}/torchserve/metrics", timeout=30).status_code == 405
+
+
+def test_grpc_goes_through_the_gateway_with_the_same_key(cluster):
+    """TorchServe's gRPC inference API behind HAProxy (HTTP/2 on both sides): the client with
+    the gateway's key is answered by a replica; a wrong key never reaches one."""
+    import grpc
+
+    from scripts.client.auth import Tokens
+    from scripts.client.grpc_client import GrpcClient
+
+    gateway = cluster.gateway
+    client = GrpcClient(gateway.grpc_target, "http://unused", Tokens(token=gateway.key), retries=0)
+    answer = client.predict(MODEL, images()["small"], {"top_k": "2"})
+    assert answer.ok and len(answer.json()["predictions"]) == 2
+    stranger = GrpcClient(gateway.grpc_target, "http://unused", Tokens(token="not-the-key"), retries=0)
+    with pytest.raises(grpc.RpcError) as refused:
+        stranger._call(MODEL, images()["small"], {})
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_what_torchserve_answers_with_500_the_gateway_refuses_with_a_4xx(cluster):

@@ -93,6 +93,15 @@ def test_the_exposed_ports_are_the_configured_ones():
     assert f":{urlsplit(PROPERTIES['inference_address']).port}" in command
 
 
+def test_the_documented_docker_run_publishes_on_the_host_s_loopback_only():
+    """The frontend's bundled Netty and gRPC are unpatched (docs/security.md): a container's
+    ports are published on the host's loopback; beyond the machine, the gateway."""
+    commands = [line for doc in (REPO / "README.md", *(REPO / "docs").glob("*.md"))
+                for line in doc.read_text().splitlines() if "docker run" in line]  # fmt: skip
+    published = [spec for line in commands for spec in re.findall(r"-p\s+(\S+)", line)]
+    assert published and all(spec.startswith("127.0.0.1:") for spec in published), published
+
+
 def test_no_secret_is_baked_in():
     for instruction, arguments in instructions():
         if instruction in ("ENV", "ARG"):

@@ -1,8 +1,9 @@
 """deploy/k8s: every overlay renders with `kubectl kustomize`, validates against the
 Kubernetes schemas (kubernetes-validate), and keeps the invariants the pods rely on:
 ports equal to config.properties, probes on the right ports, non-root, resources set,
-consistent labels, scrape annotations on the metrics port, the gateway's config equal to
-deploy/haproxy/gateway.cfg and the pod's config.properties equal to the repo's."""
+consistent labels, scrape annotations on the gateway's route to the metrics API, the
+gateway's config equal to deploy/haproxy/gateway.cfg and the pod's config.properties equal
+to the repo's -- and no port of TorchServe's frontend reachable from outside its pod."""
 
 import os
 import shutil
@@ -13,8 +14,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from scripts.serve.launch import deployment_properties
-from scripts.serve.replicas import gateway_config
+from scripts.serve.launch import GUARDED, deployment_properties, host_of, is_loopback
+from scripts.serve.replicas import BACKEND, GRPC_BACKEND, METRICS_BACKEND, gateway_config
 from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,20 +63,44 @@ def test_every_overlay_validates_against_the_kubernetes_schemas(rendered):
             kubernetes_validate.validate(document, "1.32", strict=True)
 
 
-def test_the_pod_config_is_the_repos_with_the_metrics_api_on_the_pod_address():
-    assert {k: v for k, v in POD_PROPERTIES.items() if k != "metrics_address"} == {
-        k: v for k, v in PROPERTIES.items() if k != "metrics_address"
-    }
-    assert POD_PROPERTIES["metrics_address"] == f"http://0.0.0.0:{port_of(PROPERTIES['metrics_address'])}"
-    # and the pod's launcher accepts it in gateway mode: every keyed API on loopback
+def test_the_pod_config_is_the_repos_with_every_api_on_loopback():
+    assert POD_PROPERTIES == PROPERTIES
+    assert all(is_loopback(host_of(POD_PROPERTIES[key])) for key in GUARDED)
+    # and the pod's launcher accepts it in gateway mode
     assert deployment_properties(POD_PROPERTIES, "gateway", {})["disable_token_authorization"] == "true"
 
 
 def test_the_pods_gateway_config_is_the_shared_one_with_the_local_torchserve():
-    inference = urlsplit(PROPERTIES["inference_address"])
-    expected = gateway_config((REPO / "deploy" / "haproxy" / "gateway.cfg").read_text(),
-                              [("torchserve", f"{inference.hostname}:{inference.port}")])  # fmt: skip
+    inference, metrics = urlsplit(PROPERTIES["inference_address"]), urlsplit(PROPERTIES["metrics_address"])
+    grpc = f"{PROPERTIES['grpc_inference_address']}:{PROPERTIES.get('grpc_inference_port', 7070)}"
+    servers = {BACKEND: [("torchserve", f"{inference.hostname}:{inference.port}")],
+               GRPC_BACKEND: [("torchserve", grpc)],
+               METRICS_BACKEND: [("torchserve", f"{metrics.hostname}:{metrics.port}")]}  # fmt: skip
+    expected = gateway_config((REPO / "deploy" / "haproxy" / "gateway.cfg").read_text(), servers)
     assert (K8S / "base" / "gateway.cfg").read_text() == expected
+
+
+def test_nothing_outside_a_pod_reaches_torchserve_s_frontend(rendered):
+    """TorchServe 0.12's frontend bundles Netty 4.1.53 and gRPC 1.50 (docs/security.md): in
+    every overlay its container declares no port, its launcher gets no address that is not
+    loopback, and every Service leads to the gateway (or, with KServe, to Knative's queue-proxy,
+    which reaches the container's loopback)."""
+    for overlay, documents in rendered.items():
+        for document in documents:
+            spec = document.get("spec", {})  # a ConfigMap or a Secret has none
+            template = spec.get("template", {}).get("spec") or spec.get("predictor")
+            for container in (template or {}).get("containers", []):
+                arguments = container.get("args", [])
+                addresses = [arguments[i + 1] for i, a in enumerate(arguments) if a.endswith("-address")]
+                assert all(is_loopback(host_of(address)) for address in addresses), (overlay, addresses)
+                if container["name"] in ("torchserve", "kserve-container"):
+                    ports = [p["containerPort"] for p in container.get("ports", [])]
+                    assert ports in (
+                        [],
+                        [port_of(PROPERTIES["inference_address"])] if overlay.endswith("kserve") else [],
+                    )
+            if document["kind"] == "Service":
+                assert {port["targetPort"] for port in document["spec"]["ports"]} <= {"http", "grpc", "gateway-stats"}
 
 
 def test_the_deployment_keeps_its_invariants(rendered):
@@ -108,21 +133,23 @@ def test_the_deployment_keeps_its_invariants(rendered):
         assert "--alive" in server["livenessProbe"]["exec"]["command"]
         assert "--alive" not in server["readinessProbe"]["exec"]["command"]
         assert server["startupProbe"]["periodSeconds"] * server["startupProbe"]["failureThreshold"] >= 300
-        # the metrics port is config.properties', scraped by Prometheus
-        metrics_port = port_of(POD_PROPERTIES["metrics_address"])
-        assert {p["name"]: p["containerPort"] for p in server["ports"]} == {"metrics": metrics_port}
+        # TorchServe's metrics API, scraped through the gateway (deploy/haproxy/gateway.cfg)
+        assert "ports" not in server
         annotations = pod["metadata"]["annotations"]
-        assert annotations["prometheus.io/port"] == str(metrics_port) and annotations["prometheus.io/scrape"] == "true"
+        stats_port = {p["name"]: p["containerPort"] for p in gateway["ports"]}["gateway-stats"]
+        assert annotations["prometheus.io/port"] == str(stats_port) and annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/torchserve/metrics"
         # the gateway: the Service's port, its readiness through to TorchServe's /ping
         gateway_env = {e["name"]: e for e in gateway["env"]}
         gateway_ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
         assert gateway_env["ZOO_GATEWAY_BIND"]["value"] == f":{gateway_ports['http']}"
         assert gateway_env["ZOO_GATEWAY_STATS_BIND"]["value"] == f":{gateway_ports['gateway-stats']}"
+        assert gateway_env["ZOO_GATEWAY_GRPC_BIND"]["value"] == f":{gateway_ports['grpc']}"
         key = gateway_env["ZOO_API_KEY"]["valueFrom"]["secretKeyRef"]
         secret = by_kind(documents, "Secret")
         assert key["name"] == secret["metadata"]["name"] and key["key"] in secret["data"]
         assert gateway["readinessProbe"]["httpGet"] == {"path": "/ping", "port": "http"}
-        assert by_kind(documents, "Service")["spec"]["ports"][0]["targetPort"] == "http"
+        assert [p["targetPort"] for p in by_kind(documents, "Service")["spec"]["ports"]] == ["http", "grpc"]
         # both containers read the generated ConfigMap
         volume = {v["name"]: v for v in spec["volumes"]}["config"]
         (config_map,) = [d for d in documents if d["metadata"]["name"] == volume["configMap"]["name"]]
@@ -161,5 +188,7 @@ def test_the_kserve_overlay_runs_the_image_as_a_custom_predictor(rendered):
     assert container["readinessProbe"]["httpGet"]["port"] == port_of(PROPERTIES["inference_address"])
     assert container["securityContext"]["runAsNonRoot"] is True
     assert container["resources"]["limits"]["cpu"] and container["resources"]["limits"]["memory"]
-    metrics_address = container["args"][container["args"].index("--metrics-address") + 1]
-    assert service["metadata"]["annotations"]["prometheus.io/port"] == str(port_of(metrics_address))
+    # the metrics API stays on loopback; the queue-proxy scrapes it there and serves it merged
+    annotations = service["metadata"]["annotations"]
+    assert annotations["prometheus.kserve.io/port"] == str(port_of(PROPERTIES["metrics_address"]))
+    assert annotations["serving.kserve.io/enable-metric-aggregation"] == "true"
