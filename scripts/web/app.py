@@ -177,6 +177,10 @@ def build_app(zoo: Zoo, jobs: VideoJobs, hosts: frozenset[str], token: str, body
         found = await described(model)
         if isinstance(found, Response):
             return found
+        unknown = sorted(set(request.query_params) - set(found.get("parameters") or {}))
+        if unknown:  # the handler would refuse them too; TorchServe fails some names itself (an empty one: 500)
+            taken = ", ".join(found.get("parameters") or {}) or "none"
+            return failure(400, "unknown parameter", f"{', '.join(map(repr, unknown))[:200]} (taken: {taken})")
         limit, body = found.get("max_image_bytes") or 0, bytearray()
         if (problem := await receive_body(request, limit, body.extend, body_idle_s)) is not None:
             return body_problem(problem, limit, "image")
