@@ -7,12 +7,9 @@ CPU time comes from psutil, per process tree: on a shared machine throughput dri
 15-20 % from minute to minute, CPU seconds per request far less.
 """
 
-import os
 import re
-import signal
-import subprocess
 import sys
-import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +21,9 @@ import requests
 import ts
 
 from scripts.bench.loadgen import Request, closed_loop, multipart, percentile
+from scripts.bench.nvml import GpuSampler
 from scripts.build import profiles
+from scripts.child_process import running
 from scripts.samples.photos import encode, photo
 from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve
 from scripts.zoo import REPO, get_model, handler_module
@@ -58,7 +57,7 @@ class Point:
     model: str
     concurrency: int
     requests: int
-    req_per_s: float
+    req_per_s: float  # answered with a 200: errors are counted apart, never as throughput
     p50_ms: float
     p90_ms: float
     p99_ms: float
@@ -148,40 +147,6 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
     return counters
 
 
-class GpuSampler:
-    """The GPUs' utilisation (NVML) sampled every `interval` s while in a `with` block:
-    `busy` is the mean over the samples and the GPUs, None without an NVIDIA driver."""
-
-    def __init__(self, interval: float = 0.1):
-        self.interval, self.samples, self.busy = interval, [], None
-
-    def __enter__(self) -> "GpuSampler":
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-        except Exception:  # no nvidia-ml-py or no driver: nothing to sample
-            self.nvml = None
-            return self
-        self.nvml, self.done = pynvml, threading.Event()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-
-        def sample() -> None:
-            while not self.done.wait(self.interval):
-                self.samples += [pynvml.nvmlDeviceGetUtilizationRates(h).gpu for h in handles]
-
-        self.thread = threading.Thread(target=sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.nvml is not None:
-            self.done.set()
-            self.thread.join()
-            self.nvml.nvmlShutdown()
-            self.busy = sum(self.samples) / len(self.samples) if self.samples else None
-
-
 def measure(
     target: Target, model: str, body: bytes, clients: int, seconds: float, warmup: float = 3.0, image: str = "small"
 ) -> Point:
@@ -196,8 +161,9 @@ def measure(
     elapsed = max(o.started + o.latency for o in outcomes) - min(o.started for o in outcomes)
     latencies, count = sorted(o.latency * 1000 for o in outcomes), len(outcomes)
     p50, p90, p99 = (percentile(latencies, q) for q in (50, 90, 99))
-    errors = sum(o.status != 200 for o in outcomes)
-    point = Point(target.server, model, clients, count, count / elapsed, p50, p90, p99, errors, sum(latencies) / count)
+    errors = sum(o.status != 200 for o in outcomes)  # not throughput: a broken server answers errors fast
+    served = (count - errors) / elapsed
+    point = Point(target.server, model, clients, count, served, p50, p90, p99, errors, sum(latencies) / count)
     point.image, point.gpu_busy = image, gpu.busy
     spent = cpu_seconds(target.pid)
     point.frontend_cpu_ms, point.worker_cpu_ms = ((spent[k] - cpu[k]) * 1000 / count for k in ("frontend", "workers"))
@@ -237,28 +203,12 @@ def peer(
     method: str = "PUT",
     headers: dict[str, str] | None = None,
 ) -> Iterator[Target]:
-    """A peer server started as `command` in a session of its own -> its Target once
-    `ready_path` answers; afterwards its whole process group is stopped."""
-    process = subprocess.Popen(
-        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{url}{ready_path}", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.5)
+    """A peer server started as `command` -> its Target once `ready_path` answers 2xx; a
+    peer that exits first (a failed import) is reported at once, with its log."""
+    url, log = f"http://127.0.0.1:{port}", Path(tempfile.gettempdir()) / f"zoo-bench-{server}-{port}.log"
+    ready = lambda: requests.get(f"{url}{ready_path}", timeout=2).ok  # noqa: E731
+    with running(command, ready, timeout, f"the {server} server", REPO, log=log) as process:
         yield Target(server, url, process.pid, headers or {}, method)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 # The multipart boundary of the photo sent to LitServe (which takes a file as a form only).

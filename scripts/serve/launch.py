@@ -25,7 +25,6 @@ import ipaddress
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from scripts.child_process import spawn
 from scripts.ts_api import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
         "METRICS_LOCATION": os.environ.get("METRICS_LOCATION", str(workdir / "logs")),
     }
     print(f"TorchServe ({args.auth} auth) serving {args.models} from {args.model_store}, in {workdir}", flush=True)
-    server = subprocess.Popen(command, cwd=workdir, env=env, start_new_session=True)
+    server = spawn(command, workdir, env)
 
     def stop(signum: int, _frame) -> None:  # TorchServe's frontend shuts its workers down on SIGTERM
         os.killpg(server.pid, signal.SIGTERM)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import requests
 
+from scripts.child_process import spawn, wait_ready
 from scripts.serve.server import free_ports
 from scripts.setup.haproxy import command_of, prefix_of
 from scripts.zoo import REPO, handler_module
@@ -111,9 +112,7 @@ class Replica:
         registry = str(handler_module("cpu_threads").default_registry_dir())
         env = {**os.environ, "TMPDIR": str(self.workdir), "TEMP": str(self.workdir),
                "TS_ZOO_WORKER_REGISTRY": registry}  # fmt: skip
-        with open(self.workdir / "console.log", "ab") as console:
-            self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT,
-                                            start_new_session=True)  # fmt: skip
+        self.process = spawn(command, REPO, env, log=self.workdir / "console.log")
 
     def ready(self) -> bool:
         try:
@@ -122,13 +121,7 @@ class Replica:
             return False
 
     def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.ready():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.process.returncode}); see {self.workdir}/console.log")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s; see {self.workdir}/logs")
-            time.sleep(0.5)
+        wait_ready(self.process, self.ready, timeout, self.name, self.workdir / "console.log")
 
     def kill(self) -> None:
         """SIGKILL the replica: its TorchServe frontend, workers and launcher, as a crash would."""

@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import requests
 
+from scripts.child_process import spawn, stop
 from scripts.ts_api import key_refused as refuses_key
 from scripts.ts_api import read_properties
 
@@ -204,10 +204,7 @@ def local_torchserve(
     launcher = str(Path(sys.executable).with_name("torchserve"))
     command = [launcher, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in models)]
     command += ["--log-config", str(log_config)] if log_config else []
-    with open(workdir / "console.log", "wb") as console:
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=console, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    process = spawn(command, workdir, env, log=workdir / "console.log")
     server = Server(properties["inference_address"], properties["management_address"], None, workdir, process)
     try:
         wait_until_ready(
@@ -222,11 +219,7 @@ def local_torchserve(
         yield server
     finally:
         subprocess.run([launcher, "--stop"], env=env, cwd=workdir, capture_output=True, timeout=120)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop(process, grace=60)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

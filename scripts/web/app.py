@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Respon
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from scripts.child_process import ChildFailed, spawn, wait_ready
 from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
 from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES
@@ -305,18 +305,15 @@ def start(args: argparse.Namespace) -> None:
     command = [sys.executable, "-m", "scripts.web.app", "run", "--host", args.host, "--port", str(args.port),
                "--config", str(args.config), "--key-file", str(args.key_file),
                "--body-idle-s", str(args.body_idle_s)]  # fmt: skip
-    with open(args.logs / "web.log", "ab") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=log, start_new_session=True)
+    process = spawn(command, REPO, log=args.logs / "web.log")
     (args.logs / "web.pid").write_text(f"{process.pid}\n")
-    url, deadline = f"http://{args.host}:{args.port}", time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            requests.get(f"{url}/api/models", timeout=30)
-            print(f"Try every model in a browser: {url}/")
-            return
-        except requests.ConnectionError:
-            time.sleep(0.3)
-    sys.exit(f"error: the web page did not start; see {args.logs / 'web.log'}")
+    url = f"http://{args.host}:{args.port}"
+    try:  # any answer will do: the page's server answers even while TorchServe does not
+        wait_ready(process, lambda: requests.get(f"{url}/api/models", timeout=30) is not None, 60, "the web page",
+                   args.logs / "web.log")  # fmt: skip
+    except ChildFailed as err:
+        sys.exit(f"error: {err}")
+    print(f"Try every model in a browser: {url}/")
 
 
 def stop(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ def run_quick(module: str, report: Path, timeout: float) -> tuple[str, dict]:
 
 
 def test_quick_benchmark_runs_and_reports(tmp_path):
-    stdout, report = run_quick("scripts.bench.endtoend", tmp_path / "bench.json", 420)
+    stdout, report = run_quick("scripts.bench.endtoend", tmp_path / "bench.json", 300)
     servers = {(p["server"], p["concurrency"]) for p in report["points"]}
     assert servers == {(s, c) for s in ("ours", "built-in", "fastapi", "litserve") for c in (1, 8)}
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in report["points"])
@@ -40,7 +40,7 @@ def test_quick_metrics_cost_interleaves_three_servers(tmp_path):
     once, each loaded in turn while the others are paused."""
     command = [sys.executable, "-m", "scripts.bench.metrics_cost", "--cycles", "2", "--slice", "2", "--warmup", "2",
                "--output", "-", "--json", str(tmp_path / "cost.json")]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rounds = json.loads((tmp_path / "cost.json").read_text())["rounds"]
     assert [sorted(p["variant"] for p in cycle) for cycle in rounds] == [["all_on", "metrics_only", "off"]] * 2
@@ -54,7 +54,7 @@ def test_the_gpu_benchmark_runs_through_on_the_cpu(tmp_path):
     targets. On a GPU the same run builds and measures the GPU archives."""
     command = [sys.executable, "-m", "scripts.bench.gpu", "--device", "cpu", "--quick", "--models", "mobilenet_v2",
                "--clients", "1", "2", "--seconds", "1", "--json", str(tmp_path / "gpu.json")]  # fmt: skip
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (measured,) = json.loads((tmp_path / "gpu.json").read_text())["models"]
     assert {(p["server"], p["concurrency"]) for p in measured["points"]} == {

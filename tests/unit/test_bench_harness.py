@@ -2,6 +2,7 @@
 (psutil), a server paused while another is measured, and the one load generator
 against a real HTTP server."""
 
+import os
 import subprocess
 import sys
 import threading
@@ -12,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 import pytest
 
-from scripts.bench.harness import cpu_seconds, paused
+from scripts.bench.harness import Target, cpu_seconds, measure, paused, peer
 from scripts.bench.loadgen import Request, closed_loop, multipart, request_mix, summarize
+from scripts.child_process import ChildFailed
 
 
 @pytest.fixture
@@ -90,3 +92,34 @@ def test_a_multipart_body_holds_the_file_and_the_fields():
     assert headers == {"Content-Type": "multipart/form-data; boundary=b0"}
     assert body.startswith(b'--b0\r\nContent-Disposition: form-data; name="data"; filename="photo.jpg"')
     assert b'name="top_k"\r\n\r\n3\r\n' in body and body.endswith(b"--b0--\r\n")
+
+
+class Broken(BaseHTTPRequestHandler):
+    """A server that answers every request at once, with an error."""
+
+    def do_PUT(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_error_answers_are_never_counted_as_throughput():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = Target("broken", f"http://127.0.0.1:{server.server_address[1]}", os.getpid())
+        point = measure(target, "m", b"x", clients=2, seconds=0.5, warmup=0.1)
+    finally:
+        server.shutdown()
+    assert point.requests > 0 and point.errors == point.requests and point.req_per_s == 0
+
+
+def test_a_peer_that_cannot_start_is_reported_at_once():
+    """As it exits (the message), not when its 300 s are up ("did not answer within")."""
+    with pytest.raises(ChildFailed, match="the litserve server exited with status 1 before it answered"):
+        with peer("litserve", [sys.executable, "-c", "raise SystemExit(1)"], 9, "/health", timeout=300):
+            pass

