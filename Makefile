@@ -77,7 +77,8 @@ $(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
 	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
-ARCHIVE_DEPS = scripts/configs/%.yaml $(HANDLER_SRC) index_to_name.json scripts/build/archive.py scripts/build/profiles.py \
+ARCHIVE_DEPS = scripts/configs/%.yaml $(if $(filter gpu,$(PROFILE)),scripts/configs/gpu.yaml) $(HANDLER_SRC) \
+	index_to_name.json scripts/build/archive.py scripts/build/profiles.py \
 	scripts/build/drift_reference.py $(BUILD)/drift-reference.txt \
 	$(if $(DRIFT_REFERENCE),$(shell find $(DRIFT_REFERENCE) -type f 2>/dev/null))
 $(STORE)/%.mar: $$(call artifact,$$*) $(ARCHIVE_DEPS)

@@ -12,7 +12,7 @@ from classification import ClassifierSettings
 from detection import DetectorSettings
 from face_detection import FaceSettings
 from scripts.build.archive import build_archive, shared_handler_modules
-from scripts.build.profiles import FRONTEND_KEYS, PROFILES, model_config, resolve_profile
+from scripts.build.profiles import FRONTEND_KEYS, PROFILES, gpu_defaults, model_config, resolve_profile
 from scripts.families import families
 from scripts.zoo import MODELS, REPO, get_model
 from settings import settings_from_mapping
@@ -41,11 +41,21 @@ def test_every_model_has_a_valid_config_in_each_profile(spec, profile):
 
 @pytest.mark.parametrize("spec", MODELS, ids=lambda spec: spec.name)
 def test_the_gpu_profile_batches_more_and_queues_512_waiting_clients(spec):
-    """Only the gpu: block differs; the CPU profile is the file without it."""
+    """The CPU profile is the file without its gpu: block; the GPU profile is the shared GPU
+    settings (scripts/configs/gpu.yaml), then the model's own block, over the CPU profile."""
     raw, cpu, gpu = yaml.safe_load(spec.config_file.read_text()), model_config(spec), model_config(spec, "gpu")
     assert cpu == {key: value for key, value in raw.items() if key != "gpu"}
     assert gpu["batchSize"] > cpu["batchSize"] and gpu["jobQueueSize"] >= 512
-    assert gpu["handler"] == {**cpu["handler"], **raw["gpu"]["handler"]}
+    own = raw.get("gpu") or {}
+    assert gpu["handler"] == {**cpu["handler"], **gpu_defaults()["handler"], **own.get("handler", {})}
+
+
+def test_a_model_s_gpu_block_overrides_the_shared_one_key_by_key():
+    config = {"batchSize": 2, "handler": {"top_k": 5}, "gpu": {"batchSize": 8, "handler": {"channels_last": False}}}
+    gpu = resolve_profile(config, "gpu")
+    assert gpu["batchSize"] == 8 and gpu["jobQueueSize"] == gpu_defaults()["jobQueueSize"]
+    assert gpu["handler"] == {"top_k": 5, "channels_last": False}
+    assert resolve_profile(config, "cpu") == {"batchSize": 2, "handler": {"top_k": 5}}
 
 
 def test_a_profile_may_set_torchserve_keys_and_handler_settings_only():
