@@ -201,14 +201,15 @@ def _decode_with_pil(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+# Beyond this aspect ratio the short side's resize would make a huge intermediate (a 1x10000
+# image: 256x2560000): the crop is taken first, in original pixels, up to sub-pixel rounding.
+MAX_EXACT_ASPECT = 16
+
+
 def center_crop_box(height: int, width: int, resize_size: int, crop_size: int) -> tuple[int, int, int, int]:
     """The region of the original image that `resize(resize_size)` followed by
-    `center_crop(crop_size)` keeps, as (top, left, height, width) in original pixels.
-
-    Cropping first and resizing only that region gives the same picture (up to
-    sub-pixel rounding) at a fraction of the cost, and never materialises the huge
-    intermediate an extremely elongated image would produce (1x10000 -> 256x2560000).
-    """
+    `center_crop(crop_size)` keeps, as (top, left, height, width) in original pixels,
+    rounded to whole pixels."""
     scale = resize_size / min(height, width)  # original pixels -> resized pixels
     side = crop_size / scale  # the crop's side in original pixels
     crop_h = max(1, min(height, round(side)))
@@ -216,11 +217,24 @@ def center_crop_box(height: int, width: int, resize_size: int, crop_size: int) -
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
-def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int) -> torch.Tensor:
-    """uint8 [3, H, W] -> uint8 [3, crop_size, crop_size], ImageNet-style evaluation crop."""
-    top, left, height, width = center_crop_box(image.shape[-2], image.shape[-1], resize_size, crop_size)
-    shrinking = height > crop_size  # antialiasing only matters when shrinking
-    return vision_ops.resized_crop(image, top, left, height, width, (crop_size, crop_size), antialias=shrinking)
+def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int, interpolation: str = "bilinear"
+                       ) -> torch.Tensor:  # fmt: skip
+    """uint8 [3, H, W] -> uint8 [3, crop_size, crop_size], ImageNet-style evaluation crop,
+    resized with the interpolation the model's weights were evaluated with -- exactly as
+    torchvision's Resize(resize_size) then CenterCrop(crop_size) (the long side truncated,
+    the crop's offset rounded), which is what the build checks the weights' own
+    preprocessing against (scripts/families/classifiers.py)."""
+    height, width = image.shape[-2:]
+    short, long = min(height, width), max(height, width)
+    if long > MAX_EXACT_ASPECT * short:
+        top, left, crop_h, crop_w = center_crop_box(height, width, resize_size, crop_size)
+        size, shrinking = (crop_size, crop_size), crop_h > crop_size  # antialiasing only matters when shrinking
+        return vision_ops.resized_crop(image, top, left, crop_h, crop_w, size, shrinking, interpolation)
+    resized_long = int(resize_size * long / short)
+    size = (resize_size, resized_long) if height <= width else (resized_long, resize_size)
+    resized = vision_ops.resize(image, size, antialias=size[0] < height, mode=interpolation)
+    top, left = int(round((size[0] - crop_size) / 2)), int(round((size[1] - crop_size) / 2))
+    return resized[:, top : top + crop_size, left : left + crop_size].contiguous()
 
 
 def letterbox(

@@ -105,24 +105,29 @@ def _native_uint8_resize() -> bool:
 NATIVE_UINT8_RESIZE = _native_uint8_resize()
 
 
-def resize(image: torch.Tensor, size: Sequence[int], antialias: bool) -> torch.Tensor:
-    """uint8 [C, H, W] -> uint8 [C, *size], bilinear (half-pixel centres), as torchvision's
-    resize computes it: in uint8 where the CPU's kernels take it, else through float32
-    rounded back."""
+INTERPOLATIONS = ("bilinear", "bicubic")  # what a classifier's weights may have been evaluated with
+
+
+def resize(image: torch.Tensor, size: Sequence[int], antialias: bool, mode: str = "bilinear") -> torch.Tensor:
+    """uint8 [C, H, W] -> uint8 [C, *size], bilinear or bicubic (half-pixel centres), as
+    torchvision's resize computes it: in uint8 where the CPU's kernels take it, else through
+    float32 rounded back (bicubic overshoots: clamped to 0..255)."""
+    if mode not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {mode!r}")
     height, width = size
     if tuple(image.shape[-2:]) == (height, width):
         return image
     batch = image.unsqueeze(0)
     if image.device.type != "cpu" or not NATIVE_UINT8_RESIZE:
-        resized = nnf.interpolate(batch.float(), size=(height, width), mode="bilinear", antialias=antialias)
-        return resized.round_().to(image.dtype).squeeze(0)
-    return nnf.interpolate(batch, size=(height, width), mode="bilinear", antialias=antialias).squeeze(0)
+        resized = nnf.interpolate(batch.float(), size=(height, width), mode=mode, antialias=antialias)
+        return resized.round_().clamp_(0, 255).to(image.dtype).squeeze(0)
+    return nnf.interpolate(batch, size=(height, width), mode=mode, antialias=antialias).squeeze(0)
 
 
 def resized_crop(image: torch.Tensor, top: int, left: int, height: int, width: int, size: Sequence[int],
-                 antialias: bool) -> torch.Tensor:  # fmt: skip
+                 antialias: bool, mode: str = "bilinear") -> torch.Tensor:  # fmt: skip
     """The region (top, left, height, width), inside the image, resized to `size`."""
-    return resize(image[..., top : top + height, left : left + width], size, antialias)
+    return resize(image[..., top : top + height, left : left + width], size, antialias, mode)
 
 
 def gaussian_blur(image: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:

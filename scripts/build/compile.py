@@ -118,6 +118,10 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
     """compile_model's work, with float32 exact on a GPU."""
     recipe = family(spec.family).recipe
     device = torch.device(device)
+    try:
+        input_parity = recipe.check_input(weights) if recipe.check_input else None
+    except ValueError as err:
+        raise ParityError(f"{spec.name}: the handler would not serve it the input its weights expect: {err}") from err
     network = recipe.build(spec, weights)
     eager = WithInput(recipe.input_adapter(weights), recipe.with_features(network)).eval().to(device)
     example = recipe.example(weights).to(device)  # uint8 RGB, as the handlers send it
@@ -154,6 +158,7 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         "features": recipe.features,
         "device": str(device),  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
+        **({"input_parity_mean_abs_diff": input_parity} if input_parity is not None else {}),
     }
     if partial is None:
         save_compiled(compiled, metadata, output)

@@ -30,6 +30,9 @@ class Recipe:
     with_features: Callable[[torch.nn.Module], torch.nn.Module]
     features: str
     spatial_dynamic: bool = False  # letterboxed families take any multiple of 32 as height/width
+    # The handler's preparation of the photos checked against the weights' own (a classifier's
+    # resize): raises ValueError beyond the family's tolerance, else the measured difference.
+    check_input: Callable[[Weights], float] | None = None
 
 
 @dataclass(frozen=True)

