@@ -18,13 +18,10 @@ from pathlib import Path
 
 import litserve as ls
 import torch
-import torchvision.transforms.v2.functional as F
 from fastapi import Response
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from scripts.zoo import REPO, get_model, handler_module
-
-RESIZE, CROP = 256, 224  # as our classifier handler prepares an image (the compiled metadata)
 
 
 class ZooAPI(ls.LitAPI):
@@ -65,7 +62,12 @@ class ZooAPI(ls.LitAPI):
 
 class ClassifierAPI(ZooAPI):
     def prepare(self, image: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return F.center_crop(F.resize(image, [RESIZE], antialias=True), [CROP, CROP]), None
+        """As our handler: its own function, with the sizes and interpolation the compiled
+        model's metadata records (resnet50's V2 weights resize to 232, EfficientNet-Lite0 bicubic)."""
+        metadata = self.metadata
+        return handler_module("imaging").resize_center_crop(
+            image, metadata["resize_size"], metadata["input_size"][0], metadata.get("interpolation", "bilinear")
+        ), None
 
     def postprocess(self, logits: torch.Tensor, images: list, geometries: list) -> list:
         scores, indices = torch.softmax(logits.float(), dim=1).topk(5, dim=1)
