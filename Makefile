@@ -39,7 +39,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 	--precision $(PRECISION) --device $(DEVICE)
 # What the compiled models depend on: the model table, the building code, the networks
 # and the per-family code (scripts/bench, scripts/serve and scripts/setup are not).
-COMPILE_SRC := scripts/zoo.py $(wildcard scripts/build/*.py scripts/nets/*.py scripts/families/*.py)
+COMPILE_SRC := scripts/zoo.py $(wildcard scripts/building/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py)
 
 .PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-gpu soak serve stop test test-unit lint clean \
@@ -72,17 +72,17 @@ serve-venv: ## a venv to serve the archives with, nothing else (VENV=<dir>; the 
 COMPILE_DEPS = $(COMPILE_SRC) requirements-serve.txt requirements.txt requirements-nodeps.txt $(BUILD)/target.txt \
 	$$(if $(WEIGHTS_DIR),$$(wildcard $(WEIGHTS_DIR)/$$*.*))
 $(BUILD)/%.pt: $(COMPILE_DEPS) | $(SETUP)
-	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
+	$(PY) -m scripts.building.compile $* --output $@ $(COMPILE_FLAGS)
 $(BUILD)/%.pt2: $(COMPILE_DEPS) | $(SETUP)
-	$(PY) -m scripts.build.compile $* --output $@ $(COMPILE_FLAGS)
+	$(PY) -m scripts.building.compile $* --output $@ $(COMPILE_FLAGS)
 
 # One archive recipe for every model; scripts/zoo.py says what goes in.
 ARCHIVE_DEPS = scripts/configs/%.yaml $(if $(filter gpu,$(PROFILE)),scripts/configs/gpu.yaml) $(HANDLER_SRC) \
-	index_to_name.json scripts/build/archive.py scripts/build/profiles.py \
-	scripts/build/drift_reference.py $(BUILD)/drift-reference.txt \
+	index_to_name.json scripts/building/archive.py scripts/building/profiles.py \
+	scripts/building/drift_reference.py $(BUILD)/drift-reference.txt \
 	$(if $(DRIFT_REFERENCE),$(shell find $(DRIFT_REFERENCE) -type f 2>/dev/null))
 $(STORE)/%.mar: $$(call artifact,$$*) $(ARCHIVE_DEPS)
-	$(PY) -m scripts.build.archive $* --serialized-file $< --export-path $(STORE) --profile $(PROFILE) \
+	$(PY) -m scripts.building.archive $* --serialized-file $< --export-path $(STORE) --profile $(PROFILE) \
 		$(if $(DRIFT_REFERENCE),--drift-reference $(DRIFT_REFERENCE))
 
 # Holds what the models are built for (device, precision), rewritten only when it changes:
@@ -101,10 +101,10 @@ FORCE:
 .SECONDARY: $(ARTIFACTS)
 
 archive: $(MODELS:%=$(STORE)/%.mar) ## build every model archive into model_store/ (STRICT=1, WEIGHTS_DIR=..., DRIFT_REFERENCE=...)
-	@$(PY) -m scripts.build.models $(if $(filter 1,$(STRICT)),--strict) $(ARTIFACTS)
+	@$(PY) -m scripts.building.models $(if $(filter 1,$(STRICT)),--strict) $(ARTIFACTS)
 
 models: $(ARTIFACTS) ## show each compiled model's weights and input size
-	@$(PY) -m scripts.build.models $^
+	@$(PY) -m scripts.building.models $^
 
 yolov5-sizes: $(call artifact,yolov5s) $(call artifact,yolov5m) $(call artifact,yolov5l) ## measure YOLOv5 S/M/L -> docs/yolov5_sizes.md
 	$(PY) -m scripts.bench.yolov5_sizes --output docs/yolov5_sizes.md

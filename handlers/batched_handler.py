@@ -38,7 +38,7 @@ from idle_memory import idle_trimmer
 from imaging import (
     JPEG_FORMATS,
     ImageInfo,
-    ImageMeta,
+    LetterboxGeometry,
     check_image,
     decode_checked,
     decode_image_at_least,
@@ -73,7 +73,7 @@ from vision_ops import JPEG_MAX_SIDE, encode_jpegs, to_device
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# What every compiled model takes (scripts/build/compile.py): the prepared images as they are.
+# What every compiled model takes (scripts/building/compile.py): the prepared images as they are.
 INPUT_FORMAT = "uint8 RGB [B, 3, H, W]"
 # What every compiled model answers: a tuple of the task's outputs, then the features.
 OUTPUT_FORMAT = "(*task outputs, features float32 [B, D])"
@@ -92,7 +92,7 @@ class Response:
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()  # extra HTTP response headers
     error: str = ""  # an error answer's kind ("corrupt image"), for the request metrics
-    image: torch.Tensor | None = None  # an image answer's uint8 [3, H, W], until encoded (`encoded`)
+    image: torch.Tensor | None = None  # an image answer's uint8 [3, H, W], until encoded (`with_jpegs_encoded`)
     jpeg_quality: int = 0
 
     @classmethod
@@ -110,7 +110,7 @@ class Response:
     @classmethod
     def jpeg(cls, image: torch.Tensor, quality: int, headers=()) -> "Response":
         """uint8 [3, H, W] (any device) as a JPEG answer, encoded with the batch's others
-        by `encoded`."""
+        by `with_jpegs_encoded`."""
         return cls(b"", "image/jpeg", headers=tuple(headers), image=image, jpeg_quality=quality)
 
     @property
@@ -136,7 +136,7 @@ def fitted(response: Response, limit: int, form: str = "") -> Response:
     return Response.failure(413, "result too large", f"{detail} (max_response_bytes); {hint}")
 
 
-def encoded(responses: list[Response]) -> list[Response]:
+def with_jpegs_encoded(responses: list[Response]) -> list[Response]:
     """The responses with every image answer JPEG-encoded: those of one quality in one
     call, on their device (`vision_ops.encode_jpegs`). If the call fails, each image is
     encoded alone, so that only an image that cannot be encoded fails."""
@@ -160,7 +160,7 @@ def encoded(responses: list[Response]) -> list[Response]:
                 continue
             logger.exception("batched JPEG encoding failed; encoding its %d images one by one", len(indices))
             for index in indices:
-                done[index] = encoded([responses[index]])[0]
+                done[index] = with_jpegs_encoded([responses[index]])[0]
             continue
         for index, data in zip(indices, datas, strict=True):
             done[index] = replace(responses[index], body=data.numpy().tobytes(), image=None)
@@ -172,7 +172,7 @@ Output = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
-class Encoded:
+class ReadRequest:
     """A request that was read and whose image header passed the checks (once), not yet decoded."""
 
     index: int
@@ -191,7 +191,7 @@ class Item:
     settings: ImageHandlerSettings  # the task's settings class, with this request's overrides
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
     input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
-    geometry: ImageMeta | None = None  # how the photo maps into `input` (letterbox), for `postprocess`
+    geometry: LetterboxGeometry | None = None  # how the photo maps into `input` (letterbox), for `postprocess`
     observations: list[tuple[str, float]] = field(default_factory=list)  # what `postprocess` saw (metrics)
 
 
@@ -268,7 +268,7 @@ class BatchedImageHandler:
                     for group, outputs in groups:
                         for item, result in zip(group, self._postprocess_group(group, outputs), strict=True):
                             results[item.index] = result
-                    results = encoded(results)
+                    results = with_jpegs_encoded(results)
                 for item in items:
                     for name, value in item.observations:
                         self._emit(context, name, value)
@@ -403,7 +403,7 @@ class BatchedImageHandler:
         large JPEGs are then decoded at a reduced scale. None: decode at full size."""
         return None
 
-    def prepare(self, item: Item) -> tuple[torch.Tensor, ImageMeta | None]:
+    def prepare(self, item: Item) -> tuple[torch.Tensor, LetterboxGeometry | None]:
         """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, its geometry)."""
         raise NotImplementedError
 
@@ -451,13 +451,13 @@ class BatchedImageHandler:
             self._guarded(index, self._read, index, row, headers[index]) if not isinstance(row, Response) else row
             for index, row in enumerate(rows)
         ]
-        encoded = [r for r in read if isinstance(r, Encoded)]
-        together = self._decode_jpegs_together(encoded)
-        inference_requests |= {r.index: r.inference_request for r in encoded if r.inference_request is not None}
-        decoded = [self._guarded(r.index, self._decode, r, together) if isinstance(r, Encoded) else r for r in read]
+        unread = [r for r in read if isinstance(r, ReadRequest)]
+        together = self._decode_jpegs_together(unread)
+        inference_requests |= {r.index: r.inference_request for r in unread if r.inference_request is not None}
+        decoded = [self._guarded(r.index, self._decode, r, together) if isinstance(r, ReadRequest) else r for r in read]
         return decoded, inference_requests
 
-    def _read(self, index: int, row: dict, headers: dict[str, str]) -> Encoded:
+    def _read(self, index: int, row: dict, headers: dict[str, str]) -> ReadRequest:
         inference = parse_inference_request(row, headers)
         data, params, request = inference if inference is not None else (*split_request(row), None)
         params = merge_parameters(params, header_parameters(headers, self.request_params))
@@ -466,9 +466,9 @@ class BatchedImageHandler:
             raise InputError(
                 "image too large", f"{len(data)} bytes exceeds the limit of {settings.max_image_bytes}", 413
             )
-        return Encoded(index, data, settings, check_image(data, settings.max_image_pixels), request)
+        return ReadRequest(index, data, settings, check_image(data, settings.max_image_pixels), request)
 
-    def _decode_jpegs_together(self, requests: list[Encoded]) -> dict[int, torch.Tensor]:
+    def _decode_jpegs_together(self, requests: list[ReadRequest]) -> dict[int, torch.Tensor]:
         """The batch's JPEGs decoded in one call on the model's device, when configured
         (on CUDA by default). If any of them is corrupt, none are: each is then decoded
         on its own, so that only the corrupt one fails."""
@@ -485,7 +485,7 @@ class BatchedImageHandler:
             return {}
         return {request.index: image for request, image in zip(jpegs, images, strict=True)}
 
-    def _decode(self, request: Encoded, decoded: dict[int, torch.Tensor]) -> Item:
+    def _decode(self, request: ReadRequest, decoded: dict[int, torch.Tensor]) -> Item:
         settings = request.settings
         hint = self.decode_at_least(settings)
         if request.index in decoded:

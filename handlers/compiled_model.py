@@ -1,4 +1,4 @@
-"""Where a worker runs its model, and loading a model built by scripts/build/compile.py
+"""Where a worker runs its model, and loading a model built by scripts/building/compile.py
 (a TorchScript file or an AOTInductor package) with the metadata embedded in it."""
 
 import contextlib
@@ -18,7 +18,7 @@ import torch.utils._pytree as pytree
 
 logger = logging.getLogger(__name__)
 
-# Name of the JSON document scripts/build/compile.py embeds in every TorchScript file.
+# Name of the JSON document scripts/building/compile.py embeds in every TorchScript file.
 METADATA_FILE = "metadata.json"
 
 
@@ -30,7 +30,7 @@ def select_device(gpu_id: int | None) -> torch.device:
 
 
 def load_compiled_model(path: Path, device: torch.device, optimize: bool = True) -> tuple[object, dict]:
-    """Load a model built by scripts/build/compile.py, with its embedded metadata: a TorchScript
+    """Load a model built by scripts/building/compile.py, with its embedded metadata: a TorchScript
     file (.pt), optimised for inference on CPU (oneDNN-prepacked convolutions -- the step
     that cannot be saved, so it runs here), or an AOTInductor package (.pt2)."""
     path = Path(path)
@@ -62,7 +62,7 @@ def load_aoti_package(path: Path) -> Callable:
     removed as soon as the model is loaded (the process keeps the mapped files open) --
     unless the package keeps GPU kernels in files of their own, which the model reads
     only when it first runs them (a CUDA package built without
-    `aot_inductor.embed_kernel_binary`; scripts/build/compile.py embeds them): then the
+    `aot_inductor.embed_kernel_binary`; scripts/building/compile.py embeds them): then the
     directory stays until the model is destroyed, as torch's own loader keeps it."""
     keep = kernel_files_outside_library(package_names(path))
     if keep:
@@ -133,7 +133,7 @@ def read_embedded_metadata(path: Path) -> dict:
         with zipfile.ZipFile(path) as archive:
             name = next((n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")), None)
             if name is None:
-                raise ValueError(f"{path} has no embedded {METADATA_FILE}: not built by scripts/build/compile.py")
+                raise ValueError(f"{path} has no embedded {METADATA_FILE}: not built by scripts/building/compile.py")
             return json.loads(archive.read(name))
     except zipfile.BadZipFile as err:
         raise ValueError(f"{path} is not a compiled model (TorchScript or AOTInductor package): {err}") from err

@@ -28,7 +28,7 @@ from drift import DriftResult, mmd_test
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_FILE = "drift_reference.pt"  # in the model directory, written by scripts/build/drift_reference.py
+REFERENCE_FILE = "drift_reference.pt"  # in the model directory, written by scripts/building/drift_reference.py
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
-class ImageMeta:
+class LetterboxGeometry:
     """How an original image maps into the model's input: x_input = x * scale_x + pad_left."""
 
     width: int  # original size, after EXIF orientation
@@ -239,10 +239,10 @@ def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int, in
 
 def letterbox(
     image: torch.Tensor, size: int, fill: int | Sequence[int] = 114, original_size: tuple[int, int] | None = None
-) -> tuple[torch.Tensor, ImageMeta]:
+) -> tuple[torch.Tensor, LetterboxGeometry]:
     """uint8 [3, H, W] -> uint8 [3, size, size]: resized to fit with its aspect ratio
     kept (up or down, as ultralytics' letterbox for inference), centred, padded with
-    `fill` (one value, or one per channel). The returned ImageMeta undoes it
+    `fill` (one value, or one per channel). The returned LetterboxGeometry undoes it
     (`unletterbox_boxes`) -- into the pixels of `original_size` (width, height) when the
     image was decoded at a reduced scale from a larger original."""
     height, width = image.shape[-2:]
@@ -255,10 +255,10 @@ def letterbox(
     canvas = fill_values.expand(3, size, size).clone()
     canvas[:, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = image
     original_w, original_h = original_size or (width, height)
-    return canvas, ImageMeta(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
+    return canvas, LetterboxGeometry(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
 
 
-def unletterbox_points(points: torch.Tensor, geometry: ImageMeta) -> torch.Tensor:
+def unletterbox_points(points: torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
     """points (Tensor[..., 2]) as (x, y) in model-input pixels -> original-image pixels,
     clipped to the image. Returns a new tensor."""
     offset = torch.tensor([geometry.pad_left, geometry.pad_top], dtype=points.dtype, device=points.device)
@@ -267,12 +267,12 @@ def unletterbox_points(points: torch.Tensor, geometry: ImageMeta) -> torch.Tenso
     return ((points - offset) / scale).clamp(min=torch.zeros_like(limits), max=limits)
 
 
-def unletterbox_boxes(boxes: torch.Tensor, geometry: ImageMeta) -> torch.Tensor:
+def unletterbox_boxes(boxes: torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
     """boxes (Tensor[N, 4]) in (x1, y1, x2, y2) model-input pixels -> the same boxes in
     original-image pixels, clipped to the image. Returns a new tensor."""
     return unletterbox_points(boxes.reshape(-1, 2, 2), geometry).reshape(boxes.shape)
 
 
-def encode_jpeg(image: torch.Tensor, quality: int = 90) -> bytes:
+def jpeg_bytes(image: torch.Tensor, quality: int = 90) -> bytes:
     """uint8 [3, H, W] (any device) -> JPEG bytes."""
     return vision_ops.encode_jpeg(image.cpu().contiguous(), quality).numpy().tobytes()

@@ -25,8 +25,8 @@ from scripts.bench import harness
 from scripts.bench.alone import ceiling, served_settings
 from scripts.bench.doc import about_the_run, publish
 from scripts.bench.harness import Target, as_form, images, measure, peer, torchserve
-from scripts.build.archive import ARCHIVE_VERSION
-from scripts.build.inprocess import load_handler
+from scripts.building.archive import ARCHIVE_VERSION
+from scripts.building.inprocess import load_handler
 from scripts.serve.server import free_ports
 from scripts.zoo import REPO, get_model, handler_module
 

@@ -29,8 +29,8 @@ import torch
 from scripts.bench.alone import model_throughput
 from scripts.bench.doc import about_the_run, markdown_table, publish
 from scripts.bench.harness import Target, as_form, images, litserve, measure, torchserve
-from scripts.build.archive import ARCHIVE_VERSION, build_archive
-from scripts.build.profiles import model_config
+from scripts.building.archive import ARCHIVE_VERSION, build_archive
+from scripts.building.profiles import model_config
 from scripts.zoo import COMPILERS, REPO, get_model
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")
@@ -47,7 +47,7 @@ def compile_for(model: str, device: str, compiler: str | None, workdir: Path) ->
     if device == "cpu":
         return REPO / "build" / spec.artifact
     output = workdir / f"{model}{COMPILERS[compiler or spec.compiler]}"
-    command = [sys.executable, "-m", "scripts.build.compile", model, "--output", str(output),
+    command = [sys.executable, "-m", "scripts.building.compile", model, "--output", str(output),
                "--device", device, "--precision", "bf16"]  # fmt: skip
     subprocess.run(command, cwd=REPO, check=True)
     return output

@@ -30,8 +30,8 @@ import torch
 
 from scripts.bench.alone import images_per_second, synchronized
 from scripts.bench.doc import DOCUMENT, markdown_table, publish
-from scripts.build.compile import PRECISIONS, compile_model
-from scripts.build.inprocess import load_handler
+from scripts.building.compile import PRECISIONS, compile_model
+from scripts.building.inprocess import load_handler
 from scripts.families import family
 from scripts.samples.photos import encode, photo
 from scripts.zoo import COMPILERS, REPO, get_model, handler_module
@@ -196,7 +196,7 @@ def render_section(results: dict) -> str:
         "",
         f"`python -m scripts.bench.handler_speed --device cuda --compilers ... --precisions ...` ({results['date']}, "
         f"one **{results['device']}**, {results['cpus']} CPUs, torch {results['torch']}, CUDA {results['cuda']}; "
-        "raw results in `docs/handler_speed.json`). Each variant compiled on the GPU by `scripts/build/compile.py` "
+        "raw results in `docs/handler_speed.json`). Each variant compiled on the GPU by `scripts/building/compile.py` "
         f"(checked against the fp32 eager model as `make archive` checks it), then measured {results['seconds']:g} s "
         "each way: *model* = the compiled file on ready-made uint8 tensors on the GPU, *handler* = our handler "
         "in-process (a fake TorchServe context) on a batch of the cat photo as JPEG bytes. fp32 runs cuDNN's "

@@ -22,7 +22,7 @@ import ts
 
 from scripts.bench.loadgen import Request, closed_loop, multipart, percentile
 from scripts.bench.nvml import GpuSampler
-from scripts.build import profiles
+from scripts.building import profiles
 from scripts.child_process import running
 from scripts.samples.photos import encode, photo
 from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve

@@ -16,7 +16,7 @@ import yaml
 
 from scripts.bench.doc import DOCUMENT, about_the_run, markdown_table, publish
 from scripts.bench.harness import WARMUP_S, images, measure, model_config, paused, torchserve
-from scripts.build.archive import build_archive
+from scripts.building.archive import build_archive
 from scripts.zoo import REPO, get_model
 
 VARIANTS = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.build.drift_reference import artifact_of, embed_images, image_files
+from scripts.building.drift_reference import artifact_of, embed_images, image_files
 from scripts.zoo import get_model, handler_module
 
 

@@ -39,7 +39,7 @@ class BGRMeanInput(nn.Module):
 
 
 class WithInput(nn.Module):
-    """An input adapter in front of a model: what scripts/build/compile.py compiles."""
+    """An input adapter in front of a model: what scripts/building/compile.py compiles."""
 
     def __init__(self, adapter: nn.Module, model: nn.Module):
         super().__init__()

@@ -1,4 +1,4 @@
-"""Tiny deterministic models (and the fake TorchServe context of scripts/build/inprocess.py),
+"""Tiny deterministic models (and the fake TorchServe context of scripts/building/inprocess.py),
 so a handler runs exactly as in a worker but without Java, archives or trained weights."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from batched_handler import INPUT_FORMAT, OUTPUT_FORMAT
-from scripts.build.compile import save_compiled
-from scripts.build.inprocess import FakeContext
+from scripts.building.compile import save_compiled
+from scripts.building.inprocess import FakeContext
 
 COLOR_LABELS = ["red", "green", "blue", "gray"]
 TINY_METADATA = {
@@ -144,7 +144,7 @@ def make_handler(tmp_path):
 def face_model_dir(tmp_path_factory) -> Path:
     """The face pixelizer's real model (RetinaFace with its pretrained weights), compiled
     once per test session into a model directory."""
-    from scripts.build.compile import compile_model
+    from scripts.building.compile import compile_model
     from scripts.families.faces import resolve_face_weights
     from scripts.zoo import get_model
 

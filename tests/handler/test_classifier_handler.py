@@ -181,7 +181,7 @@ def test_model_of_another_task_is_refused(make_handler):
 
 
 def test_model_without_metadata_is_refused(make_handler):
-    with pytest.raises(ValueError, match="not built by scripts/build/compile.py"):
+    with pytest.raises(ValueError, match="not built by scripts/building/compile.py"):
         make_handler(metadata=None)
 
 

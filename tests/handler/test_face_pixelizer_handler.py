@@ -10,11 +10,11 @@ import torch
 import yaml
 from PIL import Image
 
-from batched_handler import Response, encoded
+from batched_handler import Response, with_jpegs_encoded
 from face_detection import expand_boxes
 from face_pixelizer_handler import FacePixelizerHandler
-from imaging import encode_jpeg
-from scripts.build.inprocess import FakeContext
+from imaging import jpeg_bytes
+from scripts.building.inprocess import FakeContext
 from scripts.samples.photos import encode, photo
 from scripts.zoo import get_model
 
@@ -47,7 +47,7 @@ def mean_difference(a: np.ndarray, b: np.ndarray, box=None, outside=False) -> fl
 def jpeg_round_trip(image: Image.Image) -> np.ndarray:
     """What re-encoding alone does to a photo (the encoder and quality the handler uses)."""
     as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1)
-    return pixels(encode_jpeg(as_tensor, quality=90))
+    return pixels(jpeg_bytes(as_tensor, quality=90))
 
 
 def test_faces_are_pixelated_and_nothing_else_changes(pixelizer):
@@ -122,15 +122,15 @@ def test_per_request_settings_including_input_size_in_one_batch(pixelizer):
 
 
 def test_image_answers_are_encoded_together_and_one_that_cannot_be_encoded_fails_alone():
-    """`encoded` JPEG-encodes a batch's image answers in one call per quality; when that
+    """`with_jpegs_encoded` JPEG-encodes a batch's image answers in one call per quality; when that
     call fails, each is encoded alone and only the broken one becomes a 500."""
     good = torch.zeros(3, 16, 16, dtype=torch.uint8)
     broken = torch.zeros(3, 16, 16, dtype=torch.float32)  # not uint8: the encoder refuses it
     error = Response.failure(415, "unsupported image format", "not an image")
     responses = [Response.jpeg(good, 90), Response.jpeg(broken, 90), error, Response.jpeg(good, 50)]
-    done = encoded(responses)
+    done = with_jpegs_encoded(responses)
     assert [r.status for r in done] == [200, 500, 415, 200]
-    assert done[0].body == encode_jpeg(good, 90) and done[3].body == encode_jpeg(good, 50)
+    assert done[0].body == jpeg_bytes(good, 90) and done[3].body == jpeg_bytes(good, 50)
     assert all(r.image is None for r in done)
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from classifier_handler import ClassifierHandler
 from detector_handler import DetectorHandler
 from face_pixelizer_handler import FacePixelizerHandler
-from scripts.build.inprocess import FakeContext
+from scripts.building.inprocess import FakeContext
 from scripts.samples.photos import encode, photo
 from tests.handler.conftest import (
     DETECTOR_METADATA,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.build.inprocess import load_handler
-from scripts.build.models import read_metadata
+from scripts.building.inprocess import load_handler
+from scripts.building.models import read_metadata
 from scripts.samples.photos import photo_bytes
 from scripts.zoo import REPO, get_model
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.build.inprocess import load_handler
-from scripts.build.models import read_metadata
+from scripts.building.inprocess import load_handler
+from scripts.building.models import read_metadata
 from scripts.samples.photos import encode, photo
 from scripts.zoo import REPO, get_model
 

@@ -9,7 +9,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from scripts.build.archive import build_archive
+from scripts.building.archive import build_archive
 from scripts.samples.photos import photo_crops, write_images
 from scripts.serve.server import Server, local_torchserve
 from scripts.zoo import MODELS, REPO, get_model

@@ -119,8 +119,8 @@ def test_a_new_family_in_the_files_the_readme_names_builds_and_serves(tmp_path):
     table = (repo / "scripts" / "zoo.py").read_text()
     (repo / "scripts" / "zoo.py").write_text(table.replace("\nMODELS = (\n", "\nMODELS = (\n" + TABLE_ROW, 1))
     store = tmp_path / "store"
-    for command in (["scripts.build.compile", "mean_colour", "--output", "build/mean_colour.pt"],
-                    ["scripts.build.archive", "mean_colour", "--serialized-file", "build/mean_colour.pt",
+    for command in (["scripts.building.compile", "mean_colour", "--output", "build/mean_colour.pt"],
+                    ["scripts.building.archive", "mean_colour", "--serialized-file", "build/mean_colour.pt",
                      "--export-path", str(store)]):  # fmt: skip
         done = subprocess.run([sys.executable, "-m", *command], cwd=repo, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-3000:]

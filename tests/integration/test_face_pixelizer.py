@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from face_detection import expand_boxes
-from imaging import encode_jpeg
+from imaging import jpeg_bytes
 from scripts.samples.photos import encode, photo
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ def pixels(data: bytes) -> np.ndarray:
 
 def reencoded(image: Image.Image) -> np.ndarray:
     """The photo after JPEG re-encoding alone (the handler's encoder and quality)."""
-    return pixels(encode_jpeg(torch.from_numpy(np.array(image)).permute(2, 0, 1), quality=90))
+    return pixels(jpeg_bytes(torch.from_numpy(np.array(image)).permute(2, 0, 1), quality=90))
 
 
 def test_astronaut_face_is_found_and_pixelated_and_nothing_else_changes(torchserve):

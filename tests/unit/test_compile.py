@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compiled_model import load_compiled_model
-from scripts.build import compile as compile_script
-from scripts.build.models import read_metadata
+from scripts.building import compile as compile_script
+from scripts.building.models import read_metadata
 from scripts.families import family
 from scripts.families.classifiers import check_classifier_input, check_classifier_parity, parity_batch
 from scripts.families.weights import IMAGENET_PRESET, random_weights, resolve_classifier_weights

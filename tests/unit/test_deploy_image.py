@@ -83,7 +83,7 @@ def test_the_runtime_stage_is_minimal_non_root_and_health_checked():
     sources = [part for arguments in copied if "--from=" not in arguments for part in arguments.split()[:-1]]
     for source in sources:
         assert (REPO / source).exists(), source
-    assert not any(s.startswith(("handlers", "tests", "scripts/build", "scripts/client")) for s in sources)
+    assert not any(s.startswith(("handlers", "tests", "scripts/building", "scripts/client")) for s in sources)
     # what the probe and the launcher import: the standard library and the shared modules that import it only
     shared = {"scripts.ts_api", "scripts.child_process"}
     for path in ("serve/launch.py", "serve/probe.py", "ts_api.py", "child_process.py"):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from drift import median_bandwidth, mmd_test, pairwise_distances
-from scripts.build.compile import compile_model
+from scripts.building.compile import compile_model
 from scripts.families.weights import resolve_classifier_weights
 from scripts.monitor import drift as report
 from scripts.samples.photos import photo_crops, write_images

@@ -11,13 +11,13 @@ from PIL import Image
 
 from imaging import (
     ImageInfo,
-    ImageMeta,
     InputError,
+    LetterboxGeometry,
     center_crop_box,
     check_image,
     decode_image,
     decode_image_at_least,
-    encode_jpeg,
+    jpeg_bytes,
     jpeg_reduction,
     letterbox,
     probe_image,
@@ -218,14 +218,14 @@ def test_letterbox_pads_with_grey_and_keeps_the_picture_centred():
 
 
 def test_unletterbox_clips_to_the_image():
-    meta = ImageMeta(width=100, height=50, scale_x=1.0, scale_y=1.0, pad_left=0, pad_top=25)
+    meta = LetterboxGeometry(width=100, height=50, scale_x=1.0, scale_y=1.0, pad_left=0, pad_top=25)
     boxes = torch.tensor([[-10.0, 0.0, 120.0, 100.0]])
     assert unletterbox_boxes(boxes, meta).tolist() == [[0.0, 0.0, 100.0, 50.0]]
 
 
-def test_encode_jpeg_round_trips(chelsea):
+def test_jpeg_bytes_round_trip(chelsea):
     image = torch.from_numpy(np.array(chelsea)).permute(2, 0, 1).contiguous()
-    decoded = decode_image(encode_jpeg(image, quality=95), LIMIT)
+    decoded = decode_image(jpeg_bytes(image, quality=95), LIMIT)
     assert decoded.shape == image.shape and (decoded.float() - image.float()).abs().mean() < 3
 
 

@@ -16,11 +16,11 @@ ALLOWED = {
     "samples": set(),
     "nets": set(),
     "families": {"nets", "zoo"},
-    "build": {"families", "nets", "zoo"},
+    "building": {"families", "nets", "zoo"},
     "serve": {"child_process", "setup", "ts_api", "zoo"},  # replicas.py runs the HAProxy setup.haproxy provides
     "setup": {"zoo"},
-    "bench": {"build", "child_process", "client", "families", "nets", "samples", "serve", "ts_api", "zoo"},
-    "monitor": {"build", "zoo"},
+    "bench": {"building", "child_process", "client", "families", "nets", "samples", "serve", "ts_api", "zoo"},
+    "monitor": {"building", "zoo"},
     "client": {"ts_api", "zoo"},  # nothing of the servers' harness or the benchmarks
     "web": {"child_process", "client", "ts_api", "zoo"},  # the page is a client of TorchServe like any other
 }
@@ -42,7 +42,7 @@ def imports(path: Path) -> set[str]:
 
 
 def group(module: str) -> str:
-    """scripts.build.compile -> "build"; scripts.zoo -> "zoo"."""
+    """scripts.building.compile -> "building"; scripts.zoo -> "zoo"."""
     return module.split(".")[1]
 
 

@@ -56,7 +56,7 @@ def test_serving_loads_torchscript_only_never_a_pickle(tmp_path):
     """A pickled module put where the model belongs is refused without running its payload."""
     marker = tmp_path / "pwned"
     torch.save({"model": Exploit(marker)}, tmp_path / "model.pt")
-    with pytest.raises(ValueError, match="not built by scripts/build/compile.py"):
+    with pytest.raises(ValueError, match="not built by scripts/building/compile.py"):
         load_compiled_model(tmp_path / "model.pt", torch.device("cpu"))
     assert not marker.exists()
     (tmp_path / "model.pt").write_bytes(b"\x80\x04 an old-style pickle, not a zip")
@@ -88,7 +88,7 @@ def test_the_logging_configuration_is_well_formed_xml():
 def test_the_gateway_refuses_every_parameter_header_given_twice():
     """TorchServe keeps one of a repeated header before any handler runs; the gateway
     refuses each parameter any model takes, in each spelling the handlers read."""
-    from scripts.build.inprocess import handler_class
+    from scripts.building.inprocess import handler_class
     from scripts.families import families
 
     config = (REPO / "deploy" / "haproxy" / "gateway.cfg").read_text()

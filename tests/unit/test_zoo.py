@@ -11,8 +11,8 @@ import yaml
 from classification import ClassifierSettings
 from detection import DetectorSettings
 from face_detection import FaceSettings
-from scripts.build.archive import build_archive, shared_handler_modules
-from scripts.build.profiles import FRONTEND_KEYS, PROFILES, gpu_defaults, model_config, resolve_profile
+from scripts.building.archive import build_archive, shared_handler_modules
+from scripts.building.profiles import FRONTEND_KEYS, PROFILES, gpu_defaults, model_config, resolve_profile
 from scripts.families import families
 from scripts.zoo import MODELS, REPO, get_model
 from settings import settings_from_mapping

@@ -2,7 +2,7 @@
 embedded by the compiled model exactly as a worker embeds what it serves (the zoo's
 handler, run in-process), saved for the archive (`make archive DRIFT_REFERENCE=<dir>`).
 
-    python -m scripts.build.drift_reference mobilenet_v2 IMAGES_DIR --output drift_reference.pt
+    python -m scripts.building.drift_reference mobilenet_v2 IMAGES_DIR --output drift_reference.pt
 """
 
 import argparse
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.build.inprocess import load_handler
+from scripts.building.inprocess import load_handler
 from scripts.zoo import REPO, get_model, handler_module
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

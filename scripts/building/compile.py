@@ -1,7 +1,7 @@
 """Compile one model of the zoo to TorchScript, prove it matches the eager model on
 real photos, and embed its metadata (task, input contract, weights provenance).
 
-    python -m scripts.build.compile mobilenet_v2 --output build/mobilenet_v2.pt
+    python -m scripts.building.compile mobilenet_v2 --output build/mobilenet_v2.pt
 """
 
 import argparse

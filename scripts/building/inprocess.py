@@ -7,7 +7,7 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from scripts.build.profiles import model_config
+from scripts.building.profiles import model_config
 from scripts.families import family
 from scripts.zoo import REPO, get_model, handler_module
 

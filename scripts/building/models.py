@@ -1,6 +1,6 @@
 """Show what each compiled model is: task, input size and where its weights came from.
 
-    python -m scripts.build.models build/*.pt [--strict]
+    python -m scripts.building.models build/*.pt [--strict]
 
 With --strict it fails if any model was built with random weights.
 """

@@ -1,12 +1,12 @@
 """Pack one compiled model into a TorchServe archive: the one recipe for every model.
 
-    python -m scripts.build.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
+    python -m scripts.building.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
 
 The archive holds the TorchScript file, the family's handler module, the shared
 handler modules (TorchServe copies extra files flat into the model directory, which
 is on the worker's PYTHONPATH), the family's data files and the model's YAML config
-(with --profile gpu, its GPU settings: scripts/build/profiles.py); with --drift-reference
-DIR also the drift test's reference sample, embedded from DIR (scripts/build/drift_reference.py).
+(with --profile gpu, its GPU settings: scripts/building/profiles.py); with --drift-reference
+DIR also the drift test's reference sample, embedded from DIR (scripts/building/drift_reference.py).
 """
 
 import argparse
@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from scripts.build.drift_reference import write_reference
-from scripts.build.profiles import PROFILES, profile_file
+from scripts.building.drift_reference import write_reference
+from scripts.building.profiles import PROFILES, profile_file
 from scripts.families import families, family
 from scripts.zoo import HANDLERS_DIR, REPO, ModelSpec, get_model, handler_module
 
