@@ -9,12 +9,14 @@ torchvision computes them. On CUDA (nvJPEG batches) it uses the torchvision pack
 """
 
 import importlib.util
+import io as io_module
 import platform
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as nnf
+from PIL import Image
 
 RGB = 3  # torchvision.io.ImageReadMode.RGB
 # libjpeg's JPEG_MAX_DIMENSION. Beyond it torchvision 0.29's encoder crashes the whole
@@ -47,12 +49,35 @@ def decode_jpeg(data: torch.Tensor) -> torch.Tensor:
 
 def decode_jpegs(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Several JPEGs (uint8 [N] each) -> uint8 RGB [3, H, W] each on `device`, EXIF
-    orientation applied; on CUDA in one nvJPEG call (torchvision.io.decode_jpeg)."""
+    orientation applied; on CUDA in one nvJPEG call (torchvision.io.decode_jpeg), which
+    ignores the EXIF orientation there ("only implemented for JPEG on CPU"): it is read
+    from each file's header on the host and applied on the device."""
     if device.type == "cuda":
         from torchvision import io
 
-        return io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, apply_exif_orientation=True, device=device)
+        orientations = [exif_orientation(data.numpy().tobytes()) for data in datas]
+        images = io.decode_jpeg(datas, mode=io.ImageReadMode.RGB, device=device)
+        return [oriented(image, orientation) for image, orientation in zip(images, orientations, strict=True)]
     return [decode_jpeg(data) for data in datas]
+
+
+def exif_orientation(data: bytes) -> int:
+    """A JPEG's EXIF orientation (1-8; 1, as stored, when it says none), from its header."""
+    try:
+        with Image.open(io_module.BytesIO(data)) as image:
+            orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # an unreadable header: the decoder says what is wrong with it
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+
+
+def oriented(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """[C, H, W] as stored -> as an EXIF `orientation` (1-8) says to display it."""
+    if orientation in (2, 4):
+        return image.flip(-1 if orientation == 2 else -2)
+    turns = {3: 2, 5: 1, 6: -1, 7: -1, 8: 1}.get(orientation, 0)  # quarter turns, counter-clockwise
+    turned = image.rot90(turns, (-2, -1)) if turns else image
+    return turned.flip(-2) if orientation in (5, 7) else turned
 
 
 def encode_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ import torch
 import torchvision.io
 import torchvision.ops
 import torchvision.transforms.v2.functional as F
+from PIL import Image
 
 import vision_ops
 from compiled_model import load_compiled_model
@@ -161,3 +162,27 @@ def test_the_jpeg_encoder_is_never_called_beyond_what_libjpeg_takes():
             vision_ops.encode_jpeg(torch.zeros(shape, dtype=torch.uint8), 90)
         with pytest.raises(ValueError):
             vision_ops.encode_jpegs([torch.zeros(shape, dtype=torch.uint8)], 90)
+
+
+def test_the_gpu_decode_path_applies_the_exif_orientation(monkeypatch):
+    """nvJPEG (torchvision.io.decode_jpeg on CUDA) ignores the EXIF orientation: a phone
+    photo would be served turned, its boxes and hidden faces in the wrong place. The CUDA
+    branch reads it from each header and turns the decoded image itself; here it runs on
+    the CPU with a stand-in for nvJPEG that decodes as it does (orientation ignored), and
+    gives exactly what the CPU decoder gives, for every orientation, in one batch."""
+    base = photo("chelsea").resize((64, 40))
+    datas = []
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        datas.append(torch.frombuffer(bytearray(encode(base, "JPEG", exif=exif, quality=95)), dtype=torch.uint8))
+
+    def nvjpeg(batch, mode, device, apply_exif_orientation=False):
+        return [torch.ops.image.decode_jpeg(data, vision_ops.RGB, False) for data in batch]  # orientation ignored
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", nvjpeg)
+    on_gpu = vision_ops.decode_jpegs(datas, torch.device("cuda"))
+    on_cpu = vision_ops.decode_jpegs(datas, torch.device("cpu"))
+    assert [tuple(image.shape[1:]) for image in on_cpu] == [(40, 64)] * 4 + [(64, 40)] * 4
+    assert all(torch.equal(gpu, cpu) for gpu, cpu in zip(on_gpu, on_cpu, strict=True))
+    assert vision_ops.exif_orientation(b"not a jpeg") == 1
