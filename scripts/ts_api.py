@@ -9,6 +9,7 @@ an answer never tells who wrote it. The frontend's own errors have a shape of th
 class>, "message": ...}), which no handler here writes: only that shape counts.
 """
 
+import ipaddress
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,19 @@ def read_properties(path: Path) -> dict[str, str]:
     reads config.properties."""
     pairs = (line.split("=", 1) for line in Path(path).read_text().splitlines() if "=" in line)
     return {key.strip(): value.strip() for key, value in pairs if not key.lstrip().startswith("#")}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address, or "localhost") can only be reached from this machine. An
+    IPv4 address mapped into IPv6 counts as itself (Java listens on ::ffff:127.0.0.1); any
+    other name, or an empty host, is not provably loopback."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 def frontend_error(status: int, body: str | bytes) -> FrontendError | None:

@@ -21,7 +21,6 @@ every start and takes none from outside, so N replicas have N different keys. Tw
 """
 
 import argparse
-import ipaddress
 import os
 import shutil
 import signal
@@ -33,7 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from scripts.child_process import spawn
-from scripts.ts_api import read_properties
+from scripts.ts_api import is_loopback, read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 AUTH_MODES = ("token", "gateway")
@@ -51,15 +50,6 @@ class UnsafeDeployment(ValueError):
 def host_of(address: str) -> str:
     """ "http://127.0.0.1:8080" -> "127.0.0.1"; a bare host (the gRPC addresses) as it is."""
     return urlsplit(address).hostname or "" if "://" in address else address
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a name other than localhost, or an empty host: not provably loopback
-        return False
 
 
 def deployment_properties(properties: Mapping[str, str], auth: str, overrides: Mapping[str, str]) -> dict[str, str]:

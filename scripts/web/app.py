@@ -20,7 +20,6 @@ The page itself (static/) is plain HTML and JavaScript modules: no build step, n
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -48,7 +47,7 @@ from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
 from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES
 from scripts.client.video import MODEL as VIDEO_MODEL
-from scripts.ts_api import key_refused
+from scripts.ts_api import is_loopback, key_refused
 from scripts.web.access import SameOriginOnly, allowed_hosts, new_token
 from scripts.web.videos import MAX_VIDEO_BYTES, MAX_VIDEOS_AT_ONCE, VideoJobs
 from scripts.zoo import REPO
@@ -274,13 +273,6 @@ def build_app(zoo: Zoo, jobs: VideoJobs, hosts: frozenset[str], token: str, body
     handlers = {HTTPException: refused, Exception: internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     return SameOriginOnly(app, hosts, token)
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def get_args_parser() -> argparse.ArgumentParser:

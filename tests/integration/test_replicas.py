@@ -5,7 +5,6 @@ a replica never answered) and the balancer's view following the kill."""
 
 import json
 import os
-from ipaddress import ip_address
 
 import psutil
 import pytest
@@ -15,6 +14,7 @@ from scripts.bench.harness import images
 from scripts.bench.replicas import kill_and_restart
 from scripts.serve.replicas import descendants, running_replicas
 from scripts.setup.haproxy import command_of, prefix_of
+from scripts.ts_api import is_loopback
 
 MODEL = "mobilenet_v2"
 
@@ -71,11 +71,6 @@ def listening_on(pid: int) -> list:
         return [c.laddr for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN]
     except psutil.NoSuchProcess:
         return []
-
-
-def is_loopback(ip: str) -> bool:
-    address = ip_address(ip)
-    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # Java listens on ::ffff:127.0.0.1
 
 
 def test_a_describe_header_never_reaches_torchserve_through_the_gateway(cluster):
