@@ -40,7 +40,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 # What the compiled models depend on: the model table, the building code, the networks
 # and the per-family code (scripts/bench, scripts/serve and scripts/setup are not).
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/building/*.py scripts/nets/*.py scripts/families/*.py)
-HANDLER_SRC := $(wildcard handlers/*.py)
+HANDLER_SRC := $(wildcard handlers/*.py handlers/*/*.py)
 
 .PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-gpu soak serve stop test test-unit lint clean \
 	distclean

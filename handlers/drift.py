@@ -7,9 +7,13 @@ of the pooled sample's pairwise distances (the median heuristic). Statistic: the
 unbiased estimate of MMD^2 (the kernel's diagonal left out). p-value: the fraction of
 random relabellings of the pooled sample whose statistic is at least the observed one,
 (1 + count) / (1 + permutations), so never exactly 0.
+
+Also what a worker's live test (observers.DriftMonitor) is set with and reports, and the
+archive's reference sample it compares against.
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -75,3 +79,45 @@ def mmd_test(reference: torch.Tensor, current: torch.Tensor, permutations: int =
         null = mmd_statistics(kernel, shuffled)
     p_value = (1 + (null >= score).sum().item()) / (1 + permutations)
     return DriftResult(score.item(), p_value, bandwidth, null.float())
+
+
+REFERENCE_FILE = "drift_reference.pt"  # in the model directory, written by scripts/building/drift_reference.py
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    window: int = 100  # the most recent images compared with the reference
+    every: int = 100  # images between two tests
+    permutations: int = 200  # relabellings for the p-value (its resolution is 1 / (1 + permutations))
+    threshold: float = 0.01  # p-values below it are drift: a warning in the log
+    reference_size: int = 100  # images taken as the reference when the archive holds none
+
+    def __post_init__(self):
+        for name, low in (("window", 2), ("every", 1), ("permutations", 0), ("reference_size", 2)):
+            if not low <= getattr(self, name) <= 100_000:
+                raise ValueError(f"drift_{name} must be between {low} and 100000, got {getattr(self, name)}")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"drift_threshold must be between 0 and 1, got {self.threshold}")
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One test's result, with what it compared."""
+
+    result: DriftResult
+    window: int  # images in the window
+    reference: int  # images in the reference
+    drifted: bool  # p-value below the threshold
+
+
+def load_reference(path: Path, feature_size: int, weights_sha256: str | None) -> torch.Tensor:
+    """The archive's reference features (Tensor[N, feature_size]); refused when they come
+    from other weights or another feature size: compared with this model's features they
+    would report drift that is not there."""
+    stored = torch.load(path, map_location="cpu", weights_only=True)
+    features = stored["features"]
+    if features.ndim != 2 or features.shape[1] != feature_size or len(features) < 2:
+        raise ValueError(f"{path.name}: features of shape {tuple(features.shape)}, expected [N >= 2, {feature_size}]")
+    if stored.get("weights_sha256") != weights_sha256:
+        raise ValueError(f"{path.name} was computed with other weights than this model's: rebuild the archive")
+    return features.float()

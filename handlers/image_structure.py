@@ -14,7 +14,7 @@ and nothing after it (tests/unit/test_image_structures.py times a 1,500-frame on
 import math
 import struct
 
-from errors import InputError
+from .errors import InputError
 
 MAX_FRAMES = 10_000  # frames an animated PNG or WebP may declare or hold
 MAX_CHUNKS = 100_000  # PNG or WebP chunks walked, at most: a file's list of them is bounded too

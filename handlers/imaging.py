@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import vision_ops
-from errors import InputError, public_detail
-from image_structure import check_structure
+from . import vision_ops
+from .errors import InputError, public_detail
+from .image_structure import check_structure
 
 # JPEGs are decoded by torchvision's C decoder (libjpeg-turbo, faster than PIL's); the
 # other formats go through PIL, because torchvision 0.29's other decoders are unsafe or
@@ -98,8 +98,10 @@ def looks_like_image(data: bytes) -> bool:
 
 def check_image(data: bytes, max_pixels: int) -> ImageInfo:
     """The header of a supported image within the pixel limit, listing no more than
-    image_structure's limits, or InputError."""
-    check_structure(data)
+    image_structure's limits, or InputError. A JPEG goes to torchvision's decoder, which
+    reads none of what Pillow would build from its headers (image_structure's cases)."""
+    if not data.startswith(IMAGE_SIGNATURES[0]):
+        check_structure(data)
     info = probe_image(data)
     if info.format not in SUPPORTED_FORMATS:
         raise InputError(
@@ -271,6 +273,12 @@ def unletterbox_boxes(boxes: torch.Tensor, geometry: LetterboxGeometry) -> torch
     """boxes (Tensor[N, 4]) in (x1, y1, x2, y2) model-input pixels -> the same boxes in
     original-image pixels, clipped to the image. Returns a new tensor."""
     return unletterbox_points(boxes.reshape(-1, 2, 2), geometry).reshape(boxes.shape)
+
+
+def box_fields(box: list[float]) -> dict[str, float]:
+    """(x1, y1, x2, y2) in pixels -> the answer's box fields, to a tenth of a pixel."""
+    x1, y1, x2, y2 = (round(value, 1) for value in box)
+    return {"left": x1, "top": y1, "right": x2, "bottom": y2}
 
 
 def jpeg_bytes(image: torch.Tensor, quality: int = 90) -> bytes:

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from drift_monitor import DriftSettings
-from errors import InputError, listed, shown
+from .drift import DriftSettings
+from .errors import InputError, listed, shown
 
 S = TypeVar("S")
 
@@ -45,14 +45,14 @@ class ImageHandlerSettings:
     # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
     channels_last: bool = False
     # Once the worker has been idle this many seconds, give the memory its batches freed back
-    # to the system (glibc keeps it for reuse: idle_memory.IdleTrimmer); 0 = never.
+    # to the system (glibc keeps it for reuse: observers.IdleTrimmer); 0 = never.
     release_memory_after_s: float = 2.0
-    # Emit the handler's metrics (handlers/metrics.py; their cost: docs/benchmarks.md).
+    # Emit the handler's metrics (handlers/observers.py; their cost: docs/benchmarks.md).
     metrics: bool = True
     # Send X-Batch-Size (requests TorchServe handed over together) with every answer. Useful
     # when tuning batchSize/maxBatchDelay; off by default: it tells clients about others' traffic.
     batch_size_header: bool = False
-    # Live input drift (drift_monitor.py): every drift_every images, the kernel MMD test
+    # Live input drift (observers.py): every drift_every images, the kernel MMD test
     # between the last drift_window images' features and the reference (the archive's,
     # else this worker's first drift_reference_size images); p < drift_threshold: a warning.
     drift: bool = True
@@ -83,6 +83,34 @@ class ImageHandlerSettings:
             self.drift_threshold,
             self.drift_reference_size,
         )
+
+
+# What a detecting task answers: the found objects or faces, or the photo as JPEG.
+OUTPUT_FORMATS = ("json", "image")
+
+
+@dataclass(frozen=True)
+class DetectionSettings(ImageHandlerSettings):
+    """What every detecting handler shares (the object detectors, the face pixelizer)."""
+
+    # Letterbox size; 0 = the size the model was compiled and checked at (640).
+    input_size: int = 0
+    score_threshold: float = 0.25  # a detection's minimum score
+    iou_threshold: float = 0.45  # NMS
+    format: str = "json"  # "json": what was found; "image": the photo as JPEG (boxes drawn, or faces hidden)
+    jpeg_quality: int = 90  # for format=image
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("input_size", self.input_size, 0, 4096)
+        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
+        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
+        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
+        check_choice("format", self.format, OUTPUT_FORMATS)
+
+
+# The per-request parameters every detecting handler accepts -> the DetectionSettings field.
+DETECTION_PARAMS = {"confidence": "score_threshold", "iou": "iou_threshold", "format": "format"}
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:

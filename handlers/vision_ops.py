@@ -184,6 +184,24 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return nms(boxes + offsets[:, None], scores.double(), iou_threshold)
 
 
+def nms_per_image(
+    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, image: torch.Tensor, iou_thresholds: list[float]
+) -> torch.Tensor:
+    """Indices of the boxes that NMS keeps within each group, image i's at iou_thresholds[i]:
+    one NMS call per image. NMS compares every pair of the boxes it is given (torchvision's
+    CPU kernel takes 2.4 s for 30,000 boxes, 11 s for 60,000; its CUDA kernel a mask of
+    N x N bits), so the boxes of different images are never given together: a batch of
+    hostile requests (confidence=0, iou=1) then costs each image its own N, not the batch's."""
+    counts = torch.bincount(image, minlength=len(iou_thresholds)).tolist()
+    by_image = image.argsort(stable=True).split(counts)
+    kept = [
+        members[batched_nms(boxes[members], scores[members], groups[members], threshold)]
+        for members, threshold in zip(by_image, iou_thresholds, strict=True)
+        if len(members)
+    ]
+    return torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64, device=boxes.device)
+
+
 def rank_within_groups(groups: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """groups (Tensor[N], int), scores (Tensor[N]) -> each element's rank within its group
     by decreasing score (0: the group's best), in the elements' order. Keeps "the best k

@@ -6,11 +6,8 @@ the standard library.
 """
 
 import argparse
-import importlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 REPO = Path(__file__).resolve().parent.parent
 HANDLERS_DIR = REPO / "handlers"
@@ -138,14 +135,6 @@ def get_model(name: str) -> ModelSpec:
             return spec
     known = ", ".join(spec.name for spec in MODELS)
     raise KeyError(f"unknown model {name!r}; the zoo has: {known}")
-
-
-def handler_module(name: str) -> ModuleType:
-    """A module of handlers/, for the build tools: handlers/ is flat on TorchServe's
-    PYTHONPATH, so its modules import each other by bare name; the same here."""
-    if str(HANDLERS_DIR) not in sys.path:
-        sys.path.append(str(HANDLERS_DIR))
-    return importlib.import_module(name)
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,8 @@ def chelsea_jpeg(chelsea) -> bytes:
 @pytest.fixture(scope="session", autouse=True)
 def worker_registry(tmp_path_factory):
     """Handlers built by the tests, and the TorchServe workers they start, register in a
-    registry of their own, not in the machine's (handlers/cpu_threads.py::WorkerRegistry)."""
-    from cpu_threads import REGISTRY_ENV
+    registry of their own, not in the machine's (handlers/observers.py::WorkerRegistry)."""
+    from handlers.observers import REGISTRY_ENV
 
     with pytest.MonkeyPatch.context() as patch:
         directory = tmp_path_factory.mktemp("workers")

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
+from handlers.observers import threads_per_worker, usable_cores
+from handlers.service import load_compiled_model
 from scripts.bench.harness import model_config
-from scripts.zoo import REPO, get_model, handler_module
+from scripts.zoo import REPO, get_model
 
 
 def synchronized(device: torch.device) -> None:
@@ -44,10 +46,7 @@ def images_per_second(
 def served_settings(model: str) -> tuple[int, int, int]:
     """(batchSize, workers, intra-op threads per worker) the archive serves with on this machine."""
     config = model_config(model)
-    cpu_threads = handler_module("cpu_threads")
-    threads = config.get("handler", {}).get("num_threads") or cpu_threads.threads_per_worker(
-        cpu_threads.usable_cores(), config["maxWorkers"]
-    )
+    threads = config.get("handler", {}).get("num_threads") or threads_per_worker(usable_cores(), config["maxWorkers"])
     return config["batchSize"], config["maxWorkers"], threads
 
 
@@ -58,7 +57,7 @@ def model_throughput(
     inputs on `device` (all its threads' CPU: a thread waiting for another spends less than
     the wall time)."""
     device = torch.device(device)
-    compiled, metadata = handler_module("compiled_model").load_compiled_model(path, device)
+    compiled, metadata = load_compiled_model(path, device)
     height, width = metadata["input_size"]
     result = {}
     for batch in batches:

@@ -28,7 +28,7 @@ from scripts.bench.harness import Target, as_form, images, measure, peer, torchs
 from scripts.building.archive import ARCHIVE_VERSION
 from scripts.building.inprocess import load_handler
 from scripts.serve.server import free_ports
-from scripts.zoo import REPO, get_model, handler_module
+from scripts.zoo import REPO, get_model
 
 CONCURRENCY = (1, 8, 32)
 CLASSIFIERS = ("mobilenet_v2", "resnet18")  # the models every peer serves too
@@ -192,7 +192,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    handler_module("batched_handler")  # handlers/ on the path: the in-process handler and loader
     results = run(args.quick, args.seconds or (3 if args.quick else 15))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

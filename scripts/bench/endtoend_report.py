@@ -4,8 +4,8 @@ docs/benchmarks.png (throughput and p99 latency against concurrency)."""
 
 from collections.abc import Iterator
 
+from handlers.observers import STAGES
 from scripts.bench.doc import markdown_table
-from scripts.zoo import handler_module
 
 # The performance targets, on this machine.
 BUILTIN_FACTOR = 2.0  # classifiers: at least twice the built-in handler's req/s at 8 and 32 clients
@@ -122,7 +122,7 @@ def litserve_lines(results: dict) -> list[str]:
 def breakdown_lines(results: dict) -> list[str]:
     """Where a request's time goes: our handler's stages in-process (ms per image at the served
     batch), and TorchServe's own counters per request at 8 clients."""
-    stages = handler_module("metrics").STAGES
+    stages = STAGES
     rows = []
     for model, split in results["breakdown"].items():
         ours = point(results, "ours", model, 8) or {}

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import torch
 
+from handlers.observers import STAGES
 from scripts.bench.alone import images_per_second, synchronized
 from scripts.bench.doc import DOCUMENT, markdown_table, publish
 from scripts.building.compile import PRECISIONS, compile_model
 from scripts.building.inprocess import load_handler
 from scripts.families import family
 from scripts.samples.photos import encode, photo
-from scripts.zoo import COMPILERS, REPO, get_model, handler_module
+from scripts.zoo import COMPILERS, REPO, get_model
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")
 RATIO_TARGET = 0.7  # on a GPU, the handler keeps at least this share of the model's img/s ...
@@ -52,7 +53,7 @@ def measure(model: str, batch: int, device: torch.device, seconds: float, artifa
         jpeg = bytearray(encode(photo("chelsea"), "JPEG", quality=90))
         requests = [{"body": jpeg} for _ in range(batch)]
         with torch.inference_mode():
-            model_only = images_per_second(lambda: handler.model(tensors), batch, handler.device, seconds)
+            model_only = images_per_second(lambda: handler.engine.model(tensors), batch, handler.device, seconds)
         handled = images_per_second(lambda: handler.handle(requests, context), batch, handler.device, seconds)
         failed = sorted({code for code, _ in context.statuses.values() if code != 200})
         if failed:
@@ -69,20 +70,21 @@ def measure(model: str, batch: int, device: torch.device, seconds: float, artifa
 def synchronised_stages(handler):
     """The handler's stage timer waiting for the device at each stage's start and end, for the
     block: work a stage queued on a GPU is otherwise paid for by the next stage that reads it."""
-    timed = handler._timed
+    observers = handler.observers
+    timed = observers.timed
 
     @contextlib.contextmanager
-    def synchronised(context, stage):
+    def synchronised(stage):
         synchronized(handler.device)
-        with timed(context, stage):
+        with timed(stage):
             yield
             synchronized(handler.device)
 
-    handler._timed = synchronised
+    observers.timed = synchronised
     try:
         yield
     finally:
-        del handler._timed  # the class's own again
+        del observers.timed  # the class's own again
 
 
 def build_variant(model: str, compiler: str, precision: str, device: torch.device, directory: Path) -> dict:
@@ -187,7 +189,7 @@ def batch_ms(row: dict, stages: tuple[str, ...]) -> list[str]:
 def render_section(results: dict) -> str:
     """The handler-vs-model table of a run of every variant, with the target's verdict at
     batch TARGET_BATCH, where that batch's time goes, and what failed."""
-    rows, stages = results["rows"], handler_module("metrics").STAGES
+    rows, stages = results["rows"], STAGES
     random_models = sorted({r["model"] for r in rows if r["random_weights"]})
     table = [[r["model"], r["compiler"], r["precision"], r["batch"], f"{r['model_img_per_s']:.0f}",
               f"{r['handler_img_per_s']:.0f}", verdict(r)] for r in rows]  # fmt: skip
@@ -231,7 +233,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(REPO / "handlers"))
     if args.render:
         results = json.loads(args.render.read_text())
         publish("handler_speed", render_section(results), results, args.output, None)

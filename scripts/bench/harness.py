@@ -20,13 +20,14 @@ import psutil
 import requests
 import ts
 
+from handlers.observers import BATCH_IMAGES, REGISTRY_ENV, STAGE_SECONDS
 from scripts.bench.loadgen import Request, closed_loop, multipart, percentile
 from scripts.bench.nvml import GpuSampler
 from scripts.building import profiles
 from scripts.child_process import running
 from scripts.samples.photos import encode, photo
 from scripts.serve.server import LOG_CONFIG, free_ports, local_torchserve
-from scripts.zoo import REPO, get_model, handler_module
+from scripts.zoo import REPO, get_model
 
 # TorchServe's own defaults for what our config.properties tunes, and its own logging.
 TORCHSERVE_DEFAULTS = {
@@ -127,7 +128,7 @@ def alive_and_running(process: psutil.Process) -> bool:
 
 def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]:
     """TorchServe's cumulative queue and inference latency (microseconds) for `model`, and our
-    handler's seconds per stage (handlers/metrics.py's STAGE_SECONDS, keyed by the stage)."""
+    handler's seconds per stage (handlers/observers.py's STAGE_SECONDS, keyed by the stage)."""
     if metrics_url is None:
         return {}
     text = requests.get(f"{metrics_url}/metrics", timeout=10).text
@@ -135,13 +136,12 @@ def torchserve_counters(metrics_url: str | None, model: str) -> dict[str, float]
     for name in (QUEUE, INFERENCE):
         match = re.search(rf'^{name}{{model_name="{model}".*}} (\S+)$', text, re.M)
         counters[name] = float(match.group(1)) if match else 0.0
-    metrics = handler_module("metrics")
-    for labels, value in re.findall(rf"^{metrics.STAGE_SECONDS}_sum{{(.*)}} (\S+)$", text, re.M):
+    for labels, value in re.findall(rf"^{STAGE_SECONDS}_sum{{(.*)}} (\S+)$", text, re.M):
         label = dict(re.findall(r'(\w+)="([^"]*)"', labels))
         if label.get("ModelName") == model:
             counters[label["stage"]] = counters.get(label["stage"], 0.0) + float(value)
     for suffix in ("sum", "count"):  # images, forward passes
-        for labels, value in re.findall(rf"^{metrics.BATCH_IMAGES}_{suffix}{{(.*)}} (\S+)$", text, re.M):
+        for labels, value in re.findall(rf"^{BATCH_IMAGES}_{suffix}{{(.*)}} (\S+)$", text, re.M):
             if dict(re.findall(r'(\w+)="([^"]*)"', labels)).get("ModelName") == model:
                 counters[f"ts_batch_{suffix}"] = counters.get(f"ts_batch_{suffix}", 0.0) + float(value)
     return counters
@@ -184,9 +184,9 @@ def torchserve(
     """A TorchServe of its own serving `names` from `store` -> its Target. `defaults`:
     TorchServe's own settings and logging (the built-in handler's baseline). `registry`:
     a worker registry of its own, so that its idle workers never count as busy in another
-    server's thread budget (handlers/cpu_threads.py)."""
+    server's thread budget (handlers/observers.py)."""
     overrides, log_config = (TORCHSERVE_DEFAULTS, None) if defaults else (None, LOG_CONFIG)
-    env = {handler_module("cpu_threads").REGISTRY_ENV: str(registry)} if registry else None
+    env = {REGISTRY_ENV: str(registry)} if registry else None
     with local_torchserve(store, names, overrides=overrides, log_config=log_config, env=env) as running:
         yield Target(
             server, running.inference, running.process.pid, running.keys.header("inference"), metrics=running.metrics

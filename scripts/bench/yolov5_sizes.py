@@ -37,7 +37,7 @@ def gflops(model: torch.nn.Module, size: int) -> float:
 
 
 def measure(name: str, build_dir: Path, seconds: float, device: torch.device) -> dict:
-    from compiled_model import load_compiled_model
+    from handlers.service import load_compiled_model
 
     network = YOLOv5(SIZES[name]).eval()  # the architecture the build compiles; weights do not change timings
     flops = gflops(network, INPUT_SIZE)
@@ -126,7 +126,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(REPO / "handlers"))  # the handlers' loader, as on TorchServe's PYTHONPATH
     names = ("yolov5s", "yolov5m", "yolov5l")
     missing = [name for name in names if not (args.build_dir / get_model(name).artifact).is_file()]
     if missing:

@@ -2,24 +2,29 @@
 
     python -m scripts.building.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
 
-The archive holds the TorchScript file, the family's handler module, the shared
-handler modules (TorchServe copies extra files flat into the model directory, which
-is on the worker's PYTHONPATH), the family's data files and the model's YAML config
+The archive holds the compiled model, the family's entry module (TorchServe's --handler),
+the handlers package with the modules that entry module imports and no others (TorchServe
+copies an extra directory's contents into the model directory, which is on the worker's
+PYTHONPATH: `handlers/` lands there whole), the family's data files and the model's YAML config
 (with --profile gpu, its GPU settings: scripts/building/profiles.py); with --drift-reference
 DIR also the drift test's reference sample, embedded from DIR (scripts/building/drift_reference.py).
 """
 
 import argparse
+import ast
+import inspect
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from handlers.drift import REFERENCE_FILE
 from scripts.building.drift_reference import write_reference
 from scripts.building.profiles import PROFILES, profile_file
-from scripts.families import families, family
-from scripts.zoo import HANDLERS_DIR, REPO, ModelSpec, get_model, handler_module
+from scripts.families import family
+from scripts.zoo import HANDLERS_DIR, REPO, ModelSpec, get_model
 
 ARCHIVE_VERSION = "1.0"
 
@@ -32,15 +37,16 @@ def archiver_command(
     config: Path,
     extra: tuple[Path, ...] = (),
 ) -> list[str]:
+    """torch-model-archiver's command line; `extra` holds the staged handlers package's parent."""
     task = family(spec.family)
-    extra_files = [*shared_handler_modules(), *(REPO / data_file for data_file in task.data_files), *extra]
+    extra_files = [*(REPO / data_file for data_file in task.data_files), *extra]
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     return [
         str(archiver if archiver.exists() else "torch-model-archiver"),
         "--model-name", name,
         "--version", ARCHIVE_VERSION,
         "--serialized-file", str(serialized_file),
-        "--handler", str(HANDLERS_DIR / task.handler),
+        "--handler", inspect.getfile(task.handler),
         "--extra-files", ",".join(str(path) for path in extra_files),
         "--config-file", str(config),
         "--export-path", str(export_path),
@@ -48,10 +54,40 @@ def archiver_command(
     ]  # fmt: skip
 
 
-def shared_handler_modules() -> list[Path]:
-    """Handler-side library modules: everything in handlers/ but the families' entry points."""
-    entry_points = {task.handler for task in families().values()}
-    return sorted(path for path in HANDLERS_DIR.glob("*.py") if path.name not in entry_points)
+def handler_modules(entry: Path) -> list[Path]:
+    """The files of the handlers package that the entry module `entry` imports, directly
+    or through each other (absolute `handlers.` and relative imports), with each
+    package's __init__.py: what its archive must carry."""
+    needed: set[Path] = set()
+    pending = [entry]
+    while pending:
+        path = pending.pop()
+        package = path.parent.relative_to(HANDLERS_DIR.parent).parts
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            parts = (*base, *(node.module.split(".") if node.module else ()))
+            if not parts or parts[0] != HANDLERS_DIR.name:
+                continue
+            candidates = [parts, *((*parts, alias.name) for alias in node.names)]
+            for dotted in candidates:
+                found = HANDLERS_DIR.parent.joinpath(*dotted).with_suffix(".py")
+                if found.is_file() and found not in needed:
+                    needed.add(found)
+                    pending.append(found)
+    packages = {folder / "__init__.py" for path in needed for folder in path.relative_to(HANDLERS_DIR).parents}
+    return sorted(needed | {HANDLERS_DIR / init for init in packages})
+
+
+def stage_handlers(entry: Path, staging: Path) -> Path:
+    """A directory holding handlers/ with the modules `entry` needs, for --extra-files."""
+    root = staging / "package"
+    for path in handler_modules(entry):
+        target = root / path.relative_to(HANDLERS_DIR.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return root
 
 
 def build_archive(
@@ -74,10 +110,10 @@ def build_archive(
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
         config = config or profile_file(spec, profile, Path(staging))
-        extra = ()
+        extra = (stage_handlers(Path(inspect.getfile(family(spec.family).handler)), Path(staging)),)
         if drift_reference is not None:
-            extra = (Path(staging) / handler_module("drift_monitor").REFERENCE_FILE,)
-            write_reference(spec.name, drift_reference, extra[0], serialized_file)
+            extra = (*extra, Path(staging) / REFERENCE_FILE)
+            write_reference(spec.name, drift_reference, extra[-1], serialized_file)
         command = archiver_command(spec, serialized_file, Path(staging), name, config, extra)
         subprocess.run(command, check=True)
         target = export_path / f"{name}.mar"

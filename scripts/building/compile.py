@@ -16,10 +16,12 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
+from handlers.engine import INPUT_FORMAT, OUTPUT_FORMAT, split_features
+from handlers.service import METADATA_FILE
 from scripts.families import family
 from scripts.families.weights import Weights, WeightsError
 from scripts.nets.inputs import WithInput
-from scripts.zoo import ModelSpec, get_model, handler_module
+from scripts.zoo import ModelSpec, get_model
 
 METADATA_FORMAT = 1
 
@@ -52,7 +54,7 @@ def save_compiled(module: torch.jit.ScriptModule, metadata: dict, path: Path) ->
     """Write atomically: an interrupted build never leaves a half-written model."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    extra = {handler_module("compiled_model").METADATA_FILE: json.dumps(metadata, indent=1)}
+    extra = {METADATA_FILE: json.dumps(metadata, indent=1)}
     torch.jit.save(module, str(partial), _extra_files=extra)
     os.replace(partial, path)
 
@@ -72,7 +74,7 @@ def export_and_package(model: torch.nn.Module, example: torch.Tensor, spatial_dy
     if example.device.type == "cuda":
         # GPU kernels inside the package's library, not in files beside it that the model
         # reads when it first runs: a worker deletes the unpacked package once it is loaded
-        # (handlers/compiled_model.py::load_aoti_package).
+        # (handlers/service.py::load_aoti_package).
         configs["aot_inductor.embed_kernel_binary"] = True
     torch._inductor.aoti_compile_and_package(program, package_path=str(partial), inductor_configs=configs)
     return partial
@@ -96,9 +98,7 @@ def add_metadata(package: Path, metadata: dict) -> None:
     """Embed metadata.json in an AOTInductor package, beside the files its loader reads."""
     with zipfile.ZipFile(package, "a") as archive:
         top = archive.namelist()[0].split("/", 1)[0]
-        archive.writestr(
-            f"{top}/extra/{handler_module('compiled_model').METADATA_FILE}", json.dumps(metadata, indent=1)
-        )
+        archive.writestr(f"{top}/extra/{METADATA_FILE}", json.dumps(metadata, indent=1))
 
 
 def compile_model(
@@ -137,7 +137,6 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         partial, compiled, compiler = None, script_and_freeze(eager), "torch.jit.script + torch.jit.freeze"
     with torch.inference_mode():
         result = compiled(example)
-    split_features = handler_module("batched_handler").split_features
     (reference_outputs, reference_features), (outputs, features) = split_features(reference), split_features(result)
     try:
         parity = recipe.check(reference_outputs, outputs, precision)
@@ -152,8 +151,8 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         "torch_version": torch.__version__,
         "compiler": compiler,
         "precision": precision,
-        "input_format": handler_module("batched_handler").INPUT_FORMAT,  # what the handlers feed
-        "output_format": handler_module("batched_handler").OUTPUT_FORMAT,  # what they read back
+        "input_format": INPUT_FORMAT,  # what the handlers feed
+        "output_format": OUTPUT_FORMAT,  # what they read back
         "feature_size": features.shape[1],
         "features": recipe.features,
         "device": str(device),  # AOTInductor packages run on the device they were compiled for

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from handlers.service import read_embedded_metadata
 from scripts.building.inprocess import load_handler
-from scripts.zoo import REPO, get_model, handler_module
+from scripts.zoo import REPO, get_model
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -61,7 +62,7 @@ def write_reference(model: str, images: Path, output: Path, artifact: Path | Non
     files = image_files(images)
     artifact = artifact or artifact_of(model)
     features = embed_images(model, files, artifact)
-    weights = handler_module("compiled_model").read_embedded_metadata(artifact)["weights"]
+    weights = read_embedded_metadata(artifact)["weights"]
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {

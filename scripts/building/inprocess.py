@@ -7,9 +7,10 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+from handlers.observers import STAGE_SECONDS
 from scripts.building.profiles import model_config
 from scripts.families import family
-from scripts.zoo import REPO, get_model, handler_module
+from scripts.zoo import REPO, get_model
 
 
 class MetricsRecorder:
@@ -31,8 +32,8 @@ class MetricsRecorder:
         return self.values.get((name, tuple(labels.items())), [])
 
     def stage_ms(self) -> dict[str, list[float]]:
-        """The handler's stage times (handlers/metrics.py: STAGE_SECONDS) per stage, in milliseconds."""
-        stage_seconds = handler_module("metrics").STAGE_SECONDS
+        """The handler's stage times (handlers/observers.py: STAGE_SECONDS) per stage, in milliseconds."""
+        stage_seconds = STAGE_SECONDS
         return {
             dict(labels)["stage"]: [value * 1000 for value in values]
             for (name, labels), values in self.values.items()
@@ -81,13 +82,6 @@ class FakeContext:
         return self.statuses.get(idx, (200, ""))[0]
 
 
-def handler_class(module_name: str) -> type:
-    """The one handler class a handlers/ entry-point module defines."""
-    module = handler_module(module_name)
-    (cls,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
-    return cls
-
-
 def load_handler(
     model: str,
     model_dir: Path,
@@ -113,6 +107,6 @@ def load_handler(
     for data_file in task.data_files:
         shutil.copy(REPO / data_file, model_dir)
     context = FakeContext(model_dir, config, model, serialized_file, gpu_id)
-    handler = handler_class(Path(task.handler).stem)()
+    handler = task.handler()
     handler.initialize(context)
     return handler, context

@@ -9,14 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from handlers.service import read_embedded_metadata
 from scripts.families.weights import RANDOM
-from scripts.zoo import handler_module
 
 
 def read_metadata(path: Path) -> dict:
     """The embedded metadata, read straight from the zip without loading the model: the
-    handlers' own reader (handlers/compiled_model.py), the one definition of where it lies."""
-    return handler_module("compiled_model").read_embedded_metadata(path)
+    handlers' own reader (handlers/service.py), the one definition of where it lies."""
+    return read_embedded_metadata(path)
 
 
 def describe(path: Path) -> dict:

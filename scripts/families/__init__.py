@@ -1,5 +1,6 @@
 """Task families, each declared in one place: a module of this package that defines
-FAMILY names its handler (handlers/<task>_handler.py), the data files copied beside it,
+FAMILY names its handler class (a handlers/ entry module's, which names the task class), the
+data files copied beside it,
 and its build Recipe (weights, eager network, parity check, metadata). scripts/zoo.py's
 table names each model's family; the build tools find the family here by that name."""
 
@@ -40,9 +41,14 @@ class Family:
     """What all models of one task share."""
 
     name: str  # what scripts/zoo.py's ModelSpec.family says
-    handler: str  # module under handlers/ holding exactly one handler class
+    handler: type  # the ZooHandler subclass TorchServe loads (handlers/<task>_handler.py): its task_class
     recipe: Recipe
     data_files: tuple[str, ...] = ()  # repo-relative files copied beside the handler
+
+    @property
+    def task(self) -> type:
+        """The task plug-in (handlers/tasks/) its models are served by."""
+        return self.handler.task_class
 
 
 @cache

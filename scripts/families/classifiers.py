@@ -10,12 +10,14 @@ import torchvision
 from PIL import Image
 from skimage import data as photos
 
+from handlers.classifier_handler import ClassifierHandler
+from handlers.imaging import resize_center_crop
 from scripts.families import Family, Recipe
 from scripts.families.weights import RANDOM_SEED, Weights, WeightsError, resolve_classifier_weights
 from scripts.nets.efficientnet_lite import efficientnet_lite0
 from scripts.nets.features import ClassifierWithFeatures
 from scripts.nets.inputs import ImageNetInput
-from scripts.zoo import ModelSpec, handler_module
+from scripts.zoo import ModelSpec
 
 # Real photos from scikit-image (public domain / CC0): a cat and a portrait.
 PARITY_PHOTOS = ("chelsea", "astronaut")
@@ -70,7 +72,7 @@ def parity_batch(preset: dict) -> torch.Tensor:
     """The parity photos as the handler prepares them (handlers/imaging.py::resize_center_crop,
     with the preset the compiled model's metadata carries): uint8 RGB, which the compiled
     model normalises itself."""
-    prepare = handler_module("imaging").resize_center_crop
+    prepare = resize_center_crop
     size, crop, interpolation = preset["resize_size"], preset["crop_size"], preset["interpolation"]
     return torch.stack([prepare(image, size, crop, interpolation) for image in parity_photos()])
 
@@ -147,7 +149,7 @@ def check_classifier_parity(eager: torch.Tensor, compiled: torch.Tensor, precisi
 
 FAMILY = Family(
     "classifier",
-    handler="classifier_handler.py",
+    handler=ClassifierHandler,
     data_files=("index_to_name.json",),
     recipe=Recipe(
         resolve_classifier_weights,

@@ -8,6 +8,7 @@ import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
 from skimage import data as photos
 
+from handlers.detector_handler import DetectorHandler
 from scripts.families import Family, Recipe
 from scripts.families.weights import (
     RANDOM_SEED,
@@ -150,7 +151,7 @@ def check_detector_parity(eager: torch.Tensor, compiled: torch.Tensor, precision
 
 FAMILY = Family(
     "detector",
-    handler="detector_handler.py",  # class names travel in the model's metadata
+    handler=DetectorHandler,  # class names travel in the model's metadata
     recipe=Recipe(
         resolve_detector_weights,
         build_detector,

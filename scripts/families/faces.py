@@ -19,6 +19,7 @@ import torch
 from onnx import numpy_helper
 from skimage import data as photos
 
+from handlers.face_pixelizer_handler import FacePixelizerHandler
 from scripts.families import Family, Recipe
 from scripts.families.weights import Weights, WeightsError, explicit_weights_file, sha256_file
 from scripts.nets.features import WithFeatures
@@ -143,7 +144,7 @@ def check_face_parity(eager: tuple, compiled: tuple, precision: str = "fp32") ->
 
 FAMILY = Family(
     "face",
-    handler="face_pixelizer_handler.py",
+    handler=FacePixelizerHandler,
     recipe=Recipe(
         resolve_face_weights,
         build_face_detector,

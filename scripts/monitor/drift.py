@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from handlers.drift import mmd_test
+from handlers.service import read_embedded_metadata
 from scripts.building.drift_reference import artifact_of, embed_images, image_files
-from scripts.zoo import get_model, handler_module
+from scripts.zoo import get_model
 
 
 def plot(reference: torch.Tensor, current: torch.Tensor, result, path: Path) -> None:
@@ -57,17 +59,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    drift, compiled_model = handler_module("drift"), handler_module("compiled_model")
     try:
         artifact = args.artifact or artifact_of(get_model(args.model).name)
         if not artifact.is_file():
             raise ValueError(f"{artifact} is missing: build it with `make models` (or pass --artifact)")
-        weights = compiled_model.read_embedded_metadata(artifact)["weights"]["name"]
+        weights = read_embedded_metadata(artifact)["weights"]["name"]
         reference = embed_images(args.model, image_files(args.reference), artifact)
         current = embed_images(args.model, image_files(args.current), artifact)
     except (KeyError, ValueError, OSError) as err:
         sys.exit(f"error: {err.args[0] if isinstance(err, KeyError) else err}")
-    result = drift.mmd_test(reference, current, args.permutations, args.seed)
+    result = mmd_test(reference, current, args.permutations, args.seed)
     plot(reference, current, result, args.plot)
     print(f"{args.model} features ({weights}): reference {len(reference)}, current {len(current)} images")
     print(f"MMD^2 = {result.score:.6f}, p = {result.p_value:.4f} ({args.permutations} permutations, "

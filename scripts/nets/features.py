@@ -1,5 +1,5 @@
 """Networks that answer their task's outputs and, beside them, a small feature vector
-per image: what the handlers' live drift test compares (handlers/drift_monitor.py).
+per image: what the handlers' live drift test compares (handlers/observers.py).
 
 Every compiled model of the zoo answers a tuple: the task's outputs, then the pooled
 features float [B, D] last. The features cost one global average over a map the

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import requests
 
+from handlers.observers import default_registry_dir
 from scripts.child_process import spawn, wait_ready
 from scripts.serve.server import free_ports
 from scripts.setup.haproxy import command_of, prefix_of
-from scripts.zoo import REPO, handler_module
+from scripts.zoo import REPO
 
 GATEWAY_CONFIG = REPO / "deploy" / "haproxy" / "gateway.cfg"
 BACKEND = "torchserve"  # the gateway's backend (gateway.cfg)
@@ -108,8 +109,8 @@ class Replica:
         self.workdir.mkdir(parents=True, exist_ok=True)
         # TMPDIR: its worker sockets and unpacked models apart from the other replicas'. The
         # worker registry stays the machine's: replicas share its cores, so their workers
-        # split the threads (handlers/cpu_threads.py), as the workers of one TorchServe do.
-        registry = str(handler_module("cpu_threads").default_registry_dir())
+        # split the threads (handlers/observers.py), as the workers of one TorchServe do.
+        registry = str(default_registry_dir())
         env = {**os.environ, "TMPDIR": str(self.workdir), "TEMP": str(self.workdir),
                "TS_ZOO_WORKER_REGISTRY": registry}  # fmt: skip
         self.process = spawn(command, REPO, env, log=self.workdir / "console.log")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from batched_handler import INPUT_FORMAT, OUTPUT_FORMAT
+from handlers.engine import INPUT_FORMAT, OUTPUT_FORMAT
 from scripts.building.compile import save_compiled
 from scripts.building.inprocess import FakeContext
 
@@ -128,7 +128,7 @@ DEFAULT_YAML = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 8, "handler": {"t
 def make_handler(tmp_path):
     """make_handler(module=..., metadata=..., yaml=..., handler_class=...) -> (initialised handler, context).
     Defaults: the classifier handler on TinyColorClassifier."""
-    from classifier_handler import ClassifierHandler
+    from handlers.classifier_handler import ClassifierHandler
 
     def make(module=None, metadata=TINY_METADATA, yaml=DEFAULT_YAML, handler_class=ClassifierHandler):
         model_dir = write_model_dir(tmp_path / "model", module or TinyColorClassifier(), metadata)
@@ -152,3 +152,17 @@ def face_model_dir(tmp_path_factory) -> Path:
     spec = get_model("face_pixelizer")
     compile_model(spec, resolve_face_weights(spec), model_dir / "model.pt")
     return model_dir
+
+
+@pytest.fixture(scope="module")
+def pixelizer(face_model_dir):
+    """The face pixelizer's handler on its real model, with its YAML settings -> (handler, context)."""
+    import yaml
+
+    from handlers.face_pixelizer_handler import FacePixelizerHandler
+    from scripts.zoo import get_model
+
+    context = FakeContext(face_model_dir, yaml.safe_load(get_model("face_pixelizer").config_file.read_text()))
+    handler = FacePixelizerHandler()
+    handler.initialize(context)
+    return handler, context

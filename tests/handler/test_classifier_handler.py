@@ -9,7 +9,7 @@ import torch
 import yaml
 from PIL import Image
 
-from cpu_threads import REGISTRY_ENV, WorkerRegistry, usable_cores
+from handlers.observers import REGISTRY_ENV, WorkerRegistry, usable_cores
 from scripts.samples.photos import encode
 from scripts.zoo import REPO
 from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
@@ -123,14 +123,14 @@ def test_a_failing_batch_wide_post_processing_is_retried_image_by_image(make_han
     """`summarise` works on the whole batch (top-k on the device); if it fails for the batch,
     each image is summarised alone, and only the image it fails on gets a 500."""
     handler, context = make_handler()
-    summarise = handler.summarise
+    summarise = handler.task.summarise
 
     def fails_on_batches_and_on_green(logits, items):
         if len(items) > 1 or top1({"predictions": summarise(logits, items)[0]}) == "green":
             raise RuntimeError("post-processing failed")
         return summarise(logits, items)
 
-    monkeypatch.setattr(handler, "summarise", fails_on_batches_and_on_green)
+    monkeypatch.setattr(handler.task, "summarise", fails_on_batches_and_on_green)
     results = answers(handler.handle([body(solid(RED)), body(solid(GREEN)), body(solid(BLUE))], context))
     assert [context.status(i) for i in range(3)] == [200, 500, 200]
     assert [top1(results[0]), results[1]["error"], top1(results[2])] == ["red", "internal error", "blue"]
@@ -288,9 +288,9 @@ def test_the_describe_api_gets_the_model_its_weights_and_parameters(make_handler
         "weights": "test-fixture",
         "weights_sha256": None,
         "random_weights": False,
-        "max_image_bytes": handler.settings.max_image_bytes,
-        "max_image_pixels": handler.settings.max_image_pixels,
-        "parameters": {"top_k": handler.settings.top_k},
+        "max_image_bytes": handler.task.settings.max_image_bytes,
+        "max_image_pixels": handler.task.settings.max_image_pixels,
+        "parameters": {"top_k": handler.task.settings.top_k},
         "choices": {},
     }
     assert context.status(0) == 200

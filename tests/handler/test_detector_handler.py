@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from detector_handler import DetectorHandler
+from handlers.detector_handler import DetectorHandler
 from scripts.samples.photos import encode, photo
 from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drift_monitor import REFERENCE_FILE
+from handlers.drift import REFERENCE_FILE
 from scripts.samples.photos import encode
 from tests.handler.conftest import DEFAULT_YAML, AlwaysFails
 

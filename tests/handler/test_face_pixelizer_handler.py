@@ -5,29 +5,17 @@ import io
 import json
 
 import numpy as np
-import pytest
 import torch
-import yaml
 from PIL import Image
 
-from batched_handler import Response, with_jpegs_encoded
-from face_detection import expand_boxes
-from face_pixelizer_handler import FacePixelizerHandler
-from imaging import jpeg_bytes
-from scripts.building.inprocess import FakeContext
+from handlers.edge import jpegs_of
+from handlers.engine import Answer, Failure
+from handlers.imaging import jpeg_bytes
+from handlers.tasks.face import expand_boxes
 from scripts.samples.photos import encode, photo
-from scripts.zoo import get_model
 
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.
 ASTRONAUT_FACE = (170, 50, 280, 190)
-
-
-@pytest.fixture(scope="module")
-def pixelizer(face_model_dir):
-    context = FakeContext(face_model_dir, yaml.safe_load(get_model("face_pixelizer").config_file.read_text()))
-    handler = FacePixelizerHandler()
-    handler.initialize(context)
-    return handler, context
 
 
 def pixels(data: bytes) -> np.ndarray:
@@ -63,7 +51,7 @@ def test_faces_are_pixelated_and_nothing_else_changes(pixelizer):
     assert context.headers[0]["X-Faces"] == "1" and context.headers[1]["X-Faces"] == "0"
     (face,) = json.loads(found)["faces"]
     box = torch.tensor([[face["left"], face["top"], face["right"], face["bottom"]]])
-    (region,) = expand_boxes(box, handler.settings.margin, 512, 512)  # what the handler pixelated
+    (region,) = expand_boxes(box, handler.task.settings.margin, 512, 512)  # what the handler pixelated
     assert json.loads(context.headers[0]["X-Face-Boxes"]) == [list(region)]
     assert json.loads(context.headers[1]["X-Face-Boxes"]) == []
     original, out = np.asarray(astronaut).astype(np.int16), pixels(face_photo)
@@ -122,16 +110,16 @@ def test_per_request_settings_including_input_size_in_one_batch(pixelizer):
 
 
 def test_image_answers_are_encoded_together_and_one_that_cannot_be_encoded_fails_alone():
-    """`with_jpegs_encoded` JPEG-encodes a batch's image answers in one call per quality; when that
+    """`jpegs_of` JPEG-encodes a batch's image answers in one call per quality; when that
     call fails, each is encoded alone and only the broken one becomes a 500."""
     good = torch.zeros(3, 16, 16, dtype=torch.uint8)
     broken = torch.zeros(3, 16, 16, dtype=torch.float32)  # not uint8: the encoder refuses it
-    error = Response.failure(415, "unsupported image format", "not an image")
-    responses = [Response.jpeg(good, 90), Response.jpeg(broken, 90), error, Response.jpeg(good, 50)]
-    done = with_jpegs_encoded(responses)
-    assert [r.status for r in done] == [200, 500, 415, 200]
-    assert done[0].body == jpeg_bytes(good, 90) and done[3].body == jpeg_bytes(good, 50)
-    assert all(r.image is None for r in done)
+    error = Failure(415, "unsupported image format", "not an image")
+    results = [Answer(image=good), Answer(image=broken), error, Answer(image=good, jpeg_quality=50), Answer({"a": 1})]
+    done = jpegs_of(results)
+    assert sorted(done) == [0, 1, 3]
+    assert done[0] == jpeg_bytes(good, 90) and done[3] == jpeg_bytes(good, 50)
+    assert isinstance(done[1], Failure) and done[1].status == 500
 
 
 def test_an_image_answer_a_jpeg_cannot_hold_is_a_413_for_that_request_alone(pixelizer):

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from detector_handler import DetectorHandler
-from face_pixelizer_handler import MAX_HEADER_REGIONS, face_headers
-from payload import RAW_JSON
+from handlers.detector_handler import DetectorHandler
+from handlers.edge import RAW_JSON
+from handlers.tasks.face import MAX_HEADER_REGIONS, face_headers
 from scripts.samples.photos import encode, photo
 from tests.corpus import assert_clean, json_values
 from tests.handler.conftest import DETECTOR_METADATA, RedBoxDetector

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from classifier_handler import ClassifierHandler
-from detector_handler import DetectorHandler
-from face_pixelizer_handler import FacePixelizerHandler
+from handlers.classifier_handler import ClassifierHandler
+from handlers.detector_handler import DetectorHandler
+from handlers.face_pixelizer_handler import FacePixelizerHandler
 from scripts.building.inprocess import FakeContext
 from scripts.samples.photos import encode, photo
 from tests.handler.conftest import (
@@ -117,7 +117,7 @@ def test_any_shape_in_any_format_is_answered_at_its_size_or_refused_as_too_large
         return
     document = json.loads(result)
     if kind.name.startswith("classifier"):
-        assert len(document["predictions"]) == min(kind.handler.settings.top_k, len(kind.handler.labels))
+        assert len(document["predictions"]) == min(kind.handler.task.settings.top_k, len(kind.handler.task.labels))
     else:
         assert document["image_size"] == [width, height]
         found = document.get("detections", document.get("faces"))

@@ -46,4 +46,4 @@ def test_real_photos_get_sensible_labels_in_one_batch(classifier):
     assert results[3]["predictions"][0]["label"] in CATS
     name, sha256, interpolation = TRAINED[model]
     assert results[0]["weights"] == name and results[0]["weights_sha256"].startswith(sha256)
-    assert handler.interpolation == interpolation  # from the compiled model's metadata
+    assert handler.task.interpolation == interpolation  # from the compiled model's metadata

@@ -38,6 +38,7 @@ class MeanColour(nn.Module):
         """
 import torch
 
+from handlers.colour_handler import ColourHandler
 from scripts.families import Family, Recipe
 from scripts.families.weights import Weights
 from scripts.nets.inputs import UnitScaleInput
@@ -59,27 +60,38 @@ def check(eager: torch.Tensor, compiled: torch.Tensor, precision: str = "fp32") 
     return difference
 
 
-FAMILY = Family("colour", handler="colour_handler.py", recipe=Recipe(
+FAMILY = Family("colour", handler=ColourHandler, recipe=Recipe(
     resolve_weights, lambda spec, weights: MeanColour(), example,
     lambda spec, weights: {"task": "mean_colour", "architecture": spec.architecture, "input_size": [32, 32]},
     check, lambda weights: UnitScaleInput(), lambda network: network, "the mean colour"))
 """,
     ),
-    "handlers/<task>_handler.py": (
-        "handlers/colour_handler.py",
+    "handlers/tasks/<task>.py": (
+        "handlers/tasks/colour.py",
         """
-from batched_handler import BatchedImageHandler
-from imaging import resize_center_crop
+from handlers.engine import Answer, Task
+from handlers.imaging import resize_center_crop
 
 
-class ColourHandler(BatchedImageHandler):
-    task = "mean_colour"
+class MeanColour(Task):
+    name = "mean_colour"
 
     def prepare(self, item):
         return resize_center_crop(item.image, 32, 32), None
 
     def postprocess(self, means, item):
-        return self.answer(item, mean_rgb=[round(value * 255) for value in means.tolist()])
+        return Answer({"mean_rgb": [round(value * 255) for value in means.tolist()]})
+""",
+    ),
+    "handlers/<task>_handler.py": (
+        "handlers/colour_handler.py",
+        """
+from handlers.service import ZooHandler
+from handlers.tasks.colour import MeanColour
+
+
+class ColourHandler(ZooHandler):
+    task_class = MeanColour
 """,
     ),
     "scripts/configs/<model>.yaml": (

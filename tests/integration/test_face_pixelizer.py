@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from face_detection import expand_boxes
-from imaging import jpeg_bytes
+from handlers.imaging import jpeg_bytes
+from handlers.tasks.face import expand_boxes
 from scripts.samples.photos import encode, photo
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,6 @@ from scripts.client.rest import DIED, UNAVAILABLE, ConnectionFailed, ZooClient, 
 from scripts.families import families
 from scripts.samples.photos import photo_bytes
 from scripts.ts_api import KEY_REFUSED, key_refused, key_refused_grpc
-from scripts.zoo import handler_module
 
 # TorchServe 0.12's answer to a wrong or expired key, as its frontend writes it.
 REFUSED = {"code": 400, "type": "InvalidKeyException", "message": KEY_REFUSED}
@@ -88,9 +87,7 @@ def client_of(server, **options) -> ZooClient:
 def test_every_handler_parameter_has_an_option():
     accepted = set()
     for task in families().values():
-        module = handler_module(Path(task.handler).stem)
-        (handler,) = [c for c in vars(module).values() if isinstance(c, type) and c.__module__ == module.__name__]
-        accepted |= set(handler.request_params)
+        accepted |= set(task.task.request_params)
     assert {param for param, _ in cli.PARAMETERS.values()} == accepted
 
 

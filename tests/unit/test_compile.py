@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from compiled_model import load_compiled_model
+from handlers.service import load_compiled_model
 from scripts.building import compile as compile_script
 from scripts.building.models import read_metadata
 from scripts.families import family

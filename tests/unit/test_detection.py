@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from detection import (
+from handlers.tasks.detector import (
     DetectionRequest,
     DetectorSettings,
     class_colour,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from drift import median_bandwidth, mmd_test, pairwise_distances
+from handlers.drift import median_bandwidth, mmd_test, pairwise_distances
 from scripts.building.compile import compile_model
 from scripts.families.weights import resolve_classifier_weights
 from scripts.monitor import drift as report

@@ -10,10 +10,10 @@ import threading
 import pytest
 import torch
 
-from drift import DriftResult, mmd_test
-from drift_monitor import DriftMonitor, DriftSettings, load_reference
+from handlers.drift import DriftResult, DriftSettings, load_reference, mmd_test
+from handlers.observers import DriftMonitor
+from handlers.settings import ImageHandlerSettings, settings_from_mapping
 from scripts.zoo import REPO
-from settings import ImageHandlerSettings, settings_from_mapping
 
 
 def sample(n: int, shift: float = 0.0, seed: int = 0, dims: int = 8) -> torch.Tensor:
@@ -98,7 +98,8 @@ def test_a_batch_never_waits_for_a_running_test():
 # process has ever started, and pytest's process has run torch on many threads.
 REQUEST_PATH_AFTER_A_TEST = """
 import json, resource, torch
-from drift_monitor import DriftMonitor, DriftSettings
+from handlers.observers import DriftMonitor
+from handlers.drift import DriftSettings
 
 layers = 12
 model = torch.nn.Sequential(*[torch.nn.Conv2d(16, 16, 3, padding=1) for _ in range(layers)]).eval()
@@ -130,7 +131,7 @@ def test_a_drift_test_does_not_slow_the_request_paths_forward_pass():
     the request path's, libgomp would stop spinning between parallel regions in every team
     (more OpenMP threads than cores), and every later forward pass would put its threads
     to sleep and wake them at each layer: a context switch per layer where there was none."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "handlers")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def run(script: str) -> str:
         done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

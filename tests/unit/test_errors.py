@@ -3,7 +3,7 @@ than a few hundred characters, whatever a client or a decoder put in it."""
 
 import pytest
 
-from errors import MAX_DETAIL_CHARS, listed, public_detail, shown
+from handlers.errors import MAX_DETAIL_CHARS, listed, public_detail, shown
 from tests.corpus import assert_clean
 
 # Messages seen in error answers before they were cleaned.

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from face_detection import (
+from handlers.tasks.face import (
     FaceSettings,
     decode_faces,
     decode_faces_batch,

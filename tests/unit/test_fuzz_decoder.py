@@ -7,9 +7,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from errors import InputError
-from imaging import IMAGE_SIGNATURES, decode_image
-from payload import image_bytes
+from handlers.edge import image_bytes
+from handlers.errors import InputError
+from handlers.imaging import IMAGE_SIGNATURES, decode_image
 from scripts.samples.photos import encode, photo
 
 LIMIT = 4_000_000

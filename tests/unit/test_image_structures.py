@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from errors import InputError
-from imaging import decode_image
+from handlers.errors import InputError
+from handlers.imaging import decode_image
 from scripts.samples.photos import encode, photo
 from tests.corpus import assert_clean
 from tests.image_structures import (

@@ -9,9 +9,9 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from imaging import (
+from handlers.errors import InputError
+from handlers.imaging import (
     ImageInfo,
-    InputError,
     LetterboxGeometry,
     center_crop_box,
     check_image,

@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
-from errors import InputError
-from inference_protocol import InferenceRequest, inference_answer, inference_request_of, parse_inference_request
+from handlers.edge import PLAIN, V2, Request, parse_request, read_request
+from handlers.errors import InputError
+from handlers.open_inference import answer_document
 
 IMAGE = b"\xff\xd8\xff\xe0 a jpeg"
 
@@ -25,19 +26,19 @@ def binary_request(image: bytes, parameters: dict | None = None) -> tuple[dict, 
 
 def test_binary_extension_request():
     row, headers = binary_request(IMAGE, {"top_k": 3, "binary_data_output": True})  # tritonclient adds the latter
-    assert parse_inference_request(row, headers) == (IMAGE, {"top_k": 3}, InferenceRequest("7"))
+    assert parse_request(row, headers, ()) == Request(IMAGE, {"top_k": 3}, V2, "7")
 
 
 def test_json_request_with_base64_data_as_torchserve_parses_it():
     body = {"id": "a", "inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
                                    "data": [base64.b64encode(IMAGE).decode()]}]}  # fmt: skip
-    assert parse_inference_request({"body": body}, {}) == (IMAGE, {}, InferenceRequest("a"))
+    assert parse_request({"body": body}, {}, ()) == Request(IMAGE, {}, V2, "a")
 
 
 def test_other_requests_are_not_inference_requests():
-    assert parse_inference_request({"body": bytearray(IMAGE)}, {}) is None
-    assert parse_inference_request({"body": {"data": "aGVsbG8="}}, {}) is None
-    assert parse_inference_request({"data": IMAGE, "top_k": b"3"}, {}) is None
+    assert parse_request({"body": bytearray(IMAGE)}, {}, ()).protocol == PLAIN
+    assert parse_request({"body": {"data": "aGVsbG8="}}, {}, ()).protocol == PLAIN
+    assert parse_request({"data": IMAGE, "top_k": b"3"}, {}, ()).protocol == PLAIN
 
 
 @pytest.mark.parametrize(
@@ -48,23 +49,25 @@ def test_other_requests_are_not_inference_requests():
 )  # fmt: skip
 def test_requests_without_an_image_are_refused_with_the_reason(inputs, message):
     with pytest.raises(InputError, match=message):
-        parse_inference_request({"body": {"inputs": inputs}}, {})
+        parse_request({"body": {"inputs": inputs}}, {}, ())
 
 
 def test_a_broken_binary_header_is_refused_but_still_known_as_an_inference_request():
     row, headers = {"body": bytearray(b"{not json")}, {"inference-header-content-length": "9"}
     with pytest.raises(InputError, match="does not parse"):
-        parse_inference_request(row, headers)
-    assert inference_request_of(row, headers) == InferenceRequest("")
-    assert inference_request_of({"body": {"id": "3", "inputs": []}}, {}) == InferenceRequest("3")
-    assert inference_request_of({"body": bytearray(IMAGE)}, {}) is None
+        parse_request(row, headers, ())
+    refused = read_request(row, headers, ())
+    assert (refused.protocol, refused.id, refused.refused.status) == (V2, "", 400)
+    refused = read_request({"body": {"id": "3", "inputs": []}}, {}, ())
+    assert (refused.protocol, refused.id) == (V2, "3")
+    assert read_request({"body": bytearray(b"\x00")}, {}, ()).protocol == PLAIN
 
 
 def test_answers_are_one_bytes_output():
-    answer = inference_answer("m", "1.0", InferenceRequest("7"), b'{"a":1}\n', "application/json")
+    answer = answer_document("m", "1.0", "7", b'{"a":1}\n', "application/json")
     output = {"name": "answer", "datatype": "BYTES", "shape": [1], "data": ['{"a":1}']}
     assert answer == {"model_name": "m", "model_version": "1.0", "id": "7", "outputs": [output]}
-    image = inference_answer("m", "1.0", InferenceRequest(""), IMAGE, "image/jpeg")["outputs"][0]
+    image = answer_document("m", "1.0", "", IMAGE, "image/jpeg")["outputs"][0]
     assert image["name"] == "image" and base64.b64decode(image["data"][0]) == IMAGE
 
 
@@ -78,12 +81,12 @@ def test_a_binary_data_size_that_does_not_match_the_bytes_sent_is_refused(size, 
     text = json.dumps({"inputs": [{"name": "x", "datatype": "BYTES", "parameters": {"binary_data_size": size}}]})
     row = {"body": bytearray(text.encode() + bytes(row["body"])[int(headers["Inference-Header-Content-Length"]) :])}
     with pytest.raises(InputError, match=message):
-        parse_inference_request(row, {"Inference-Header-Content-Length": str(len(text))})
+        parse_request(row, {"Inference-Header-Content-Length": str(len(text))}, ())
 
 
 @pytest.mark.parametrize("request_id", ["x" * 257, 7, ["a"], {}])
 def test_an_id_that_cannot_be_echoed_is_refused_and_the_answer_echoes_none(request_id):
     row = {"body": {"id": request_id, "inputs": [{"name": "x", "datatype": "BYTES", "data": ["aGk="]}]}}
     with pytest.raises(InputError, match="'id' must be a string"):
-        parse_inference_request(row, {})
-    assert inference_request_of(row, {}) == InferenceRequest("")
+        parse_request(row, {}, ())
+    assert read_request(row, {}, ()).id == ""

@@ -1,6 +1,7 @@
 """scripts/ dependencies point one way (README, Layout): architectures use nothing,
 building uses architectures, measuring and monitoring use building, never the reverse;
-and no two modules import each other, however indirectly."""
+and no two modules import each other, however indirectly. handlers/ is a package that
+stands alone inside an archive, in small parts."""
 
 import ast
 from pathlib import Path
@@ -60,20 +61,63 @@ def test_every_folder_imports_only_what_it_may():
     assert not wrong
 
 
-def test_no_import_cycle():
+def assert_no_cycle(graph: dict[str, set[str]]) -> None:
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:
         state[module] = "open"
-        for imported in GRAPH.get(module, ()):
+        for imported in graph.get(module, ()):
             assert state.get(imported) != "open", " -> ".join([*path, module, imported])
             if imported not in state:
                 visit(imported, [*path, module])
         state[module] = "done"
 
-    for module in GRAPH:
+    for module in graph:
         if module not in state:
             visit(module, [])
+
+
+def test_no_import_cycle():
+    assert_no_cycle(GRAPH)
+
+
+HANDLERS = REPO / "handlers"
+MAX_CLASS_LINES, MAX_FUNCTION_LINES = 200, 50
+
+
+def test_the_handlers_package_stands_alone_without_cycles():
+    """Nothing of scripts/ (an archive carries handlers/ only), and no two modules importing
+    each other (scripts/building/archive.py follows the imports to pack a task's modules)."""
+    graph = {}
+    for path in HANDLERS.rglob("*.py"):
+        module = module_name(path).removesuffix(".__init__")
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]) if node.level else ""
+                target = ".".join(part for part in (base, node.module or "") if part)
+                found |= {target} | {f"{target}.{alias.name}" for alias in node.names}
+        assert not {name for name in found if name.split(".")[0] == "scripts"}, path
+        graph[module] = {name for name in found if name.split(".")[0] == "handlers" and name != module}
+    known = set(graph)
+    assert_no_cycle({module: imported & known for module, imported in graph.items()})
+
+
+def test_handler_classes_and_functions_stay_small():
+    for path in HANDLERS.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                limit = MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else MAX_FUNCTION_LINES
+                assert node.end_lineno - node.lineno < limit, f"{path.name}: {node.name}"
+
+
+def test_each_entry_module_defines_one_handler_class_naming_its_task():
+    for path in HANDLERS.glob("*_handler.py"):
+        classes = [node for node in ast.parse(path.read_text()).body if isinstance(node, ast.ClassDef)]
+        assert len(classes) == 1 and [base.id for base in classes[0].bases] == ["ZooHandler"], path
 
 
 # scripts/bench: the toolkit every experiment may use, and what an experiment may import besides.

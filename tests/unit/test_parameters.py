@@ -10,15 +10,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from classifier_handler import ClassifierHandler
-from detection import class_filter
-from detector_handler import DetectorHandler
-from errors import InputError
-from face_pixelizer_handler import FacePixelizerHandler
-from payload import header_parameters, merge_parameters, split_request
-from settings import with_overrides
+from handlers.edge import header_parameters, merge_parameters, parse_request
+from handlers.errors import InputError
+from handlers.settings import with_overrides
+from handlers.tasks.classifier import Classifier
+from handlers.tasks.detector import Detector, class_filter
+from handlers.tasks.face import FacePixelizer
 
-HANDLERS = [ClassifierHandler, DetectorHandler, FacePixelizerHandler]
+
+def split_request(row: dict) -> tuple[bytes, dict]:
+    """A plain request's image and parameters, as the edge parses them."""
+    request = parse_request(row, {}, ())
+    return request.data, request.params
+
+
+HANDLERS = [Classifier, Detector, FacePixelizer]
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True)
 
 json_values = st.recursive(
@@ -39,54 +45,54 @@ number_texts = st.one_of(
 values = st.one_of(json_values, number_texts, number_texts.map(str.encode), st.binary(max_size=20))
 
 
-def apply(handler_class, params: dict):
-    defaults = handler_class.settings_class()
-    return with_overrides(defaults, params, handler_class.request_params)
+def apply(task_class, params: dict):
+    defaults = task_class.settings_class()
+    return with_overrides(defaults, params, task_class.request_params)
 
 
 @PROPERTY
-@given(handler_class=st.sampled_from(HANDLERS), data=st.data(), value=values)
-def test_any_value_of_any_parameter_is_applied_or_a_400_naming_it(handler_class, data, value):
-    name = data.draw(st.sampled_from(sorted(handler_class.request_params)))
+@given(task_class=st.sampled_from(HANDLERS), data=st.data(), value=values)
+def test_any_value_of_any_parameter_is_applied_or_a_400_naming_it(task_class, data, value):
+    name = data.draw(st.sampled_from(sorted(task_class.request_params)))
     try:
-        applied = apply(handler_class, {name: value})
+        applied = apply(task_class, {name: value})
     except InputError as err:
         assert err.status == 400 and err.error == "invalid parameter"
         assert err.detail.startswith(f"{name}: ") and len(err.detail) < 300
         return
-    setting = getattr(applied, handler_class.request_params[name])
+    setting = getattr(applied, task_class.request_params[name])
     if isinstance(setting, float):
         assert math.isfinite(setting)
     json.dumps(setting)  # what the answer's "parameters" echoes
 
 
 @pytest.mark.parametrize(
-    "handler_class, name, value, detail",
+    "task_class, name, value, detail",
     [
-        (ClassifierHandler, "top_k", 10**400, "top_k must be between 1 and 1000"),
-        (ClassifierHandler, "top_k", "9" * 400, "top_k must be between 1 and 1000"),
-        (ClassifierHandler, "top_k", "9" * 5000, "top_k must be a number"),
-        (DetectorHandler, "max_detections", 10**400, "max_detections must be between 1 and 10000"),
-        (DetectorHandler, "confidence", 10**400, "confidence is out of range"),
-        (DetectorHandler, "confidence", float("inf"), "confidence must be a finite number"),  # JSON 1e999
-        (DetectorHandler, "iou", float("nan"), "iou must be a finite number"),  # JSON NaN
-        (DetectorHandler, "iou", "", "iou is empty"),
-        (DetectorHandler, "classes", "", "classes is empty"),
-        (DetectorHandler, "classes", "car,,person", "classes has an empty entry"),
-        (DetectorHandler, "classes", [], "classes is empty"),
-        (DetectorHandler, "format", None, "format is empty"),
-        (FacePixelizerHandler, "input_size", 100, "input_size must be a multiple of 32"),
-        (FacePixelizerHandler, "margin", [0.1, 0.2], "margin must be a number"),
+        (Classifier, "top_k", 10**400, "top_k must be between 1 and 1000"),
+        (Classifier, "top_k", "9" * 400, "top_k must be between 1 and 1000"),
+        (Classifier, "top_k", "9" * 5000, "top_k must be a number"),
+        (Detector, "max_detections", 10**400, "max_detections must be between 1 and 10000"),
+        (Detector, "confidence", 10**400, "confidence is out of range"),
+        (Detector, "confidence", float("inf"), "confidence must be a finite number"),  # JSON 1e999
+        (Detector, "iou", float("nan"), "iou must be a finite number"),  # JSON NaN
+        (Detector, "iou", "", "iou is empty"),
+        (Detector, "classes", "", "classes is empty"),
+        (Detector, "classes", "car,,person", "classes has an empty entry"),
+        (Detector, "classes", [], "classes is empty"),
+        (Detector, "format", None, "format is empty"),
+        (FacePixelizer, "input_size", 100, "input_size must be a multiple of 32"),
+        (FacePixelizer, "margin", [0.1, 0.2], "margin must be a number"),
     ],
 )
-def test_examples_of_refused_values(handler_class, name, value, detail):
+def test_examples_of_refused_values(task_class, name, value, detail):
     with pytest.raises(InputError) as caught:
-        apply(handler_class, {name: value})
+        apply(task_class, {name: value})
     assert caught.value.status == 400 and caught.value.detail.startswith(f"{name}: ") and detail in caught.value.detail
 
 
 def test_json_integers_in_a_class_list_are_indices():
-    settings = apply(DetectorHandler, {"classes": [0, "car"]})
+    settings = apply(Detector, {"classes": [0, "car"]})
     assert settings.classes == ("0", "car")
     assert class_filter(settings.classes, ["person", "bicycle", "car"]).tolist() == [0, 2]
 
@@ -110,7 +116,7 @@ def test_a_key_repeated_in_a_json_body_is_refused():
 
 
 def test_parameters_from_headers():
-    accepted = ClassifierHandler.request_params
+    accepted = Classifier.request_params
     headers = {"X-Top-K": "3", "x-forwarded-for": "10.0.0.1", "Content-Type": "image/jpeg", "data": {"x": "y"}}
     assert header_parameters(headers, accepted) == {"top_k": "3"}
     assert header_parameters({"x-top_k": "2"}, accepted) == {"top_k": "2"}

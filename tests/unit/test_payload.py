@@ -4,8 +4,15 @@ import base64
 
 import pytest
 
-from errors import InputError
-from payload import image_bytes, split_request
+from handlers.edge import image_bytes, parse_request
+from handlers.errors import InputError
+
+
+def split_request(row: dict) -> tuple[bytes, dict]:
+    """A plain request's image and parameters, as the edge parses them."""
+    request = parse_request(row, {}, ())
+    return request.data, request.params
+
 
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64

@@ -15,9 +15,17 @@ import pytest
 import torch
 import torch.utils._pytree as pytree
 
-from compiled_model import kernel_files_outside_library, load_aoti_package, select_device
-from cpu_threads import ThreadBudget, WorkerRegistry, cgroup_cpu_quota, thread_budget, threads_per_worker, usable_cores
-from idle_memory import IdleTrimmer, idle_trimmer
+from handlers.observers import (
+    IdleTrimmer,
+    ThreadBudget,
+    WorkerRegistry,
+    cgroup_cpu_quota,
+    idle_trimmer,
+    thread_budget,
+    threads_per_worker,
+    usable_cores,
+)
+from handlers.service import kernel_files_outside_library, load_aoti_package, select_device
 
 
 @pytest.mark.parametrize(
@@ -74,7 +82,7 @@ def test_threads_follow_the_busy_workers_alive(restore_threads, monkeypatch, tmp
 def test_a_killed_worker_is_never_counted_and_its_file_goes(tmp_path):
     registry = WorkerRegistry(tmp_path)
     code = (
-        "import sys, time; sys.path.insert(0, 'handlers'); from cpu_threads import WorkerRegistry; "
+        "import sys, time; from handlers.observers import WorkerRegistry; "
         f"r = WorkerRegistry({str(tmp_path)!r}); r.heartbeat(); print(r.path, flush=True); time.sleep(60)"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -6,7 +6,7 @@ from xml.etree import ElementTree
 import pytest
 import torch
 
-from compiled_model import load_compiled_model
+from handlers.service import load_compiled_model
 from scripts.ts_api import read_properties
 from scripts.zoo import REPO
 
@@ -27,7 +27,7 @@ def test_token_authorization_on_registration_off_and_no_dependency_installs():
 
 
 def test_handler_limits_sit_below_torchserves():
-    from settings import ImageHandlerSettings
+    from handlers.settings import ImageHandlerSettings
 
     defaults = ImageHandlerSettings()
     assert defaults.max_image_bytes < int(PROPERTIES["max_request_size"])
@@ -88,11 +88,10 @@ def test_the_logging_configuration_is_well_formed_xml():
 def test_the_gateway_refuses_every_parameter_header_given_twice():
     """TorchServe keeps one of a repeated header before any handler runs; the gateway
     refuses each parameter any model takes, in each spelling the handlers read."""
-    from scripts.building.inprocess import handler_class
     from scripts.families import families
 
     config = (REPO / "deploy" / "haproxy" / "gateway.cfg").read_text()
-    params = {param for task in families().values() for param in handler_class(task.handler[:-3]).request_params}
+    params = {param for task in families().values() for param in task.task.request_params}
     for param in params:
         rule = next((line for line in config.splitlines() if f'\\"detail\\":\\"{param} is given by' in line), "")
         spellings = {"x-" + param.replace("_", "-"), "x-" + param}

@@ -2,9 +2,9 @@
 
 import pytest
 
-from classification import ClassifierSettings
-from errors import InputError
-from settings import ImageHandlerSettings, coerce, settings_from_mapping, with_overrides
+from handlers.errors import InputError
+from handlers.settings import ImageHandlerSettings, coerce, settings_from_mapping, with_overrides
+from handlers.tasks.classifier import ClassifierSettings
 
 TOP_K = {"top_k": "top_k"}
 

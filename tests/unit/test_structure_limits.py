@@ -6,9 +6,9 @@ path the handlers use."""
 import pytest
 from PIL import Image
 
-from errors import InputError
-from image_structure import MAX_FRAMES, MAX_TEXT_BYTES, MAX_TEXT_CHUNKS, check_structure
-from imaging import decode_image
+from handlers.errors import InputError
+from handlers.image_structure import MAX_FRAMES, MAX_TEXT_BYTES, MAX_TEXT_CHUNKS, check_structure
+from handlers.imaging import decode_image
 from scripts.samples.photos import encode, photo
 from tests.image_structures import (
     apng_declaring,

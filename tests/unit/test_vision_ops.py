@@ -13,8 +13,8 @@ import torchvision.ops
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-import vision_ops
-from compiled_model import load_compiled_model
+from handlers import vision_ops
+from handlers.service import load_compiled_model
 from scripts.samples.photos import encode, photo
 from scripts.zoo import REPO, get_model
 
@@ -97,10 +97,10 @@ def test_a_worker_never_imports_torchvision_dynamo_or_sympy():
         pytest.skip("models not built (make archive)")
     code = f"""
 import sys
-sys.path.insert(0, {str(REPO / "handlers")!r})
+sys.path.insert(0, {str(REPO)!r})
 import torch
-import classifier_handler, detector_handler, face_pixelizer_handler
-from compiled_model import load_compiled_model
+import handlers.classifier_handler, handlers.detector_handler, handlers.face_pixelizer_handler
+from handlers.service import load_compiled_model
 for path in {[str(p) for p in artifacts]!r}:
     load_compiled_model(path, torch.device("cpu"))
 print(sorted(name for name in ("torchvision", "torch._dynamo", "sympy") if name in sys.modules))

@@ -1,5 +1,6 @@
 """The model table, its configs and the label file agree with each other."""
 
+import inspect
 import json
 import zipfile
 from pathlib import Path
@@ -8,14 +9,14 @@ import pytest
 import torchvision
 import yaml
 
-from classification import ClassifierSettings
-from detection import DetectorSettings
-from face_detection import FaceSettings
-from scripts.building.archive import build_archive, shared_handler_modules
+from handlers.settings import settings_from_mapping
+from handlers.tasks.classifier import ClassifierSettings
+from handlers.tasks.detector import DetectorSettings
+from handlers.tasks.face import FaceSettings
+from scripts.building.archive import build_archive, handler_modules
 from scripts.building.profiles import FRONTEND_KEYS, PROFILES, gpu_defaults, model_config, resolve_profile
 from scripts.families import families
 from scripts.zoo import MODELS, REPO, get_model
-from settings import settings_from_mapping
 
 SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings, "face": FaceSettings}
 TORCHSERVE_KEYS = FRONTEND_KEYS | {"handler"}
@@ -75,13 +76,15 @@ def test_a_gpu_archive_carries_the_gpu_profile(tmp_path):
         assert resolve_profile(carried, "cpu") == model_config(spec, profile)
 
 
-def test_handler_modules_are_split_into_entry_points_and_shared():
-    shared = {path.name for path in shared_handler_modules()}
-    assert {"batched_handler.py", "imaging.py", "payload.py"} <= shared
-    assert not shared & {task.handler for task in families().values()}
-    for task in families().values():
-        assert (REPO / "handlers" / task.handler).is_file()
-        assert all((REPO / name).is_file() for name in task.data_files)
+def test_an_archive_carries_the_handler_modules_its_task_imports_and_no_others():
+    tasks = {"classifier": "classifier.py", "detector": "detector.py", "face": "face.py"}
+    for name, task in families().items():
+        entry = Path(inspect.getfile(task.handler))
+        carried = {path.relative_to(REPO / "handlers").as_posix() for path in handler_modules(entry)}
+        assert {"__init__.py", "service.py", "edge.py", "engine.py", "tasks/__init__.py"} <= carried
+        assert {f"tasks/{module}" for module in tasks.values()} & carried == {f"tasks/{tasks[name]}"}
+        assert entry.parent == REPO / "handlers" and task.task.__module__ == f"handlers.tasks.{tasks[name][:-3]}"
+        assert all((REPO / data).is_file() for data in task.data_files)
     assert {spec.family for spec in MODELS} <= set(families())  # every model's family is declared
 
 

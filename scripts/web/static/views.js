@@ -24,7 +24,7 @@ export function showClassification(container, answer) {
   container.append(bars);
 }
 
-// A class's colour, as the server draws it (handlers/detection.py: hues by the golden ratio).
+// A class's colour, as the server draws it (handlers/tasks/detector.py: hues by the golden ratio).
 function classColour(index) {
   const hue = (index * 0.618033988749895) % 1;
   return `hsl(${Math.round(hue * 360)}, 80%, 48%)`;

@@ -1,19 +1,27 @@
-"""Face anonymisation: settings, RetinaFace prior boxes and decoding, and the
-mosaic/blur that replaces every face. Pure functions on tensors, any device."""
+"""The face pixelizer task: a photo in, the same photo with every face pixelated out (or,
+with format=json, the faces found). RetinaFace's prior boxes and decoding, and the
+mosaic/blur that replaces every face, are pure functions on tensors, any device."""
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as nnf
 
-from detection import DetectionSettings, nms_per_image
-from settings import check_choice, check_range
-from vision_ops import best_per_group, gaussian_blur, rows_per_group
+from ..engine import Answer, Item, Task
+from ..imaging import box_fields, letterbox, unletterbox_boxes, unletterbox_points
+from ..observers import FACES_PER_IMAGE
+from ..settings import DETECTION_PARAMS, OUTPUT_FORMATS, DetectionSettings, check_choice, check_range
+from ..vision_ops import best_per_group, gaussian_blur, nms_per_image, rows_per_group
 
 MODES = ("mosaic", "blur")
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
 Region = tuple[int, int, int, int]  # (x1, y1, x2, y2) in whole pixels
+# Regions listed in X-Face-Boxes, at most: 4 integers of up to 8 digits each (a side can
+# be 40 M pixels long) take at most 38 characters, so the header stays under 7.6 KB.
+MAX_HEADER_REGIONS = 200
 
 
 @dataclass(frozen=True)
@@ -166,3 +174,70 @@ def spread_cells(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def to_uint8(values: torch.Tensor) -> torch.Tensor:
     return values.round().clamp(0, 255).to(torch.uint8)
+
+
+class FacePixelizer(Task):
+    name = "face_detection"
+    settings_class = FaceSettings
+    request_params = {
+        **DETECTION_PARAMS,
+        **{name: name for name in ("input_size", "max_faces", "mode", "blocks", "block_size", "margin")},
+    }
+    parameter_choices = {"format": OUTPUT_FORMATS, "mode": MODES}
+
+    def __init__(self, settings: FaceSettings, metadata: dict, model_dir: Path, device: torch.device):
+        super().__init__(settings, metadata, model_dir, device)
+        self.default_size = self.letterbox_size(settings.input_size)
+        # Letterbox padding in the mean colour: after its mean subtraction the model sees zeros.
+        self.fill = [round(value) for value in reversed(metadata["mean_bgr"])]
+        self.priors_config = metadata["priors"]
+        self.priors: dict[tuple[int, int], torch.Tensor] = {}
+
+    def resolve(self, settings: FaceSettings) -> FaceSettings:
+        return settings if settings.input_size else replace(settings, input_size=self.default_size)
+
+    def prepare(self, item: Item):
+        # Decoded at full size: the anonymised photo goes back at its original resolution.
+        return letterbox(item.image, item.settings.input_size, self.fill)
+
+    def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
+        loc, conf, landmarks = outputs
+        priors = self.priors_for(*items[0].input.shape[-2:])  # a forward pass has one input size
+        variances = tuple(self.priors_config["variances"])
+        return decode_faces_batch(loc, conf, landmarks, priors, variances, [item.settings for item in items])
+
+    def postprocess(self, faces: Faces, item: Item) -> Answer:
+        settings, geometry = item.settings, item.geometry
+        boxes, points = unletterbox_boxes(faces.boxes, geometry), unletterbox_points(faces.landmarks, geometry)
+        item.observe(FACES_PER_IMAGE, len(boxes))
+        if settings.format == "json":
+            rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
+            found = [face_record(box, score, marks) for box, score, marks in rows]
+            return Answer({"image_size": [geometry.width, geometry.height], "faces": found})
+        regions = expand_boxes(boxes, settings.margin, geometry.width, geometry.height)
+        anonymised = pixelate_regions(item.image, regions, settings)
+        return Answer(image=anonymised, jpeg_quality=settings.jpeg_quality, headers=face_headers(regions))
+
+    def priors_for(self, height: int, width: int) -> torch.Tensor:
+        """Prior boxes per input size, computed once."""
+        if (height, width) not in self.priors:
+            config = self.priors_config
+            self.priors[(height, width)] = prior_boxes(height, width, config["min_sizes"], config["steps"], self.device)
+        return self.priors[(height, width)]
+
+
+def face_headers(regions: list[Region]) -> tuple[tuple[str, str], ...]:
+    """An image answer's headers: how many faces were pixelated, and the regions, in whole
+    pixels, as a JSON list (a video client keeps them per frame) -- the first
+    MAX_HEADER_REGIONS of them, best first, so that the header stays a few KiB; then
+    X-Face-Boxes-Omitted says how many more there are (format=json lists every face)."""
+    listed = json.dumps([list(region) for region in regions[:MAX_HEADER_REGIONS]], separators=(",", ":"))
+    headers = [("X-Faces", str(len(regions))), ("X-Face-Boxes", listed)]
+    if len(regions) > MAX_HEADER_REGIONS:
+        headers.append(("X-Face-Boxes-Omitted", str(len(regions) - MAX_HEADER_REGIONS)))
+    return tuple(headers)
+
+
+def face_record(box: list[float], score: float, landmarks: list[list[float]]) -> dict:
+    points = [[round(x, 1), round(y, 1)] for x, y in landmarks]
+    return {**box_fields(box), "score": round(score, 4), "landmarks": points}

@@ -11,19 +11,16 @@ TorchServe 0.12 passes a v2 request to the handler as it came:
 The image is the first BYTES input (one element); request-level `parameters` are the
 per-request parameters (`{"top_k": 3}`). The answer is one BYTES output: "answer" (the
 JSON answer's text) or "image" (a JPEG, base64-encoded, as BYTES in JSON must be text).
+The edge (edge.py) reads the body and its JSON; these functions read the document.
 """
 
 import base64
 import re
 import struct
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from errors import InputError, shown
-from payload import parse_json, parse_json_body
+from .errors import InputError, shown
 
-HEADER_LENGTH = "inference-header-content-length"
 # Request parameters the protocol (and its clients, e.g. tritonclient's "binary_data_output")
 # use for themselves: not the model's parameters.
 PROTOCOL_PARAMETERS = frozenset(
@@ -37,61 +34,15 @@ _BYTE_COUNT = re.compile(r"\s*[0-9]{1,12}\s*")  # ASCII digits: str.isdigit() ta
 MAX_ID_CHARS = 256
 
 
-@dataclass(frozen=True)
-class InferenceRequest:
-    """What an answer must echo: the request's id."""
-
-    id: str
-
-
-def header_value(headers: Mapping[str, Any], name: str) -> str | None:
-    for key, value in headers.items():
-        if key.lower() == name and isinstance(value, str):
-            return value
-    return None
-
-
-def read_body(row: Mapping[str, Any], headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The request's fields with a JSON body parsed (payload.parse_json_body), except a
-    binary-extension request's: a JSON header, then the tensors' bytes."""
-    if header_value(headers, HEADER_LENGTH) is not None:
-        return dict(row)
-    return parse_json_body(row)
-
-
-def inference_request_of(row: Mapping[str, Any], headers: Mapping[str, Any]) -> InferenceRequest | None:
-    """The v2 request this is (its id, when it is one that can be echoed), or None: never
-    raises, so that even a malformed v2 request gets a v2-shaped error answer (TorchServe's
-    gRPC front end fails the worker on any other answer to one). `row` has its JSON body
-    parsed (payload.parse_json_body)."""
-    body = row.get("body")
-    if isinstance(body, dict) and "inputs" in body:
-        return InferenceRequest(echoed_id(body.get("id")))
-    if header_value(headers, HEADER_LENGTH) is not None and isinstance(body, (bytes, bytearray)):
-        return InferenceRequest("")
-    return None
-
-
 def echoed_id(value: Any) -> str:
     """A request's id as the answer may echo it: "" unless it is a string of at most MAX_ID_CHARS."""
     return value if isinstance(value, str) and len(value) <= MAX_ID_CHARS else ""
 
 
-def parse_inference_request(
-    row: Mapping[str, Any], headers: Mapping[str, Any]
-) -> tuple[bytes, dict[str, Any], InferenceRequest] | None:
-    """(image bytes, parameters, request) of a v2 request; None for any other request.
-    Whatever its JSON holds, a v2 request that cannot be read raises InputError."""
-    body = row.get("body")
-    length = header_value(headers, HEADER_LENGTH)
-    binary = b""
-    if length is not None and isinstance(body, (bytes, bytearray)):
-        size = header_size(length, len(body))
-        document, binary = parse_json(bytes(body[:size]), "the inference request's JSON header"), bytes(body[size:])
-    elif isinstance(body, dict) and "inputs" in body:
-        document = body
-    else:
-        return None
+def read_document(document: Any, binary: bytes = b"") -> tuple[bytes, dict[str, Any], str]:
+    """(image bytes, the model's parameters, the id to echo) of a v2 request's JSON
+    document (and, with the binary-data extension, the tensor bytes after its header).
+    Whatever the document holds, one that cannot be read raises InputError."""
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
         raise InputError("invalid inference request", "expected a JSON object with an 'inputs' list")
     request_id = document.get("id")
@@ -107,7 +58,7 @@ def parse_inference_request(
             "invalid inference request", f"'parameters' must be a JSON object, got {json_type(parameters)}"
         )
     model_parameters = {name: value for name, value in parameters.items() if name not in PROTOCOL_PARAMETERS}
-    return image, model_parameters, InferenceRequest(request_id)
+    return image, model_parameters, request_id
 
 
 def header_size(length: str, body_size: int) -> int:
@@ -189,11 +140,14 @@ def data_element(tensor: dict) -> bytes:
         return data.encode("latin-1", errors="replace")
 
 
-def inference_answer(model: str, version: str, request: InferenceRequest, body: bytes, content_type: str) -> dict:
-    """A v2 answer holding the handler's answer as one BYTES output."""
-    if content_type == "application/json":  # an answer, or an error answer ("error" beside it)
+def answer_document(model: str, version: str, request_id: str, body: bytes, content_type: str,
+                    error: str = "") -> dict:  # fmt: skip
+    """A v2 answer holding the handler's answer (JSON text, or an image) as one BYTES
+    output; an error answer has the protocol's "error" message beside it."""
+    if content_type == "application/json":
         output = {"name": "answer", "datatype": "BYTES", "shape": [1], "data": [body.decode().strip()]}
     else:
         output = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(body).decode()],
                   "parameters": {"content_type": content_type, "encoding": "base64"}}  # fmt: skip
-    return {"model_name": model, "model_version": version, "id": request.id, "outputs": [output]}
+    document = {"model_name": model, "model_version": version, "id": request_id, "outputs": [output]}
+    return {"error": error, **document} if error else document

@@ -1,4 +1,5 @@
-"""Image classification: settings and the top-k decoding of logits. Pure functions."""
+"""The classifier task (ResNet, MobileNetV2, EfficientNet-Lite0): a photo resized and
+centre-cropped as the weights were evaluated, the top-k classes out."""
 
 import json
 from dataclasses import dataclass
@@ -6,7 +7,10 @@ from pathlib import Path
 
 import torch
 
-from settings import ImageHandlerSettings, check_range
+from ..engine import Answer, Item, Task
+from ..imaging import resize_center_crop
+from ..observers import TOP1_PROBABILITY
+from ..settings import ImageHandlerSettings, check_range
 
 
 @dataclass(frozen=True)
@@ -52,3 +56,29 @@ def batched_top_k(logits: torch.Tensor, ks: list[int], labels: list[str]) -> lis
         ]
         for row, k in zip(rows, ks, strict=True)
     ]
+
+
+class Classifier(Task):
+    name = "classification"
+    settings_class = ClassifierSettings
+    request_params = {"top_k": "top_k"}
+
+    def __init__(self, settings: ClassifierSettings, metadata: dict, model_dir: Path, device: torch.device):
+        super().__init__(settings, metadata, model_dir, device)
+        self.labels = load_labels(model_dir / "index_to_name.json", metadata["num_classes"])
+        self.resize_size, self.crop_size = metadata["resize_size"], metadata["input_size"][0]
+        # The resize the weights were evaluated with (compiled models before it was recorded: bilinear).
+        self.interpolation = metadata.get("interpolation", "bilinear")
+
+    def decode_at_least(self, settings: ClassifierSettings) -> tuple[int, str]:
+        return self.resize_size, "cover"  # the short side is resized to resize_size anyway
+
+    def prepare(self, item: Item) -> tuple[torch.Tensor, None]:
+        return resize_center_crop(item.image, self.resize_size, self.crop_size, self.interpolation), None
+
+    def summarise(self, logits: torch.Tensor, items: list[Item]) -> list[list[dict]]:
+        return batched_top_k(logits, [item.settings.top_k for item in items], self.labels)
+
+    def postprocess(self, predictions: list[dict], item: Item) -> Answer:
+        item.observe(TOP1_PROBABILITY, predictions[0]["score"])
+        return Answer({"predictions": predictions})

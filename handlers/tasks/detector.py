@@ -1,40 +1,24 @@
-"""Object detection: settings, YOLOv5 output decoding with class-aware NMS, drawing.
-Pure functions."""
+"""The detector task (YOLOv5): a photo letterboxed, the objects found out -- as JSON, or
+drawn on the photo. YOLOv5 output decoding with class-aware NMS and the drawing are pure
+functions."""
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from errors import shown
-from settings import ImageHandlerSettings, check_choice, check_range
-from vision_ops import batched_nms, best_per_group, cxcywh_to_xyxy, rows_per_group
+from ..engine import Answer, Item, Task
+from ..errors import InputError, shown
+from ..imaging import box_fields, letterbox, unletterbox_boxes
+from ..observers import DETECTION_CONFIDENCE, DETECTIONS_PER_IMAGE, MAX_CONFIDENCES_PER_IMAGE
+from ..settings import DETECTION_PARAMS, OUTPUT_FORMATS, DetectionSettings, check_range
+from ..vision_ops import best_per_group, cxcywh_to_xyxy, nms_per_image, rows_per_group
 
-OUTPUT_FORMATS = ("json", "image")
 # ultralytics' non_max_suppression keeps at most this many boxes before NMS (max_nms).
 MAX_NMS_CANDIDATES = 30_000
-
-
-@dataclass(frozen=True)
-class DetectionSettings(ImageHandlerSettings):
-    """What every detecting handler shares (the object detectors, the face pixelizer)."""
-
-    # Letterbox size; 0 = the size the model was compiled and checked at (640).
-    input_size: int = 0
-    score_threshold: float = 0.25  # a detection's minimum score
-    iou_threshold: float = 0.45  # NMS
-    format: str = "json"  # "json": what was found; "image": the photo as JPEG (boxes drawn, or faces hidden)
-    jpeg_quality: int = 90  # for format=image
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_range("input_size", self.input_size, 0, 4096)
-        check_range("score_threshold", self.score_threshold, 0.0, 1.0)
-        check_range("iou_threshold", self.iou_threshold, 0.0, 1.0)
-        check_range("jpeg_quality", self.jpeg_quality, 1, 100)
-        check_choice("format", self.format, OUTPUT_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -47,16 +31,6 @@ class DetectorSettings(DetectionSettings):
     def __post_init__(self):
         super().__post_init__()
         check_range("max_detections", self.max_detections, 1, 10_000)
-
-
-# The per-request parameters every detecting handler accepts -> the DetectionSettings field.
-DETECTION_PARAMS = {"confidence": "score_threshold", "iou": "iou_threshold", "format": "format"}
-
-
-def box_fields(box: list[float]) -> dict[str, float]:
-    """(x1, y1, x2, y2) in pixels -> the answer's box fields, to a tenth of a pixel."""
-    x1, y1, x2, y2 = (round(value, 1) for value in box)
-    return {"left": x1, "top": y1, "right": x2, "bottom": y2}
 
 
 def class_filter(classes: tuple[str, ...], names: list[str]) -> torch.Tensor | None:
@@ -137,24 +111,6 @@ def detect_objects_batch(
     return [(part[:, :4].to(predictions.dtype), part[:, 4].to(predictions.dtype), part[:, 5].long()) for part in parts]
 
 
-def nms_per_image(
-    boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, image: torch.Tensor, iou_thresholds: list[float]
-) -> torch.Tensor:
-    """Indices of the boxes that NMS keeps within each group, image i's at iou_thresholds[i]:
-    one NMS call per image. NMS compares every pair of the boxes it is given (torchvision's
-    CPU kernel takes 2.4 s for 30,000 boxes, 11 s for 60,000; its CUDA kernel a mask of
-    N x N bits), so the boxes of different images are never given together: a batch of
-    hostile requests (confidence=0, iou=1) then costs each image its own N, not the batch's."""
-    counts = torch.bincount(image, minlength=len(iou_thresholds)).tolist()
-    by_image = image.argsort(stable=True).split(counts)
-    kept = [
-        members[batched_nms(boxes[members], scores[members], groups[members], threshold)]
-        for members, threshold in zip(by_image, iou_thresholds, strict=True)
-        if len(members)
-    ]
-    return torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64, device=boxes.device)
-
-
 def draw_detections(image: torch.Tensor, boxes: torch.Tensor, labels: list[int], captions: list[str]) -> torch.Tensor:
     """uint8 [3, H, W] -> a copy with each box (x1, y1, x2, y2) outlined in its class's
     colour and captioned; line width and font scale with the photo."""
@@ -176,3 +132,68 @@ def class_colour(label: int) -> tuple[int, int, int]:
     """A distinct, stable colour per class: hues spaced by the golden ratio."""
     red, green, blue = colorsys.hsv_to_rgb((label * 0.618033988749895) % 1.0, 0.85, 0.9)
     return round(red * 255), round(green * 255), round(blue * 255)
+
+
+class Detector(Task):
+    name = "detection"
+    settings_class = DetectorSettings
+    request_params = {**DETECTION_PARAMS, "max_detections": "max_detections", "classes": "classes"}
+    parameter_choices = {"format": OUTPUT_FORMATS}
+
+    def __init__(self, settings: DetectorSettings, metadata: dict, model_dir: Path, device: torch.device):
+        super().__init__(settings, metadata, model_dir, device)
+        self.class_names = metadata["class_names"]
+        self.input_size = self.letterbox_size(settings.input_size)
+        self.fill = metadata["letterbox_fill"]
+
+    def describe(self) -> dict:
+        return {"class_names": self.class_names}
+
+    def resolve(self, settings: DetectorSettings) -> DetectorSettings:
+        try:
+            wanted = class_filter(settings.classes, self.class_names)  # an unknown class: 400 before inference
+        except ValueError as err:
+            raise InputError("invalid parameter", f"classes: {err}") from err
+        if wanted is None:
+            return settings
+        # By name, each once: what the answer echoes is then bounded by the class list.
+        names = tuple(self.class_names[index] for index in dict.fromkeys(wanted.tolist()))
+        return replace(settings, classes=names)
+
+    def decode_at_least(self, settings: DetectorSettings) -> tuple[int, str] | None:
+        if settings.format == "image":
+            return None  # the boxes are drawn on the photo at its full size
+        return self.input_size, "contain"  # the long side is letterboxed to input_size anyway
+
+    def prepare(self, item: Item):
+        return letterbox(item.image, self.input_size, self.fill, item.original_size)
+
+    def summarise(self, predictions: torch.Tensor, items: list[Item]) -> list[tuple[torch.Tensor, ...]]:
+        requests = [
+            DetectionRequest(
+                item.settings.score_threshold,
+                item.settings.iou_threshold,
+                item.settings.max_detections,
+                class_filter(item.settings.classes, self.class_names),  # checked by `resolve`
+            )
+            for item in items
+        ]
+        return detect_objects_batch(predictions, requests)
+
+    def postprocess(self, detections: tuple[torch.Tensor, ...], item: Item) -> Answer:
+        settings, geometry = item.settings, item.geometry
+        boxes, scores, labels = detections
+        boxes = unletterbox_boxes(boxes, geometry)
+        item.observe(DETECTIONS_PER_IMAGE, len(boxes))
+        for score in scores[:MAX_CONFIDENCES_PER_IMAGE].tolist():  # best first
+            item.observe(DETECTION_CONFIDENCE, score)
+        names = [self.class_names[label] for label in labels.tolist()]
+        if settings.format == "image":
+            captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist(), strict=True)]
+            drawn = draw_detections(item.image, boxes, labels.tolist(), captions)
+            return Answer(image=drawn, jpeg_quality=settings.jpeg_quality)
+        detections = [
+            {**box_fields(box), "confidence": round(score, 4), "class_index": label, "class_name": name}
+            for box, score, label, name in zip(boxes.tolist(), scores.tolist(), labels.tolist(), names, strict=True)
+        ]
+        return Answer({"image_size": [geometry.width, geometry.height], "detections": detections})
