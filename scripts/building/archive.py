@@ -3,6 +3,7 @@
     python -m scripts.building.archive mobilenet_v2 --serialized-file build/mobilenet_v2.pt --export-path model_store
 
 The archive holds the compiled model, the family's entry module (TorchServe's --handler),
+its companions' compiled files (other networks its task may run, beside the compiled model),
 the handlers package with the modules that entry module imports and no others (TorchServe
 copies an extra directory's contents into the model directory, which is on the worker's
 PYTHONPATH: `handlers/` lands there whole), the family's data files and the model's YAML config
@@ -110,7 +111,11 @@ def build_archive(
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
         config = config or profile_file(spec, profile, Path(staging))
-        extra = (stage_handlers(Path(inspect.getfile(family(spec.family).handler)), Path(staging)),)
+        companions = tuple(serialized_file.parent / companion.artifact for companion in spec.companions)
+        missing = [path for path in companions if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{missing[0]} is missing: {spec.name} carries it (run `make archive`)")
+        extra = (stage_handlers(Path(inspect.getfile(family(spec.family).handler)), Path(staging)), *companions)
         if drift_reference is not None:
             extra = (*extra, Path(staging) / REFERENCE_FILE)
             write_reference(spec.name, drift_reference, extra[-1], serialized_file)

@@ -158,6 +158,8 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         "device": str(device),  # AOTInductor packages run on the device they were compiled for
         "parity_max_abs_diff": parity,
         **({"input_parity_mean_abs_diff": input_parity} if input_parity is not None else {}),
+        # The other networks its archive carries and its task may run, by name: their files.
+        **({"companions": {c.name: c.artifact for c in spec.companions}} if spec.companions else {}),
     }
     if partial is None:
         save_compiled(compiled, metadata, output)

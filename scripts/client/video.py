@@ -315,8 +315,8 @@ def add_anonymise_parser(commands) -> None:
                         help="also pixelate the face regions of the last N frames (0: off)")  # fmt: skip
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
-    for option, param in (("--mode", "mode"), ("--blocks", "blocks"), ("--margin", "margin"),
-                          ("--confidence", "confidence")):  # fmt: skip
+    for option, param in (("--preset", "preset"), ("--mode", "mode"), ("--shape", "shape"), ("--blocks", "blocks"),
+                          ("--margin", "margin"), ("--confidence", "confidence")):  # fmt: skip
         parser.add_argument(option, dest=param)
     for param in ("top_k", "iou", "max_detections", "classes", "input_size", "max_faces", "block_size", "format"):
         parser.set_defaults(**{param: None})

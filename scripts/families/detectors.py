@@ -15,6 +15,7 @@ from scripts.families.weights import (
     Weights,
     WeightsError,
     explicit_weights_file,
+    loaded,
     random_weights,
     sha256_file,
 )
@@ -91,12 +92,8 @@ def build_detector(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
     model = YOLOv5(YOLOv5Config(base.depth_multiple, base.width_multiple, num_classes(weights)))
     if weights.is_random:
         model.model[24].initialize_biases()
-    else:
-        try:
-            model.load_state_dict(weights.state_dict, strict=True)
-        except RuntimeError as err:
-            raise WeightsError(f"{weights.origin} does not fit {spec.architecture}: {err}") from err
-    return model.eval()
+        return model.eval()
+    return loaded(model, weights, spec.architecture)
 
 
 def parity_batch(weights: Weights | None = None) -> torch.Tensor:

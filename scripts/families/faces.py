@@ -21,7 +21,7 @@ from skimage import data as photos
 
 from handlers.face_pixelizer_handler import FacePixelizerHandler
 from scripts.families import Family, Recipe
-from scripts.families.weights import Weights, WeightsError, explicit_weights_file, sha256_file
+from scripts.families.weights import Weights, WeightsError, explicit_weights_file, loaded, sha256_file
 from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import BGRMeanInput
 from scripts.nets.retinaface import RetinaFace
@@ -93,12 +93,7 @@ def resolve_face_weights(spec: ModelSpec, weights=None, weights_dir=None, downlo
 
 
 def build_face_detector(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
-    model = RetinaFace()
-    try:
-        model.load_state_dict(weights.state_dict, strict=True)
-    except RuntimeError as err:
-        raise WeightsError(f"{weights.origin} does not fit RetinaFace MobileNet-0.25: {err}") from err
-    return model.eval()
+    return loaded(RetinaFace(), weights, "RetinaFace MobileNet-0.25")
 
 
 def face_input(weights: Weights | None = None) -> BGRMeanInput:

@@ -195,3 +195,13 @@ def _from_torchvision_file(member, path: Path, origin: str) -> Weights:
     }
     name = f"{type(member).__name__}.{member.name}"
     return Weights(name, origin, digest, load_state_dict(path), preset, transform=transforms)
+
+
+def loaded(model: torch.nn.Module, weights: Weights, what: str) -> torch.nn.Module:
+    """`model` with every tensor of `weights` (strictly), in eval mode; WeightsError naming
+    `what` when they do not fit it."""
+    try:
+        model.load_state_dict(weights.state_dict, strict=True)
+    except RuntimeError as err:
+        raise WeightsError(f"{weights.origin} does not fit {what}: {err}") from err
+    return model.eval()

@@ -27,6 +27,13 @@ class UnitScaleInput(nn.Module):
         return x.float() * (1.0 / 255.0)
 
 
+class Float255Input(nn.Module):
+    """uint8 RGB -> float RGB in 0..255 (CenterFace: no normalisation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float()
+
+
 class BGRMeanInput(nn.Module):
     """uint8 RGB -> BGR minus the training mean (RetinaFace, Caffe-style)."""
 

@@ -142,15 +142,17 @@ def make_handler(tmp_path):
 
 @pytest.fixture(scope="session")
 def face_model_dir(tmp_path_factory) -> Path:
-    """The face pixelizer's real model (RetinaFace with its pretrained weights), compiled
-    once per test session into a model directory."""
+    """The face pixelizer's real networks (CenterFace, with RetinaFace as its companion, each
+    with its pretrained weights), compiled once per test session into a model directory."""
     from scripts.building.compile import compile_model
-    from scripts.families.faces import resolve_face_weights
+    from scripts.families import family
     from scripts.zoo import get_model
 
     model_dir = tmp_path_factory.mktemp("face_pixelizer")
     spec = get_model("face_pixelizer")
-    compile_model(spec, resolve_face_weights(spec), model_dir / "model.pt")
+    for built in (spec, *spec.companions):
+        weights = family(built.family).recipe.resolve_weights(built)
+        compile_model(built, weights, model_dir / ("model.pt" if built is spec else built.artifact))
     return model_dir
 
 

@@ -6,13 +6,18 @@ import json
 
 import numpy as np
 import torch
-from PIL import Image
+import yaml
+from PIL import Image, ImageFilter
 
 from handlers.edge import jpegs_of
 from handlers.engine import Answer, Failure
+from handlers.face_pixelizer_handler import FacePixelizerHandler
 from handlers.imaging import jpeg_bytes
 from handlers.tasks.face import expand_boxes
+from scripts.building.inprocess import FakeContext
+from scripts.samples.faces import box_iou, found, grid
 from scripts.samples.photos import encode, photo
+from scripts.zoo import get_model
 
 # The astronaut's face in skimage's 512x512 photo (x1, y1, x2, y2), by eye with a margin.
 ASTRONAUT_FACE = (170, 50, 280, 190)
@@ -69,7 +74,7 @@ def test_json_lists_the_face_with_landmarks(pixelizer):
     document = json.loads(result)
     assert document["image_size"] == [512, 512] and document["weights_sha256"]
     (face,) = document["faces"]
-    assert face["score"] > 0.99
+    assert face["score"] > 0.8  # CenterFace: 0.91
     x1, y1, x2, y2 = ASTRONAUT_FACE
     assert x1 <= face["left"] < face["right"] <= x2 and y1 <= face["top"] < face["bottom"] <= y2
     assert len(face["landmarks"]) == 5
@@ -139,3 +144,39 @@ def test_an_image_answer_a_jpeg_cannot_hold_is_a_413_for_that_request_alone(pixe
         assert "format=json" in refusal["detail"]
     assert pixels(results[1]).shape == (512, 512, 3)
     assert json.loads(results[3])["image_size"] == [65_501, 1]
+
+
+def faces_in(handler, context, data: bytes, **params) -> list[tuple[float, ...]]:
+    fields = {name: str(value).encode() for name, value in {"format": "json", **params}.items()}
+    (body,) = handler.handle([{"data": data, **fields}], context)
+    return [(f["left"], f["top"], f["right"], f["bottom"]) for f in json.loads(body)["faces"]]
+
+
+def test_the_default_preset_finds_every_real_face_of_small_sets(pixelizer):
+    """LFW's 100 real face crops (scripts/samples/faces.py) at 16 px, and at 40 px darkened:
+    the thorough preset (the default) finds them all -- RetinaFace's fast preset does not."""
+    handler, context = pixelizer
+    for face_set in (grid(16), grid(40, "dark")):
+        assert found(face_set.boxes, faces_in(handler, context, face_set.data)) >= 99, face_set.name
+    dark = grid(40, "dark")
+    assert found(dark.boxes, faces_in(handler, context, dark.data, preset="fast")) < 95
+    non_faces = grid(40, faces=False)
+    assert faces_in(handler, context, non_faces.data) == []
+
+
+def test_a_face_cut_by_a_tile_border_is_found_once(face_model_dir):
+    """A photo larger than max_view_pixels is seen in tiles of 1280 px overlapping by 256:
+    a face across the first tile's right edge (x = 1280) is whole in the next one, and the
+    two views' detections merge into one face, where the face is."""
+    config = yaml.safe_load(get_model("face_pixelizer").config_file.read_text())
+    config["handler"]["max_view_pixels"] = 1280 * 1280
+    context = FakeContext(face_model_dir, config)
+    handler = FacePixelizerHandler()
+    handler.initialize(context)
+    canvas = photo("coffee").resize((2000, 1400)).filter(ImageFilter.GaussianBlur(8))
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    canvas.paste(photo("astronaut").crop(ASTRONAUT_FACE), (1220, 600))
+    pasted = (1220, 600, 1220 + x2 - x1, 600 + y2 - y1)
+    assert pasted[0] < 1280 < pasted[2]  # across the first tile's edge
+    (face,) = faces_in(handler, context, encode(canvas, "PNG"))
+    assert box_iou(face, pasted) > 0.3

@@ -32,7 +32,7 @@ def test_astronaut_face_is_found_and_pixelated_and_nothing_else_changes(torchser
     assert found.status_code == 200, found.text
     (face,) = found.json()["faces"]
     assert (
-        face["score"] > 0.99
+        face["score"] > 0.8  # CenterFace: 0.91
         and 170 <= face["left"] < face["right"] <= 280
         and 50 <= face["top"] < face["bottom"] <= 190
     )

@@ -109,7 +109,7 @@ def test_reduced_precision_checks_are_looser_but_real():
 def test_aoti_package_serves_through_the_same_loader(tmp_path, monkeypatch):
     """torch.export + AOTInductor: the .pt2 carries its metadata and loads like TorchScript,
     leaving nothing unpacked in the temp dir while it serves (a killed worker cleans nothing)."""
-    spec = get_model("face_pixelizer")  # the smallest network of the zoo, so the C++ build is short
+    spec = get_model("face_pixelizer_fast")  # RetinaFace: the smallest network of the zoo, so the C++ build is short
     from scripts.families.faces import resolve_face_weights
 
     metadata = compile_script.compile_model(spec, resolve_face_weights(spec), tmp_path / "face.pt2")

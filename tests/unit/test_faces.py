@@ -1,18 +1,26 @@
 """RetinaFace priors and decoding, box expansion, and the mosaic/blur that anonymises."""
 
+import math
+
 import pytest
 import torch
 import torchvision
 
+from handlers.imaging import LetterboxGeometry, tile_origins, tiles, unletterbox_boxes
 from handlers.tasks.face import (
+    MAX_UPSCALE,
+    Faces,
     FaceSettings,
     decode_faces,
     decode_faces_batch,
+    ellipse_mask,
     expand_boxes,
+    merge_views,
     mosaic_grid,
     pixelate_regions,
     prior_boxes,
     spread_cells,
+    tile_scale,
 )
 
 MIN_SIZES, STEPS, VARIANCES = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
@@ -62,7 +70,7 @@ def test_threshold_nms_and_max_faces():
     priors = prior_boxes(64, 64, MIN_SIZES, STEPS)
     # priors 0 and 1 share a centre (16px and 32px boxes, IoU 0.25); prior 2 is the next cell.
     loc, conf, landmarks = outputs_for(priors, [(0, 0.95), (1, 0.9), (2, 0.8), (5, 0.3)])
-    faces = decode_faces(loc, conf, landmarks, priors, VARIANCES, FaceSettings())
+    faces = decode_faces(loc, conf, landmarks, priors, VARIANCES, FaceSettings(score_threshold=0.5))
     assert faces.scores.tolist() == pytest.approx([0.95, 0.9, 0.8])  # 0.3 is below 0.5
     strict = decode_faces(loc, conf, landmarks, priors, VARIANCES, FaceSettings(iou_threshold=0.2, max_faces=1))
     assert strict.scores.tolist() == pytest.approx([0.95])
@@ -180,3 +188,63 @@ def reference_faces(loc, conf, landmarks, priors, settings):
     points = anchors[:, None, :2] + landmarks[keep].view(-1, 5, 2) * VARIANCES[0] * anchors[:, None, 2:]
     kept = torchvision.ops.nms(boxes, scores, settings.iou_threshold)[: settings.max_faces]
     return boxes[kept], scores[kept], points[kept]
+
+
+@pytest.mark.parametrize("length, tile, overlap", [(100, 640, 160), (640, 640, 160), (641, 640, 160), (3200, 640, 160),
+                                                   (1000, 640, 160), (5000, 640, 200)])  # fmt: skip
+def test_tiles_cover_the_side_and_neighbours_share_the_overlap(length, tile, overlap):
+    starts = tile_origins(length, tile, overlap)
+    assert starts[0] == 0 and starts[-1] + tile >= length and starts == sorted(set(starts))
+    ends = [start + tile for start in starts]
+    assert all(end - start >= overlap for start, end in zip(starts[1:], ends, strict=False))
+    assert len(starts) == 1 or ends[-1] == length
+
+
+def test_a_tile_s_geometry_maps_its_pixels_back_into_the_photo():
+    image = torch.zeros(3, 900, 1500, dtype=torch.uint8)
+    image[:, 400:450, 1000:1060] = 255  # a bright block, as a face would be
+    views, geometries = tiles(image, 2.0, 640, 160, (0, 0, 0))
+    assert views.shape[1:] == (3, 640, 640) and len(views) == len(geometries) == 4 * 6
+    whole = 0
+    for view, geometry in zip(views, geometries, strict=True):
+        ys, xs = (view[0] > 127).nonzero(as_tuple=True)
+        if len(xs) and xs.max() < 639 and ys.max() < 639 and xs.min() > 0 and ys.min() > 0:  # whole in this tile
+            box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+            assert unletterbox_boxes(box, geometry).tolist() == [[1000, 400, 1060, 450]]
+            whole += 1
+    assert whole >= 1
+
+
+def test_more_tiles_than_allowed_reduce_the_scale_and_small_photos_are_enlarged():
+    assert tile_scale(300, 200, 640, 160, 1280, 24) == MAX_UPSCALE
+    assert tile_scale(1600, 1000, 640, 160, 1280, 24) == 1.0
+    scale = tile_scale(8000, 5000, 640, 160, 1280, 24)
+    assert scale < 1 and len(tile_origins(round(5000 * scale), 640, 160)) * len(
+        tile_origins(round(8000 * scale), 640, 160)) <= 24  # fmt: skip
+
+
+def test_a_face_seen_whole_in_one_view_and_cut_in_another_is_one_face():
+    """Views' faces in the photo's pixels: the same face twice (NMS), and its part at a
+    tile's edge (inside the whole face's box) -- one face, the whole one."""
+    whole = Faces(torch.tensor([[100.0, 100, 200, 220]]), torch.tensor([0.9]), torch.zeros(1, 5, 2))
+    again = Faces(torch.tensor([[102.0, 98, 201, 221]]), torch.tensor([0.8]), torch.zeros(1, 5, 2))
+    cut = Faces(torch.tensor([[100.0, 100, 140, 220]]), torch.tensor([0.95]), torch.zeros(1, 5, 2))
+    other = Faces(torch.tensor([[400.0, 100, 450, 160]]), torch.tensor([0.7]), torch.zeros(1, 5, 2))
+    same = LetterboxGeometry(1000, 800, 1.0, 1.0, 0, 0)
+    merged = merge_views([whole, again, cut, other], [same] * 4, FaceSettings())
+    assert merged.boxes.tolist() == [[100.0, 100, 200, 220], [400.0, 100, 450, 160]]
+
+
+@pytest.mark.parametrize("mode", ["mosaic", "blur"])
+def test_the_ellipse_shape_changes_the_inscribed_ellipse_only(noise, mode):
+    region = (16, 8, 96, 72)  # 80 x 64
+    out = pixelate_regions(noise, [region], FaceSettings(mode=mode, shape="ellipse"))
+    boxed = pixelate_regions(noise, [region], FaceSettings(mode=mode))
+    x1, y1, x2, y2 = region
+    mask = ellipse_mask(y2 - y1, x2 - x1)
+    assert mask[32, 40] and not mask[0, 0] and not mask[-1, -1] and mask.float().mean().item() == pytest.approx(
+        math.pi / 4, abs=0.02)  # fmt: skip
+    inside = torch.zeros(120, 160, dtype=torch.bool)
+    inside[y1:y2, x1:x2] = mask
+    assert torch.equal(out[:, ~inside], noise[:, ~inside])  # the corners and the rest: untouched
+    assert torch.equal(out[:, inside], boxed[:, inside])  # inside: what the box would show

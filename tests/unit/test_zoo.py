@@ -18,7 +18,8 @@ from scripts.building.profiles import FRONTEND_KEYS, PROFILES, gpu_defaults, mod
 from scripts.families import families
 from scripts.zoo import MODELS, REPO, get_model
 
-SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings, "face": FaceSettings}
+SETTINGS = {"classifier": ClassifierSettings, "detector": DetectorSettings, "face": FaceSettings,
+            "centerface": FaceSettings}  # fmt: skip
 TORCHSERVE_KEYS = FRONTEND_KEYS | {"handler"}
 
 
@@ -77,7 +78,7 @@ def test_a_gpu_archive_carries_the_gpu_profile(tmp_path):
 
 
 def test_an_archive_carries_the_handler_modules_its_task_imports_and_no_others():
-    tasks = {"classifier": "classifier.py", "detector": "detector.py", "face": "face.py"}
+    tasks = {"classifier": "classifier.py", "detector": "detector.py", "face": "face.py", "centerface": "face.py"}
     for name, task in families().items():
         entry = Path(inspect.getfile(task.handler))
         carried = {path.relative_to(REPO / "handlers").as_posix() for path in handler_modules(entry)}
