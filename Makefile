@@ -42,7 +42,7 @@ COMPILE_FLAGS := $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR)) $(if $(filter
 COMPILE_SRC := scripts/zoo.py $(wildcard scripts/building/*.py scripts/nets/*.py scripts/families/*.py)
 HANDLER_SRC := $(wildcard handlers/*.py handlers/*/*.py)
 
-.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-faces bench-gpu soak serve stop test test-unit lint clean \
+.PHONY: FORCE help setup serve-venv image image-gpu replicas archive models yolov5-sizes bench bench-metrics bench-replicas bench-video bench-faces bench-gpu gpu-wheels soak serve stop test test-unit lint clean \
 	distclean
 
 help: ## list the targets
@@ -132,6 +132,11 @@ bench-gpu: setup ## GPU serving: the model alone, a no-op TorchServe, ours and L
 	$(PY) -m scripts.bench.handler_speed --device cuda --models resnet50 yolov5s face_pixelizer \
 		--precisions bf16 --json docs/handler_speed.json
 	$(PY) -m scripts.bench.handler_speed --render docs/handler_speed.json
+
+# A lent GPU machine has no package index: the wheels it lacks, in parts of one call each
+# (.whl/1, .whl/2, ...); there, `bash scripts/bench/gpu_device.sh MODEL` installs them and runs one model.
+gpu-wheels: setup ## download the wheels a GPU machine without network needs into .whl/ (for gpu_device.sh)
+	$(PY) -m scripts.bench.gpu_wheels
 
 soak: ## 10-minute load/soak run against the running server (make serve) -> docs/soak.md
 	$(PY) -m scripts.bench.soak --duration 600 --concurrency 8 --markdown docs/soak.md

@@ -312,7 +312,8 @@ def render(results: list[Result], requests: list[Request], about: About, headers
             applied = ("X-Parameters", json.dumps(answer.parameters, separators=(",", ":")))
             response = Response(result, "image/jpeg", headers=(*answer.headers, applied))
         else:
-            document = {"model": about.model, **about.provenance, **result.fields, "parameters": result.parameters}
+            provenance = result.provenance or about.provenance  # the network that ran, where a model has several
+            document = {"model": about.model, **provenance, **result.fields, "parameters": result.parameters}
             response = Response.json(document)
         response = replace(response, headers=(*response.headers, *headers))
         responses.append(in_protocol(response, request, about))

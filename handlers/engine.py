@@ -57,6 +57,7 @@ class Answer:
     jpeg_quality: int = 90
     headers: tuple[tuple[str, str], ...] = ()
     parameters: dict[str, Any] = field(default_factory=dict)  # every per-request parameter's value, as applied
+    provenance: dict[str, str] = field(default_factory=dict)  # the weights of the network that ran (name, sha256)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,12 @@ class Task:
     def network(self, item: Item) -> str:
         """Which network serves this item: the model's own (""), or a companion by name."""
         return ""
+
+    def provenance(self, item: Item) -> dict[str, str]:
+        """The weights that answered this item: those of the network that ran it."""
+        name = self.network(item)
+        weights = (self.companions[name] if name else self.metadata)["weights"]
+        return {"weights": weights["name"], "weights_sha256": weights["sha256"]}
 
     def decode_at_least(self, settings: ImageHandlerSettings) -> tuple[int, str] | None:
         """(size, "cover" | "contain") when the task only needs the image at that size:
@@ -301,7 +308,7 @@ class BatchEngine:
 
     def _answer(self, summary: Any, item: Item) -> Answer:
         answer = self.task.postprocess(summary, item)
-        return replace(answer, parameters=self.applied_parameters(item.settings))
+        return replace(answer, parameters=self.applied_parameters(item.settings), provenance=self.task.provenance(item))
 
     def warmup(self, batch_size: int) -> None:
         """Run a dummy image through the model and the post-processing so that lazy

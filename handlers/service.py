@@ -183,7 +183,7 @@ class ZooHandler:
         provenance = {"weights": weights["name"], "weights_sha256": weights["sha256"]}
         self.about = edge.About(context.model_name, version, provenance, settings.max_response_bytes)
         self.metrics = Metrics(context.model_name, context) if settings.metrics else None
-        self.memory = idle_trimmer(settings.release_memory_after_s)
+        self.memory = idle_trimmer(settings.release_memory_after_s, reuse_large_buffers=self.device.type == "cpu")
         self.threads = threads
         self.observers = Observers(self.metrics, threads, self.memory)
         self.engine = BatchEngine(self.task, model, self.device, self.observers, companions)

@@ -45,7 +45,8 @@ class ImageHandlerSettings:
     # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
     channels_last: bool = False
     # Once the worker has been idle this many seconds, give the memory its batches freed back
-    # to the system (glibc keeps it for reuse: observers.IdleTrimmer); 0 = never.
+    # to the system (glibc keeps it for reuse: observers.IdleTrimmer); 0 = never. A CPU worker
+    # that trims also keeps its large buffers between batches (observers.idle_trimmer).
     release_memory_after_s: float = 2.0
     # Emit the handler's metrics (handlers/observers.py; their cost: docs/benchmarks.md).
     metrics: bool = True

@@ -7,8 +7,10 @@ after a grace period. Standard library only: the runtime image's launcher uses i
 """
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +21,19 @@ POLL_S = 0.3  # how often readiness is asked
 
 class ChildFailed(RuntimeError):
     """The child exited before it answered, or did not answer in time."""
+
+
+def console_script(name: str) -> str:
+    """A Python package's command (torchserve, torch-model-archiver): beside this
+    interpreter, as a venv has it, else on PATH (`pip install --target DIR` puts it in
+    DIR/bin, as on the lent GPU machine)."""
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} is neither beside {sys.executable} nor on PATH: install its package")
+    return found
 
 
 def spawn(command: list[str], cwd: Path, env: Mapping[str, str] | None = None, log: Path | None = None

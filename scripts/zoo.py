@@ -68,7 +68,7 @@ class ModelSpec:
     compiler: str = "torchscript"
     # Other networks compiled beside it and carried in its archive, which its task may run
     # (the face pixelizer's fast preset); each is built like a model, never archived alone.
-    companions: tuple["ModelSpec", ...] = ()
+    companions: tuple["ModelSpec", ...] = ()  # compiled as the model is (companion_file)
 
     @property
     def config_file(self) -> Path:
@@ -78,6 +78,11 @@ class ModelSpec:
     def artifact(self) -> str:
         """The compiled file's name: <name>.pt (TorchScript) or <name>.pt2 (AOTInductor package)."""
         return self.name + COMPILERS[self.compiler]
+
+    def companion_files(self, compiled: Path) -> dict[str, Path]:
+        """Its companions' compiled files beside its own `compiled` file, by name: compiled
+        as it was (a GPU build that falls back to TorchScript compiles them so too)."""
+        return {companion.name: compiled.with_name(companion.name + compiled.suffix) for companion in self.companions}
 
 
 MODELS = (

@@ -34,6 +34,8 @@ SHAPES = ("box", "ellipse")  # what of a face's grown box is anonymised: all of 
 # Their recall and cost: docs/benchmarks.md (make bench-faces).
 PRESETS = ("thorough", "fast")
 NETWORKS = {"thorough": "centerface", "fast": "retinaface_mobilenet0.25"}  # the architecture each preset runs
+# The per-request parameters besides confidence, iou and format, each named as its setting.
+FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin", "upscale_to")
 MAX_UPSCALE = 2.0  # the thorough preset enlarges a small photo at most this much
 TILE, TILE_OVERLAP = 1280, 256  # a photo too large for one view is cut into tiles of this size
 # Across views, a face box this much inside another at least 1 / SMALLER its size is the same
@@ -312,13 +314,7 @@ def contained(boxes: torch.Tensor) -> torch.Tensor:
 class FacePixelizer(Task):
     name = "face_detection"
     settings_class = FaceSettings
-    request_params = {
-        **DETECTION_PARAMS,
-        **{
-            name: name
-            for name in ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin")
-        },  # fmt: skip
-    }
+    request_params = {**DETECTION_PARAMS, **{name: name for name in FACE_PARAMS}}
     parameter_choices = {"format": OUTPUT_FORMATS, "mode": MODES, "shape": SHAPES, "preset": PRESETS}
 
     def __init__(

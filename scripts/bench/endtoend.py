@@ -27,6 +27,7 @@ from scripts.bench.doc import about_the_run, publish
 from scripts.bench.harness import Target, as_form, images, measure, peer, torchserve
 from scripts.building.archive import ARCHIVE_VERSION
 from scripts.building.inprocess import load_handler
+from scripts.child_process import console_script
 from scripts.serve.server import free_ports
 from scripts.zoo import REPO, get_model
 
@@ -57,7 +58,7 @@ def builtin_archive(store: Path, model: str) -> str:
     compiled = torch.jit.load(str(REPO / "build" / f"{model}.pt"), map_location="cpu")
     torch.jit.save(torch.jit.script(LogitsOnly(compiled)), str(logits_only))
     command = [
-        str(Path(sys.executable).with_name("torch-model-archiver")),
+        console_script("torch-model-archiver"),
         "--model-name",
         name,
         "--version",

@@ -14,6 +14,7 @@ scripts/bench/handler_speed.py (`make bench-gpu` runs both).
     python -m scripts.bench.gpu                            # make bench-gpu (~3 min a model on an H200)
     python -m scripts.bench.gpu --models resnet50 --compiler torchscript   # one model, TorchScript
     python -m scripts.bench.gpu --device cpu --quick       # the whole run on the CPU, briefly (CI)
+    bash scripts/bench/gpu_device.sh resnet50              # on a lent GPU machine, offline: one model
 """
 
 import argparse
@@ -31,6 +32,7 @@ from scripts.bench.doc import about_the_run, markdown_table, publish
 from scripts.bench.harness import Target, as_form, images, litserve, measure, torchserve
 from scripts.building.archive import ARCHIVE_VERSION, build_archive
 from scripts.building.profiles import model_config
+from scripts.child_process import console_script
 from scripts.zoo import COMPILERS, REPO, get_model
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")
@@ -41,16 +43,29 @@ LITSERVE_SETTINGS = ((16, 0.005), (32, 0.005), (64, 0.01))
 OF_CEILING, OVER_LITSERVE, P99_OVER_P50 = 0.5, 1.2, 3.0
 
 
-def compile_for(model: str, device: str, compiler: str | None, workdir: Path) -> Path:
-    """`model` compiled for `device` (bf16 on a GPU) into `workdir`; on the CPU, build/'s file."""
+def compile_for(model: str, device: str, compiler: str | None, workdir: Path, build: bool) -> tuple[Path, str]:
+    """`model` and its companions compiled for `device` (bf16 on a GPU) into `workdir` ->
+    (the model's file, its compiler); on the CPU, build/'s file unless `build`. Weights found
+    offline or random (a speed measurement), never downloaded mid-run. A compiler
+    whose output does not load there (torch 2.11's AOTInductor crashes loading a CUDA
+    package: ../shared/gpu/README.md) is said so, and TorchScript compiles it instead."""
     spec = get_model(model)
-    if device == "cpu":
-        return REPO / "build" / spec.artifact
-    output = workdir / f"{model}{COMPILERS[compiler or spec.compiler]}"
-    command = [sys.executable, "-m", "scripts.building.compile", model, "--output", str(output),
-               "--device", device, "--precision", "bf16"]  # fmt: skip
-    subprocess.run(command, cwd=REPO, check=True)
-    return output
+    if device == "cpu" and not build:
+        return REPO / "build" / spec.artifact, spec.compiler
+    precision = [] if device == "cpu" else ["--precision", "bf16"]
+    for attempt in dict.fromkeys((compiler or spec.compiler, "torchscript")):
+        output = workdir / f"{model}{COMPILERS[attempt]}"
+        failed = 0
+        for name, path in {model: output, **spec.companion_files(output)}.items():
+            command = [sys.executable, "-m", "scripts.building.compile", name, "--output", str(path),
+                       "--device", device, "--no-download", *precision]  # fmt: skip
+            failed = failed or subprocess.run(command, cwd=REPO).returncode
+        if not failed:
+            return output, attempt
+        then = "TorchScript next" if attempt != "torchscript" else "giving up"
+        print(f"{model}: compiling with {attempt} for {device} failed (exit status {failed}); {then}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    raise RuntimeError(f"{model} could not be compiled for {device}")
 
 
 def noop_archive(model: str, store: Path, profile: str) -> str:
@@ -58,7 +73,7 @@ def noop_archive(model: str, store: Path, profile: str) -> str:
     name = f"{model}_noop"
     config = {key: value for key, value in model_config(get_model(model), profile).items() if key != "handler"}
     (store / f"{name}.yaml").write_text(json.dumps(config))  # JSON is YAML
-    command = [str(Path(sys.executable).with_name("torch-model-archiver")), "--model-name", name,
+    command = [console_script("torch-model-archiver"), "--model-name", name,
                "--version", ARCHIVE_VERSION, "--handler", str(REPO / "scripts" / "bench" / "noop_handler.py"),
                "--config-file", str(store / f"{name}.yaml"), "--export-path", str(store), "--force"]  # fmt: skip
     subprocess.run(command, check=True)
@@ -72,14 +87,15 @@ def sweep(target: Target, model: str, body: bytes, clients, seconds: float) -> l
 def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) -> dict:
     profile = "cpu" if args.device == "cpu" else "gpu"
     config = model_config(get_model(model), profile)
-    artifact = compile_for(model, args.device, args.compiler, workdir)
+    artifact, compiler = compile_for(model, args.device, args.compiler, workdir, args.build)
     store = workdir / f"store-{model}"
     store.mkdir()
     build_archive(get_model(model), artifact, store, profile=profile)
     batch, workers = config["batchSize"], config["maxWorkers"]
     channels_last = config["handler"].get("channels_last", False)
     alone = model_throughput(artifact, [batch], args.seconds, args.device, channels_last)[batch][0]
-    result = {"model": model, "batch": batch, "workers": workers, "alone_img_per_s": alone, "points": []}
+    result = {"model": model, "compiler": compiler, "batch": batch, "workers": workers, "alone_img_per_s": alone,
+              "points": []}  # fmt: skip
     with torchserve(store, [noop_archive(model, store, profile)], "no-op") as target:
         result["points"] += sweep(target, f"{model}_noop", body, args.clients, args.seconds)
     with torchserve(store, [model]) as target:
@@ -97,11 +113,14 @@ def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) 
 def gpu_description(device: str) -> str:
     if not device.startswith("cuda"):
         return f"no GPU (a dry run on the CPU, {torch.get_num_threads()} threads)"
-    import pynvml
+    try:
+        import pynvml
 
-    pynvml.nvmlInit()
-    driver = pynvml.nvmlSystemGetDriverVersion()
-    pynvml.nvmlShutdown()
+        pynvml.nvmlInit()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        pynvml.nvmlShutdown()
+    except Exception as err:  # no nvidia-ml-py there: the run goes on without the driver's version
+        driver = f"unknown ({type(err).__name__}: nvidia-ml-py missing or NVML unusable)"
     return f"one {torch.cuda.get_device_name(device)}, driver {driver}, CUDA {torch.version.cuda}"
 
 
@@ -142,7 +161,8 @@ def render(results: dict) -> str:
              "" if p["gpu_busy"] is None else f"{p['gpu_busy']:.0f} %"]
             for p in result["points"]
         ]  # fmt: skip
-        lines += ["", f"### {result['model']}: batch {result['batch']}, {result['workers']} workers; the model "
+        lines += ["", f"### {result['model']} ({result.get('compiler', '?')}): batch {result['batch']}, "
+                      f"{result['workers']} workers; the model "
                       f"alone {result['alone_img_per_s']:.0f} img/s; LitServe's best batching "
                       f"{tuple(result['litserve']['best'])}", ""]  # fmt: skip
         lines += markdown_table(["server", "clients", "req/s", "p50 ms", "p99 ms", "errors", "batch", "GPU busy"], rows)
@@ -159,10 +179,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compiler", choices=list(COMPILERS), help="default: each model's own")
     parser.add_argument("--quick", action="store_true", help="one LitServe setting, no doc (with --json)")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks_gpu.json")
+    parser.add_argument("--build", action="store_true", help="on the CPU too, compile afresh (as on a GPU)")
+    parser.add_argument("--out", type=Path, help="write the JSON and the section here instead ($OUT on a lent GPU)")
     return parser
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        args.json = args.out / "benchmarks_gpu.json"
     body = images()["small"]
     on_gpu = args.device != "cpu"
     results = {**about_the_run(), "gpu": gpu_description(args.device), "torch": torch.__version__,
@@ -172,7 +197,9 @@ def main(args: argparse.Namespace) -> None:
         for model in args.models:
             results["models"].append(run_model(model, args, body, Path(workdir)))
             args.json.write_text(json.dumps(results, indent=1))  # what is measured so far survives a crash
-    publish("gpu", render(results), results, None if args.quick else REPO / "docs" / "benchmarks.md", args.json)
+    # Under --out the section is always written (the lent machine's run); else --quick leaves docs/ alone.
+    document = args.out / "benchmarks.md" if args.out else None if args.quick else REPO / "docs" / "benchmarks.md"
+    publish("gpu", render(results), results, document, args.json)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from pathlib import Path
 from handlers.drift import REFERENCE_FILE
 from scripts.building.drift_reference import write_reference
 from scripts.building.profiles import PROFILES, profile_file
+from scripts.child_process import console_script
 from scripts.families import family
 from scripts.zoo import HANDLERS_DIR, REPO, ModelSpec, get_model
 
@@ -41,9 +42,8 @@ def archiver_command(
     """torch-model-archiver's command line; `extra` holds the staged handlers package's parent."""
     task = family(spec.family)
     extra_files = [*(REPO / data_file for data_file in task.data_files), *extra]
-    archiver = Path(sys.executable).with_name("torch-model-archiver")
     return [
-        str(archiver if archiver.exists() else "torch-model-archiver"),
+        console_script("torch-model-archiver"),
         "--model-name", name,
         "--version", ARCHIVE_VERSION,
         "--serialized-file", str(serialized_file),
@@ -111,7 +111,7 @@ def build_archive(
     export_path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=export_path, prefix=".partial-") as staging:
         config = config or profile_file(spec, profile, Path(staging))
-        companions = tuple(serialized_file.parent / companion.artifact for companion in spec.companions)
+        companions = tuple(spec.companion_files(serialized_file).values())
         missing = [path for path in companions if not path.is_file()]
         if missing:
             raise FileNotFoundError(f"{missing[0]} is missing: {spec.name} carries it (run `make archive`)")

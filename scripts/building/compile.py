@@ -159,7 +159,7 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         "parity_max_abs_diff": parity,
         **({"input_parity_mean_abs_diff": input_parity} if input_parity is not None else {}),
         # The other networks its archive carries and its task may run, by name: their files.
-        **({"companions": {c.name: c.artifact for c in spec.companions}} if spec.companions else {}),
+        **({"companions": {n: f.name for n, f in spec.companion_files(output).items()}} if spec.companions else {}),
     }
     if partial is None:
         save_compiled(compiled, metadata, output)

@@ -103,8 +103,8 @@ def load_handler(
     # model the table compiles with AOTInductor (or the reverse) loads as what it is.
     serialized_file = spec.artifact if artifact is None else spec.name + Path(artifact).suffix
     shutil.copy(artifact or REPO / "build" / spec.artifact, model_dir / serialized_file)
-    for companion in spec.companions:  # beside the compiled file, as its archive carries them
-        shutil.copy(Path(artifact or REPO / "build" / spec.artifact).parent / companion.artifact, model_dir)
+    for companion in spec.companion_files(Path(artifact or REPO / "build" / spec.artifact)).values():
+        shutil.copy(companion, model_dir)  # beside the compiled file, as its archive carries them
     task = family(spec.family)
     for data_file in task.data_files:
         shutil.copy(REPO / data_file, model_dir)

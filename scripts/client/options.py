@@ -16,7 +16,7 @@ PARAMETERS = {
     "--format": ("format", "detectors and faces: json | image"),
     "--max-detections": ("max_detections", "detectors: most boxes per image"),
     "--classes": ("classes", "detectors: comma-separated class names or indices to keep"),
-    "--preset": ("preset", "faces: thorough (whole and in tiles: recall first) | fast (whole only)"),
+    "--preset": ("preset", "faces: thorough (CenterFace, the photo's resolution) | fast (RetinaFace, 640)"),
     "--input-size": ("input_size", "faces: letterbox long side (a multiple of 32)"),
     "--max-faces": ("max_faces", "faces: most faces per image"),
     "--mode": ("mode", "faces: mosaic | blur"),
@@ -24,6 +24,7 @@ PARAMETERS = {
     "--blocks": ("blocks", "faces: mosaic cells across a face's longer side"),
     "--block-size": ("block_size", "faces: mosaic cell size in pixels (instead of --blocks)"),
     "--margin": ("margin", "faces: box growth per side, as a fraction of its size"),
+    "--upscale-to": ("upscale_to", "faces, thorough: enlarge a smaller photo (at most 2x) to this long side"),
 }
 
 

@@ -123,17 +123,20 @@ def regions_of(answer: Answer) -> list[tuple[int, int, int, int]]:
 def mosaic(pixels: np.ndarray, regions, blocks: int = 8, block_size: int = 0) -> np.ndarray:
     """RGB pixels [H, W, 3] with each region (x1, y1, x2, y2) replaced by flat cells, each
     the mean colour under it: `blocks` cells across a region's longer side, or cells of
-    `block_size` pixels (the pixelizer's mosaic settings). Modifies and returns `pixels`."""
+    `block_size` pixels (the pixelizer's mosaic settings). Modifies and returns `pixels`.
+    A few whole-array operations per region (a crowd's remembered regions are hundreds)."""
     height, width = pixels.shape[:2]
     for x1, y1, x2, y2 in regions:
         x1, y1, x2, y2 = max(0, x1), max(0, y1), min(width, x2), min(height, y2)
         if x2 <= x1 or y2 <= y1:
             continue
         cell = block_size or max(1, -(-max(x2 - x1, y2 - y1) // blocks))  # ceil
-        for top in range(y1, y2, cell):
-            for left in range(x1, x2, cell):
-                block = pixels[top : min(top + cell, y2), left : min(left + cell, x2)]
-                block[...] = block.reshape(-1, 3).mean(axis=0).round().astype(pixels.dtype)
+        block = pixels[y1:y2, x1:x2]
+        rows, cols = np.arange(0, y2 - y1, cell), np.arange(0, x2 - x1, cell)
+        sums = np.add.reduceat(np.add.reduceat(block, rows, axis=0, dtype=np.int64), cols, axis=1)
+        heights, widths = np.diff([*rows, y2 - y1]), np.diff([*cols, x2 - x1])
+        means = (sums / (heights[:, None] * widths[None, :])[..., None]).round().astype(pixels.dtype)
+        block[...] = means.repeat(heights, axis=0).repeat(widths, axis=1)
     return pixels
 
 
@@ -316,7 +319,8 @@ def add_anonymise_parser(commands) -> None:
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
     for option, param in (("--preset", "preset"), ("--mode", "mode"), ("--shape", "shape"), ("--blocks", "blocks"),
-                          ("--margin", "margin"), ("--confidence", "confidence")):  # fmt: skip
+                          ("--margin", "margin"), ("--confidence", "confidence"),
+                          ("--upscale-to", "upscale_to")):  # fmt: skip
         parser.add_argument(option, dest=param)
     for param in ("top_k", "iou", "max_detections", "classes", "input_size", "max_faces", "block_size", "format"):
         parser.set_defaults(**{param: None})

@@ -1,5 +1,7 @@
-"""Test and benchmark videos made from a real photo: a window panning across the
-astronaut (her face in every frame), H.264, with a generated 440 Hz tone as AAC audio."""
+"""Test and benchmark videos made from real photos: a window panning across the
+astronaut (her face in every frame), H.264, with a generated 440 Hz tone as AAC audio;
+and a crowd of LFW's real faces walking (scripts/samples/faces.py), with each frame's
+face boxes."""
 
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from scripts.samples.faces import Box, walking_crowd
 from scripts.samples.photos import photo
 
 AUDIO_RATE = 16000
@@ -42,6 +45,23 @@ def panning_clip(path: Path, width: int, height: int, frames: int, fps: int, aud
         if sound is not None:
             write_tone(container, sound, frames / fps)
     return path
+
+
+def crowd_clip(path: Path, width: int, height: int, frames: int, fps: int, seed: int = 0) -> list[tuple[Box, ...]]:
+    """Write a clip of a walking crowd (faces.walking_crowd; H.264 at CRF 18, no audio)
+    and return each frame's face boxes."""
+    boxes = []
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"crf": "18"}
+        for index, (pixels, faces) in enumerate(walking_crowd(width, height, frames, seed=seed)):
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+            boxes.append(faces)
+        container.mux(video.encode(None))
+    return boxes
 
 
 def write_tone(container, stream, seconds: float) -> None:

@@ -5,6 +5,7 @@ condition, and in crowds of mixed sizes; with each face's box, so that a detecto
 answer can be scored. Deterministic for a seed."""
 
 import io
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,14 +94,17 @@ def grid(size: int, condition: str = "plain", faces: bool = True, seed: int = 0)
     return FaceSet(f"{kind}, {size} px, {condition}", data, tuple(boxes), faces)
 
 
-def crowd(width: int, height: int, smallest: int, largest: int, seed: int = 0) -> FaceSet:
+def crowd(width: int, height: int, smallest: int, largest: int, seed: int = 0, colour: bool = True) -> FaceSet:
     """The 100 faces at sizes spread between `smallest` and `largest` pixels, scattered over
     a width x height picture of a real background (skimage's coffee, blurred) without
-    overlapping: a crowd, as a photo of many people at many distances shows it."""
+    overlapping: a crowd, as a photo of many people at many distances shows it. LFW's
+    faces are gray: on the colour photo they are a collage no camera makes; `colour`
+    False: the background in black and white too, as a black-and-white photo shows a crowd."""
     from skimage.data import coffee
 
     rng = random.Random(seed)
-    background = Image.fromarray(coffee()).resize((width, height)).filter(ImageFilter.GaussianBlur(8))
+    background = Image.fromarray(coffee()).convert("RGB" if colour else "L").convert("RGB")
+    background = background.resize((width, height)).filter(ImageFilter.GaussianBlur(8))
     canvas = np.asarray(background, dtype=np.float64) / 255
     taken = np.zeros((height, width), dtype=bool)
     boxes = []
@@ -117,7 +121,63 @@ def crowd(width: int, height: int, smallest: int, largest: int, seed: int = 0) -
         canvas[y : y + size, x : x + size] = _gray(resized(crop, size))
         taken[y : y + size, x : x + size] = True
         boxes.append((x, y, x + size, y + size))
-    return FaceSet(f"crowd {width}x{height}, faces {smallest}-{largest} px", encoded(canvas), tuple(boxes), True)
+    name = f"crowd {width}x{height}{'' if colour else ' in black and white'}, faces {smallest}-{largest} px"
+    return FaceSet(name, encoded(canvas), tuple(boxes), True)
+
+
+@dataclass(frozen=True)
+class Walker:
+    """One face of a walking crowd: its crop (RGB [0, 1], its size), where it starts, and
+    how it moves each frame (a constant walk, and a bob of a few pixels)."""
+
+    tile: np.ndarray
+    x: float
+    y: int
+    step: float  # pixels per frame, either way
+    bob: float  # the bob's phase
+
+    def box(self, frame: int) -> Box:
+        size = self.tile.shape[0]
+        x, y = round(self.x + self.step * frame), self.y + round(BOB * math.sin(0.4 * frame + self.bob))
+        return (x, y, x + size, y + size)
+
+
+BOB = 2  # pixels up and down as a face walks
+
+
+def walking_crowd(width: int, height: int, frames: int, smallest: int = 20, largest: int = 96, seed: int = 0):
+    """A crowd walking across a real background (skimage's coffee, blurred): LFW's 100
+    faces in rows, each row at one size between `smallest` and `largest` px walking left
+    or right at its own speed, each face bobbing; no face leaves the frame or meets
+    another. Yields each frame (uint8 [H, W, 3]) with its faces' boxes."""
+    from skimage.data import coffee
+
+    rng = random.Random(seed)
+    background = Image.fromarray(coffee()).resize((width, height)).filter(ImageFilter.GaussianBlur(8))
+    crops, walkers, top = lfw_crops(True), [], BOB + 2
+    while crops:
+        size = round(smallest * (largest / smallest) ** rng.random())
+        if top + size + BOB + 2 > height:
+            break
+        step = rng.uniform(0.5, 3.0) * rng.choice((-1, 1))
+        travel = abs(step) * (frames - 1)
+        x = (travel if step < 0 else 0) + rng.uniform(2, size)
+        while crops and x + size + (0 if step < 0 else travel) < width - 2:
+            walkers.append(Walker(_gray(resized(crops.pop(0), size)), x, top, step, rng.uniform(0, 2 * math.pi)))
+            x += size * rng.uniform(1.4, 2.2)
+        top += size + 2 * BOB + max(4, size // 4)
+    for frame in range(frames):
+        canvas = np.asarray(background, dtype=np.float64) / 255
+        boxes = tuple(walker.box(frame) for walker in walkers)
+        for walker, (x1, y1, x2, y2) in zip(walkers, boxes, strict=True):
+            canvas[y1:y2, x1:x2] = walker.tile
+        yield np.uint8(np.clip(canvas, 0, 1) * 255 + 0.5), boxes
+
+
+def covered(box: Box, mask: np.ndarray) -> float:
+    """The fraction of a face's box that a boolean mask [H, W] covers."""
+    x1, y1, x2, y2 = box
+    return float(mask[y1:y2, x1:x2].mean())
 
 
 def box_iou(a: Box | tuple[float, ...], b: Box | tuple[float, ...]) -> float:

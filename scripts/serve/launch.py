@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from scripts.child_process import spawn
+from scripts.child_process import console_script, spawn
 from scripts.ts_api import is_loopback, read_properties
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +142,7 @@ def main(args: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
     config.write_text("".join(f"{key}={value}\n" for key, value in properties.items()))
-    launcher = str(Path(sys.executable).with_name("torchserve"))
+    launcher = console_script("torchserve")
     command = [launcher, "--start", "--foreground", "--ncs", "--ts-config", str(config)]
     command += ["--log-config", str(args.log_config), "--models", *archives_of(args.models)]
     env = {

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from scripts.child_process import spawn, stop
+from scripts.child_process import console_script, spawn, stop
 from scripts.ts_api import key_refused as refuses_key
 from scripts.ts_api import read_properties
 
@@ -201,7 +201,7 @@ def local_torchserve(
         "METRICS_LOCATION": str(workdir / "logs"),
         **(env or {}),
     }
-    launcher = str(Path(sys.executable).with_name("torchserve"))
+    launcher = console_script("torchserve")
     command = [launcher, "--start", "--foreground", "--ncs", "--models", *(f"{name}.mar" for name in models)]
     command += ["--log-config", str(log_config)] if log_config else []
     process = spawn(command, workdir, env, log=workdir / "console.log")

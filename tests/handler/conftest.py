@@ -150,9 +150,10 @@ def face_model_dir(tmp_path_factory) -> Path:
 
     model_dir = tmp_path_factory.mktemp("face_pixelizer")
     spec = get_model("face_pixelizer")
-    for built in (spec, *spec.companions):
-        weights = family(built.family).recipe.resolve_weights(built)
-        compile_model(built, weights, model_dir / ("model.pt" if built is spec else built.artifact))
+    compiled = {spec: model_dir / "model.pt"}  # its companions compiled as it is, beside it
+    compiled.update({get_model(name): path for name, path in spec.companion_files(compiled[spec]).items()})
+    for built, path in compiled.items():
+        compile_model(built, family(built.family).recipe.resolve_weights(built), path)
     return model_dir
 
 

@@ -15,7 +15,7 @@ from handlers.face_pixelizer_handler import FacePixelizerHandler
 from handlers.imaging import jpeg_bytes
 from handlers.tasks.face import expand_boxes
 from scripts.building.inprocess import FakeContext
-from scripts.samples.faces import box_iou, found, grid
+from scripts.samples.faces import box_iou, found, grid, walking_crowd
 from scripts.samples.photos import encode, photo
 from scripts.zoo import get_model
 
@@ -81,6 +81,20 @@ def test_json_lists_the_face_with_landmarks(pixelizer):
     assert all(face["left"] <= x <= face["right"] and face["top"] <= y <= face["bottom"] for x, y in face["landmarks"])
     left_eye, right_eye = face["landmarks"][:2]
     assert left_eye[0] < right_eye[0]  # image-left first
+
+
+def test_each_preset_names_the_weights_of_the_network_that_ran(pixelizer):
+    """One archive, two networks: a JSON answer names the weights that found its faces."""
+    handler, context = pixelizer
+    image = encode(photo("astronaut"), "JPEG")
+    thorough, fast = handler.handle([{"data": image, "format": b"json"},
+                                     {"data": image, "format": b"json", "preset": b"fast"}], context)  # fmt: skip
+    centerface, retinaface = handler.task.metadata["weights"], handler.task.companions["face_pixelizer_fast"]["weights"]
+    assert (json.loads(thorough)["weights"], json.loads(thorough)["weights_sha256"]) == (
+        centerface["name"], centerface["sha256"])  # fmt: skip
+    assert (json.loads(fast)["weights"], json.loads(fast)["weights_sha256"]) == (
+        retinaface["name"], retinaface["sha256"])  # fmt: skip
+    assert centerface["sha256"] != retinaface["sha256"] and "RetinaFace" in retinaface["name"]
 
 
 def test_exif_rotated_photo_comes_back_upright(pixelizer):
@@ -162,6 +176,18 @@ def test_the_default_preset_finds_every_real_face_of_small_sets(pixelizer):
     assert found(dark.boxes, faces_in(handler, context, dark.data, preset="fast")) < 95
     non_faces = grid(40, faces=False)
     assert faces_in(handler, context, non_faces.data) == []
+
+
+def test_upscale_to_per_request_finds_a_crowd_s_small_faces(pixelizer):
+    """A 1280x720 frame of the walking crowd: CenterFace at the frame's own resolution
+    misses its ~20 px faces; upscale_to=2560 (the frame seen at 2x) finds them."""
+    handler, context = pixelizer
+    pixels, boxes = next(walking_crowd(1280, 720, 1))
+    small = tuple(box for box in boxes if box[2] - box[0] <= 25)
+    data = encode(Image.fromarray(pixels), "PNG")
+    assert len(small) >= 20
+    assert found(small, faces_in(handler, context, data)) < len(small) // 2
+    assert found(small, faces_in(handler, context, data, upscale_to=2560)) >= 0.9 * len(small)
 
 
 def test_a_face_cut_by_a_tile_border_is_found_once(face_model_dir):

