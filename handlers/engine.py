@@ -271,10 +271,7 @@ class BatchEngine:
         cannot process fails alone."""
         try:
             with self.observers.timed(FORWARD):
-                inputs = torch.cat([views(item) for item in items])  # uint8: the model converts
-                if self.settings.channels_last:
-                    inputs = inputs.contiguous(memory_format=torch.channels_last)
-                outputs, features = split_features(self.models[network](inputs))
+                outputs, features = split_features(self.models[network](self._stacked(items)))
             if not network:  # the drift test watches the model's own network
                 self.observers.forwarded(len(items), features)
             return [(items, outputs)]
@@ -284,6 +281,11 @@ class BatchEngine:
                 return [(items, Failure(500, "inference failed", "the model failed on this image; see the worker log"))]
             logger.exception("batched inference failed; retrying its %d images one by one", len(items))
             return [result for item in items for result in self._forward_group([item], network)]
+
+    def _stacked(self, items: list[Item]) -> torch.Tensor:
+        """The items' views as one uint8 batch (the model converts), in the served memory format."""
+        inputs = torch.cat([views(item) for item in items])
+        return inputs.contiguous(memory_format=torch.channels_last) if self.settings.channels_last else inputs
 
     def _postprocess_group(self, items: list[Item], outputs: Output | Failure) -> list[Result]:
         """One forward pass's items answered: `summarise` for the group, then `postprocess`
@@ -323,7 +325,7 @@ class BatchEngine:
         with torch.inference_mode():
             self._prepare(item)
             for batch in sizes:
-                inputs = views(item).repeat(batch, 1, 1, 1)
+                inputs = self._stacked([item] * batch)  # as served: the same memory format
                 for _ in range(3):
                     outputs, _features = split_features(self.models[self.task.network(item)](inputs))
                 self.task.summarise(outputs, [item] * batch)

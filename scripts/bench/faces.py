@@ -166,13 +166,19 @@ def region_mask(regions: list, shape: str, width: int, height: int) -> np.ndarra
 
 
 def visible(truth: list[tuple[Box, ...]], answer: dict) -> dict:
-    """Frames in which a face stays visible (less than HIDDEN of its box anonymised), and
-    the faces' frames visible in all."""
-    exposed = [sum(covered(face, region_mask(regions, answer["shape"], CLIP["width"], CLIP["height"])) < HIDDEN
-                   for face in faces) for faces, regions in zip(truth, answer["regions"], strict=True)]  # fmt: skip
+    """Frames in which a face stays visible (less than HIDDEN of its box anonymised), the
+    faces' frames visible in all, and by face size (px: [visible, in all])."""
+    exposed, by_size = [], {}
+    for faces, regions in zip(truth, answer["regions"], strict=True):
+        mask = region_mask(regions, answer["shape"], CLIP["width"], CLIP["height"])
+        shown = [covered(face, mask) < HIDDEN for face in faces]
+        exposed.append(sum(shown))
+        for face, seen in zip(faces, shown, strict=True):
+            counts = by_size.setdefault(face[2] - face[0], [0, 0])
+            counts[0], counts[1] = counts[0] + seen, counts[1] + 1
     return {"frames": len(truth), "frames_with_a_visible_face": sum(count > 0 for count in exposed),
             "visible_face_frames": sum(exposed), "face_frames": sum(map(len, truth)),
-            "fps": len(truth) / answer["seconds"]}  # fmt: skip
+            "by_size": dict(sorted(by_size.items())), "fps": len(truth) / answer["seconds"]}  # fmt: skip
 
 
 def video_comparison() -> dict:
@@ -249,7 +255,11 @@ def video_lines(video: dict) -> list[str]:
         "encoding included.",
         "",
         *markdown_table(["video", "frames with a visible face", "faces' frames visible", "frames/s"], rows),
-    ]
+        "",
+        "Faces' frames visible by face size: " + "; ".join(
+            f"{name}: " + ", ".join(f"{size} px {seen} of {total}" for size, (seen, total) in row["by_size"].items())
+            for name, row in video["rows"].items()) + ".",
+    ]  # fmt: skip
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -103,6 +103,19 @@ class FailsOnBatches(torch.nn.Module):
         return self.classifier(x)
 
 
+class OnlyChannelsLast(torch.nn.Module):
+    """TinyColorClassifier that refuses an input not in the channels-last memory format."""
+
+    def __init__(self):
+        super().__init__()
+        self.classifier = TinyColorClassifier()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            raise RuntimeError("an NCHW input where channels-last is served")
+        return self.classifier(x)
+
+
 class AlwaysFails(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise RuntimeError("simulated model failure")

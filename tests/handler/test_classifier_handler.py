@@ -12,7 +12,7 @@ from PIL import Image
 from handlers.observers import REGISTRY_ENV, WorkerRegistry, usable_cores
 from scripts.samples.photos import encode
 from scripts.zoo import REPO
-from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches
+from tests.handler.conftest import DEFAULT_YAML, TINY_METADATA, AlwaysFails, FailsOnBatches, OnlyChannelsLast
 
 RED, GREEN, BLUE, GRAY = (250, 10, 10), (10, 250, 10), (10, 10, 250), (128, 128, 128)
 
@@ -304,3 +304,12 @@ def test_a_client_s_describe_header_does_not_change_a_prediction_s_route(make_ha
         context.request_headers[0] = {"describe": "True"}
         (answer,) = answers(handler.handle([row], context))
         assert "task" not in answer and ("predictions" in answer or answer["error"] == "empty request")
+
+
+def test_the_warm_up_runs_the_model_in_the_memory_format_it_is_served_in(make_handler):
+    """channels_last: the warm-up's batches reach the model channels-last, as served ones do
+    (a warm-up in NCHW would tune kernels for a layout no request brings)."""
+    served = {**DEFAULT_YAML, "handler": {"top_k": 3, "channels_last": True, "warmup": True}}
+    handler, context = make_handler(module=OnlyChannelsLast(), yaml=served)  # the warm-up ran
+    responses = handler.handle([body(solid(RED)), body(solid(GREEN, (30, 20), "PNG"))], context)
+    assert [top1(answer) for answer in answers(responses)] == ["red", "green"]

@@ -39,4 +39,4 @@ def test_a_face_is_visible_unless_nine_tenths_of_its_box_are_anonymised():
     frame = (CLIP["width"], CLIP["height"])
     assert covered((20, 0, 30, 10), region_mask([(20, 0, 30, 9)], "box", *frame)) == 0.9
     assert visible(truth, answer) == {"frames": 2, "frames_with_a_visible_face": 1, "visible_face_frames": 1,
-                                      "face_frames": 4, "fps": 2.0}  # fmt: skip
+                                      "face_frames": 4, "by_size": {10: [1, 4]}, "fps": 2.0}  # fmt: skip
