@@ -259,12 +259,13 @@ def is_inference_document(body: Any) -> bool:
 
 @dataclass(frozen=True)
 class About:
-    """What every answer of a model says of it."""
+    """What every answer of a model says of it, and how its answers are rendered."""
 
     model: str
     version: str  # the archive's model version (a v2 answer's model_version)
     provenance: dict[str, str]  # the weights' name and sha256
     max_response_bytes: int  # an answer's size, at most (its body and headers, as sent)
+    jpeg_encoder: str = "device"  # where a GPU's image answers are encoded (settings.JPEG_ENCODERS)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def render(results: list[Result], requests: list[Request], about: About, headers
     """Each result as its request's answer, once: image answers JPEG-encoded together
     (`jpegs_of`), JSON answers with the model and its weights, every answer with
     `headers`, within the size limit, in the request's protocol."""
-    jpegs = jpegs_of(results)
+    jpegs = jpegs_of(results, about.jpeg_encoder)
     responses = []
     for index, (result, request) in enumerate(zip(results, requests, strict=True)):
         result = jpegs.get(index, result)
@@ -351,10 +352,10 @@ def fitted(response: Response, limit: int, form: str = "") -> Response:
     return Response.failure(413, "result too large", f"{detail} (max_response_bytes); {hint}")
 
 
-def jpegs_of(results: list[Result]) -> dict[int, bytes | Failure]:
+def jpegs_of(results: list[Result], encoder: str = "device") -> dict[int, bytes | Failure]:
     """The image answers among `results` by index, JPEG-encoded:
-    those of one quality on one device in one call (`vision_ops.encode_jpegs`; nvJPEG on
-    a GPU). If the call fails, each image is encoded alone, so that only an image that
+    those of one quality on one device in one call (`vision_ops.encode_jpegs`, on a GPU by
+    `encoder`). If the call fails, each image is encoded alone, so that only an image that
     cannot be encoded fails; one no JPEG can hold fails before the call."""
     pending: dict[tuple[int, str], list[int]] = {}
     done: dict[int, bytes | Failure] = {}
@@ -370,14 +371,14 @@ def jpegs_of(results: list[Result]) -> dict[int, bytes | Failure]:
             pending.setdefault((result.jpeg_quality, result.image.device.type), []).append(index)
     for (quality, _device), indices in pending.items():
         try:
-            datas = encode_jpegs([results[index].image for index in indices], quality)
+            datas = encode_jpegs([results[index].image for index in indices], quality, encoder)
         except Exception:
             if len(indices) == 1:
                 logger.exception("JPEG encoding failed for request %d", indices[0])
                 done[indices[0]] = Failure(500, "internal error", "encoding the answer image failed")
                 continue
             logger.exception("batched JPEG encoding failed; encoding its %d images one by one", len(indices))
-            done.update({index: jpegs_of([results[index]])[0] for index in indices})
+            done.update({index: jpegs_of([results[index]], encoder)[0] for index in indices})
             continue
         for index, data in zip(indices, datas, strict=True):
             done[index] = data.numpy().tobytes()

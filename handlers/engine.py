@@ -26,10 +26,14 @@ from .errors import InputError
 from .imaging import (
     JPEG_FORMATS,
     ImageInfo,
+    ModelInput,
     check_image,
     decode_checked,
     decode_image_at_least,
     decode_jpegs,
+    input_shape,
+    input_views,
+    stack_inputs,
 )
 from .observers import DECODE, FORWARD, POSTPROCESS, PREPROCESS, Observers
 from .settings import ImageHandlerSettings, with_overrides
@@ -96,7 +100,7 @@ class Item:
     info: ImageInfo  # its image header, checked
     image: torch.Tensor | None = None  # uint8 [3, H, W] RGB, EXIF applied, on the model's device once moved
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
-    input: torch.Tensor | None = None  # `prepare`'s uint8 [3, h, w], or [V, 3, h, w]: V views of the photo
+    input: ModelInput | None = None  # `prepare`'s uint8 [3, h, w] (or its Placement), or [V, 3, h, w]: V views
     geometry: Any = None  # how the photo maps into `input` (a LetterboxGeometry, or one per view), for the task
     observations: list[tuple[str, float]] = field(default_factory=list)  # what the answer says (metrics)
 
@@ -140,9 +144,10 @@ class Task:
         large JPEGs are then decoded at a reduced scale. None: decode at full size."""
         return None
 
-    def prepare(self, item: Item) -> tuple[torch.Tensor, Any]:
-        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, its
-        geometry), or several views of the photo: ([V, 3, h, w], a geometry per view)."""
+    def prepare(self, item: Item) -> tuple[ModelInput, Any]:
+        """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, or a
+        Placement that the batch builds, with its geometry), or several views of the photo:
+        ([V, 3, h, w], a geometry per view)."""
         raise NotImplementedError
 
     def summarise(self, outputs: Output, items: list[Item]) -> list[Any]:
@@ -263,7 +268,7 @@ class BatchEngine:
         and input shape (a request may ask for another input size, or another network)."""
         groups: dict[tuple, list[Item]] = {}
         for item in items:
-            groups.setdefault((self.task.network(item), *views(item).shape[1:]), []).append(item)
+            groups.setdefault((self.task.network(item), *input_shape(item.input)), []).append(item)
         return [result for (network, *_), group in groups.items() for result in self._forward_group(group, network)]
 
     def _forward_group(self, items: list[Item], network: str = "") -> list[tuple[list[Item], Output | Failure]]:
@@ -283,9 +288,8 @@ class BatchEngine:
             return [result for item in items for result in self._forward_group([item], network)]
 
     def _stacked(self, items: list[Item]) -> torch.Tensor:
-        """The items' views as one uint8 batch (the model converts), in the served memory format."""
-        inputs = torch.cat([views(item) for item in items])
-        return inputs.contiguous(memory_format=torch.channels_last) if self.settings.channels_last else inputs
+        """The items' views as one uint8 batch (the model converts), built in the served memory format."""
+        return stack_inputs([item.input for item in items], self.settings.channels_last)
 
     def _postprocess_group(self, items: list[Item], outputs: Output | Failure) -> list[Result]:
         """One forward pass's items answered: `summarise` for the group, then `postprocess`
@@ -301,7 +305,7 @@ class BatchEngine:
             logger.exception("batched post-processing failed; retrying its %d images one by one", len(items))
             starts = [0]
             for item in items:
-                starts.append(starts[-1] + len(views(item)))
+                starts.append(starts[-1] + input_views(item.input))
             return [self._postprocess_group([item], output_slice(outputs, starts[at], starts[at + 1]))[0]
                     for at, item in enumerate(items)]  # fmt: skip
         return [
@@ -347,11 +351,6 @@ def split_features(answer: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> tup
     tuple of them, features Tensor[B, D])."""
     *outputs, features = answer
     return (outputs[0] if len(outputs) == 1 else tuple(outputs)), features
-
-
-def views(item: Item) -> torch.Tensor:
-    """An item's model inputs as [V, 3, h, w]: its one view, or its several."""
-    return item.input if item.input.dim() == 4 else item.input.unsqueeze(0)
 
 
 def output_slice(outputs: Output, start: int, stop: int) -> Output:

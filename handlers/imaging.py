@@ -240,42 +240,116 @@ def resize_center_crop(image: torch.Tensor, resize_size: int, crop_size: int, in
     return resized[:, top : top + crop_size, left : left + crop_size].contiguous()
 
 
+@dataclass(frozen=True)
+class Placement:
+    """A model input not built yet: `image` (uint8 [C, h, w]) at (`top`, `left`) on a canvas of
+    `size` (height, width) filled with `fill` (a value per channel). A batch's placements are
+    built together (`stack_inputs`): one allocation and one fill for the batch, and no fill
+    colour copied to the device image by image (on a GPU each such copy waits for the device)."""
+
+    image: torch.Tensor
+    size: tuple[int, int]
+    top: int
+    left: int
+    fill: tuple[int, ...]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.image.shape[0], *self.size)
+
+    def canvas(self) -> torch.Tensor:
+        """The input built: uint8 [C, *size]."""
+        return stack_inputs([self])[0]
+
+
+# A prepared model input: one view ([3, h, w]), several ([V, 3, h, w]), or one to be placed.
+ModelInput = torch.Tensor | Placement
+
+
+def input_shape(model_input: ModelInput) -> tuple[int, int, int]:
+    """(C, h, w) of each of a model input's views."""
+    return tuple(model_input.shape[-3:])
+
+
+def input_views(model_input: ModelInput) -> int:
+    """How many views (rows of the batch) a model input takes."""
+    return model_input.shape[0] if isinstance(model_input, torch.Tensor) and model_input.dim() == 4 else 1
+
+
+def stack_inputs(inputs: list[ModelInput], channels_last: bool = False) -> torch.Tensor:
+    """Model inputs of one view shape, on one device -> uint8 [views, C, h, w], built in one
+    allocation (in channels_last memory format if asked): the placements' fill painted
+    once for the batch (with scalars: nothing is copied to the device), each image copied
+    into its place, each tensor's views into theirs."""
+    first = inputs[0].image if isinstance(inputs[0], Placement) else inputs[0]
+    shape = (sum(input_views(part) for part in inputs), *input_shape(inputs[0]))
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batch = torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=memory_format)
+    fills = {part.fill for part in inputs if isinstance(part, Placement)}
+    if len(fills) == 1:  # rows that take a tensor's views are overwritten
+        paint(batch, next(iter(fills)))
+    row = 0
+    for part in inputs:
+        if isinstance(part, Placement):
+            if len(fills) > 1:  # placements of several fills: each its own
+                paint(batch[row : row + 1], part.fill)
+            height, width = part.image.shape[-2:]
+            batch[row, :, part.top : part.top + height, part.left : part.left + width] = part.image
+        else:
+            batch[row : row + input_views(part)] = part
+        row += input_views(part)
+    return batch
+
+
+def paint(batch: torch.Tensor, fill: Sequence[int]) -> None:
+    """Fill [N, C, H, W] in place with a value per channel, passed as scalars."""
+    if len(set(fill)) == 1:
+        batch.fill_(fill[0])
+    else:
+        for channel, value in enumerate(fill):
+            batch[:, channel].fill_(value)
+
+
+def fill_values(fill: int | Sequence[int], channels: int = 3) -> tuple[int, ...]:
+    """One fill value, or one per channel -> one per channel."""
+    values = (fill,) * channels if isinstance(fill, int) else tuple(int(value) for value in fill)
+    if len(values) != channels:
+        raise ValueError(f"a fill holds one value or one per channel ({channels}), not {len(values)}")
+    return values
+
+
 def letterbox(
     image: torch.Tensor, size: int, fill: int | Sequence[int] = 114, original_size: tuple[int, int] | None = None
-) -> tuple[torch.Tensor, LetterboxGeometry]:
-    """uint8 [3, H, W] -> uint8 [3, size, size]: resized to fit with its aspect ratio
-    kept (up or down, as ultralytics' letterbox for inference), centred, padded with
-    `fill` (one value, or one per channel). The returned LetterboxGeometry undoes it
-    (`unletterbox_boxes`) -- into the pixels of `original_size` (width, height) when the
-    image was decoded at a reduced scale from a larger original."""
+) -> tuple[Placement, LetterboxGeometry]:
+    """uint8 [3, H, W] -> uint8 [3, size, size] (a Placement; `.canvas()` builds it): resized
+    to fit with its aspect ratio kept (up or down, as ultralytics' letterbox for inference),
+    centred, padded with `fill` (one value, or one per channel). The returned
+    LetterboxGeometry undoes it (`unletterbox_boxes`) -- into the pixels of `original_size`
+    (width, height) when the image was decoded at a reduced scale from a larger original."""
     height, width = image.shape[-2:]
     ratio = size / max(height, width)
     new_h, new_w = max(1, min(size, round(height * ratio))), max(1, min(size, round(width * ratio)))
     if (new_h, new_w) != (height, width):
         image = vision_ops.resize(image, (new_h, new_w), antialias=new_h < height)  # antialias only when shrinking
     pad_left, pad_top = (size - new_w) // 2, (size - new_h) // 2
-    fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
-    canvas = fill_values.expand(3, size, size).clone()
-    canvas[:, pad_top : pad_top + new_h, pad_left : pad_left + new_w] = image
+    placed = Placement(image, (size, size), pad_top, pad_left, fill_values(fill, image.shape[0]))
     original_w, original_h = original_size or (width, height)
-    return canvas, LetterboxGeometry(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
+    return placed, LetterboxGeometry(original_w, original_h, new_w / original_w, new_h / original_h, pad_left, pad_top)
 
 
 def padded(
     image: torch.Tensor, scale: float, multiple: int, fill: Sequence[int]
-) -> tuple[torch.Tensor, LetterboxGeometry]:
+) -> tuple[Placement, LetterboxGeometry]:
     """uint8 [3, H, W] -> the image resized by `scale`, padded with `fill` at its right and
-    bottom to multiples of `multiple` (a network's stride), with the geometry that maps
-    its pixels back (`unletterbox_boxes`)."""
+    bottom to multiples of `multiple` (a network's stride), as a Placement, with the
+    geometry that maps its pixels back (`unletterbox_boxes`)."""
     height, width = image.shape[-2:]
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     if size != (height, width):
         image = vision_ops.resize(image, size, antialias=size[0] < height)
     canvas_size = (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
-    fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
-    canvas = fill_values.expand(3, *canvas_size).clone()
-    canvas[:, : size[0], : size[1]] = image
-    return canvas, LetterboxGeometry(width, height, size[1] / width, size[0] / height, 0, 0)
+    placed = Placement(image, canvas_size, 0, 0, fill_values(fill, image.shape[0]))
+    return placed, LetterboxGeometry(width, height, size[1] / width, size[0] / height, 0, 0)
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
@@ -300,16 +374,17 @@ def tiles(
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     if size != (height, width):
         image = vision_ops.resize(image, size, antialias=size[0] < height)
-    fill_values = torch.tensor(fill, dtype=image.dtype, device=image.device).reshape(-1, 1, 1)
-    views, geometries = [], []
-    for top in tile_origins(size[0], tile, overlap):
-        for left in tile_origins(size[1], tile, overlap):
-            crop = image[:, top : top + tile, left : left + tile]
-            canvas = fill_values.expand(3, tile, tile).clone()
-            canvas[:, : crop.shape[1], : crop.shape[2]] = crop
-            views.append(canvas)
-            geometries.append(LetterboxGeometry(width, height, size[1] / width, size[0] / height, -left, -top))
-    return torch.stack(views), geometries
+    origins = [
+        (top, left) for top in tile_origins(size[0], tile, overlap) for left in tile_origins(size[1], tile, overlap)
+    ]
+    views = torch.empty((len(origins), image.shape[0], tile, tile), dtype=image.dtype, device=image.device)
+    paint(views, fill_values(fill, image.shape[0]))
+    geometries = []
+    for view, (top, left) in zip(views, origins, strict=True):
+        crop = image[:, top : top + tile, left : left + tile]
+        view[:, : crop.shape[1], : crop.shape[2]] = crop
+        geometries.append(LetterboxGeometry(width, height, size[1] / width, size[0] / height, -left, -top))
+    return views, geometries
 
 
 def unletterbox_points(points: torch.Tensor, geometry: LetterboxGeometry) -> torch.Tensor:
@@ -335,4 +410,4 @@ def box_fields(box: list[float]) -> dict[str, float]:
 
 def jpeg_bytes(image: torch.Tensor, quality: int = 90) -> bytes:
     """uint8 [3, H, W] (any device) -> JPEG bytes."""
-    return vision_ops.encode_jpeg(image.cpu().contiguous(), quality).numpy().tobytes()
+    return vision_ops.encode_jpeg(image, quality).numpy().tobytes()

@@ -50,16 +50,14 @@ STAGES = DECODE, PREPROCESS, FORWARD, POSTPROCESS = ("decode", "preprocess", "fo
 BATCH_IMAGES = "zoo_forward_batch_images"  # histogram: images per forward pass
 TOP1_PROBABILITY = "zoo_top1_probability"  # histogram, classifiers
 DETECTIONS_PER_IMAGE = "zoo_detections_per_image"  # histogram, detectors
-DETECTION_CONFIDENCE = "zoo_detection_confidence"  # histogram, detectors
+TOP_DETECTION_CONFIDENCE = "zoo_top_detection_confidence"  # histogram, detectors: an image's best
 FACES_PER_IMAGE = "zoo_faces_per_image"  # histogram, face pixelizer
 DRIFT_SCORE = "zoo_drift_score"  # gauge: the latest drift test's MMD^2 (observers.py)
 DRIFT_P_VALUE = "zoo_drift_p_value"  # gauge: its permutation p-value
 DRIFT_TESTS = "zoo_drift_tests_total"  # counter: outcome ("drift", "no_drift")
-# At most this many detections per image add their confidence (one metric line each).
-MAX_CONFIDENCES_PER_IMAGE = 20
 
 UNITS = {REQUESTS: "Count", STAGE_SECONDS: "Seconds", BATCH_IMAGES: "Count", TOP1_PROBABILITY: "Ratio"}
-UNITS |= {DETECTIONS_PER_IMAGE: "Count", DETECTION_CONFIDENCE: "Ratio", FACES_PER_IMAGE: "Count"}
+UNITS |= {DETECTIONS_PER_IMAGE: "Count", TOP_DETECTION_CONFIDENCE: "Ratio", FACES_PER_IMAGE: "Count"}
 UNITS |= {DRIFT_SCORE: "unit", DRIFT_P_VALUE: "Ratio", DRIFT_TESTS: "Count"}
 KINDS = {REQUESTS: "COUNTER", DRIFT_TESTS: "COUNTER", DRIFT_SCORE: "GAUGE", DRIFT_P_VALUE: "GAUGE"}  # else HISTOGRAM
 

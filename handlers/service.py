@@ -170,7 +170,8 @@ class ZooHandler:
         self.device = select_device(properties.get("gpu_id"))
         model_dir = Path(properties["model_dir"])
         model_file = model_dir / context.manifest["model"]["serializedFile"]
-        threads = thread_budget(settings.num_threads) if self.device.type == "cpu" else None  # before the model runs
+        # Before the model runs; a GPU worker's host work (decoding, resizing there) shares the cores too.
+        threads = thread_budget(settings.num_threads)
         model, self.metadata = load_compiled_model(model_file, self.device, settings.optimize)
         check_model(model_file.name, self.metadata, self.task_class.name)
         companions, described = {}, {}
@@ -181,7 +182,9 @@ class ZooHandler:
         weights = self.metadata["weights"]
         version = str(context.manifest.get("model", {}).get("modelVersion", "1"))
         provenance = {"weights": weights["name"], "weights_sha256": weights["sha256"]}
-        self.about = edge.About(context.model_name, version, provenance, settings.max_response_bytes)
+        self.about = edge.About(
+            context.model_name, version, provenance, settings.max_response_bytes, settings.jpeg_encoder
+        )
         self.metrics = Metrics(context.model_name, context) if settings.metrics else None
         self.memory = idle_trimmer(settings.release_memory_after_s, reuse_large_buffers=self.device.type == "cpu")
         self.threads = threads
@@ -194,7 +197,7 @@ class ZooHandler:
         if self.drift is not None:
             self.observers.observers.append(self.drift)
         logger.info("%s ready on %s (%s threads), weights: %s", context.model_name, self.device,
-                    threads.threads if threads else "n/a", weights["name"])  # fmt: skip
+                    threads.threads, weights["name"])  # fmt: skip
 
     def handle(self, data: list[dict], context) -> list[bytes]:
         if edge.is_describe_call(data, context):

@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 from .drift import DriftSettings
 from .errors import InputError, listed, shown
 
+JPEG_ENCODERS = ("device", "host")  # where a GPU's image answers are encoded (vision_ops.encode_jpegs)
+
 S = TypeVar("S")
 
 
@@ -33,7 +35,8 @@ class ImageHandlerSettings:
     # in base64), below TorchServe's max_response_size (16 MiB in config.properties), above
     # which its frontend drops the worker. At least 16 KiB: an error answer takes ~5 KB at most.
     max_response_bytes: int = 16_000_000
-    # Intra-op threads per worker on CPU; 0 = CPU cores / maxWorkers (never oversubscribed).
+    # Intra-op threads per worker (on a GPU too, for its host work); 0 = CPU cores / busy workers
+    # (never oversubscribed).
     num_threads: int = 0
     # Run one dummy batch at load so the first client does not pay for lazy initialisation.
     warmup: bool = True
@@ -42,6 +45,9 @@ class ImageHandlerSettings:
     # JPEGs of a batch: "batched" decodes them in one call on the model's device (nvJPEG on
     # a GPU); "per_image" on the CPU, large ones at a reduced scale; "auto": batched on CUDA.
     jpeg_decoder: str = "auto"
+    # Image answers on a GPU: "device" encodes them with nvJPEG; "host" copies them to the
+    # host in one transfer and encodes them there, as on the CPU (vision_ops.encode_jpegs).
+    jpeg_encoder: str = "device"
     # Feed the model channels-last tensors (faster convolutions on GPUs with fp16/bf16).
     channels_last: bool = False
     # Once the worker has been idle this many seconds, give the memory its batches freed back
@@ -71,6 +77,7 @@ class ImageHandlerSettings:
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
         check_range("release_memory_after_s", self.release_memory_after_s, 0, 3600)
         check_choice("jpeg_decoder", self.jpeg_decoder, ("auto", "batched", "per_image"))
+        check_choice("jpeg_encoder", self.jpeg_encoder, JPEG_ENCODERS)
 
     @property
     def drift_settings(self) -> DriftSettings:

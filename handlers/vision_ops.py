@@ -81,9 +81,11 @@ def oriented(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def encode_jpeg(image: torch.Tensor, quality: int) -> torch.Tensor:
-    """uint8 [3, H, W] on the CPU -> JPEG bytes as uint8 [N]: torchvision.io.encode_jpeg."""
+    """uint8 [3, H, W] -> JPEG bytes as uint8 [N]: torchvision.io.encode_jpeg, on the CPU.
+    libjpeg reads rows of RGB pixels: an image stored that way ([3, H, W] with strides
+    (1, 3W, 3), as the JPEG decoder leaves it) is read in place, any other is copied so first."""
     check_jpeg_encodable(image, quality)
-    return torch.ops.image.encode_jpeg(image, quality)
+    return torch.ops.image.encode_jpeg(image.cpu(), quality)
 
 
 def check_jpeg_encodable(image: torch.Tensor, quality: int) -> None:
@@ -94,32 +96,45 @@ def check_jpeg_encodable(image: torch.Tensor, quality: int) -> None:
         raise ValueError(f"a JPEG holds 1 to {JPEG_MAX_SIDE} pixels a side, not {tuple(image.shape)}")
 
 
-def encode_jpegs(images: list[torch.Tensor], quality: int) -> list[torch.Tensor]:
-    """Several uint8 [3, H, W] images, all on one device -> JPEG bytes as uint8 [N] each,
-    on the CPU; on CUDA in one nvJPEG call (torchvision.io.encode_jpeg of a list), which
-    copies only the compressed bytes back to the host."""
-    if images and images[0].device.type == "cuda":
+def encode_jpegs(images: list[torch.Tensor], quality: int, encoder: str = "device") -> list[torch.Tensor]:
+    """Several uint8 [3, H, W] images, all on one device -> JPEG bytes as uint8 [N] each, on
+    the CPU. On CUDA, encoder "device": in one nvJPEG call (torchvision.io.encode_jpeg of a
+    list, which waits for each image's length in turn, and keeps full-resolution chroma:
+    larger files than libjpeg's), the compressed bytes copied back in one transfer; "host":
+    the images copied to the host in one transfer, as rows of RGB pixels, and encoded there
+    by libjpeg-turbo, as on the CPU."""
+    for image in images:
+        check_jpeg_encodable(image, quality)
+    if not images or images[0].device.type == "cpu":
+        return [encode_jpeg(image, quality) for image in images]
+    if encoder == "device":
         from torchvision import io
 
-        for image in images:
-            check_jpeg_encodable(image, quality)
-        encoded = io.encode_jpeg([image.contiguous() for image in images], quality=quality)
-        return [data.cpu() for data in encoded]
-    return [encode_jpeg(image.cpu().contiguous(), quality) for image in images]
+        return moved(io.encode_jpeg([image.contiguous() for image in images], quality=quality), torch.device("cpu"))
+    rows = moved([image.permute(1, 2, 0) for image in images], torch.device("cpu"))  # [H, W, 3] each
+    return [encode_jpeg(image.permute(2, 0, 1), quality) for image in rows]
+
+
+def moved(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Tensors (any strides) -> their values on `device`, each contiguous, in one copy: packed
+    into one flat buffer (page-locked when it goes to a GPU, so that the copy is
+    asynchronous; one wait when it comes back), copied, and split into views."""
+    if not tensors:
+        return []
+    flat = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    if flat.device.type == "cpu" and device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=flat.is_pinned())
+    parts = flat.split([tensor.numel() for tensor in tensors])
+    return [part.view(tensor.shape) for part, tensor in zip(parts, tensors, strict=True)]
 
 
 def to_device(images: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """CPU tensors -> the same tensors on `device` in one host-to-device copy: packed into
-    one page-locked buffer (so that the copy runs asynchronously), copied, and split into
-    views. On the CPU they are returned as they are."""
+    """CPU tensors -> the same tensors on `device` in one host-to-device copy (`moved`). On
+    the CPU they are returned as they are."""
     if device.type == "cpu" or not images:
         return images
-    flat = torch.cat([image.reshape(-1) for image in images])
-    if device.type == "cuda":
-        flat = flat.pin_memory()
-    moved = flat.to(device, non_blocking=True)
-    parts = moved.split([image.numel() for image in images])
-    return [part.view(image.shape) for part, image in zip(parts, images, strict=True)]
+    return moved(images, device)
 
 
 def _native_uint8_resize() -> bool:
@@ -184,22 +199,46 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     return nms(boxes + offsets[:, None], scores.double(), iou_threshold)
 
 
+# Boxes of several images given to one NMS call, at most: one call per image costs a
+# device-to-host wait on a GPU (torchvision's CUDA kernel reads its mask back) and a dozen
+# small operations anywhere, while NMS compares every pair of the boxes it is given; an
+# image with more boxes than this is given alone.
+NMS_BATCH_BOXES = 1024
+
+
 def nms_per_image(
     boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, image: torch.Tensor, iou_thresholds: list[float]
 ) -> torch.Tensor:
-    """Indices of the boxes that NMS keeps within each group, image i's at iou_thresholds[i]:
-    one NMS call per image. NMS compares every pair of the boxes it is given (torchvision's
-    CPU kernel takes 2.4 s for 30,000 boxes, 11 s for 60,000; its CUDA kernel a mask of
-    N x N bits), so the boxes of different images are never given together: a batch of
-    hostile requests (confidence=0, iou=1) then costs each image its own N, not the batch's."""
+    """Indices of the boxes that NMS keeps within each group (groups never span images),
+    image i's at iou_thresholds[i]. NMS compares every pair of the boxes it is given
+    (torchvision's CPU kernel takes 2.4 s for 30,000 boxes, 11 s for 60,000; its CUDA kernel
+    a mask of N x N bits), so the boxes of different images are given together only up
+    to NMS_BATCH_BOXES (`nms_chunks`): a batch of hostile requests (confidence=0, iou=1)
+    then costs each image its own N, not the batch's."""
     counts = torch.bincount(image, minlength=len(iou_thresholds)).tolist()
     by_image = image.argsort(stable=True).split(counts)
-    kept = [
-        members[batched_nms(boxes[members], scores[members], groups[members], threshold)]
-        for members, threshold in zip(by_image, iou_thresholds, strict=True)
-        if len(members)
-    ]
+    kept = []
+    for chunk in nms_chunks(counts, iou_thresholds, NMS_BATCH_BOXES):
+        members = torch.cat([by_image[index] for index in chunk])
+        kept.append(members[batched_nms(boxes[members], scores[members], groups[members], iou_thresholds[chunk[0]])])
     return torch.cat(kept) if kept else torch.empty(0, dtype=torch.int64, device=boxes.device)
+
+
+def nms_chunks(counts: list[int], iou_thresholds: list[float], limit: int) -> list[list[int]]:
+    """The images with boxes (counts[i] of them), in order, in runs that one NMS call takes:
+    of one IoU threshold and at most `limit` boxes together, or one image alone."""
+    chunks: list[list[int]] = []
+    total = 0
+    for index, count in enumerate(counts):
+        if not count:
+            continue
+        if chunks and iou_thresholds[chunks[-1][0]] == iou_thresholds[index] and total + count <= limit:
+            chunks[-1].append(index)
+            total += count
+        else:
+            chunks.append([index])
+            total = count
+    return chunks
 
 
 def rank_within_groups(groups: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

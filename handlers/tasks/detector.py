@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..engine import Answer, Item, Task
 from ..errors import InputError, shown
 from ..imaging import box_fields, letterbox, unletterbox_boxes
-from ..observers import DETECTION_CONFIDENCE, DETECTIONS_PER_IMAGE, MAX_CONFIDENCES_PER_IMAGE
+from ..observers import DETECTIONS_PER_IMAGE, TOP_DETECTION_CONFIDENCE
 from ..settings import DETECTION_PARAMS, OUTPUT_FORMATS, DetectionSettings, check_range
 from ..vision_ops import best_per_group, cxcywh_to_xyxy, nms_per_image, rows_per_group
 
@@ -186,9 +186,9 @@ class Detector(Task):
         settings, geometry = item.settings, item.geometry
         boxes, scores, labels = detections
         boxes = unletterbox_boxes(boxes, geometry)
-        item.observe(DETECTIONS_PER_IMAGE, len(boxes))
-        for score in scores[:MAX_CONFIDENCES_PER_IMAGE].tolist():  # best first
-            item.observe(DETECTION_CONFIDENCE, score)
+        item.observe(DETECTIONS_PER_IMAGE, len(boxes))  # a metric line per answer, not per detection
+        if len(scores):
+            item.observe(TOP_DETECTION_CONFIDENCE, scores[0].item())  # best first
         names = [self.class_names[label] for label in labels.tolist()]
         if settings.format == "image":
             captions = [f"{name} {score:.2f}" for name, score in zip(names, scores.tolist(), strict=True)]

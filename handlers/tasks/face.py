@@ -2,6 +2,7 @@
 with format=json, the faces found). RetinaFace's prior boxes and decoding, and the
 mosaic/blur that replaces every face, are pure functions on tensors, any device."""
 
+import functools
 import json
 import math
 from dataclasses import dataclass, replace
@@ -10,11 +11,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as nnf
 
-from ..engine import Answer, Item, Task, views
+from ..engine import Answer, Item, Task
 from ..errors import InputError
 from ..imaging import (
     LetterboxGeometry,
+    ModelInput,
     box_fields,
+    input_shape,
+    input_views,
     letterbox,
     padded,
     tile_origins,
@@ -24,7 +28,7 @@ from ..imaging import (
 )
 from ..observers import FACES_PER_IMAGE
 from ..settings import DETECTION_PARAMS, OUTPUT_FORMATS, DetectionSettings, check_choice, check_range
-from ..vision_ops import best_per_group, gaussian_blur, nms, nms_per_image, rows_per_group
+from ..vision_ops import best_per_group, gaussian_blur, moved, nms, nms_per_image, rows_per_group
 
 MODES = ("mosaic", "blur")
 SHAPES = ("box", "ellipse")  # what of a face's grown box is anonymised: all of it, or its inscribed ellipse
@@ -88,6 +92,24 @@ class Faces:
     boxes: torch.Tensor  # [K, 4] (x1, y1, x2, y2)
     scores: torch.Tensor  # [K]
     landmarks: torch.Tensor  # [K, 5, 2] (x, y): eyes, nose, mouth corners, image-left first
+
+
+@dataclass(frozen=True)
+class Anonymised:
+    regions: list[Region]  # the faces' grown boxes, in whole pixels, best first
+    image: torch.Tensor  # uint8 [3, H, W]: the photo with every region anonymised
+
+
+def anonymise(items: list[Item], faces: list[Faces]) -> list[Anonymised | None]:
+    """The photos of a batch answered as images (format "image") with their faces'
+    regions anonymised, all at once (pixelate_batch); None for the others."""
+    wanted = [index for index, item in enumerate(items) if item.settings.format == "image"]
+    chosen = [items[index] for index in wanted]
+    regions = [expand_boxes(faces[index].boxes, item.settings.margin, *item.original_size)
+               for index, item in zip(wanted, chosen, strict=True)]  # fmt: skip
+    images = pixelate_batch([item.image for item in chosen], regions, [item.settings for item in chosen])
+    done = dict(zip(wanted, (Anonymised(*pair) for pair in zip(regions, images, strict=True)), strict=True))
+    return [done.get(index) for index in range(len(items))]
 
 
 def prior_boxes(height: int, width: int, min_sizes: list[list[int]], steps: list[int], device=None) -> torch.Tensor:
@@ -181,33 +203,181 @@ def pixelate_regions(
 ) -> torch.Tensor:
     """uint8 [3, H, W] -> a copy in which every region (x1, y1, x2, y2) is anonymised.
 
-    mosaic: each cell becomes one flat colour, the mean of the pixels under it, so no
-    original pixel value survives inside a region; blur: the region is reduced to the
+    mosaic: each cell becomes one flat colour, the mean of the pixels it covers (rounded),
+    so no original pixel value survives inside a region; blur: the region is reduced to the
     same grid, Gaussian-blurred and smoothly enlarged again. shape "ellipse": only the
-    ellipse inscribed in each region changes."""
-    out = image.clone()
-    for x1, y1, x2, y2 in regions:
-        height, width = y2 - y1, x2 - x1
-        grid = mosaic_grid(height, width, settings.blocks, settings.block_size)
-        cells = nnf.adaptive_avg_pool2d(out[:, y1:y2, x1:x2].float().unsqueeze(0), grid).squeeze(0)
-        if settings.mode == "mosaic":
-            patch = spread_cells(to_uint8(cells), height, width)
-        else:
-            if min(grid) >= 2:  # reflect padding needs two cells
-                cells = gaussian_blur(cells, 3, sigma=1.0)
-            smooth = nnf.interpolate(cells.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
-            patch = to_uint8(smooth.squeeze(0))
-        if settings.shape == "ellipse":
-            patch = torch.where(ellipse_mask(height, width, image.device), patch, out[:, y1:y2, x1:x2])
-        out[:, y1:y2, x1:x2] = patch
-    return out
+    ellipse inscribed in each region changes. Regions are drawn in order, a later one over
+    what an earlier one left."""
+    return pixelate_batch([image], [regions], [settings])[0]
+
+
+# On these devices the mosaic of a batch's small regions runs in one pass (`mosaic_pass`):
+# a GPU would otherwise launch a dozen kernels per face. On the CPU one region at a time
+# reads and writes each pixel once, where the pass builds ~100 bytes of indices per pixel.
+BATCHED_MOSAIC_DEVICES = ("cuda",)
+BATCHED_MOSAIC_AREA = 256 * 256  # a larger region is drawn alone: its size, not launches, sets its cost
+BATCHED_MOSAIC_PIXELS = 4_000_000  # pixels per pass, at most: its indices take ~100 bytes a pixel
+
+
+def pixelate_batch(
+    images: list[torch.Tensor], regions: list[list[Region]], settings: list[FaceSettings]
+) -> list[torch.Tensor]:
+    """pixelate_regions for each image of a batch (all on one device): the copies made in one
+    buffer (`rgb_rows`), then each region drawn in turn -- except on BATCHED_MOSAIC_DEVICES,
+    where the mosaic regions are drawn layer by layer (`overlap_layers`), a layer's small
+    regions of all the images in passes of up to BATCHED_MOSAIC_PIXELS (`mosaic_pass`)."""
+    buffer, copies = rgb_rows(images)
+    jobs = [(copy, region, s) for copy, found, s in zip(copies, regions, settings, strict=True) for region in found]
+    if buffer.device.type not in BATCHED_MOSAIC_DEVICES:
+        for copy, region, s in jobs:
+            (mosaic_region if s.mode == "mosaic" else blur_region)(copy, region, s)
+        return copies
+    mosaics = [job for job in jobs if job[2].mode == "mosaic"]
+    for layer in overlap_layers([region for _copy, region, _s in mosaics], [id(copy) for copy, _r, _s in mosaics]):
+        small, pass_pixels = [], 0
+        for copy, region, s in (mosaics[index] for index in layer):
+            area = (region[2] - region[0]) * (region[3] - region[1])
+            if area > BATCHED_MOSAIC_AREA:
+                mosaic_region(copy, region, s)
+                continue
+            if pass_pixels + area > BATCHED_MOSAIC_PIXELS:
+                mosaic_pass(buffer, small)
+                small, pass_pixels = [], 0
+            small.append((copy, region, s))
+            pass_pixels += area
+        if small:
+            mosaic_pass(buffer, small)
+    for copy, region, s in jobs:
+        if s.mode == "blur":
+            blur_region(copy, region, s)
+    return copies
+
+
+def rgb_rows(images: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Images (uint8 [3, H, W], one device) -> (one flat buffer, a copy of each in it as [3, H,
+    W] stored as rows of RGB pixels: what libjpeg reads, so encoding copies nothing)."""
+    if not images:
+        return torch.empty(0, dtype=torch.uint8), []
+    buffer = torch.empty(sum(image.numel() for image in images), dtype=images[0].dtype, device=images[0].device)
+    copies = []
+    for image, part in zip(images, buffer.split([image.numel() for image in images]), strict=True):
+        channels, height, width = image.shape
+        rows = part.view(height, width, channels)
+        rows.copy_(image.permute(1, 2, 0))
+        copies.append(rows.permute(2, 0, 1))
+    return buffer, copies
+
+
+def overlap_layers(regions: list[Region], images: list[int]) -> list[list[int]]:
+    """Regions (of the images named by `images`) in layers: a region's layer is one after the
+    last layer holding an earlier region of its image that it overlaps. Regions of one
+    layer never overlap, and drawing layer after layer draws overlapping regions in order."""
+    if not regions:
+        return []
+    boxes = torch.tensor(regions, dtype=torch.int64)
+    image = torch.tensor(images)
+    overlaps = (
+        (boxes[:, None, 0] < boxes[None, :, 2]) & (boxes[None, :, 0] < boxes[:, None, 2])
+        & (boxes[:, None, 1] < boxes[None, :, 3]) & (boxes[None, :, 1] < boxes[:, None, 3])
+        & (image[:, None] == image[None, :])
+    ).tril(-1)  # [r, q]: q is earlier than r and overlaps it  # fmt: skip
+    layer = [0] * len(regions)
+    for index in overlaps.any(dim=1).nonzero().squeeze(1).tolist():
+        layer[index] = 1 + max(layer[q] for q in overlaps[index].nonzero().squeeze(1).tolist())
+    layers: list[list[int]] = [[] for _ in range(max(layer) + 1)]
+    for index, number in enumerate(layer):
+        layers[number].append(index)
+    return layers
+
+
+def mosaic_region(image: torch.Tensor, region: Region, settings: FaceSettings) -> None:
+    """Draw one region's mosaic into `image` (uint8 [3, H, W], in place)."""
+    x1, y1, x2, y2 = region
+    patch = image[:, y1:y2, x1:x2]
+    rows, cols = mosaic_grid(y2 - y1, x2 - x1, settings.blocks, settings.block_size)
+    row_of, row_counts = axis_cells(y2 - y1, rows, image.device)
+    col_of, col_counts = axis_cells(x2 - x1, cols, image.device)
+    sums = torch.zeros((patch.shape[0], rows, x2 - x1), dtype=torch.int64, device=image.device)
+    sums = sums.index_add_(1, row_of, patch.long())
+    sums = torch.zeros((patch.shape[0], rows, cols), dtype=torch.int64, device=image.device).index_add_(2, col_of, sums)
+    means = rounded_mean(sums, row_counts[:, None] * col_counts)
+    mosaic = means.index_select(1, row_of).index_select(2, col_of)  # as spread_cells draws them
+    if settings.shape == "ellipse":
+        mosaic = torch.where(ellipse_mask(y2 - y1, x2 - x1, image.device), mosaic, patch)
+    patch.copy_(mosaic)
+
+
+@functools.lru_cache(maxsize=4096)
+def axis_cells(length: int, cells: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along a side of `length` pixels cut into `cells`: each pixel's cell (pixel * cells //
+    length, as spread_cells) and each cell's pixel count. Kept: faces' sizes repeat."""
+    index = torch.arange(length, device=device) * cells // length
+    return index, torch.bincount(index, minlength=cells)
+
+
+def rounded_mean(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Integer sums / counts (> 0), rounded half up, as uint8."""
+    return ((sums * 2 + counts) // (counts * 2)).to(torch.uint8)
+
+
+def mosaic_pass(buffer: torch.Tensor, jobs: list[tuple[torch.Tensor, Region, FaceSettings]]) -> None:
+    """Draw the mosaic of regions that do not overlap, of images stored in `buffer` as rows of
+    RGB pixels (`rgb_rows`), in one pass: every pixel of every region listed with its cell,
+    the cells' sums taken in one scatter, the means written back in one: a few dozen kernels
+    for the lot, as mosaic_region draws each."""
+    table = []
+    for image, (x1, y1, x2, y2), s in jobs:
+        rows, cols = mosaic_grid(y2 - y1, x2 - x1, s.blocks, s.block_size)
+        first_pixel = image.storage_offset() - buffer.storage_offset()
+        table.append([first_pixel // 3, image.shape[2], x1, y1, y2 - y1, x2 - x1, rows, cols, s.shape == "ellipse"])
+    areas, cells = [h * w for *_, h, w, _r, _c, _e in table], [r * c for *_, r, c, _e in table]
+    columns = moved([torch.tensor(table, dtype=torch.int64)], buffer.device)[0].unbind(1)  # no wait for the device
+    first_pixel, width, x1, y1, height, region_width, rows, cols, ellipse = columns
+    area = height * region_width
+    region = torch.repeat_interleave(torch.arange(len(table), device=buffer.device), area, output_size=sum(areas))
+    start = (torch.cumsum(area, 0) - area)[region]
+    offset = torch.arange(len(region), device=buffer.device) - start
+    w, h = region_width[region], height[region]
+    y, x = offset // w, offset % w  # within the region
+    first_cell = (torch.cumsum(rows * cols, 0) - rows * cols)[region]
+    cell = first_cell + (y * rows[region] // h) * cols[region] + x * cols[region] // w
+    pixel = first_pixel[region] + (y1[region] + y) * width[region] + x1[region] + x
+    pixels = buffer.view(-1, 3)
+    values = pixels[pixel]
+    sums = torch.zeros((sum(cells), 3), dtype=torch.int64, device=buffer.device).index_add_(0, cell, values.long())
+    counts = torch.zeros(sum(cells), dtype=torch.int64, device=buffer.device).index_add_(0, cell, torch.ones_like(cell))
+    means = rounded_mean(sums, counts[:, None])[cell]
+    drawn = in_ellipse(y, x, h, w) | (ellipse[region] == 0)
+    pixels[pixel] = torch.where(drawn[:, None], means, values)
+
+
+def blur_region(image: torch.Tensor, region: Region, settings: FaceSettings) -> None:
+    """Blur one region of `image` (uint8 [3, H, W], in place): reduced to the mosaic's grid,
+    Gaussian-blurred, smoothly enlarged again."""
+    x1, y1, x2, y2 = region
+    height, width = y2 - y1, x2 - x1
+    patch = image[:, y1:y2, x1:x2]
+    grid = mosaic_grid(height, width, settings.blocks, settings.block_size)
+    cells = nnf.adaptive_avg_pool2d(patch.float().unsqueeze(0), grid).squeeze(0)
+    if min(grid) >= 2:  # reflect padding needs two cells
+        cells = gaussian_blur(cells, 3, sigma=1.0)
+    enlarged = nnf.interpolate(cells.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
+    smooth = to_uint8(enlarged.squeeze(0))
+    if settings.shape == "ellipse":
+        smooth = torch.where(ellipse_mask(height, width, image.device), smooth, patch)
+    patch.copy_(smooth)
 
 
 def ellipse_mask(height: int, width: int, device=None) -> torch.Tensor:
     """bool [height, width]: the pixels whose centres lie in the ellipse inscribed in the region."""
-    ys = (torch.arange(height, device=device) + 0.5) / height * 2 - 1
-    xs = (torch.arange(width, device=device) + 0.5) / width * 2 - 1
-    return ys[:, None] ** 2 + xs[None, :] ** 2 <= 1
+    return in_ellipse(torch.arange(height, device=device)[:, None], torch.arange(width, device=device)[None, :],
+                      height, width)  # fmt: skip
+
+
+def in_ellipse(y: torch.Tensor, x: torch.Tensor, height, width) -> torch.Tensor:
+    """Whether pixel (y, x)'s centre lies in the ellipse inscribed in a height x width region:
+    ((2y + 1 - h) / h)^2 + ((2x + 1 - w) / w)^2 <= 1, in integers (exact; h * w < 3e9)."""
+    return (2 * y + 1 - height) ** 2 * width**2 + (2 * x + 1 - width) ** 2 * height**2 <= (height * width) ** 2
 
 
 def spread_cells(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -235,7 +405,7 @@ def tile_scale(width: int, height: int, tile: int, overlap: int, upscale_to: int
         scale *= 0.9
 
 
-def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[torch.Tensor, object]:
+def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelInput, object]:
     """uint8 [3, H, W] -> what CenterFace sees of it: the photo enlarged (at most
     MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32 -- one view,
     with its geometry; a photo larger than max_view_pixels is cut into tiles of TILE pixels
@@ -355,14 +525,15 @@ class FacePixelizer(Task):
             return letterbox(item.image, settings.input_size, self.fill)
         return thorough_views(item.image, settings)
 
-    def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
+    def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[tuple[Faces, Anonymised | None]]:
         """Each view's faces (decoded together, by the network that ran), mapped into its
-        photo's pixels; a photo's views merged (merge_views)."""
-        counts = [len(views(item)) for item in items]
+        photo's pixels, a photo's views merged (merge_views); then the photos that are
+        answered as images anonymised together (pixelate_batch)."""
+        counts = [input_views(item.input) for item in items]
         settings = [item.settings for item, count in zip(items, counts, strict=True) for _ in range(count)]
         if items[0].settings.preset == "fast":  # a forward pass runs one network
             loc, conf, landmarks = outputs
-            priors = self.priors_for(*items[0].input.shape[-2:])  # and has one input size
+            priors = self.priors_for(*input_shape(items[0].input)[-2:])  # and has one input size
             found = decode_faces_batch(loc, conf, landmarks, priors, tuple(self.priors_config["variances"]), settings)
         else:
             found = decode_centerface_batch(*outputs, settings)
@@ -371,19 +542,17 @@ class FacePixelizer(Task):
             geometries = item.geometry if isinstance(item.geometry, list) else [item.geometry]
             merged.append(merge_views(found[start : start + count], geometries, item.settings))
             start += count
-        return merged
+        return list(zip(merged, anonymise(items, merged), strict=True))
 
-    def postprocess(self, faces: Faces, item: Item) -> Answer:
-        settings, (width, height) = item.settings, item.original_size
-        boxes, points = faces.boxes, faces.landmarks
-        item.observe(FACES_PER_IMAGE, len(boxes))
-        if settings.format == "json":
-            rows = zip(boxes.tolist(), faces.scores.tolist(), points.tolist(), strict=True)
+    def postprocess(self, summary: tuple[Faces, Anonymised | None], item: Item) -> Answer:
+        (faces, anonymised), settings = summary, item.settings
+        item.observe(FACES_PER_IMAGE, len(faces.boxes))
+        if anonymised is None:  # format=json
+            rows = zip(faces.boxes.tolist(), faces.scores.tolist(), faces.landmarks.tolist(), strict=True)
             found = [face_record(box, score, marks) for box, score, marks in rows]
-            return Answer({"image_size": [width, height], "faces": found})
-        regions = expand_boxes(boxes, settings.margin, width, height)
-        anonymised = pixelate_regions(item.image, regions, settings)
-        return Answer(image=anonymised, jpeg_quality=settings.jpeg_quality, headers=face_headers(regions))
+            return Answer({"image_size": list(item.original_size), "faces": found})
+        headers = face_headers(anonymised.regions)
+        return Answer(image=anonymised.image, jpeg_quality=settings.jpeg_quality, headers=headers)
 
     def priors_for(self, height: int, width: int) -> torch.Tensor:
         """RetinaFace's prior boxes per input size, computed once."""

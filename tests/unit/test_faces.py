@@ -7,6 +7,7 @@ import torch
 import torchvision
 
 from handlers.imaging import LetterboxGeometry, tile_origins, tiles, unletterbox_boxes
+from handlers.tasks import face
 from handlers.tasks.face import (
     MAX_UPSCALE,
     Faces,
@@ -17,6 +18,8 @@ from handlers.tasks.face import (
     expand_boxes,
     merge_views,
     mosaic_grid,
+    overlap_layers,
+    pixelate_batch,
     pixelate_regions,
     prior_boxes,
     spread_cells,
@@ -125,6 +128,74 @@ def test_mosaic_changes_only_the_regions_with_uniform_blocks(noise):
     # Irreversible: the noise's values are gone, replaced by cell means near the middle grey.
     assert (out[:, inside] == noise[:, inside]).float().mean() < 0.02
     assert (out[:, inside].float() - 127.5).abs().max() < 40
+
+
+def mosaic_one_cell_at_a_time(image, regions, settings):
+    """The obvious reference: region after region, over what the earlier left, each cell
+    (pixel y in row y * rows // h) set to the rounded-half-up mean of the pixels it covers;
+    with the ellipse shape, only the pixels whose centres lie inside it."""
+    out = image.clone().long()
+    for x1, y1, x2, y2 in regions:
+        height, width = y2 - y1, x2 - x1
+        rows, cols = mosaic_grid(height, width, settings.blocks, settings.block_size)
+        before = out[:, y1:y2, x1:x2].clone()
+        for row in range(rows):
+            for col in range(cols):
+                ys = [y for y in range(height) if y * rows // height == row]
+                xs = [x for x in range(width) if x * cols // width == col]
+                cell = before[:, ys][:, :, xs]
+                mean = (cell.sum(dim=(1, 2)) * 2 + cell[0].numel()) // (cell[0].numel() * 2)
+                for y in ys:
+                    for x in xs:
+                        inside = ((2 * y + 1 - height) / height) ** 2 + ((2 * x + 1 - width) / width) ** 2 <= 1
+                        if settings.shape == "box" or inside:
+                            out[:, y1 + y, x1 + x] = mean
+    return out.to(torch.uint8)
+
+
+def random_regions(generator, count, height, width, largest):
+    corners = torch.rand(count, 2, generator=generator) * torch.tensor([width - 2, height - 2])
+    sizes = torch.rand(count, 2, generator=generator) * (largest - 1) + 1
+    boxes = torch.cat([corners, torch.minimum(corners + sizes, torch.tensor([width, height]))], dim=1)
+    return [tuple(int(v) for v in box) for box in boxes.round().tolist() if box[2] > box[0] and box[3] > box[1]]
+
+
+@pytest.mark.parametrize("shape", ["box", "ellipse"])
+@pytest.mark.parametrize("blocks, block_size", [(8, 0), (3, 0), (8, 5)])
+def test_the_mosaic_is_each_cells_mean_drawn_region_after_region(noise, shape, blocks, block_size):
+    settings = FaceSettings(blocks=blocks, block_size=block_size, shape=shape)
+    regions = random_regions(torch.Generator().manual_seed(blocks + block_size), 6, 120, 160, 50)  # some overlap
+    expected = mosaic_one_cell_at_a_time(noise, regions, settings)
+    assert torch.equal(pixelate_regions(noise, regions, settings), expected)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batchs_mosaic_in_one_pass_draws_what_region_by_region_draws(monkeypatch, seed):
+    """The GPU's pass over all the small regions of a batch (layer by layer where they
+    overlap), here on the CPU, against the CPU's region by region: equal, for photos of
+    several sizes and layouts, box and ellipse, regions that overlap, that touch the edges,
+    of one pixel, and larger than the pass takes (drawn alone)."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = [(120, 160), (75, 50), (200, 90)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in sizes]
+    images[1] = images[1].permute(1, 2, 0).contiguous().permute(2, 0, 1)  # stored as rows of RGB pixels
+    regions = [random_regions(generator, 12, h, w, 70) + [(0, 0, 1, 1), (0, 0, w, h)] for h, w in sizes]
+    settings = [FaceSettings(shape="ellipse"), FaceSettings(blocks=5), FaceSettings(block_size=7)]
+    one_by_one = pixelate_batch(images, regions, settings)
+    monkeypatch.setattr(face, "BATCHED_MOSAIC_DEVICES", ("cpu",))
+    monkeypatch.setattr(face, "BATCHED_MOSAIC_AREA", 3000)  # the whole photos are drawn alone
+    monkeypatch.setattr(face, "BATCHED_MOSAIC_PIXELS", 5000)  # several passes per layer
+    batched = pixelate_batch(images, regions, settings)
+    assert all(torch.equal(a, b) for a, b in zip(batched, one_by_one, strict=True))
+    assert all(out.stride()[0] == 1 for out in batched)  # stored as rows of RGB pixels: what libjpeg reads
+
+
+def test_overlap_layers_put_a_region_after_every_earlier_one_it_overlaps():
+    regions = [(0, 0, 10, 10), (5, 5, 15, 15), (20, 20, 30, 30), (8, 0, 12, 4), (10, 0, 20, 5), (0, 0, 10, 10)]
+    images = [0, 0, 0, 0, 0, 1]  # the last is in another photo
+    # 1 and 3 overlap 0; 4 touches 0 and 1 (no overlap) and overlaps 3; 5 is alone in its photo
+    assert overlap_layers(regions, images) == [[0, 2, 5], [1, 3], [4]]
+    assert overlap_layers([], []) == []
 
 
 def test_block_size_sets_the_cell_size(noise):

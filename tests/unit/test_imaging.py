@@ -13,15 +13,19 @@ from handlers.errors import InputError
 from handlers.imaging import (
     ImageInfo,
     LetterboxGeometry,
+    Placement,
     center_crop_box,
     check_image,
     decode_image,
     decode_image_at_least,
+    input_views,
     jpeg_bytes,
     jpeg_reduction,
     letterbox,
+    padded,
     probe_image,
     resize_center_crop,
+    stack_inputs,
     unletterbox_boxes,
 )
 from scripts.samples.photos import encode
@@ -199,8 +203,8 @@ SHAPES = [(300, 451), (451, 300), (640, 640), (1, 1000), (1000, 1), (17, 33), (1
 @pytest.mark.parametrize("size", [320, 640])
 def test_letterbox_then_unletterbox_round_trips_boxes_within_a_pixel(height, width, size):
     image = torch.zeros(3, height, width, dtype=torch.uint8)
-    boxed, meta = letterbox(image, size)
-    assert boxed.shape == (3, size, size) and (meta.width, meta.height) == (width, height)
+    placed, meta = letterbox(image, size)
+    assert placed.canvas().shape == (3, size, size) and (meta.width, meta.height) == (width, height)
     generator = torch.Generator().manual_seed(height * 7919 + width)
     corners = torch.rand(50, 2, 2, generator=generator) * torch.tensor([width, height])
     boxes = torch.cat([corners.min(dim=1).values, corners.max(dim=1).values], dim=1)  # [50, 4] xyxy
@@ -212,9 +216,52 @@ def test_letterbox_then_unletterbox_round_trips_boxes_within_a_pixel(height, wid
 
 def test_letterbox_pads_with_grey_and_keeps_the_picture_centred():
     image = torch.full((3, 100, 200), 255, dtype=torch.uint8)
-    boxed, meta = letterbox(image, 64)
+    placed, meta = letterbox(image, 64)
+    boxed = placed.canvas()
     assert (meta.pad_left, meta.pad_top) == (0, 16)
     assert (boxed[:, :16] == 114).all() and (boxed[:, 48:] == 114).all() and (boxed[:, 16:48] == 255).all()
+
+
+def canvases_one_by_one(inputs: list) -> torch.Tensor:
+    """The obvious reference for stack_inputs: each input's canvas built alone, then stacked."""
+    views = []
+    for part in inputs:
+        if isinstance(part, Placement):
+            canvas = torch.tensor(part.fill, dtype=torch.uint8).reshape(-1, 1, 1).expand(part.shape).clone()
+            height, width = part.image.shape[-2:]
+            canvas[:, part.top : part.top + height, part.left : part.left + width] = part.image
+            views.append(canvas.unsqueeze(0))
+        else:
+            views.append(part if part.dim() == 4 else part.unsqueeze(0))
+    return torch.cat(views)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_stack_inputs_builds_each_placement_tensor_and_views_in_one_batch(channels_last):
+    generator = torch.Generator().manual_seed(3)
+
+    def photo(height, width):
+        return torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator)
+
+    inputs = [
+        letterbox(photo(30, 64), 64)[0],  # padded above and below
+        letterbox(photo(64, 10), 64, fill=(1, 2, 3))[0],  # another fill, padded left and right
+        photo(64, 64),  # a prepared view
+        torch.stack([photo(64, 64), photo(64, 64)]),  # two views of one photo
+        padded(photo(50, 37), 1.0, 32, (0, 0, 0))[0],  # padded at the right and bottom only
+    ]
+    batch = stack_inputs(inputs, channels_last)
+    assert batch.shape == (6, 3, 64, 64) and [input_views(part) for part in inputs] == [1, 1, 1, 2, 1]
+    assert batch.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(batch, canvases_one_by_one(inputs))
+    same_fill = inputs[:1] + inputs[2:4]  # one fill for the batch, painted once
+    assert torch.equal(stack_inputs(same_fill, channels_last), canvases_one_by_one(same_fill))
+
+
+def test_a_fill_is_one_value_or_one_per_channel():
+    assert letterbox(torch.zeros(3, 4, 8, dtype=torch.uint8), 8, fill=7)[0].fill == (7, 7, 7)
+    with pytest.raises(ValueError, match="one per channel"):
+        letterbox(torch.zeros(3, 4, 8, dtype=torch.uint8), 8, fill=(1, 2))
 
 
 def test_unletterbox_clips_to_the_image():

@@ -133,6 +133,36 @@ def test_batched_nms_keeps_groups_apart_even_with_negative_coordinates_and_many_
     assert sorted(vision_ops.batched_nms(boxes, scores, groups, 0.5).tolist()) == [0, 1, 2]
 
 
+def test_nms_chunks_join_images_of_one_threshold_up_to_the_limit():
+    counts, thresholds = [3, 0, 4, 5, 2, 2, 9, 1], [0.5, 0.5, 0.5, 0.5, 0.4, 0.4, 0.4, 0.4]
+    # image 1 has no boxes; 3 + 4 fit in 8, 5 more do not; 0.4 starts a run; 9 is alone over 8
+    assert vision_ops.nms_chunks(counts, thresholds, 8) == [[0, 2], [3], [4, 5], [6], [7]]
+    assert vision_ops.nms_chunks(counts, [0.5] * 8, 100) == [[0, 2, 3, 4, 5, 6, 7]]
+    assert vision_ops.nms_chunks([0, 0], [0.5, 0.5], 8) == []
+
+
+@pytest.mark.parametrize("limit", [1, 40, 1024])
+@pytest.mark.parametrize("seed", range(3))
+def test_nms_per_image_keeps_what_nms_on_each_image_alone_keeps(monkeypatch, seed, limit):
+    """Whichever images share an NMS call, each keeps the boxes it keeps alone: boxes of
+    different images (placed on top of each other here) never suppress each other."""
+    monkeypatch.setattr(vision_ops, "NMS_BATCH_BOXES", limit)
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randint(0, 6, (150,), generator=generator)
+    corners = torch.rand(150, 2, generator=generator) * 100
+    boxes = torch.cat([corners, corners + torch.rand(150, 2, generator=generator) * 40 + 1], dim=1)
+    scores = torch.rand(150, generator=generator)
+    classes = torch.randint(0, 3, (150,), generator=generator)
+    thresholds = [0.5, 0.5, 0.3, 0.5, 0.5, 0.7]
+    kept = vision_ops.nms_per_image(boxes, scores, image * 3 + classes, image, thresholds)
+    expected = []
+    for index, threshold in enumerate(thresholds):
+        for label in range(3):
+            members = ((image == index) & (classes == label)).nonzero().squeeze(1)
+            expected += members[torchvision.ops.nms(boxes[members], scores[members], threshold)].tolist()
+    assert sorted(kept.tolist()) == sorted(expected)
+
+
 def test_to_device_on_the_cpu_returns_the_images_themselves():
     images = [torch.zeros(3, 4, 5, dtype=torch.uint8), torch.ones(3, 2, 2, dtype=torch.uint8)]
     assert all(a is b for a, b in zip(vision_ops.to_device(images, torch.device("cpu")), images, strict=True))
@@ -150,6 +180,23 @@ def test_encode_jpegs_equals_encoding_each():
     images = [torch.randint(0, 256, (3, 16, 24), dtype=torch.uint8), torch.zeros(3, 8, 8, dtype=torch.uint8)]
     together = vision_ops.encode_jpegs(images, 85)
     assert all(torch.equal(a, vision_ops.encode_jpeg(image, 85)) for a, image in zip(together, images, strict=True))
+
+
+def test_the_jpeg_encoder_reads_an_image_in_any_layout_alike():
+    """The JPEG decoder leaves [3, H, W] stored as rows of RGB pixels, which libjpeg reads in
+    place; a channel-planar copy of it encodes to the same bytes."""
+    decoded = vision_ops.decode_jpeg(torch.frombuffer(bytearray(encode(photo("chelsea"), "JPEG")), dtype=torch.uint8))
+    assert decoded.stride()[0] == 1 and not decoded.is_contiguous()  # rows of RGB pixels
+    assert torch.equal(vision_ops.encode_jpeg(decoded, 90), vision_ops.encode_jpeg(decoded.contiguous(), 90))
+
+
+def test_moved_packs_tensors_of_any_strides_into_one_copy_and_gives_each_back():
+    image = torch.arange(60, dtype=torch.uint8).view(3, 4, 5)
+    tensors = [image, image.permute(1, 2, 0), torch.tensor([7, 8], dtype=torch.uint8)]
+    moved = vision_ops.moved(tensors, torch.device("cpu"))
+    assert all(m.is_contiguous() and torch.equal(m, t) for m, t in zip(moved, tensors, strict=True))
+    assert moved[0].untyped_storage().data_ptr() == moved[2].untyped_storage().data_ptr()  # one buffer
+    assert vision_ops.moved([], torch.device("cpu")) == []
 
 
 def test_the_jpeg_encoder_is_never_called_beyond_what_libjpeg_takes():
