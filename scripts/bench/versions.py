@@ -5,7 +5,7 @@ file and a batch of 8 real photos, alternating for several rounds so that both m
 same machine -> images/s per round, medians and their ratio -> the versions section of
 docs/benchmarks.md.
 
-    python -m scripts.bench.versions --base a5e43cc
+    python -m scripts.bench.versions --base 3514ab2
 """
 
 import argparse
@@ -19,15 +19,15 @@ from pathlib import Path
 from scripts.bench.doc import DOCUMENT, about_the_run, markdown_table, publish
 from scripts.zoo import REPO
 
-# model -> (the compiled file the base serves, the one this checkout serves, this checkout's
-# parameters that ask for what the base did)
+# What is measured -> (the model, its compiled file, the request's parameters, for both
+# commits: a base older than a parameter answers 400 and the run stops, saying so).
 MODELS = {
-    "mobilenet_v2": ("mobilenet_v2.pt", "mobilenet_v2.pt", {}),
-    "efficientnet_lite0": ("efficientnet_lite0.pt", "efficientnet_lite0.pt", {}),
-    "yolov5s": ("yolov5s.pt2", "yolov5s.pt2", {}),
-    # The base served RetinaFace at confidence 0.5 as its default; here it is the fast preset,
-    # the companion of the face pixelizer's CenterFace.
-    "face_pixelizer": ("face_pixelizer_fast.pt2", "face_pixelizer.pt2", {"preset": "fast", "confidence": "0.5"}),
+    "mobilenet_v2": ("mobilenet_v2", "mobilenet_v2.pt", {}),
+    "efficientnet_lite0": ("efficientnet_lite0", "efficientnet_lite0.pt", {}),
+    "yolov5s": ("yolov5s", "yolov5s.pt2", {}),
+    "yolov5s drawn": ("yolov5s", "yolov5s.pt2", {"format": "image"}),  # the boxes drawn on a JPEG answer
+    "face_pixelizer": ("face_pixelizer", "face_pixelizer.pt2", {}),  # CenterFace, the default preset
+    "face_pixelizer fast": ("face_pixelizer", "face_pixelizer.pt2", {"preset": "fast"}),  # RetinaFace
 }
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket") * 2
 
@@ -77,16 +77,14 @@ def run(base: str, models: list[str], rounds: int, seconds: float) -> dict:
         subprocess.run(["git", "worktree", "add", "--detach", str(worktree), base], cwd=REPO, check=True,
                        capture_output=True)  # fmt: skip
         try:
-            for model in models:
-                base_file, head_file, params = MODELS[model]
+            for measured in models:
+                model, file, params = MODELS[measured]
                 points = {"base": [], "head": []}
                 for round_ in range(rounds):  # the order alternates: neither always goes first
                     for version in ("base", "head") if round_ % 2 == 0 else ("head", "base"):
-                        checkout, file, asked = (
-                            (worktree, base_file, {}) if version == "base" else (REPO, head_file, params)
-                        )
-                        points[version].append(measure(checkout, model, REPO / "build" / file, asked, seconds))
-                results["models"][model] = points
+                        checkout = worktree if version == "base" else REPO
+                        points[version].append(measure(checkout, model, REPO / "build" / file, params, seconds))
+                results["models"][measured] = points
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO, check=False)
     return results
@@ -94,17 +92,18 @@ def run(base: str, models: list[str], rounds: int, seconds: float) -> dict:
 
 def render_section(results: dict) -> str:
     rows = []
-    for model, points in results["models"].items():
+    for measured, points in results["models"].items():
+        _model, _file, params = MODELS[measured]
+        named = measured + "".join(f" ({key}={value})" for key, value in params.items()) if params else measured
         base, head = statistics.median(points["base"]), statistics.median(points["head"])
         ratios = [h / b for h, b in zip(points["head"], points["base"], strict=True)]
-        rows.append([model, f"{base:.1f}", f"{head:.1f}", f"{head / base:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"])
+        rows.append([named, f"{base:.1f}", f"{head:.1f}", f"{head / base:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"])
     lines = [
         f"`python -m scripts.bench.versions --base {results['base']}` ({results['date']}, {results['machine']}): "
         f"each model's handler of `{results['base']}` and of this commit in-process (a process each, as a "
         f"TorchServe worker runs it), the same compiled file, batches of 8 real JPEGs, {results['seconds']:.0f} s "
         f"each, {results['rounds']} rounds alternating which goes first. Images/s, medians; the ratio's range over "
-        "the rounds in brackets. face_pixelizer: RetinaFace at confidence 0.5, the base's default and this "
-        "commit's fast preset.",
+        "the rounds in brackets. Each model at its defaults, but for the parameters named.",
         "",
         *markdown_table(["model", f"{results['base']} img/s", "this commit img/s", "ratio"], rows),
     ]

@@ -18,6 +18,7 @@ from torch.export import Dim
 
 from handlers.engine import INPUT_FORMAT, OUTPUT_FORMAT, split_features
 from handlers.service import METADATA_FILE
+from scripts.building.profiles import model_config
 from scripts.families import family
 from scripts.families.weights import Weights, WeightsError
 from scripts.nets.inputs import WithInput
@@ -130,6 +131,13 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
     if precision != "fp32":
         reduced = ReducedPrecision(recipe.with_features(network), PRECISIONS[precision])
         eager = WithInput(recipe.input_adapter(weights), reduced).eval().to(device)
+    weights_format = "contiguous"
+    if output.suffix == ".pt" and served_channels_last(spec, device):
+        # Its batches come channels-last: frozen weights stored so too are what the NHWC
+        # convolutions read; NCHW ones cuDNN would convert at every call. (AOTInductor lays
+        # out its own weights.)
+        eager = eager.to(memory_format=torch.channels_last)
+        example, weights_format = example.contiguous(memory_format=torch.channels_last), "channels_last"
     if output.suffix == ".pt2":
         partial = export_and_package(eager, example, recipe.spatial_dynamic, output)
         compiled, compiler = torch._inductor.aoti_load_package(str(partial)), "torch.export + AOTInductor (freezing)"
@@ -156,6 +164,7 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         "feature_size": features.shape[1],
         "features": recipe.features,
         "device": str(device),  # AOTInductor packages run on the device they were compiled for
+        "weights_memory_format": weights_format,
         "parity_max_abs_diff": parity,
         **({"input_parity_mean_abs_diff": input_parity} if input_parity is not None else {}),
         # The other networks its archive carries and its task may run, by name: their files.
@@ -173,6 +182,13 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
         output.unlink()
         raise ParityError(f"{spec.name}: the saved file {output} does not reproduce the compiled module")
     return metadata
+
+
+def served_channels_last(spec: ModelSpec, device: torch.device) -> bool:
+    """Whether the handler feeds this model channels-last batches on `device`: its
+    profile's (the GPU's on CUDA) `channels_last` setting."""
+    profile = "gpu" if device.type == "cuda" else "cpu"
+    return bool(model_config(spec, profile).get("handler", {}).get("channels_last", False))
 
 
 def check_feature_parity(eager: torch.Tensor, compiled: torch.Tensor, precision: str = "fp32") -> None:

@@ -57,6 +57,22 @@ def test_served_file_matches_eager_on_real_photos_with_dynamic_batch(compiled_re
             torch.testing.assert_close(network.fc(features), logits, rtol=0, atol=1e-4 * logits.abs().max().item())
 
 
+def test_a_model_served_channels_last_is_frozen_with_channels_last_weights(tmp_path, monkeypatch):
+    """The GPU profile feeds channels-last batches: its TorchScript build stores the frozen
+    convolution weights so (here on the CPU, the GPU profile's answer stood in for)."""
+    spec = get_model("resnet18")
+    assert compile_script.served_channels_last(spec, torch.device("cuda"))  # what the GPU profile says
+    assert not compile_script.served_channels_last(spec, torch.device("cpu"))  # the CPU profile: NCHW
+    monkeypatch.setattr(compile_script, "served_channels_last", lambda spec, device: True)
+    metadata = compile_script.compile_model(spec, random_weights(spec, strict=False), tmp_path / "resnet18.pt")
+    assert metadata["weights_memory_format"] == "channels_last"
+    module = torch.jit.load(str(tmp_path / "resnet18.pt"))
+    constants = [node.output().toIValue() for node in module.graph.nodes() if node.kind() == "prim::Constant"]
+    kernels = [value for value in constants if isinstance(value, torch.Tensor) and value.dim() == 4]
+    assert len(kernels) >= 20  # its 20 convolutions (batch norms folded in), and the input's mean and std
+    assert all(kernel.is_contiguous(memory_format=torch.channels_last) for kernel in kernels)
+
+
 def test_parity_check_catches_a_different_model():
     logits = torch.randn(2, 1000)
     with pytest.raises(ValueError, match="top-5 classes differ"):
