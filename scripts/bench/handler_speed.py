@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import torch
+import yaml
 
 from handlers.observers import STAGES
 from scripts.bench.alone import images_per_second, synchronized
@@ -42,12 +43,17 @@ RATIO_TARGET = 0.7  # on a GPU, the handler keeps at least this share of the mod
 TARGET_BATCH = 32  # ... at this batch size
 
 
-def measure(model: str, batch: int, device: torch.device, seconds: float, artifact: Path | None = None) -> dict:
+def measure(
+    model: str, batch: int, device: torch.device, seconds: float, artifact: Path | None = None, settings=None
+) -> dict:
     """img/s of the model alone and of the handler around it, on `artifact`; then, apart, the
-    handler's stage timers with the device synchronised at each stage (ms per batch)."""
+    handler's stage timers with the device synchronised at each stage (ms per batch). `settings`:
+    handler settings over the model's own (e.g. jpeg_encoder)."""
     with tempfile.TemporaryDirectory() as model_dir:
         gpu_id = (device.index or 0) if device.type == "cuda" else None
-        handler, context = load_handler(model, Path(model_dir), batch_size=batch, gpu_id=gpu_id, artifact=artifact)
+        handler, context = load_handler(
+            model, Path(model_dir), batch_size=batch, gpu_id=gpu_id, artifact=artifact, handler_settings=settings
+        )
         height, width = handler.metadata["input_size"]
         tensors = torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, device=handler.device)
         jpeg = bytearray(encode(photo("chelsea"), "JPEG", quality=90))
@@ -132,6 +138,8 @@ def run_variant_process(args: argparse.Namespace, model: str, compiler: str, pre
             "--variant", model, compiler, precision, "--batches", *map(str, args.batches),
             "--seconds", str(args.seconds), "--json", str(output),
         ]  # fmt: skip
+        if args.setting:
+            command += ["--setting", *(f"{key}={value}" for key, value in args.setting)]
         done = subprocess.run(command, cwd=REPO, stderr=subprocess.PIPE, text=True, check=False)
         sys.stderr.write(done.stderr)
         found = json.loads(output.read_text()) if output.exists() else {"rows": [], "error": None}
@@ -156,15 +164,24 @@ def measure_variant(args: argparse.Namespace, device: torch.device) -> None:
     with tempfile.TemporaryDirectory(prefix="handler-speed-") as workdir:
         try:
             built = build_variant(model, compiler, precision, device, Path(workdir))
-            described = {"compiler": compiler, "precision": precision}
+            described = {"compiler": compiler, "precision": precision, "settings": dict(args.setting or [])}
             described.update((k, v) for k, v in built.items() if k != "artifact")
             for batch in args.batches:
-                result["rows"].append({**measure(model, batch, device, args.seconds, built["artifact"]), **described})
+                measured = measure(model, batch, device, args.seconds, built["artifact"], described["settings"])
+                result["rows"].append({**measured, **described})
                 save(result, args.json)
         except Exception as err:  # recorded for the parent and the doc; the traceback goes to stderr
             traceback.print_exc()
             result["error"] = f"{type(err).__name__}: {err}"
     save(result, args.json)
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """KEY=VALUE -> (KEY, VALUE as YAML reads it: a number, a boolean or a string)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def save(results: dict, path: Path | None) -> None:
@@ -182,8 +199,13 @@ def batch_ms(row: dict, stages: tuple[str, ...]) -> list[str]:
     """Where a batch goes, ms: the model alone, the handler's stages, the handler, what the target allows."""
     model_ms, handler_ms = (1000 * row["batch"] / row[key] for key in ("model_img_per_s", "handler_img_per_s"))
     staged = [f"{row['stage_ms'].get(stage, float('nan')):.1f}" for stage in stages]
-    variant = f"{row['model']} {row['compiler']} {row['precision']}"
+    variant = f"{named(row)} {row['compiler']} {row['precision']}"
     return [variant, f"{model_ms:.1f}", *staged, f"{handler_ms:.1f}", f"{model_ms / RATIO_TARGET:.1f}"]
+
+
+def named(row: dict) -> str:
+    """A row's model, with the handler settings it was measured with."""
+    return row["model"] + "".join(f" {key}={value}" for key, value in row.get("settings", {}).items())
 
 
 def render_section(results: dict) -> str:
@@ -191,7 +213,7 @@ def render_section(results: dict) -> str:
     batch TARGET_BATCH, where that batch's time goes, and what failed."""
     rows, stages = results["rows"], STAGES
     random_models = sorted({r["model"] for r in rows if r["random_weights"]})
-    table = [[r["model"], r["compiler"], r["precision"], r["batch"], f"{r['model_img_per_s']:.0f}",
+    table = [[named(r), r["compiler"], r["precision"], r["batch"], f"{r['model_img_per_s']:.0f}",
               f"{r['handler_img_per_s']:.0f}", verdict(r)] for r in rows]  # fmt: skip
     lines = [
         "## GPU: the handler against the model alone, by compile target and precision",
@@ -225,6 +247,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compilers", nargs="+", choices=list(COMPILERS), help="default: each model's own")
     parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISIONS), default=["fp32"])
     parser.add_argument("--json", type=Path, help="write the results here, after each variant")
+    parser.add_argument("--setting", nargs="+", type=key_value, metavar="KEY=VALUE",
+                        help="handler settings over each model's own (e.g. jpeg_encoder=host)")  # fmt: skip
     parser.add_argument("--append", action="store_true", help="add to the variants already in --json")
     parser.add_argument("--variant", nargs=3, metavar=("MODEL", "COMPILER", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, help="only write the doc section from these saved results")

@@ -5,7 +5,9 @@ import argparse
 import subprocess
 import sys
 
-from scripts.bench.handler_speed import RATIO_TARGET, death, render_section, run_variant_process
+import pytest
+
+from scripts.bench.handler_speed import RATIO_TARGET, death, key_value, render_section, run_variant_process
 
 
 def test_a_native_crash_is_reported_with_where_it_happened():
@@ -17,9 +19,17 @@ def test_a_native_crash_is_reported_with_where_it_happened():
 
 
 def test_a_variant_that_fails_costs_only_itself():
-    args = argparse.Namespace(device="cpu", batches=[1], seconds=0.1)
+    """(Handler settings reach the child's command line, which takes them.)"""
+    args = argparse.Namespace(device="cpu", batches=[1], seconds=0.1, setting=[("jpeg_encoder", "host")])
     rows, error = run_variant_process(args, "no_such_model", "torchscript", "fp32")
     assert rows == [] and error.startswith("KeyError") and "no_such_model" in error
+
+
+def test_handler_settings_are_read_as_yaml_values():
+    assert key_value("jpeg_encoder=host") == ("jpeg_encoder", "host")
+    assert key_value("num_threads=4") == ("num_threads", 4) and key_value("warmup=false") == ("warmup", False)
+    with pytest.raises(argparse.ArgumentTypeError):
+        key_value("jpeg_encoder")
 
 
 def row(model, batch, model_ips, handler_ips, random=True):
@@ -37,7 +47,9 @@ def test_the_section_explains_a_missed_target_with_the_runs_own_stage_times():
         "seconds": 2, "rows": [row("resnet50", 1, 500, 320), row("resnet50", 32, 8000, 2000)],
         "failures": [{"model": "face_pixelizer", "compiler": "aoti", "precision": "fp32", "error": "the process died"}],
     }  # fmt: skip
+    results["rows"].append({**row("face_pixelizer", 32, 900, 700, random=False), "settings": {"jpeg_encoder": "host"}})
     text = render_section(results)
+    assert "| face_pixelizer jpeg_encoder=host | torchscript | bf16 | 32 | 900 | 700 | 0.78 yes |" in text
     assert "NVIDIA H100 80GB HBM3" in text and "2026-11-23" in text and "**Random weights**: resnet50" in text
     assert "| resnet50 | torchscript | bf16 | 32 | 8000 | 2000 | 0.25 **no** |" in text
     assert "| resnet50 | torchscript | bf16 | 1 | 500 | 320 | 0.64 |" in text  # no verdict off the target's batch
