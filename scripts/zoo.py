@@ -153,6 +153,11 @@ def get_model(name: str) -> ModelSpec:
     raise KeyError(f"unknown model {name!r}; the zoo has: {known}")
 
 
+def served_by(spec: ModelSpec) -> ModelSpec:
+    """The model whose archive serves `spec`: the model that carries it as a companion, else itself."""
+    return next((model for model in MODELS for companion in model.companions if companion.name == spec.name), spec)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="List the models of the zoo.")
     parser.add_argument(

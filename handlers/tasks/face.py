@@ -240,7 +240,7 @@ def pixelate_batch(
             if area > BATCHED_MOSAIC_AREA:
                 mosaic_region(copy, region, s)
                 continue
-            if pass_pixels + area > BATCHED_MOSAIC_PIXELS:
+            if small and pass_pixels + area > BATCHED_MOSAIC_PIXELS:
                 mosaic_pass(buffer, small)
                 small, pass_pixels = [], 0
             small.append((copy, region, s))

@@ -22,7 +22,7 @@ from scripts.building.profiles import model_config
 from scripts.families import family
 from scripts.families.weights import Weights, WeightsError
 from scripts.nets.inputs import WithInput
-from scripts.zoo import ModelSpec, get_model
+from scripts.zoo import ModelSpec, get_model, served_by
 
 METADATA_FORMAT = 1
 
@@ -185,10 +185,14 @@ def compile_checked(spec: ModelSpec, weights: Weights, output: Path, precision: 
 
 
 def served_channels_last(spec: ModelSpec, device: torch.device) -> bool:
-    """Whether the handler feeds this model channels-last batches on `device`: its
-    profile's (the GPU's on CUDA) `channels_last` setting."""
+    """Whether the handler feeds this model channels-last batches on `device`: the
+    `channels_last` setting of the profile (the GPU's on CUDA) of the model that serves it
+    (a companion's is its model's); a model without settings of its own is fed the default."""
+    owner = served_by(spec)
+    if not owner.config_file.is_file():
+        return False
     profile = "gpu" if device.type == "cuda" else "cpu"
-    return bool(model_config(spec, profile).get("handler", {}).get("channels_last", False))
+    return bool(model_config(owner, profile).get("handler", {}).get("channels_last", False))
 
 
 def check_feature_parity(eager: torch.Tensor, compiled: torch.Tensor, precision: str = "fp32") -> None:

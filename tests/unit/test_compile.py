@@ -63,6 +63,9 @@ def test_a_model_served_channels_last_is_frozen_with_channels_last_weights(tmp_p
     spec = get_model("resnet18")
     assert compile_script.served_channels_last(spec, torch.device("cuda"))  # what the GPU profile says
     assert not compile_script.served_channels_last(spec, torch.device("cpu"))  # the CPU profile: NCHW
+    fast = get_model("face_pixelizer_fast")  # a companion: its model's settings
+    assert compile_script.served_channels_last(fast, torch.device("cuda"))
+    assert not compile_script.served_channels_last(replace(fast, name="toy"), torch.device("cuda"))  # none
     monkeypatch.setattr(compile_script, "served_channels_last", lambda spec, device: True)
     metadata = compile_script.compile_model(spec, random_weights(spec, strict=False), tmp_path / "resnet18.pt")
     assert metadata["weights_memory_format"] == "channels_last"
