@@ -301,16 +301,21 @@ def mosaic_region(image: torch.Tensor, region: Region, settings: FaceSettings) -
     sums = sums.index_add_(1, row_of, patch.long())
     sums = torch.zeros((patch.shape[0], rows, cols), dtype=torch.int64, device=image.device).index_add_(2, col_of, sums)
     means = rounded_mean(sums, row_counts[:, None] * col_counts)
-    mosaic = means.index_select(1, row_of).index_select(2, col_of)  # as spread_cells draws them
-    if settings.shape == "ellipse":
-        mosaic = torch.where(ellipse_mask(y2 - y1, x2 - x1, image.device), mosaic, patch)
-    patch.copy_(mosaic)
+    draw(patch, spread_cells(means, y2 - y1, x2 - x1), settings.shape)
+
+
+def draw(patch: torch.Tensor, anonymised: torch.Tensor, shape: str) -> None:
+    """Write a region's anonymised pixels into it (in place): all of them, or with shape
+    "ellipse" those inside its inscribed ellipse."""
+    if shape == "ellipse":
+        anonymised = torch.where(ellipse_mask(*patch.shape[-2:], patch.device), anonymised, patch)
+    patch.copy_(anonymised)
 
 
 @functools.lru_cache(maxsize=4096)
 def axis_cells(length: int, cells: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Along a side of `length` pixels cut into `cells`: each pixel's cell (pixel * cells //
-    length, as spread_cells) and each cell's pixel count. Kept: faces' sizes repeat."""
+    length) and each cell's pixel count. Kept: faces' sizes repeat."""
     index = torch.arange(length, device=device) * cells // length
     return index, torch.bincount(index, minlength=cells)
 
@@ -362,10 +367,7 @@ def blur_region(image: torch.Tensor, region: Region, settings: FaceSettings) -> 
     if min(grid) >= 2:  # reflect padding needs two cells
         cells = gaussian_blur(cells, 3, sigma=1.0)
     enlarged = nnf.interpolate(cells.unsqueeze(0), size=(height, width), mode="bilinear", align_corners=False)
-    smooth = to_uint8(enlarged.squeeze(0))
-    if settings.shape == "ellipse":
-        smooth = torch.where(ellipse_mask(height, width, image.device), smooth, patch)
-    patch.copy_(smooth)
+    draw(patch, to_uint8(enlarged.squeeze(0)), settings.shape)
 
 
 def ellipse_mask(height: int, width: int, device=None) -> torch.Tensor:
@@ -382,9 +384,9 @@ def in_ellipse(y: torch.Tensor, x: torch.Tensor, height, width) -> torch.Tensor:
 
 def spread_cells(cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """[C, rows, cols] -> [C, height, width]: each pixel takes the value of the cell it falls
-    in (cell index = floor(pixel * cells / size)); a gather in the cells' dtype."""
-    rows = torch.arange(height, device=cells.device) * cells.shape[1] // height
-    cols = torch.arange(width, device=cells.device) * cells.shape[2] // width
+    in (`axis_cells`: cell index = floor(pixel * cells / size)); a gather in the cells' dtype."""
+    rows, _counts = axis_cells(height, cells.shape[1], cells.device)
+    cols, _counts = axis_cells(width, cells.shape[2], cells.device)
     return cells.index_select(1, rows).index_select(2, cols)
 
 
