@@ -4,7 +4,9 @@ archives built for the GPU (their GPU profile, bf16), and for each
 (b) TorchServe with a no-op handler archived with the same settings, fed the same bodies:
     what the frontend passes (the ceiling any handler is served under);
 (c) our archive at 1, 32, 128 and 512 closed-loop clients: req/s, p50, p99, errors,
-    images per forward pass, GPU busy (NVML), and where a request's time goes;
+    images per forward pass, GPU busy (NVML), and where a request's time goes; then, at 128
+    clients, with 1 and 4 workers on the GPU as well (scaled through the management API; each
+    worker takes the cores ÷ the busy workers as CPU threads): how many to serve with;
 (d) LitServe serving the same compiled file on the same GPU (scripts/bench/litserve_app.py),
     its batching tuned at 128 clients, at the same concurrencies
 -> its section of docs/benchmarks.md (the GPU, driver, torch, date; the targets) and the raw
@@ -22,14 +24,15 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from scripts.bench.alone import model_throughput
 from scripts.bench.doc import about_the_run, markdown_table, publish
-from scripts.bench.harness import Target, as_form, images, litserve, measure, torchserve
+from scripts.bench.harness import Target, as_form, images, litserve, measure, scale, torchserve
 from scripts.building.archive import ARCHIVE_VERSION, build_archive
 from scripts.building.profiles import model_config
 from scripts.child_process import console_script
@@ -37,6 +40,9 @@ from scripts.zoo import COMPILERS, REPO, get_model
 
 MODELS = ("resnet50", "yolov5s", "face_pixelizer")
 CLIENTS = (1, 32, 128, 512)
+# Workers per GPU tried at 128 clients beside the profile's own count (the CPU threads follow:
+# cores ÷ busy workers each, handlers/observers.py's ThreadBudget).
+WORKER_COUNTS = (1, 2, 4)
 # LitServe's batching, (max_batch_size, batch_timeout s), tried at 128 clients; the best is measured.
 LITSERVE_SETTINGS = ((16, 0.005), (32, 0.005), (64, 0.01))
 # The targets at 128 clients: >= this share of min(model alone, no-op ceiling), >= this x LitServe.
@@ -84,22 +90,33 @@ def sweep(target: Target, model: str, body: bytes, clients, seconds: float) -> l
     return [asdict(measure(target, model, as_form(target, body), count, seconds)) for count in clients]
 
 
-def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) -> dict:
+def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path, save=lambda result: None) -> dict:
+    """`model` measured as the module says; `save(result so far)` after each step: a run cut
+    short keeps what it measured (on a lent GPU, the compiled file's path first of all)."""
     profile = "cpu" if args.device == "cpu" else "gpu"
     config = model_config(get_model(model), profile)
     artifact, compiler = compile_for(model, args.device, args.compiler, workdir, args.build)
     store = workdir / f"store-{model}"
-    store.mkdir()
+    store.mkdir(exist_ok=True)
     build_archive(get_model(model), artifact, store, profile=profile)
     batch, workers = config["batchSize"], config["maxWorkers"]
     channels_last = config["handler"].get("channels_last", False)
     alone = model_throughput(artifact, [batch], args.seconds, args.device, channels_last)[batch][0]
-    result = {"model": model, "compiler": compiler, "batch": batch, "workers": workers, "alone_img_per_s": alone,
-              "points": []}  # fmt: skip
+    result = {"model": model, "compiler": compiler, "artifact": str(artifact), "batch": batch, "workers": workers,
+              "alone_img_per_s": alone, "points": []}  # fmt: skip
+    save(result)
     with torchserve(store, [noop_archive(model, store, profile)], "no-op") as target:
         result["points"] += sweep(target, f"{model}_noop", body, args.clients, args.seconds)
+    save(result)
     with torchserve(store, [model]) as target:
         result["points"] += sweep(target, model, body, args.clients, args.seconds)
+        save(result)
+        for count in (count for count in args.workers if count != workers):
+            scale(target, model, count)
+            labelled = replace(target, server=f"ours, workers={count}")
+            (point,) = sweep(labelled, model, body, [args.clients[-2]], args.seconds)
+            result["points"].append({**point, "workers": count})
+            save(result)
     tried = []
     for batching in LITSERVE_SETTINGS[:1] if args.quick else LITSERVE_SETTINGS:
         with litserve(model, *batching, workers, device=args.device, artifact=artifact) as target:
@@ -107,7 +124,13 @@ def run_model(model: str, args: argparse.Namespace, body: bytes, workdir: Path) 
     result["litserve"] = {"tried": tried, "best": max(tried)[1]}
     with litserve(model, *result["litserve"]["best"], workers, device=args.device, artifact=artifact) as target:
         result["points"] += sweep(target, model, body, args.clients, args.seconds)
+    save(result)
     return result
+
+
+def save(path: Path, results: dict, result: dict) -> None:
+    """The results with the model being measured: what is measured so far survives a crash or a time limit."""
+    path.write_text(json.dumps({**results, "models": [*results["models"], result]}, indent=1))
 
 
 def gpu_description(device: str) -> str:
@@ -140,10 +163,22 @@ def verdicts(result: dict, clients: tuple[int, ...]) -> list[str]:
     lines.append(
         f"at {middle} clients p99 <= {P99_OVER_P50}x p50: {spread:.1f}x {'yes' if spread <= P99_OVER_P50 else '**no**'}"
     )
+    lines.append(workers_verdict(result, busiest))
     stages = ", ".join(f"{stage} {ms:.2f}" for stage, ms in (ours["stage_ms"] or {}).items())
     lines.append(f"ours at {busiest} clients, ms per request: queue {ours['queue_ms']:.1f}, in the worker "
                  f"{ours['inference_ms']:.1f}; handler stages {stages}")  # fmt: skip
     return lines
+
+
+def workers_verdict(result: dict, clients: int) -> str:
+    """Workers per GPU: the count that served most at `clients` without an error, among those tried."""
+    served = next(p for p in result["points"] if (p["server"], p["concurrency"]) == ("ours", clients))
+    tried = {result["workers"]: served, **{p["workers"]: p for p in result["points"] if "workers" in p}}
+    rates = ", ".join(f"{count}: {p['req_per_s']:.0f}" + (f" ({p['errors']} errors)" if p["errors"] else "")
+                      for count, p in sorted(tried.items()))  # fmt: skip
+    clean = {count: p["req_per_s"] for count, p in tried.items() if p["errors"] == 0}
+    chosen = f"serve with {max(clean, key=clean.get)}" if clean else "every count answered errors"
+    return f"workers per GPU at {clients} clients, req/s: {rates} -> {chosen} (the profile has {result['workers']})"
 
 
 def render(results: dict) -> str:
@@ -176,11 +211,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--clients", nargs="+", type=int, default=list(CLIENTS))
     parser.add_argument("--seconds", type=float, default=5, help="per point (after up to 3 s of warm-up)")
+    parser.add_argument("--workers", nargs="+", type=int, default=list(WORKER_COUNTS),
+                        help="workers per GPU tried at the busiest clients but one")  # fmt: skip
     parser.add_argument("--compiler", choices=list(COMPILERS), help="default: each model's own")
     parser.add_argument("--quick", action="store_true", help="one LitServe setting, no doc (with --json)")
     parser.add_argument("--json", type=Path, default=REPO / "docs" / "benchmarks_gpu.json")
     parser.add_argument("--build", action="store_true", help="on the CPU too, compile afresh (as on a GPU)")
     parser.add_argument("--out", type=Path, help="write the JSON and the section here instead ($OUT on a lent GPU)")
+    parser.add_argument("--keep", type=Path, help="compile into this folder and leave the files there")
     return parser
 
 
@@ -195,8 +233,9 @@ def main(args: argparse.Namespace) -> None:
                "seconds": args.seconds, "clients": args.clients, "models": []}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as workdir:
         for model in args.models:
-            results["models"].append(run_model(model, args, body, Path(workdir)))
-            args.json.write_text(json.dumps(results, indent=1))  # what is measured so far survives a crash
+            built = args.keep or Path(workdir)
+            built.mkdir(parents=True, exist_ok=True)
+            results["models"].append(run_model(model, args, body, built, partial(save, args.json, results)))
     # Under --out the section is always written (the lent machine's run); else --quick leaves docs/ alone.
     document = args.out / "benchmarks.md" if args.out else None if args.quick else REPO / "docs" / "benchmarks.md"
     publish("gpu", render(results), results, document, args.json)

@@ -8,13 +8,18 @@ postprocessing (target: >= 0.7x at batch 32), for each compile target and precis
         --precisions fp32 bf16 fp16 --json docs/handler_speed.json   # builds each variant, then measures it
     python -m scripts.bench.handler_speed --render docs/handler_speed.json   # its section of docs/benchmarks.md
 
-Without --compilers each model is built with its own compiler (the zoo's table).
+Without --compilers each model is built with its own compiler (the zoo's table); with
+--artifact, a file compiled elsewhere (scripts/bench/gpu.py --keep) is measured as it is.
+Before timing, each variant answers a photo stored turned with EXIF orientation 6: the GPU's
+JPEG decoder is not the CPU's, and a phone photo must be read upright on both.
 """
 
 import argparse
 import contextlib
 import datetime
+import io
 import json
+import math
 import os
 import signal
 import statistics
@@ -24,12 +29,16 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from handlers.observers import STAGES
+from handlers.service import read_embedded_metadata
 from scripts.bench.alone import images_per_second, synchronized
 from scripts.bench.doc import DOCUMENT, markdown_table, publish
 from scripts.building.compile import PRECISIONS, compile_model
@@ -64,12 +73,73 @@ def measure(
         failed = sorted({code for code, _ in context.statuses.values() if code != 200})
         if failed:
             raise RuntimeError(f"{model}: the handler answered {failed} for the benchmark's photo")
+        orientation = exif_orientation(handler, context)
         context.metrics.clear()
         with synchronised_stages(handler):
             images_per_second(lambda: handler.handle(requests, context), batch, handler.device, seconds / 2)
     stage_ms = {stage: statistics.mean(ms) for stage, ms in context.metrics.stage_ms().items()}
     return {"model": model, "batch": batch, "device": str(handler.device), "model_img_per_s": model_only,
-            "handler_img_per_s": handled, "ratio": handled / model_only, "stage_ms": stage_ms}  # fmt: skip
+            "handler_img_per_s": handled, "ratio": handled / model_only, "stage_ms": stage_ms,
+            "exif_orientation": orientation}  # fmt: skip
+
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a phone writes instead of turning the pixels
+
+
+def exif_orientation(handler, context) -> str:
+    """How the handler reads a photo stored turned with EXIF orientation 6 (a viewer turns it
+    90 degrees clockwise): "applied" when its answer is at least twice as near the answer to the
+    photo turned in its pixels as to the answer to the stored pixels read as they are,
+    "ignored" the reverse, else "undecided" (this model's answers cannot tell them apart)."""
+    upright = photo("chelsea")  # 451x300: wider than high, turned it is not
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise; the tag undoes it
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    tagged, turned, untagged = (
+        handler.handle([{"body": encode(image, "JPEG", quality=95, **extra)}], context)[0]
+        for image, extra in ((stored, {"exif": exif}), (upright, {}), (stored, {}))
+    )
+    near, far = answer_distance(tagged, turned, max(upright.size)), answer_distance(tagged, untagged, max(upright.size))
+    return "applied" if 2 * near < far else "ignored" if 2 * far < near else "undecided"
+
+
+def answer_distance(first: bytes | str, second: bytes | str, side: int) -> float:
+    """How far apart two answers are. JPEG answers: the mean absolute difference of their
+    pixels (infinite for two sizes). JSON answers: over every value either holds (lists of
+    objects keyed by their first text, e.g. a label, so that order does not count), the
+    difference of numbers -- scores (up to 1) as they are, larger ones (pixels) as a share of
+    the photo's `side` -- and 1 for a text, or a value, only one of them has."""
+    if isinstance(first, bytes) and first[:2] == b"\xff\xd8" and isinstance(second, bytes):
+        images = [Image.open(io.BytesIO(answer)).convert("RGB") for answer in (first, second)]
+        if images[0].size != images[1].size:
+            return math.inf
+        arrays = [np.asarray(image, dtype=np.int16) for image in images]
+        return float(np.abs(arrays[0] - arrays[1]).mean())
+    a, b = flattened(json.loads(first)), flattened(json.loads(second))
+    total = 0.0
+    for key in a.keys() | b.keys():
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+            total += abs(x - y) / (1 if max(abs(x), abs(y)) <= 1 else side)
+        else:
+            total += x != y
+    return total
+
+
+def flattened(value, path: str = "") -> dict[str, object]:
+    """A JSON value -> {path: number or text}; a list's objects keyed by their first text and
+    its occurrence ("predictions/tabby#0"), other items by their index."""
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, list):
+        seen, items = Counter(), []
+        for index, item in enumerate(value):
+            name = next((v for v in item.values() if isinstance(v, str)), None) if isinstance(item, dict) else None
+            items.append((index if name is None else f"{name}#{seen[name]}", item))
+            seen[name] += 1
+    else:
+        return {path: value}
+    return {key: leaf for name, item in items for key, leaf in flattened(item, f"{path}/{name}").items()}
 
 
 @contextlib.contextmanager
@@ -105,6 +175,27 @@ def build_variant(model: str, compiler: str, precision: str, device: torch.devic
             "random_weights": weights.is_random, "parity_max_abs_diff": metadata["parity_max_abs_diff"]}  # fmt: skip
 
 
+def prebuilt(path: Path) -> dict:
+    """What build_variant tells of a file compiled elsewhere, from the metadata it carries."""
+    metadata = read_embedded_metadata(path)
+    return {"artifact": path, "compile_s": None, "weights": metadata["weights"]["name"],
+            "random_weights": metadata["weights"]["name"] == "random",
+            "parity_max_abs_diff": metadata["parity_max_abs_diff"]}  # fmt: skip
+
+
+def variants(args: argparse.Namespace, model: str) -> list[tuple[str, str]]:
+    """The (compiler, precision) pairs to measure `model` in: --artifact's own, else every pair asked for."""
+    if args.artifact:
+        return [(compiler_of(args.artifact), read_embedded_metadata(args.artifact)["precision"])]
+    return [(compiler, precision) for compiler in args.compilers or [get_model(model).compiler]
+            for precision in args.precisions]  # fmt: skip
+
+
+def compiler_of(path: Path) -> str:
+    """The compiler whose files end as `path` does."""
+    return next(name for name, suffix in COMPILERS.items() if suffix == path.suffix)
+
+
 def run_variants(args: argparse.Namespace, device: torch.device) -> dict:
     """Every model x compiler x precision built and measured at every batch size, each in a
     process of its own (one that crashes the interpreter is recorded with where it died, and
@@ -116,16 +207,13 @@ def run_variants(args: argparse.Namespace, device: torch.device) -> dict:
     if args.append and args.json and args.json.exists():  # another run's variants, same machine and day
         results = json.loads(args.json.read_text())
     for model in args.models:
-        for compiler in args.compilers or [get_model(model).compiler]:
-            for precision in args.precisions:
-                variant = {"model": model, "compiler": compiler, "precision": precision}
-                rows, error = run_variant_process(args, **variant)
-                results["rows"] += rows
-                print(
-                    f"  {variant}: {[round(r['ratio'], 2) for r in rows]} of the model alone; {error or ''}", flush=True
-                )
-                results["failures"] += [{**variant, "error": error}] if error else []
-                save(results, args.json)
+        for compiler, precision in variants(args, model):
+            variant = {"model": model, "compiler": compiler, "precision": precision}
+            rows, error = run_variant_process(args, **variant)
+            results["rows"] += rows
+            print(f"  {variant}: {[round(r['ratio'], 2) for r in rows]} of the model alone; {error or ''}", flush=True)
+            results["failures"] += [{**variant, "error": error}] if error else []
+            save(results, args.json)
     return results
 
 
@@ -140,6 +228,7 @@ def run_variant_process(args: argparse.Namespace, model: str, compiler: str, pre
         ]  # fmt: skip
         if args.setting:
             command += ["--setting", *(f"{key}={value}" for key, value in args.setting)]
+        command += ["--artifact", str(args.artifact)] if args.artifact else []
         done = subprocess.run(command, cwd=REPO, stderr=subprocess.PIPE, text=True, check=False)
         sys.stderr.write(done.stderr)
         found = json.loads(output.read_text()) if output.exists() else {"rows": [], "error": None}
@@ -163,7 +252,8 @@ def measure_variant(args: argparse.Namespace, device: torch.device) -> None:
     result = {"rows": [], "error": None}
     with tempfile.TemporaryDirectory(prefix="handler-speed-") as workdir:
         try:
-            built = build_variant(model, compiler, precision, device, Path(workdir))
+            built = prebuilt(args.artifact) if args.artifact else build_variant(model, compiler, precision, device,
+                                                                                Path(workdir))  # fmt: skip
             described = {"compiler": compiler, "precision": precision, "settings": dict(args.setting or [])}
             described.update((k, v) for k, v in built.items() if k != "artifact")
             for batch in args.batches:
@@ -229,6 +319,13 @@ def render_section(results: dict) -> str:
         "",
         *markdown_table(["model", "compiler", "precision", "batch", "model img/s", "handler img/s", "ratio"], table),
     ]
+    read = {
+        f"{named(r)} {r['compiler']} {r['precision']}": r["exif_orientation"] for r in rows if r.get("exif_orientation")
+    }
+    if read:
+        lines += ["", "A photo stored turned, with EXIF orientation 6 (a phone's), read upright by the handler "
+                  "(`applied`: answered as the photo turned in its pixels, not as the stored pixels): "
+                  + "; ".join(f"{variant}: {how}" for variant, how in read.items()) + "."]  # fmt: skip
     at_target = [batch_ms(r, stages) for r in rows if r["batch"] == TARGET_BATCH]
     if at_target:
         lines += ["", f"Where a batch of {TARGET_BATCH} goes, ms per batch (the stages timed in a separate pass with "
@@ -250,6 +347,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--setting", nargs="+", type=key_value, metavar="KEY=VALUE",
                         help="handler settings over each model's own (e.g. jpeg_encoder=host)")  # fmt: skip
     parser.add_argument("--append", action="store_true", help="add to the variants already in --json")
+    parser.add_argument("--artifact", type=Path, help="measure this compiled file (of the one model) as it is")
     parser.add_argument("--variant", nargs=3, metavar=("MODEL", "COMPILER", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, help="only write the doc section from these saved results")
     parser.add_argument("--output", type=Path, default=DOCUMENT, help="with --render")
@@ -261,6 +359,8 @@ def main(args: argparse.Namespace) -> None:
         results = json.loads(args.render.read_text())
         publish("handler_speed", render_section(results), results, args.output, None)
         return
+    if args.artifact and not args.variant and len(args.models) != 1:
+        sys.exit("--artifact is one model's file: name that model alone with --models")
     device = torch.device(args.device)
     if args.variant:  # a child of run_variants
         # torch 2.14 marks torch.jit deprecated; the TorchScript builds would bury the output.

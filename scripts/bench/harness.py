@@ -11,7 +11,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +50,7 @@ class Target:
     headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/octet-stream"})
     method: str = "PUT"
     metrics: str | None = None  # TorchServe's metrics address (Prometheus), for its counters
+    manage: Callable[..., requests.Response] | None = None  # TorchServe's management API (Server.manage)
 
 
 @dataclass
@@ -189,8 +190,22 @@ def torchserve(
     env = {REGISTRY_ENV: str(registry)} if registry else None
     with local_torchserve(store, names, overrides=overrides, log_config=log_config, env=env) as running:
         yield Target(
-            server, running.inference, running.process.pid, running.keys.header("inference"), metrics=running.metrics
+            server,
+            running.inference,
+            running.process.pid,
+            running.keys.header("inference"),
+            metrics=running.metrics,
+            manage=running.manage,
         )
+
+
+def scale(target: Target, model: str, workers: int) -> None:
+    """`model`'s workers on a TorchServe Target set to `workers` through the management API;
+    returns once they are ready (each has loaded and warmed up its model)."""
+    params = {"min_worker": workers, "max_worker": workers, "synchronous": "true"}
+    response = target.manage("PUT", f"/models/{model}", params=params)
+    if not response.ok:
+        raise RuntimeError(f"scaling {model} to {workers} workers: HTTP {response.status_code} {response.text[:300]}")
 
 
 @contextmanager

@@ -53,22 +53,29 @@ def test_the_gpu_run_goes_through_a_simulated_device_on_the_cpu(tmp_path):
     """scripts/bench/gpu_device.sh as on a lent GPU machine, on the CPU: offline, TorchServe's
     scripts not beside the interpreter (pip --target's layout), no nvidia-ml-py, AOTInductor
     refused -- the model compiled afresh falls back to TorchScript; the model alone, a no-op
-    TorchServe archived with the model's settings, ours and LitServe are measured; the JSON
-    and the section land under $OUT and judge the targets."""
+    TorchServe archived with the model's settings, ours (with another count of workers too)
+    and LitServe are measured; then the handler in-process on the same file, with the EXIF
+    check; the JSONs and the sections land under $OUT and judge the targets."""
     env = with_machine_site(offline(tmp_path), tmp_path / "machine-site")
+    env.update(BATCHES="2", SECONDS_EACH="1", BUILT=str(tmp_path / "built"))
     command = ["bash", "scripts/bench/gpu_device.sh", "mobilenet_v2", "--device", "cpu", "--compiler", "aoti",
-               "--quick", "--clients", "1", "2", "--seconds", "1"]  # fmt: skip
+               "--quick", "--clients", "1", "2", "--seconds", "1", "--workers", "1", "2"]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "compiling with aoti for cpu failed" in result.stderr and "TorchScript next" in result.stderr
     out = tmp_path / "out"
     (measured,) = json.loads((out / "benchmarks_gpu.json").read_text())["models"]
     assert measured["compiler"] == "torchscript" and measured["alone_img_per_s"] > 0
+    assert measured["artifact"] == str(tmp_path / "built" / "mobilenet_v2.pt") and measured["workers"] == 2
     assert {(p["server"], p["concurrency"]) for p in measured["points"]} == {
         (server, clients) for server in ("no-op", "ours", "litserve") for clients in (1, 2)
-    }
+    } | {("ours, workers=1", 1)}
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in measured["points"])
-    assert all(p["mean_batch"] >= 1 for p in measured["points"] if p["server"] == "ours")
+    assert all(p["mean_batch"] >= 1 for p in measured["points"] if p["server"].startswith("ours"))
+    (row,) = json.loads((out / "handler_speed.json").read_text())["rows"]
+    assert row["batch"] == 2 and row["compiler"] == "torchscript" and row["exif_orientation"] == "applied"
     section = (out / "benchmarks.md").read_text()
     assert "mobilenet_v2 (torchscript)" in section and "x LitServe:" in section
-    assert "0 errors at 2 clients: 0 yes" in section
+    assert "0 errors at 2 clients: 0 yes" in section and "workers per GPU at 1 clients, req/s: 1: " in section
+    assert "| mobilenet_v2 | torchscript | fp32 | 2 |" in section
+    assert "mobilenet_v2 torchscript fp32: applied" in section

@@ -1,7 +1,9 @@
-"""The lent GPU machine's run (scripts/bench/gpu_device.sh, scripts/bench/gpu_wheels.py),
-on the CPU: the wheels in parts that each fit a call, installed there without the network,
-each part merged with the earlier ones, and what is still missing named at once."""
+"""The lent GPU machine's run (scripts/bench/gpu_device.sh, scripts/bench/gpu_wheels.py,
+scripts/bench/gpu.py), on the CPU: the wheels in parts that each fit a call, installed there
+without the network, each part merged with the earlier ones, and what is still missing named
+at once; the workers per GPU chosen from the run's own points; a run cut short keeps them."""
 
+import json
 import os
 import subprocess
 import zipfile
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.bench.gpu import save, workers_verdict
 from scripts.bench.gpu_wheels import PART_BYTES, parts, requirements
 from scripts.zoo import REPO
 from tests.simulated_device import offline
@@ -69,3 +72,27 @@ def test_each_part_is_installed_offline_merged_with_the_last_and_what_is_missing
     ran = subprocess.run([str(site / "bin" / "zoo_probe_one")], env={**env, "PYTHONPATH": str(site)},
                          capture_output=True, text=True)  # fmt: skip
     assert ran.stdout == "ran\n", ran.stderr
+
+
+def point(server: str, req_per_s: float, errors: int = 0, concurrency: int = 128, **extra) -> dict:
+    return {"server": server, "concurrency": concurrency, "req_per_s": req_per_s, "errors": errors, **extra}
+
+
+def test_the_workers_per_gpu_are_the_count_that_served_most_without_an_error():
+    result = {"workers": 2, "points": [point("ours", 900, concurrency=32), point("ours", 1700),
+                                       point("ours, workers=1", 1200, workers=1),
+                                       point("ours, workers=4", 2100, errors=3, workers=4)]}  # fmt: skip
+    assert workers_verdict(result, 128) == (
+        "workers per GPU at 128 clients, req/s: 1: 1200, 2: 1700, 4: 2100 (3 errors) "
+        "-> serve with 2 (the profile has 2)"
+    )
+    result["points"][3]["errors"] = 0
+    assert workers_verdict(result, 128).endswith("-> serve with 4 (the profile has 2)")
+
+
+def test_a_run_cut_short_keeps_the_model_it_was_measuring(tmp_path):
+    results = {"date": "2026-12-07", "models": [{"model": "resnet50", "points": [1]}]}
+    save(tmp_path / "gpu.json", results, {"model": "yolov5s", "artifact": "/tmp/b/yolov5s.pt", "points": []})
+    written = json.loads((tmp_path / "gpu.json").read_text())
+    assert [m["model"] for m in written["models"]] == ["resnet50", "yolov5s"] and written["date"] == "2026-12-07"
+    assert [m["model"] for m in results["models"]] == ["resnet50"]  # the run's own record is left as it was

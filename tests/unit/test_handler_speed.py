@@ -1,13 +1,27 @@
 """The GPU benchmark's bookkeeping (scripts/bench/handler_speed.py): a variant that crashes
-its process is recorded with where it died, and the doc section says why a target is missed."""
+its process is recorded with where it died, the doc section says why a target is missed, and
+the EXIF check tells a handler that reads a phone photo upright from one that does not."""
 
 import argparse
+import io
+import json
+import math
 import subprocess
 import sys
 
 import pytest
+from PIL import Image, ImageOps
 
-from scripts.bench.handler_speed import RATIO_TARGET, death, key_value, render_section, run_variant_process
+from scripts.bench.handler_speed import (
+    RATIO_TARGET,
+    answer_distance,
+    death,
+    exif_orientation,
+    key_value,
+    render_section,
+    run_variant_process,
+)
+from scripts.samples.photos import encode
 
 
 def test_a_native_crash_is_reported_with_where_it_happened():
@@ -20,7 +34,7 @@ def test_a_native_crash_is_reported_with_where_it_happened():
 
 def test_a_variant_that_fails_costs_only_itself():
     """(Handler settings reach the child's command line, which takes them.)"""
-    args = argparse.Namespace(device="cpu", batches=[1], seconds=0.1, setting=[("jpeg_encoder", "host")])
+    args = argparse.Namespace(device="cpu", batches=[1], seconds=0.1, setting=[("jpeg_encoder", "host")], artifact=None)
     rows, error = run_variant_process(args, "no_such_model", "torchscript", "fp32")
     assert rows == [] and error.startswith("KeyError") and "no_such_model" in error
 
@@ -56,3 +70,45 @@ def test_the_section_explains_a_missed_target_with_the_runs_own_stage_times():
     # batch 32: the model 4.0 ms, the handler 16.0 ms, the target allows 4.0 / 0.6
     assert f"| resnet50 torchscript bf16 | 4.0 | 4.0 | 2.0 | 4.1 | 3.0 | 16.0 | {4.0 / RATIO_TARGET:.1f} |" in text
     assert "- face_pixelizer aoti fp32: the process died" in text
+
+
+class StandIn:
+    """A handler that answers each photo with what it read: its pixels as a JPEG, or as JSON
+    its size and a label of its shape; reading the EXIF orientation or not, or answering
+    the same whatever it reads."""
+
+    def __init__(self, orient: bool, answer: str = "image"):
+        self.orient, self.answer = orient, answer
+
+    def handle(self, requests, context):
+        image = Image.open(io.BytesIO(requests[0]["body"]))
+        image = ImageOps.exif_transpose(image) if self.orient else image.convert("RGB")
+        if self.answer == "image":
+            return [encode(image, "JPEG", quality=90)]
+        if self.answer == "constant":
+            return [json.dumps({"predictions": [{"label": "cat", "score": 0.5}]})]
+        wide = image.width > image.height
+        predictions = [
+            {"label": "wide" if wide else "tall", "score": 0.9},
+            {"label": "tall" if wide else "wide", "score": 0.1},
+        ]
+        return [json.dumps({"image_size": list(image.size), "predictions": predictions})]
+
+
+@pytest.mark.parametrize("answer", ["image", "json"])
+def test_the_exif_check_tells_a_handler_that_reads_the_orientation_from_one_that_does_not(answer):
+    assert exif_orientation(StandIn(orient=True, answer=answer), None) == "applied"
+    assert exif_orientation(StandIn(orient=False, answer=answer), None) == "ignored"
+    assert exif_orientation(StandIn(orient=True, answer="constant"), None) == "undecided"
+
+
+def test_answers_are_compared_by_what_they_say_not_by_their_order():
+    cat = {"name": "cat", "box": [10, 20, 200, 280], "score": 0.9}
+    dog = {"name": "dog", "box": [0, 0, 5, 5], "score": 0.3}
+    first, swapped = (json.dumps({"size": [451, 300], "detections": found}) for found in ([cat, dog], [dog, cat]))
+    assert answer_distance(first, swapped, 451) == 0
+    moved = first.replace("[10, 20, 200, 280]", "[10, 20, 200, 289]").replace("0.9", "0.8")
+    assert answer_distance(first, moved, 451) == pytest.approx(9 / 451 + 0.1)  # pixels as a share of the side
+    assert answer_distance(first, first.replace('"dog"', '"fox"'), 451) == 12  # the dog's 6 values gone, the fox's new
+    small, large = (encode(Image.new("RGB", size, "gray"), "JPEG") for size in ((4, 3), (3, 4)))
+    assert answer_distance(small, small, 4) == 0 and answer_distance(small, large, 4) == math.inf
