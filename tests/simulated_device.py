@@ -8,10 +8,11 @@ from pathlib import Path
 
 from scripts.zoo import REPO
 
-# The machine's packages: no nvidia-ml-py, and AOTInductor packages that kill the process
-# that loads them (as torch 2.11's did with CUDA ones).
+# The machine's packages: no nvidia-ml-py, no SciPy (not carried: requirements-gpu-device.txt),
+# and AOTInductor packages that kill the process that loads them (as torch 2.11's did with CUDA ones).
 DEVICE_SITE = {
     "pynvml.py": "raise ModuleNotFoundError(\"No module named 'pynvml'\", name='pynvml')\n",
+    "scipy.py": "raise ModuleNotFoundError(\"No module named 'scipy'\", name='scipy')\n",
     "sitecustomize.py": "import os\nimport torch._inductor\n"
                         "torch._inductor.aoti_load_package = lambda *args, **kwargs: os.abort()\n",
 }  # fmt: skip

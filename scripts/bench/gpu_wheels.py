@@ -44,16 +44,19 @@ def parts(sizes: dict[str, int], limit: int = PART_BYTES) -> list[list[str]]:
 
 
 def download(folder: Path = FOLDER) -> list[list[str]]:
-    """Every wheel into folder/all, then hard-linked into folder/1, folder/2, ... -> the parts."""
+    """Every wheel into folder/all (afresh: a wheel no longer required must not travel), then
+    hard-linked into folder/1, folder/2, ... -> the parts."""
     every = folder / "all"
-    every.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(every, ignore_errors=True)
+    every.mkdir(parents=True)
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", *TARGET,
                "--dest", str(every), *requirements()]  # fmt: skip
     subprocess.run(command, check=True)
     packed = parts({wheel.name: wheel.stat().st_size for wheel in every.glob("*.whl")})
+    for part in folder.glob("[0-9]*"):  # the last run's parts, however many there were
+        shutil.rmtree(part)
     for index, names in enumerate(packed, start=1):
         part = folder / str(index)
-        shutil.rmtree(part, ignore_errors=True)
         part.mkdir()
         for name in names:
             (part / name).hardlink_to(every / name)

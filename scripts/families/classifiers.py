@@ -8,7 +8,6 @@ import re
 import torch
 import torchvision
 from PIL import Image
-from skimage import data as photos
 
 from handlers.classifier_handler import ClassifierHandler
 from handlers.imaging import resize_center_crop
@@ -17,6 +16,7 @@ from scripts.families.weights import RANDOM_SEED, Weights, WeightsError, resolve
 from scripts.nets.efficientnet_lite import efficientnet_lite0
 from scripts.nets.features import ClassifierWithFeatures
 from scripts.nets.inputs import ImageNetInput
+from scripts.samples.photos import photo_array
 from scripts.zoo import ModelSpec
 
 # Real photos from scikit-image (public domain / CC0): a cat and a portrait.
@@ -65,7 +65,7 @@ def build_classifier(spec: ModelSpec, weights: Weights) -> torch.nn.Module:
 
 
 def parity_photos() -> list[torch.Tensor]:
-    return [torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1).contiguous() for name in PARITY_PHOTOS]
+    return [torch.from_numpy(photo_array(name)).permute(2, 0, 1).contiguous() for name in PARITY_PHOTOS]
 
 
 def parity_batch(preset: dict) -> torch.Tensor:

