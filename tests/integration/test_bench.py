@@ -79,3 +79,13 @@ def test_the_gpu_run_goes_through_a_simulated_device_on_the_cpu(tmp_path):
     assert "0 errors at 2 clients: 0 yes" in section and "workers per GPU at 1 clients, req/s: 1: " in section
     assert "| mobilenet_v2 | torchscript | fp32 | 2 |" in section
     assert "mobilenet_v2 torchscript fp32: applied" in section
+
+
+def test_a_device_run_out_of_time_stops_with_what_it_has_and_says_why(tmp_path):
+    """The call's budget is shared out before the run starts: with none left, scripts/bench/gpu.py
+    is stopped at once and the in-process step, having no compiled file, says so."""
+    env = {**with_machine_site(offline(tmp_path), tmp_path / "machine-site"), "BUDGET": "1"}
+    command = ["bash", "scripts/bench/gpu_device.sh", "mobilenet_v2", "--device", "cpu", "--quick"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 124, result.stderr[-3000:]  # timeout's status: out of time
+    assert "no compiled mobilenet_v2 to measure in-process" in result.stderr
