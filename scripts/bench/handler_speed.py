@@ -203,7 +203,8 @@ def run_variants(args: argparse.Namespace, device: torch.device) -> dict:
     cuda, date = device.type == "cuda", datetime.date.today().isoformat()
     results = {"date": date, "device": torch.cuda.get_device_name(device) if cuda else "CPU",
                "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None, "cpus": os.cpu_count(),
-               "seconds": args.seconds, "rows": [], "failures": []}  # fmt: skip
+               "seconds": args.seconds, "rows": [], "failures": [],
+               "command": "python -m scripts.bench.handler_speed " + " ".join(sys.argv[1:])}  # fmt: skip
     if args.append and args.json and args.json.exists():  # another run's variants, same machine and day
         results = json.loads(args.json.read_text())
     for model in args.models:
@@ -308,7 +309,8 @@ def render_section(results: dict) -> str:
     lines = [
         "## GPU: the handler against the model alone, by compile target and precision",
         "",
-        f"`python -m scripts.bench.handler_speed --device cuda --compilers ... --precisions ...` ({results['date']}, "
+        f"`{results.get('command', 'python -m scripts.bench.handler_speed --device cuda --compilers ...')}` "
+        f"({results['date']}, "
         f"one **{results['device']}**, {results['cpus']} CPUs, torch {results['torch']}, CUDA {results['cuda']}; "
         "raw results in `docs/handler_speed.json`). Each variant compiled on the GPU by `scripts/building/compile.py` "
         f"(checked against the fp32 eager model as `make archive` checks it), then measured {results['seconds']:g} s "
