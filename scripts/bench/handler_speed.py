@@ -83,9 +83,6 @@ def measure(
             "exif_orientation": orientation}  # fmt: skip
 
 
-EXIF_ORIENTATION = 0x0112  # the EXIF tag a phone writes instead of turning the pixels
-
-
 def exif_orientation(handler, context) -> str:
     """How the handler reads a photo stored turned with EXIF orientation 6 (a viewer turns it
     90 degrees clockwise): "applied" when its answer is at least twice as near the answer to the
@@ -93,11 +90,9 @@ def exif_orientation(handler, context) -> str:
     "ignored" the reverse, else "undecided" (this model's answers cannot tell them apart)."""
     upright = photo("chelsea")  # 451x300: wider than high, turned it is not
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # counter-clockwise; the tag undoes it
-    exif = Image.Exif()
-    exif[EXIF_ORIENTATION] = 6
     tagged, turned, untagged = (
-        handler.handle([{"body": encode(image, "JPEG", quality=95, **extra)}], context)[0]
-        for image, extra in ((stored, {"exif": exif}), (upright, {}), (stored, {}))
+        handler.handle([{"body": encode(image, "JPEG", orientation, quality=95)}], context)[0]
+        for image, orientation in ((stored, 6), (upright, None), (stored, None))
     )
     near, far = answer_distance(tagged, turned, max(upright.size)), answer_distance(tagged, untagged, max(upright.size))
     return "applied" if 2 * near < far else "ignored" if 2 * far < near else "undecided"

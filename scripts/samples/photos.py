@@ -16,7 +16,15 @@ from PIL import Image, ImageFilter
 CROP_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
+EXIF_ORIENTATION = 0x0112  # the EXIF tag a camera writes instead of turning the pixels
+
+
+def encode(image: Image.Image, fmt: str, orientation: int | None = None, **options) -> bytes:
+    """`image` as `fmt` with PIL's `options`; `orientation` (1-8): tagged with it in EXIF,
+    which tells a viewer how to turn the stored pixels (6: 90 degrees clockwise)."""
+    if orientation is not None:
+        options["exif"] = exif = Image.Exif()
+        exif[EXIF_ORIENTATION] = orientation
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()

@@ -91,9 +91,7 @@ def test_animated_gif_gives_its_first_frame():
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "TIFF"])
 def test_exif_orientation_is_applied(chelsea, fmt):
-    exif = Image.Exif()
-    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
-    decoded = decode_image(encode(chelsea, fmt, exif=exif), LIMIT)
+    decoded = decode_image(encode(chelsea, fmt, orientation=6), LIMIT)  # rotate 90 CW to display
     assert decoded.shape == (3, 451, 300)  # portrait, as a viewer shows it
     upright = as_array(chelsea.transpose(Image.Transpose.ROTATE_270))
     assert mean_abs_diff(decoded, upright) < 3.0
@@ -297,9 +295,7 @@ def test_large_jpeg_is_decoded_reduced_and_reports_its_original_size(chelsea):
 
 
 def test_reduced_decode_applies_exif_orientation(chelsea):
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    data = encode(chelsea.resize((2000, 1330)), "JPEG", exif=exif)
+    data = encode(chelsea.resize((2000, 1330)), "JPEG", orientation=6)
     image, original = decode_image_at_least(*checked(data), 256, "cover")
     assert original == (1330, 2000) and image.shape == (3, 500, 333)
 

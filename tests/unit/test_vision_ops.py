@@ -11,7 +11,6 @@ import torch
 import torchvision.io
 import torchvision.ops
 import torchvision.transforms.v2.functional as F
-from PIL import Image
 
 from handlers import vision_ops
 from handlers.service import load_compiled_model
@@ -220,9 +219,7 @@ def test_the_gpu_decode_path_applies_the_exif_orientation(monkeypatch):
     base = photo("chelsea").resize((64, 40))
     datas = []
     for orientation in range(1, 9):
-        exif = Image.Exif()
-        exif[0x0112] = orientation
-        datas.append(torch.frombuffer(bytearray(encode(base, "JPEG", exif=exif, quality=95)), dtype=torch.uint8))
+        datas.append(torch.frombuffer(bytearray(encode(base, "JPEG", orientation, quality=95)), dtype=torch.uint8))
 
     def nvjpeg(batch, mode, device, apply_exif_orientation=False):
         return [torch.ops.image.decode_jpeg(data, vision_ops.RGB, False) for data in batch]  # orientation ignored
