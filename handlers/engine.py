@@ -3,11 +3,13 @@ and the interface of the task plug-ins it drives.
 
 A batch flows: per request its settings (the task's, with the request's parameters) and
 its image header checked -> decoded (a batch's JPEGs together on a GPU) -> per image the
-task's `prepare` to a fixed size -> one stacked tensor per input shape -> one forward pass
-under `torch.inference_mode()` -> the task's `summarise` for the pass where the outputs
-are (on a GPU: top-k, NMS), ending in one copy to the host -> per request the task's
-`postprocess`, an `Answer` the edge renders. A request that fails at any step is a
-`Failure` for it alone; a step that fails for a whole group is retried image by image.
+task's `prepare` to a fixed size (or to `Parts`: the photo seen at several sizes) -> one
+stacked tensor per input shape -> one forward pass under `torch.inference_mode()` -> the
+task's `summarise` for the pass where the outputs are (on a GPU: top-k, NMS) -> the task's
+`conclude` for the whole batch (a photo's parts' summaries joined; the face pixelizer's
+mosaic), ending in one copy to the host -> per request the task's `postprocess`, an
+`Answer` the edge renders. A request that fails at any step is a `Failure` for it alone; a
+step that fails for a whole group is retried image by image.
 
 The compiled model takes the stacked uint8 images as they are (INPUT_FORMAT) and
 normalises them in its graph; it answers the task's outputs and then each image's
@@ -90,6 +92,12 @@ class Readable(Protocol):
     refused: Failure | None
 
 
+class Parts(list):
+    """What `prepare` answers when a photo is seen at several input shapes: a list of
+    (input, geometry), each run in the forward pass of its shape and summarised there;
+    `conclude` then gets each part's summary, in this order."""
+
+
 @dataclass
 class Item:
     """One request travelling through the batch."""
@@ -100,8 +108,9 @@ class Item:
     info: ImageInfo  # its image header, checked
     image: torch.Tensor | None = None  # uint8 [3, H, W] RGB, EXIF applied, on the model's device once moved
     original_size: tuple[int, int] = (0, 0)  # (width, height) of the photo as sent, EXIF applied
-    input: ModelInput | None = None  # `prepare`'s uint8 [3, h, w] (or its Placement), or [V, 3, h, w]: V views
+    input: ModelInput | Parts | None = None  # `prepare`'s uint8 [3, h, w] (or its Placement), or [V, 3, h, w]
     geometry: Any = None  # how the photo maps into `input` (a LetterboxGeometry, or one per view), for the task
+    part: int = 0  # which of `prepare`'s Parts this item stands for in a forward pass (0: the first, or the only)
     observations: list[tuple[str, float]] = field(default_factory=list)  # what the answer says (metrics)
 
     def observe(self, metric: str, value: float) -> None:
@@ -147,7 +156,7 @@ class Task:
     def prepare(self, item: Item) -> tuple[ModelInput, Any]:
         """item.image uint8 [3, H, W] -> (uint8 [3, h, w] of the model's input size, or a
         Placement that the batch builds, with its geometry), or several views of the photo:
-        ([V, 3, h, w], a geometry per view)."""
+        ([V, 3, h, w], a geometry per view); or Parts: views of several shapes."""
         raise NotImplementedError
 
     def summarise(self, outputs: Output, items: list[Item]) -> list[Any]:
@@ -155,6 +164,14 @@ class Task:
         items' views in order) -> what `postprocess` takes for each item, in order. By
         default each image's slice of the outputs (one view each)."""
         return list(unbatch(outputs, len(items)))
+
+    def conclude(self, items: list[Item], parts: list[list[Any]]) -> list[Any]:
+        """The batch's items (each with `summarise`'s result for each of its parts, in the
+        order `prepare` gave them; one part unless it gave Parts) -> what `postprocess`
+        takes for each item, in order. By default each item's only part's summary."""
+        if any(len(summaries) != 1 for summaries in parts):
+            raise NotImplementedError(f"{type(self).__name__} prepares Parts but does not conclude them")
+        return [summaries[0] for summaries in parts]
 
     def postprocess(self, summary: Any, item: Item) -> Answer:
         """One item's `summarise` result -> its answer."""
@@ -195,11 +212,14 @@ class BatchEngine:
             with timed(PREPROCESS):
                 results = [guarded(r.index, self._prepare, r) if isinstance(r, Item) else r for r in results]
             items = [result for result in results if isinstance(result, Item)]
-            groups = self._forward(items)
+            groups = self._forward([part for item in items for part in parts_of(item)])
             with timed(POSTPROCESS):
+                summaries: dict[tuple[int, int], Any] = {}  # (request, part) -> its summary, or its Failure
                 for group, outputs in groups:
-                    for item, result in zip(group, self._postprocess_group(group, outputs), strict=True):
-                        results[item.index] = result
+                    for part, summary in zip(group, self._summarise_group(group, outputs), strict=True):
+                        summaries[part.index, part.part] = summary
+                for item, result in zip(items, self._conclude(items, summaries), strict=True):
+                    results[item.index] = result
         for item in items:
             for name, value in item.observations:
                 self.observers.observed(name, value)
@@ -260,7 +280,9 @@ class BatchEngine:
         return items
 
     def _prepare(self, item: Item) -> Item:
-        item.input, item.geometry = self.task.prepare(item)
+        prepared = self.task.prepare(item)
+        # Parts stay whole in `input` (parts_of splits them for the forward passes).
+        item.input, item.geometry = (prepared, None) if isinstance(prepared, Parts) else prepared
         return item
 
     def _forward(self, items: list[Item]) -> list[tuple[list[Item], Output | Failure]]:
@@ -278,7 +300,9 @@ class BatchEngine:
             with self.observers.timed(FORWARD):
                 outputs, features = split_features(self.models[network](self._stacked(items)))
             if not network:  # the drift test watches the model's own network
-                self.observers.forwarded(len(items), features)
+                requests, rows = first_parts(items, features)
+                if requests:
+                    self.observers.forwarded(requests, rows)
             return [(items, outputs)]
         except Exception:
             if len(items) == 1:
@@ -291,13 +315,13 @@ class BatchEngine:
         """The items' views as one uint8 batch (the model converts), built in the served memory format."""
         return stack_inputs([item.input for item in items], self.settings.channels_last)
 
-    def _postprocess_group(self, items: list[Item], outputs: Output | Failure) -> list[Result]:
-        """One forward pass's items answered: `summarise` for the group, then `postprocess`
-        per item. If `summarise` fails for the group, each item is summarised alone."""
+    def _summarise_group(self, items: list[Item], outputs: Output | Failure) -> list[Any]:
+        """One forward pass's items summarised (`summarise`), or each one's Failure. If
+        `summarise` fails for the group, each item is summarised alone."""
         if isinstance(outputs, Failure):
             return [outputs] * len(items)
         try:
-            summaries = self.task.summarise(outputs, items)
+            return self.task.summarise(outputs, items)
         except Exception:
             if len(items) == 1:
                 logger.exception("post-processing failed for request %d", items[0].index)
@@ -306,11 +330,35 @@ class BatchEngine:
             starts = [0]
             for item in items:
                 starts.append(starts[-1] + input_views(item.input))
-            return [self._postprocess_group([item], output_slice(outputs, starts[at], starts[at + 1]))[0]
+            return [self._summarise_group([item], output_slice(outputs, starts[at], starts[at + 1]))[0]
                     for at, item in enumerate(items)]  # fmt: skip
-        return [
-            guarded(item.index, self._answer, summary, item) for item, summary in zip(items, summaries, strict=True)
-        ]
+
+    def _conclude(self, items: list[Item], summaries: dict[tuple[int, int], Any]) -> list[Result]:
+        """The batch's items answered: `conclude` for those whose every part was summarised
+        (one whose part failed gets that Failure), then `postprocess` per item."""
+        parts = [[summaries[item.index, part] for part in range(part_count(item))] for item in items]
+        failed = [next((s for s in mine if isinstance(s, Failure)), None) for mine in parts]
+        ready = [(item, mine) for item, mine, failure in zip(items, parts, failed, strict=True) if failure is None]
+        concluded = iter(self._concluded(ready))
+        results = []
+        for item, failure in zip(items, failed, strict=True):
+            summary = failure or next(concluded)
+            answered = summary if isinstance(summary, Failure) else guarded(item.index, self._answer, summary, item)
+            results.append(answered)
+        return results
+
+    def _concluded(self, ready: list[tuple[Item, list[Any]]]) -> list[Any]:
+        """`conclude` for the batch; if it fails, for each item alone (INTERNAL where it still does)."""
+        if not ready:
+            return []
+        try:
+            return self.task.conclude([item for item, _ in ready], [mine for _, mine in ready])
+        except Exception:
+            if len(ready) == 1:
+                logger.exception("post-processing failed for request %d", ready[0][0].index)
+                return [INTERNAL]
+            logger.exception("batched post-processing failed; concluding its %d images one by one", len(ready))
+            return [self._concluded([pair])[0] for pair in ready]
 
     def _answer(self, summary: Any, item: Item) -> Answer:
         answer = self.task.postprocess(summary, item)
@@ -328,11 +376,42 @@ class BatchEngine:
         sizes = range(1, batch_size + 1) if self.device.type == "cuda" else sorted({1, batch_size})
         with torch.inference_mode():
             self._prepare(item)
+            parts = parts_of(item)
             for batch in sizes:
-                inputs = self._stacked([item] * batch)  # as served: the same memory format
-                for _ in range(3):
-                    outputs, _features = split_features(self.models[self.task.network(item)](inputs))
-                self.task.summarise(outputs, [item] * batch)
+                summaries = []
+                for part in parts:
+                    inputs = self._stacked([part] * batch)  # as served: the same memory format
+                    for _ in range(3):
+                        outputs, _features = split_features(self.models[self.task.network(part)](inputs))
+                    summaries.append(self.task.summarise(outputs, [part] * batch))
+                self.task.conclude([item] * batch, [list(row) for row in zip(*summaries, strict=True)])
+
+
+def parts_of(item: Item) -> list[Item]:
+    """The items that stand for a request in the forward passes: one per part of its Parts
+    (each with that part's input and geometry, sharing the request's observations), or the
+    request's own item."""
+    if not isinstance(item.input, Parts):
+        return [item]
+    return [replace(item, input=model_input, geometry=geometry, part=part)
+            for part, (model_input, geometry) in enumerate(item.input)]  # fmt: skip
+
+
+def first_parts(items: list[Item], features: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """A forward pass's items and features (a row per view) -> how many of them are a
+    request's first part, and those parts' rows: the drift test and the batch-fill metric
+    see each request once (a photo also seen at another size is another part)."""
+    keep, row = [], 0
+    for item in items:
+        views = input_views(item.input)
+        if item.part == 0:
+            keep.extend(range(row, row + views))
+        row += views
+    return sum(item.part == 0 for item in items), features if len(keep) == row else features[keep]
+
+
+def part_count(item: Item) -> int:
+    return len(item.input) if isinstance(item.input, Parts) else 1
 
 
 def guarded(index: int, step: Callable[..., T], *args) -> T | Failure:

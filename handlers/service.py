@@ -223,8 +223,10 @@ class ZooHandler:
     def describe(self) -> dict[str, Any]:
         """What a client (the web page) needs to know of this model: its task, its weights
         (and whether they are random), the largest image it takes, and each per-request
-        parameter with its default (and its values, where they are a choice)."""
+        parameter with its default (and its values, where they are a choice: a yes/no one's too)."""
         task, settings = self.task, self.task.settings
+        parameters = self.engine.applied_parameters(task.resolve(settings))
+        choices = {param: [True, False] for param, value in parameters.items() if isinstance(value, bool)}
         return {
             "model": self.about.model,
             "task": task.name,
@@ -232,8 +234,8 @@ class ZooHandler:
             "random_weights": self.metadata["weights"]["name"] == "random",
             "max_image_bytes": settings.max_image_bytes,
             "max_image_pixels": settings.max_image_pixels,
-            "parameters": self.engine.applied_parameters(task.resolve(settings)),
-            "choices": {param: list(values) for param, values in task.parameter_choices.items()},
+            "parameters": parameters,
+            "choices": choices | {param: list(values) for param, values in task.parameter_choices.items()},
             **task.describe(),
         }
 

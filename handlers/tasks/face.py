@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as nnf
 
-from ..engine import Answer, Item, Task
+from ..engine import Answer, Item, Parts, Task
 from ..errors import InputError
 from ..imaging import (
     LetterboxGeometry,
@@ -33,13 +33,15 @@ from ..vision_ops import best_per_group, gaussian_blur, moved, nms, nms_per_imag
 MODES = ("mosaic", "blur")
 SHAPES = ("box", "ellipse")  # what of a face's grown box is anonymised: all of it, or its inscribed ellipse
 # "thorough": CenterFace on the photo at its own resolution (a small photo enlarged, a very
-# large one in tiles): recall first. "fast": RetinaFace MobileNet-0.25 on the photo
-# letterboxed to input_size (a small face in a large photo shrinks below what it sees).
+# large one in tiles) and, where it fits, enlarged 2x as well (faces under ~24 px): recall
+# first. "fast": RetinaFace MobileNet-0.25 on the photo letterboxed to input_size (a small
+# face in a large photo shrinks below what it sees).
 # Their recall and cost: docs/benchmarks.md (make bench-faces).
 PRESETS = ("thorough", "fast")
 NETWORKS = {"thorough": "centerface", "fast": "retinaface_mobilenet0.25"}  # the architecture each preset runs
 # The per-request parameters besides confidence, iou and format, each named as its setting.
-FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin", "upscale_to")
+FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin", "upscale_to",
+               "enlarged_view")  # fmt: skip
 MAX_UPSCALE = 2.0  # the thorough preset enlarges a small photo at most this much
 TILE, TILE_OVERLAP = 1280, 256  # a photo too large for one view is cut into tiles of this size
 # Across views, a face box this much inside another at least 1 / SMALLER its size is the same
@@ -67,7 +69,12 @@ class FaceSettings(DetectionSettings):
     margin: float = 0.15  # each box grows by this fraction of its size on every side
     preset: str = "thorough"  # PRESETS
     upscale_to: int = 640  # thorough: a smaller photo is enlarged (at most 2x) until its long side is this
-    max_view_pixels: int = 8_000_000  # thorough: a larger photo is seen in tiles (memory: ~1 GB per view)
+    # thorough: the photo is also seen enlarged 2x, where that view fits max_view_pixels and the
+    # first was enlarged less: CenterFace misses faces under ~24 px (its cells are 4 px), and an
+    # enlarged blurred face looks like no face to it -- each view finds what the other misses.
+    enlarged_view: bool = True
+    # thorough: a larger photo is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
+    max_view_pixels: int = 8_294_400
     max_tiles: int = 24  # thorough: tiles per photo at most; a larger photo is tiled at a reduced scale
 
     def __post_init__(self):
@@ -407,17 +414,23 @@ def tile_scale(width: int, height: int, tile: int, overlap: int, upscale_to: int
         scale *= 0.9
 
 
-def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelInput, object]:
+def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelInput, object] | Parts:
     """uint8 [3, H, W] -> what CenterFace sees of it: the photo enlarged (at most
     MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32 -- one view,
-    with its geometry; a photo larger than max_view_pixels is cut into tiles of TILE pixels
-    at its own resolution (at most max_tiles, else at a reduced scale)."""
+    with its geometry -- and, with enlarged_view, the photo at MAX_UPSCALE too where that
+    fits max_view_pixels (Parts: two views); a photo larger than max_view_pixels is cut
+    into tiles of TILE pixels at its own resolution (at most max_tiles, else at a reduced
+    scale)."""
     height, width = image.shape[-2:]
     scale = min(MAX_UPSCALE, max(1.0, settings.upscale_to / max(height, width)))
-    if height * width * scale * scale <= settings.max_view_pixels:
-        return padded(image, scale, STRIDE, (0, 0, 0))
-    scale = tile_scale(width, height, TILE, TILE_OVERLAP, 0, settings.max_tiles)
-    return tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0))
+    if height * width * scale * scale > settings.max_view_pixels:
+        scale = tile_scale(width, height, TILE, TILE_OVERLAP, 0, settings.max_tiles)
+        return tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0))
+    view = padded(image, scale, STRIDE, (0, 0, 0))
+    enlarged = height * width * MAX_UPSCALE * MAX_UPSCALE <= settings.max_view_pixels and scale < MAX_UPSCALE
+    if not (settings.enlarged_view and enlarged):
+        return view
+    return Parts([view, padded(image, MAX_UPSCALE, STRIDE, (0, 0, 0))])
 
 
 def decode_centerface_batch(
@@ -456,13 +469,18 @@ def decode_centerface_batch(
     return [Faces(part[:, :4].float(), part[:, 4].float(), part[:, 5:].float().view(-1, 5, 2)) for part in parts]
 
 
-def merge_views(found: list[Faces], geometries: list[LetterboxGeometry], settings: FaceSettings) -> Faces:
-    """One photo's faces from each of its views (in the views' pixels) -> its faces in the
-    photo's pixels, best first: with several views, a box mostly inside another dropped (a
-    face cut by a tile's edge, whole in another view), then NMS across them."""
-    boxes = torch.cat([unletterbox_boxes(f.boxes, g) for f, g in zip(found, geometries, strict=True)])
-    points = torch.cat([unletterbox_points(f.landmarks, g) for f, g in zip(found, geometries, strict=True)])
-    scores = torch.cat([f.scores for f in found])
+def in_photo(faces: Faces, geometry: LetterboxGeometry) -> Faces:
+    """A view's faces (in its pixels) -> in the photo's pixels."""
+    return Faces(unletterbox_boxes(faces.boxes, geometry), faces.scores, unletterbox_points(faces.landmarks, geometry))
+
+
+def merge_faces(found: list[Faces], settings: FaceSettings) -> Faces:
+    """One photo's faces from each of its views, in the photo's pixels -> its faces, best
+    first, at most max_faces: with several views, a box mostly inside another dropped (a
+    face cut by a tile's edge, whole in another view; a part of a face that an enlarged
+    view sees as one), then NMS across them."""
+    boxes, scores = torch.cat([f.boxes for f in found]), torch.cat([f.scores for f in found])
+    points = torch.cat([f.landmarks for f in found])
     if len(found) > 1 and len(boxes):
         best = scores.argsort(descending=True, stable=True)[:MAX_MERGED]
         best = best[~contained(boxes[best])]
@@ -527,10 +545,9 @@ class FacePixelizer(Task):
             return letterbox(item.image, settings.input_size, self.fill)
         return thorough_views(item.image, settings)
 
-    def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[tuple[Faces, Anonymised | None]]:
+    def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
         """Each view's faces (decoded together, by the network that ran), mapped into its
-        photo's pixels, a photo's views merged (merge_views); then the photos that are
-        answered as images anonymised together (pixelate_batch)."""
+        photo's pixels, a photo's views merged (merge_faces)."""
         counts = [input_views(item.input) for item in items]
         settings = [item.settings for item, count in zip(items, counts, strict=True) for _ in range(count)]
         if items[0].settings.preset == "fast":  # a forward pass runs one network
@@ -542,8 +559,17 @@ class FacePixelizer(Task):
         merged, start = [], 0
         for item, count in zip(items, counts, strict=True):
             geometries = item.geometry if isinstance(item.geometry, list) else [item.geometry]
-            merged.append(merge_views(found[start : start + count], geometries, item.settings))
+            views = found[start : start + count]
+            merged.append(merge_faces([in_photo(f, g) for f, g in zip(views, geometries, strict=True)], item.settings))
             start += count
+        return merged
+
+    def conclude(self, items: list[Item], parts: list[list[Faces]]) -> list[tuple[Faces, Anonymised | None]]:
+        """A photo's faces from each of its parts merged (merge_faces); then the photos that
+        are answered as images anonymised together, whichever passes found their faces
+        (pixelate_batch)."""
+        merged = [found[0] if len(found) == 1 else merge_faces(found, item.settings)
+                  for item, found in zip(items, parts, strict=True)]  # fmt: skip
         return list(zip(merged, anonymise(items, merged), strict=True))
 
     def postprocess(self, summary: tuple[Faces, Anonymised | None], item: Item) -> Answer:

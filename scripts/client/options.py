@@ -25,6 +25,10 @@ PARAMETERS = {
     "--block-size": ("block_size", "faces: mosaic cell size in pixels (instead of --blocks)"),
     "--margin": ("margin", "faces: box growth per side, as a fraction of its size"),
     "--upscale-to": ("upscale_to", "faces, thorough: enlarge a smaller photo (at most 2x) to this long side"),
+    "--enlarged-view": (
+        "enlarged_view",
+        "faces, thorough: also see the photo at 2x, for faces under ~24 px (true | false)",
+    ),
 }
 
 

@@ -320,7 +320,7 @@ def add_anonymise_parser(commands) -> None:
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
     for option, param in (("--preset", "preset"), ("--mode", "mode"), ("--shape", "shape"), ("--blocks", "blocks"),
                           ("--margin", "margin"), ("--confidence", "confidence"),
-                          ("--upscale-to", "upscale_to")):  # fmt: skip
+                          ("--upscale-to", "upscale_to"), ("--enlarged-view", "enlarged_view")):  # fmt: skip
         parser.add_argument(option, dest=param)
     for param in ("top_k", "iou", "max_detections", "classes", "input_size", "max_faces", "block_size", "format"):
         parser.set_defaults(**{param: None})

@@ -58,7 +58,8 @@ STATIC = Path(__file__).parent / "static"
 RELAYED_HEADERS = ("X-Faces", "X-Face-Boxes", "X-Face-Boxes-Omitted", "X-Parameters")
 MODELS_TTL_S = 5.0  # how long the model list (and each model's limits) is reused
 # The pixelizer's parameters a clip takes (every frame is sent with them).
-VIDEO_PARAMS = ("preset", "shape", "confidence", "mode", "blocks", "block_size", "margin", "upscale_to")
+VIDEO_PARAMS = ("preset", "shape", "confidence", "mode", "blocks", "block_size", "margin", "upscale_to",
+                "enlarged_view")  # fmt: skip
 BODY_IDLE_S = 20.0  # an upload that sends nothing for this long is refused (408)
 BODY_TOTAL_S = 600.0  # and one that takes longer than this in all
 MAX_CONNECTIONS = 16  # uvicorn answers 503 beyond: each may hold an upload of up to a model's max_image_bytes

@@ -97,6 +97,20 @@ def test_each_preset_names_the_weights_of_the_network_that_ran(pixelizer):
     assert centerface["sha256"] != retinaface["sha256"] and "RetinaFace" in retinaface["name"]
 
 
+def test_the_describe_api_offers_the_yes_no_parameter_as_a_choice(pixelizer):
+    """The page builds a list for each choice: enlarged_view's is true/false, its default true."""
+    handler, context = pixelizer
+    context.request_headers[0] = {"describe": "True"}
+    try:
+        (answer,) = handler.handle([{}], context)
+    finally:
+        context.request_headers.clear()
+    described = json.loads(answer)
+    assert described["parameters"]["enlarged_view"] is True
+    assert described["choices"]["enlarged_view"] == [True, False] and described["choices"]["preset"] == [
+        "thorough", "fast"]  # fmt: skip
+
+
 def test_exif_rotated_photo_comes_back_upright(pixelizer):
     handler, context = pixelizer
     stored = photo("astronaut").crop((0, 0, 512, 400)).transpose(Image.Transpose.ROTATE_270)
@@ -177,16 +191,20 @@ def test_the_default_preset_finds_every_real_face_of_small_sets(pixelizer):
     assert faces_in(handler, context, non_faces.data) == []
 
 
-def test_upscale_to_per_request_finds_a_crowd_s_small_faces(pixelizer):
+def test_the_enlarged_view_finds_a_crowd_s_small_faces(pixelizer):
     """A 1280x720 frame of the walking crowd: CenterFace at the frame's own resolution
-    misses its ~20 px faces; upscale_to=2560 (the frame seen at 2x) finds them."""
+    misses its ~20 px faces; the default also sees the frame at 2x (enlarged_view), which
+    finds them, and keeps every face the first view found."""
     handler, context = pixelizer
     pixels, boxes = next(walking_crowd(1280, 720, 1))
     small = tuple(box for box in boxes if box[2] - box[0] <= 25)
     data = encode(Image.fromarray(pixels), "PNG")
     assert len(small) >= 20
-    assert found(small, faces_in(handler, context, data)) < len(small) // 2
-    assert found(small, faces_in(handler, context, data, upscale_to=2560)) >= 0.9 * len(small)
+    one_view = faces_in(handler, context, data, enlarged_view="false")
+    assert found(small, one_view) < len(small) // 2
+    both = faces_in(handler, context, data)
+    assert found(small, both) >= 0.9 * len(small)
+    assert found(boxes, both) >= found(boxes, one_view) + found(small, both) - found(small, one_view)
 
 
 def test_a_face_cut_by_a_tile_border_is_found_once(face_model_dir):

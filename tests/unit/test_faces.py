@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from handlers.imaging import LetterboxGeometry, tile_origins, tiles, unletterbox_boxes
+from handlers.engine import Parts
+from handlers.imaging import tile_origins, tiles, unletterbox_boxes
 from handlers.tasks import face
 from handlers.tasks.face import (
     MAX_UPSCALE,
@@ -16,13 +17,14 @@ from handlers.tasks.face import (
     decode_faces_batch,
     ellipse_mask,
     expand_boxes,
-    merge_views,
+    merge_faces,
     mosaic_grid,
     overlap_layers,
     pixelate_batch,
     pixelate_regions,
     prior_boxes,
     spread_cells,
+    thorough_views,
     tile_scale,
 )
 
@@ -301,9 +303,30 @@ def test_a_face_seen_whole_in_one_view_and_cut_in_another_is_one_face():
     again = Faces(torch.tensor([[102.0, 98, 201, 221]]), torch.tensor([0.8]), torch.zeros(1, 5, 2))
     cut = Faces(torch.tensor([[100.0, 100, 140, 220]]), torch.tensor([0.95]), torch.zeros(1, 5, 2))
     other = Faces(torch.tensor([[400.0, 100, 450, 160]]), torch.tensor([0.7]), torch.zeros(1, 5, 2))
-    same = LetterboxGeometry(1000, 800, 1.0, 1.0, 0, 0)
-    merged = merge_views([whole, again, cut, other], [same] * 4, FaceSettings())
+    merged = merge_faces([whole, again, cut, other], FaceSettings())
     assert merged.boxes.tolist() == [[100.0, 100, 200, 220], [400.0, 100, 450, 160]]
+
+
+def test_a_photo_is_also_seen_enlarged_where_that_view_fits():
+    """thorough_views: a 1600x1000 or 1920x1080 photo is seen at its own size and at 2x
+    (Parts); a 400x300 one at 1.6x (upscale_to 640) and at 2x; a 300x200 one at 2x only
+    (upscale_to already enlarges it that much); with enlarged_view=false, or where the 2x
+    view would pass max_view_pixels, once; a photo larger than max_view_pixels in tiles at
+    its own size."""
+
+    def scales(width, height, **settings):
+        prepared = thorough_views(torch.zeros(3, height, width, dtype=torch.uint8), FaceSettings(**settings))
+        views = prepared if isinstance(prepared, Parts) else [prepared]
+        return [[round(g.scale_x, 2) for g in (geometry if isinstance(geometry, list) else [geometry])]
+                for _, geometry in views]  # fmt: skip
+
+    assert scales(1600, 1000) == [[1.0], [2.0]]
+    assert scales(400, 300) == [[1.6], [2.0]]
+    assert scales(300, 200) == [[2.0]]  # upscale_to already enlarges it 2x
+    assert scales(1600, 1000, enlarged_view=False) == [[1.0]]
+    assert scales(1920, 1080) == [[1.0], [2.0]]  # 1080p: its 2x view fits exactly
+    assert scales(2000, 1500) == [[1.0]]  # its 2x view (12 MP) passes max_view_pixels
+    assert scales(4000, 2500) == [[1.0] * 12]  # 10 MP: one part, 12 tiles at its own size
 
 
 @pytest.mark.parametrize("mode", ["mosaic", "blur"])

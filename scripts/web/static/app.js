@@ -37,7 +37,7 @@ async function loadModels() {
   $("#model").replaceChildren(...state.models.map((m) => element("option", { value: m.name, text: m.name })));
   choose(state.models[0]?.name);
   const pixelizer = state.models.find((m) => m.name === "face_pixelizer");
-  for (const name of ["preset", "shape", "mode", "blocks", "margin"]) {  // the video tab's defaults: the pixelizer's own
+  for (const name of ["preset", "shape", "mode", "blocks", "margin", "enlarged_view"]) {  // the video tab's defaults: the pixelizer's own
     if (pixelizer?.parameters?.[name] !== undefined) $(`#video-${name}`).value = pixelizer.parameters[name];
   }
 }
@@ -204,7 +204,7 @@ async function anonymiseClip() {
   if (!clip) return setStatus("Choose a clip first", true, status);
   const params = new URLSearchParams({ frame_memory: $("#frame-memory").value, preset: $("#video-preset").value,
     shape: $("#video-shape").value, mode: $("#video-mode").value, blocks: $("#video-blocks").value,
-    margin: $("#video-margin").value });
+    margin: $("#video-margin").value, enlarged_view: $("#video-enlarged_view").value });
   $("#video-download").hidden = true;
   setStatus(`Uploading ${clip.name}…`, false, status);
   const suffix = clip.name.match(/\.[A-Za-z0-9]{1,5}$/)?.[0] ?? ".mp4";  // the server needs the kind only
