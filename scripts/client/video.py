@@ -11,12 +11,14 @@ display matrix) is sent upright, so that faces are found as they are seen, and w
 back as it was stored, with its display matrix. An odd width or height is padded to even
 by repeating the last column or row (H.264's yuv420p takes even sizes only), and said so.
 --faces-json writes one line per frame with the face regions that were pixelated, in
-the frame as displayed (and those remembered from earlier frames).
+the frame as displayed (and those remembered from the frames around it).
 
-Frame memory (--frame-memory N, 5 by default): a face the detector misses for a frame or
-two between detections (motion blur, a turned head) must not show for those frames, so
-the regions pixelated in each of the last N frames are pixelated in this one too (a mosaic
-with the answer's own cell count), as dedicated video anonymisers do.
+Frame memory (--frame-memory N, 5 by default): a face the detector misses for a few frames
+between detections (motion blur, a turned head, a face entering the frame) must not show
+for those frames, so the regions pixelated in each of the N frames before and the N frames
+after are pixelated in this one too (a mosaic with the answer's own cell count): a run of
+up to 2N missed frames is covered from both of its ends. Frames are written N frames after
+their answers come (the answers' JPEGs are what waits, not decoded pixels).
 """
 
 import argparse
@@ -26,9 +28,10 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +42,21 @@ from scripts.client.options import UsageError, add_connection_options, make_clie
 from scripts.client.rest import Answer
 
 MODEL = "face_pixelizer"
-FRAME_MEMORY = 5  # frames whose face regions stay hidden after them (--frame-memory)
+FRAME_MEMORY = 5  # frames before and after a frame whose face regions it hides too (--frame-memory)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 FRAME_JPEG_QUALITY = 95  # frames travel as JPEGs: near-lossless, a fraction of the raw size
 # Decoded frames waiting for their answers, at most (besides the --concurrency limit): a
 # clip of huge frames is held a few frames at a time, not 2 x concurrency of them.
 IN_FLIGHT_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """What a frame's output keeps of its source frame while it waits for the frames after it."""
+
+    pts: int | None
+    time_base: Fraction | None
+    time: float | None
 
 
 class FrameRefused(Exception):
@@ -140,15 +152,45 @@ def mosaic(pixels: np.ndarray, regions, blocks: int = 8, block_size: int = 0) ->
     return pixels
 
 
-def answer_frame(answer: Answer, source, number: int, orientation: Orientation = Orientation(), remembered=()):
+def with_neighbours(frames: Iterable[tuple[object, list]], memory: int) -> Iterator[tuple[object, list, list]]:
+    """(frame, its regions), in order -> (frame, its regions, the regions of the `memory`
+    frames before it and of the `memory` frames after it, in frame order): what frame memory
+    pixelates besides the frame's own. A frame comes out once the `memory` frames after it
+    are in (or the clip ended)."""
+    before: deque[list] = deque(maxlen=memory)
+    ahead: deque[tuple[object, list]] = deque()
+
+    def oldest() -> tuple[object, list, list]:
+        frame, regions = ahead.popleft()
+        neighbours = [region for found in (*before, *(later for _, later in ahead)) for region in found]
+        before.append(regions)
+        return frame, regions, neighbours
+
+    for entry in frames:
+        ahead.append(entry)
+        if len(ahead) > memory:
+            yield oldest()
+    while ahead:
+        yield oldest()
+
+
+def stamped(answers: Iterator) -> Iterator[tuple[tuple[Stamp, Answer], list]]:
+    """(source frame, its answer) in order -> ((its Stamp, the answer), the regions it hid),
+    dropping the decoded frame; a refused frame raises FrameRefused as soon as it comes."""
+    for number, (frame, answer) in enumerate(answers):
+        if not (answer.ok and answer.is_image):
+            raise FrameRefused(
+                f"frame {number}: HTTP {answer.status}: {answer.error() if not answer.ok else 'not an image'}"
+            )
+        yield (Stamp(frame.pts, frame.time_base, frame.time), answer), regions_of(answer)
+
+
+def answer_frame(answer: Answer, source, orientation: Orientation = Orientation(), remembered=()):
     """The pixelizer's JPEG answer -> a video frame as stored (even-sized), with the source
-    frame's timestamp; the `remembered` regions (earlier frames') pixelated too."""
+    frame's timestamp (`source`: its pts and time_base); the `remembered` regions
+    (neighbouring frames') pixelated too."""
     import av
 
-    if not (answer.ok and answer.is_image):
-        raise FrameRefused(
-            f"frame {number}: HTTP {answer.status}: {answer.error() if not answer.ok else 'not an image'}"
-        )
     pixels = np.array(Image.open(io.BytesIO(answer.body)).convert("RGB"))
     if remembered:
         applied = json.loads(answer.headers.get("X-Parameters", "{}"))
@@ -230,18 +272,15 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
         faces = faces_json.open("w") if faces_json else None
         hidden = None if progress is True else True  # tqdm: None shows the bar on a terminal only
         bar = tqdm(total=video.frames or None, unit="frame", file=sys.stderr, disable=hidden)
-        frames, memory = 0, deque(maxlen=frame_memory)  # the last frames' regions
+        frames = 0
         try:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 frames_in = demux(container, video, copies, output)
                 answers = in_order(pool, client, frames_in, params, 2 * concurrency, orientation, max_pixels)
-                for source_frame, answer in answers:
-                    remembered = [region for regions in memory for region in regions]
-                    output.mux(encoder.encode(answer_frame(answer, source_frame, frames, orientation, remembered)))
+                for (stamp, answer), _regions, remembered in with_neighbours(stamped(answers), frame_memory):
+                    output.mux(encoder.encode(answer_frame(answer, stamp, orientation, remembered)))
                     if faces:
-                        record = faces_record(answer, frames, float(source_frame.time or 0), remembered)
-                        print(json.dumps(record), file=faces)
-                    memory.append(regions_of(answer))
+                        print(json.dumps(faces_record(answer, frames, float(stamp.time or 0), remembered)), file=faces)
                     frames += 1
                     bar.update()
                     if callable(progress):
@@ -258,7 +297,7 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
 def faces_record(answer: Answer, number: int, seconds: float, remembered=()) -> dict:
     """A frame's line of --faces-json: the regions pixelated (the server lists the first 200;
     "omitted" counts the others, which were pixelated all the same), and "remembered": the
-    earlier frames' regions pixelated in this one too (frame memory), each once."""
+    neighbouring frames' regions pixelated in this one too (frame memory), each once."""
     record = {"frame": number, "time": seconds, "faces": json.loads(answer.headers.get("X-Face-Boxes", "[]"))}
     omitted = int(answer.headers.get("X-Face-Boxes-Omitted", 0))
     record = {**record, "omitted": omitted} if omitted else record
@@ -286,6 +325,8 @@ def anonymise(args: argparse.Namespace) -> int:
     sources = video_files(args.video)
     if not sources:
         raise UsageError(f"no videos in {args.video}")
+    if args.frame_memory < 0:
+        raise UsageError(f"--frame-memory is a number of frames (0: off), got {args.frame_memory}")
     if args.video.is_dir():
         args.output.mkdir(parents=True, exist_ok=True)
     client, params = make_client(args), {**request_parameters(args), "format": "image"}
@@ -315,7 +356,7 @@ def add_anonymise_parser(commands) -> None:
     )
     parser.add_argument("--concurrency", type=int, default=8, help="frames in flight")
     parser.add_argument("--frame-memory", type=int, default=FRAME_MEMORY, metavar="N",
-                        help="also pixelate the face regions of the last N frames (0: off)")  # fmt: skip
+                        help="also pixelate the faces of the N frames before and after each (0: off)")  # fmt: skip
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
     for option, param in (("--preset", "preset"), ("--mode", "mode"), ("--shape", "shape"), ("--blocks", "blocks"),

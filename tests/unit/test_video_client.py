@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scripts.client.cli import main
 from scripts.client.rest import Answer
 from scripts.client.video import (
     FRAME_MEMORY,
@@ -24,6 +25,7 @@ from scripts.client.video import (
     orientation_of,
     padded_to_even,
     upright,
+    with_neighbours,
 )
 from scripts.samples.clips import panning_clip
 from scripts.samples.photos import photo
@@ -71,17 +73,18 @@ FACE = (100, 40, 200, 160)  # where the stand-in detector finds "the face" in ev
 
 class MissingDetector:
     """A stand-in face pixelizer that finds the face in one frame out of `every` (a detector
-    missing the frames between): there it greys the region out and lists it in
-    X-Face-Boxes, as the server does; the other frames come back as they were sent."""
+    missing the frames between), or only in the frames `only` lists: there it greys the
+    region out and lists it in X-Face-Boxes, as the server does; the other frames come back
+    as they were sent."""
 
-    def __init__(self, every: int):
-        self.every, self.frames = every, 0
+    def __init__(self, every: int = 1, only: frozenset[int] | None = None):
+        self.every, self.only, self.frames = every, only, 0
 
     def predict(self, model, jpeg, params, filename):
         number, self.frames = self.frames, self.frames + 1  # one frame in flight: in order
         pixels = np.array(Image.open(io.BytesIO(jpeg)).convert("RGB"))
         headers = {"X-Parameters": json.dumps({"blocks": 8, "block_size": 0}), "X-Face-Boxes": "[]"}
-        if number % self.every == 0:
+        if number in self.only if self.only is not None else number % self.every == 0:
             x1, y1, x2, y2 = FACE
             pixels[y1:y2, x1:x2] = 128
             headers["X-Face-Boxes"] = json.dumps([list(FACE)])
@@ -120,6 +123,62 @@ def test_frame_memory_hides_a_face_the_detector_misses_between_detections(tmp_pa
     target = tmp_path / "out.mp4"
     anonymise_video(MissingDetector(every=3), clip, target, {}, concurrency=1, progress=False, frame_memory=memory)
     assert frames_with_the_face_visible(target, original) == (visible, 30)
+
+
+@pytest.mark.parametrize("memory, visible", [(0, 29), (3, 23), (FRAME_MEMORY, 19)])
+def test_frame_memory_hides_a_face_in_the_frames_before_its_detection_too(tmp_path, memory, visible):
+    """The detector finds the face in frame 15 of 30 only (a face turning to the camera and
+    away): frame memory hides it in the N frames before that one as well as the N after."""
+    clip, original = still_clip(tmp_path / "still.mp4")
+    target = tmp_path / "out.mp4"
+    detector = MissingDetector(only=frozenset({15}))
+    anonymise_video(detector, clip, target, {}, concurrency=2, progress=False, frame_memory=memory)
+    assert frames_with_the_face_visible(target, original) == (visible, 30)
+
+
+@pytest.mark.parametrize("memory", [0, 1, 2, 7])
+def test_with_neighbours_gives_each_frame_the_regions_of_the_frames_around_it(memory):
+    frames = [(number, [number] * (number % 3)) for number in range(6)]  # frame n found n % 3 regions
+    out = list(with_neighbours(iter(frames), memory))
+    assert [(frame, regions) for frame, regions, _ in out] == frames
+    for number, _regions, neighbours in out:
+        around = [n for n in range(max(0, number - memory), min(6, number + memory + 1)) if n != number]
+        assert neighbours == [n for n in around for _ in range(n % 3)], number
+
+
+def test_with_neighbours_holds_a_frame_back_until_the_frames_after_it_are_in():
+    seen = []
+
+    def frames():
+        for number in range(5):
+            seen.append(number)
+            yield number, [number]
+
+    for frame, _regions, _neighbours in with_neighbours(frames(), 2):
+        assert seen[-1] == min(4, frame + 2)
+
+
+class RefusingFrom(MissingDetector):
+    """The stand-in pixelizer, refusing every frame from `first` on (a 400, as for a frame
+    over its limits)."""
+
+    def __init__(self, first: int):
+        super().__init__(every=1)
+        self.first = first
+
+    def predict(self, model, jpeg, params, filename):
+        if self.frames >= self.first:
+            self.frames += 1
+            return Answer(400, b'{"error": "image too large"}', "application/json")
+        return super().predict(model, jpeg, params, filename)
+
+
+def test_a_refused_frame_stops_the_clip_as_it_comes_not_frame_memory_later(tmp_path):
+    clip, _ = still_clip(tmp_path / "still.mp4")
+    detector = RefusingFrom(3)
+    with pytest.raises(FrameRefused, match="frame 3: HTTP 400"):
+        anonymise_video(detector, clip, tmp_path / "out.mp4", {}, concurrency=1, progress=False, frame_memory=20)
+    assert detector.frames <= 3 + 2  # the refused frame and the window in flight behind it (2 x concurrency)
 
 
 def test_mosaic_makes_flat_cells_of_each_region_s_mean_and_leaves_the_rest():
@@ -199,3 +258,8 @@ def test_frames_in_flight_are_bounded_by_their_bytes_not_only_their_count(monkey
         frames = iter([Frame(100, 100), Frame(5000, 5000)])
         with pytest.raises(FrameRefused, match="frame 1 is 5000x5000"):
             list(in_order(pool, client, frames, {}, window=16, max_pixels=1_000_000))
+
+
+def test_a_negative_frame_memory_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    assert main(["anonymise", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out.mp4"), "--frame-memory", "-1"]) == 2
+    assert "--frame-memory is a number of frames (0: off), got -1" in capsys.readouterr().err
