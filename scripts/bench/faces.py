@@ -26,7 +26,7 @@ import numpy as np
 from scripts.bench.doc import DOCUMENT, about_the_run, markdown_table, publish
 from scripts.building.inprocess import load_handler
 from scripts.client.rest import Answer
-from scripts.client.video import FRAME_MEMORY, anonymise_video
+from scripts.client.video import FRAME_MEMORY, TRACK_FRAMES, anonymise_video
 from scripts.samples.clips import crowd_clip
 from scripts.samples.faces import Box, FaceSet, covered, crowd, found, grid
 from scripts.samples.photos import encode, photo
@@ -264,8 +264,9 @@ def video_lines(video: dict) -> list[str]:
         f"Video: a {video['width']}x{video['height']} clip of {video['frames']} frames ({video['fps']} frames/s, "
         f"H.264) of LFW's {video['faces']} faces walking in rows over a blurred photo, {video['face_sizes'][0]}-"
         f"{video['face_sizes'][1]} px, each row at its own speed (scripts/samples/clips.py). The zoo: "
-        f"`scripts/client/video.py` at its defaults (thorough, box masks, frame memory: the regions of the "
-        f"{FRAME_MEMORY} frames before and after each frame hidden in it too; "
+        f"`scripts/client/video.py` at its defaults (thorough, box masks, frame memory: a face hidden on its path "
+        f"between two detections at most {TRACK_FRAMES} frames apart and {FRAME_MEMORY} frames past them, and the "
+        f"regions of the {FRAME_MEMORY} frames before and after each frame; "
         "*one view*: enlarged_view=false), the "
         "handler in this process standing in for the server, one frame at a time; deface: its own video loop "
         "(imageio-ffmpeg in and out, libx264, ellipses grown by 1.3). A face is visible in a frame when the "

@@ -11,14 +11,16 @@ display matrix) is sent upright, so that faces are found as they are seen, and w
 back as it was stored, with its display matrix. An odd width or height is padded to even
 by repeating the last column or row (H.264's yuv420p takes even sizes only), and said so.
 --faces-json writes one line per frame with the face regions that were pixelated, in
-the frame as displayed (and those remembered from the frames around it).
+the frame as displayed (and, as "remembered", those hidden besides: frame memory).
 
-Frame memory (--frame-memory N, 5 by default): a face the detector misses for a few frames
-between detections (motion blur, a turned head, a face entering the frame) must not show
-for those frames, so the regions pixelated in each of the N frames before and the N frames
-after are pixelated in this one too (a mosaic with the answer's own cell count): a run of
-up to 2N missed frames is covered from both of its ends. Frames are written N frames after
-their answers come (the answers' JPEGs are what waits, not decoded pixels).
+Frame memory (scripts/client/frame_memory.py): a face the detector misses for some frames
+(motion blur, a turned head, a small face, a face entering) must not show in them. A face
+found in two frames at most --track-frames N apart (30) is hidden in the frames between, on
+the path joining its two boxes, and --frame-memory N frames (5) past either end of its track
+along the way it moved; and the regions of the --frame-memory frames before and after each
+frame are hidden in it too (a mosaic with the answer's own cell count). Frames are written
+that many frames (35) after their answers come: what waits is each answer's JPEG and its
+timestamp, not decoded pixels.
 """
 
 import argparse
@@ -28,7 +30,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -38,11 +40,13 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from scripts.client.frame_memory import hidden_regions, inside
 from scripts.client.options import UsageError, add_connection_options, make_client, request_parameters
 from scripts.client.rest import Answer
 
 MODEL = "face_pixelizer"
 FRAME_MEMORY = 5  # frames before and after a frame whose face regions it hides too (--frame-memory)
+TRACK_FRAMES = 30  # a face found twice at most this many frames apart is hidden between (--track-frames)
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"}
 FRAME_JPEG_QUALITY = 95  # frames travel as JPEGs: near-lossless, a fraction of the raw size
 # Decoded frames waiting for their answers, at most (besides the --concurrency limit): a
@@ -152,28 +156,6 @@ def mosaic(pixels: np.ndarray, regions, blocks: int = 8, block_size: int = 0) ->
     return pixels
 
 
-def with_neighbours(frames: Iterable[tuple[object, list]], memory: int) -> Iterator[tuple[object, list, list]]:
-    """(frame, its regions), in order -> (frame, its regions, the regions of the `memory`
-    frames before it and of the `memory` frames after it, in frame order): what frame memory
-    pixelates besides the frame's own. A frame comes out once the `memory` frames after it
-    are in (or the clip ended)."""
-    before: deque[list] = deque(maxlen=memory)
-    ahead: deque[tuple[object, list]] = deque()
-
-    def oldest() -> tuple[object, list, list]:
-        frame, regions = ahead.popleft()
-        neighbours = [region for found in (*before, *(later for _, later in ahead)) for region in found]
-        before.append(regions)
-        return frame, regions, neighbours
-
-    for entry in frames:
-        ahead.append(entry)
-        if len(ahead) > memory:
-            yield oldest()
-    while ahead:
-        yield oldest()
-
-
 def stamped(answers: Iterator) -> Iterator[tuple[tuple[Stamp, Answer], list]]:
     """(source frame, its answer) in order -> ((its Stamp, the answer), the regions it hid),
     dropping the decoded frame; a refused frame raises FrameRefused as soon as it comes."""
@@ -246,7 +228,8 @@ def open_output(target: Path, source_stream, codec: str, crf: int, orientation: 
 
 def anonymise_video(client, source: Path, target: Path, params: dict, concurrency: int = 8, codec: str = "libx264",
                     crf: int = 18, faces_json: Path | None = None, progress: bool | Callable[[int, int], None] = True,
-                    frame_memory: int = FRAME_MEMORY, max_pixels: int | None = None) -> VideoReport:  # fmt: skip
+                    frame_memory: int = FRAME_MEMORY, max_pixels: int | None = None,
+                    track_frames: int = TRACK_FRAMES) -> VideoReport:  # fmt: skip
     """One video -> its anonymised copy (see the module's docstring). `progress`: a bar on
     stderr, or a function called with (frames done, frames in the clip or 0) after each.
     `max_pixels`: the model's pixel limit, checked from the stream's header before any
@@ -270,17 +253,19 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
                   "column or row repeated): yuv420p takes even sizes only", file=sys.stderr)  # fmt: skip
         copies = {stream.index: output.add_stream_from_template(stream) for stream in audio_streams}
         faces = faces_json.open("w") if faces_json else None
-        hidden = None if progress is True else True  # tqdm: None shows the bar on a terminal only
-        bar = tqdm(total=video.frames or None, unit="frame", file=sys.stderr, disable=hidden)
+        quiet = None if progress is True else True  # tqdm: None shows the bar on a terminal only
+        bar = tqdm(total=video.frames or None, unit="frame", file=sys.stderr, disable=quiet)
         frames = 0
         try:
             with ThreadPoolExecutor(max_workers=concurrency) as pool:
                 frames_in = demux(container, video, copies, output)
                 answers = in_order(pool, client, frames_in, params, 2 * concurrency, orientation, max_pixels)
-                for (stamp, answer), _regions, remembered in with_neighbours(stamped(answers), frame_memory):
-                    output.mux(encoder.encode(answer_frame(answer, stamp, orientation, remembered)))
+                shown = (height, width) if orientation.quarter_turns % 2 else (width, height)
+                for (stamp, answer), hidden in hidden_regions(stamped(answers), frame_memory, track_frames):
+                    hidden = inside(hidden, *shown)
+                    output.mux(encoder.encode(answer_frame(answer, stamp, orientation, hidden)))
                     if faces:
-                        print(json.dumps(faces_record(answer, frames, float(stamp.time or 0), remembered)), file=faces)
+                        print(json.dumps(faces_record(answer, frames, float(stamp.time or 0), hidden)), file=faces)
                     frames += 1
                     bar.update()
                     if callable(progress):
@@ -297,7 +282,8 @@ def anonymise_video(client, source: Path, target: Path, params: dict, concurrenc
 def faces_record(answer: Answer, number: int, seconds: float, remembered=()) -> dict:
     """A frame's line of --faces-json: the regions pixelated (the server lists the first 200;
     "omitted" counts the others, which were pixelated all the same), and "remembered": the
-    neighbouring frames' regions pixelated in this one too (frame memory), each once."""
+    regions pixelated in this one besides (frame memory: faces' tracks, neighbouring
+    frames' regions), each once."""
     record = {"frame": number, "time": seconds, "faces": json.loads(answer.headers.get("X-Face-Boxes", "[]"))}
     omitted = int(answer.headers.get("X-Face-Boxes-Omitted", 0))
     record = {**record, "omitted": omitted} if omitted else record
@@ -325,8 +311,9 @@ def anonymise(args: argparse.Namespace) -> int:
     sources = video_files(args.video)
     if not sources:
         raise UsageError(f"no videos in {args.video}")
-    if args.frame_memory < 0:
-        raise UsageError(f"--frame-memory is a number of frames (0: off), got {args.frame_memory}")
+    for option, frames in (("--frame-memory", args.frame_memory), ("--track-frames", args.track_frames)):
+        if frames < 0:
+            raise UsageError(f"{option} is a number of frames (0: off), got {frames}")
     if args.video.is_dir():
         args.output.mkdir(parents=True, exist_ok=True)
     client, params = make_client(args), {**request_parameters(args), "format": "image"}
@@ -336,7 +323,8 @@ def anonymise(args: argparse.Namespace) -> int:
             args.faces_json.parent / f"{source.stem}.faces.jsonl")  # fmt: skip
         try:
             report = anonymise_video(client, source, target, params, args.concurrency, args.codec, args.crf, faces,
-                                     frame_memory=args.frame_memory, max_pixels=args.max_pixels)  # fmt: skip
+                                     frame_memory=args.frame_memory, max_pixels=args.max_pixels,
+                                     track_frames=args.track_frames)  # fmt: skip
         except FrameRefused as err:
             print(f"error: {source}: {err}", file=sys.stderr)
             return 1
@@ -357,6 +345,8 @@ def add_anonymise_parser(commands) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="frames in flight")
     parser.add_argument("--frame-memory", type=int, default=FRAME_MEMORY, metavar="N",
                         help="also pixelate the faces of the N frames before and after each (0: off)")  # fmt: skip
+    parser.add_argument("--track-frames", type=int, default=TRACK_FRAMES, metavar="N",
+                        help="hide a face found twice at most N frames apart in the frames between")  # fmt: skip
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
     for option, param in (("--preset", "preset"), ("--mode", "mode"), ("--shape", "shape"), ("--blocks", "blocks"),

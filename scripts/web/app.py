@@ -45,7 +45,7 @@ from starlette.staticfiles import StaticFiles
 from scripts.child_process import ChildFailed, spawn, wait_ready
 from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
-from scripts.client.video import FRAME_MEMORY, VIDEO_SUFFIXES
+from scripts.client.video import FRAME_MEMORY, TRACK_FRAMES, VIDEO_SUFFIXES
 from scripts.client.video import MODEL as VIDEO_MODEL
 from scripts.ts_api import is_loopback, key_refused
 from scripts.web.access import SameOriginOnly, allowed_hosts, new_token
@@ -60,6 +60,9 @@ MODELS_TTL_S = 5.0  # how long the model list (and each model's limits) is reuse
 # The pixelizer's parameters a clip takes (every frame is sent with them).
 VIDEO_PARAMS = ("preset", "shape", "confidence", "mode", "blocks", "block_size", "margin", "upscale_to",
                 "enlarged_view")  # fmt: skip
+# The clip's own parameters, in frames: (default, most). Frame memory's look-ahead holds
+# frame_memory + track_frames answers (JPEGs) in the child process.
+CLIP_FRAMES = {"frame_memory": (FRAME_MEMORY, 100), "track_frames": (TRACK_FRAMES, 300)}
 BODY_IDLE_S = 20.0  # an upload that sends nothing for this long is refused (408)
 BODY_TOTAL_S = 600.0  # and one that takes longer than this in all
 MAX_CONNECTIONS = 16  # uvicorn answers 503 beyond: each may hold an upload of up to a model's max_image_bytes
@@ -197,19 +200,21 @@ def build_app(zoo: Zoo, jobs: VideoJobs, hosts: frozenset[str], token: str, body
     async def start_video(request: Request) -> Response:
         if (refused := one_value_each(request)) is not None:
             return refused
-        unknown = sorted(set(request.query_params) - {*VIDEO_PARAMS, "frame_memory"})
+        unknown = sorted(set(request.query_params) - {*VIDEO_PARAMS, *CLIP_FRAMES})
         if unknown:
             return failure(
                 400,
                 "unknown parameter",
-                f"{', '.join(unknown)[:200]}: a clip takes {', '.join(VIDEO_PARAMS)}, frame_memory",
+                f"{', '.join(unknown)[:200]}: a clip takes {', '.join([*VIDEO_PARAMS, *CLIP_FRAMES])}",
             )
-        try:
-            frame_memory = int(request.query_params.get("frame_memory", FRAME_MEMORY))
-        except ValueError:
-            return failure(400, "invalid parameter", "frame_memory must be a whole number of frames")
-        if not 0 <= frame_memory <= 100:
-            return failure(400, "invalid parameter", "frame_memory must be between 0 and 100 frames")
+        frames = {}
+        for name, (default, most) in CLIP_FRAMES.items():
+            try:
+                frames[name] = int(request.query_params.get(name, default))
+            except ValueError:
+                return failure(400, "invalid parameter", f"{name} must be a whole number of frames")
+            if not 0 <= frames[name] <= most:
+                return failure(400, "invalid parameter", f"{name} must be between 0 and {most} frames")
         found = await described(VIDEO_MODEL)
         if isinstance(found, Response):
             return found
@@ -230,7 +235,7 @@ def build_app(zoo: Zoo, jobs: VideoJobs, hosts: frozenset[str], token: str, body
             jobs.discard(key)
             return body_problem(problem, MAX_VIDEO_BYTES, "video")
         params = {name: value for name, value in request.query_params.items() if name in VIDEO_PARAMS}
-        await run_in_threadpool(jobs.start, key, params, frame_memory, found.get("max_image_pixels") or 0)
+        await run_in_threadpool(jobs.start, key, params, frames, found.get("max_image_pixels") or 0)
         return JSONResponse({"id": key})
 
     async def video(request: Request) -> Response:

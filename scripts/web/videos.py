@@ -23,7 +23,7 @@ from pathlib import Path
 
 from scripts.client.auth import AuthError
 from scripts.client.rest import ConnectionFailed, ZooClient
-from scripts.client.video import FRAME_MEMORY, FrameRefused, anonymise_video
+from scripts.client.video import FRAME_MEMORY, TRACK_FRAMES, FrameRefused, anonymise_video
 from scripts.zoo import REPO
 
 logger = logging.getLogger(__name__)
@@ -87,15 +87,17 @@ class VideoJobs:
         if job is not None:
             shutil.rmtree(job.directory, ignore_errors=True)
 
-    def start(self, key: str, params: dict[str, str], frame_memory: int, max_pixels: int) -> None:
-        """The uploaded clip handed to a child process, followed by a thread."""
+    def start(self, key: str, params: dict[str, str], frames: dict[str, int], max_pixels: int) -> None:
+        """The uploaded clip handed to a child process, followed by a thread. `frames`:
+        frame_memory and track_frames (the page's server checked them)."""
         with self.lock:
             job = self.jobs.get(key)
             if job is None or job.state != "uploading":
                 return
             command = [sys.executable, "-m", "scripts.web.videos", str(job.source), str(job.target),
                        "--config", str(self.config), "--key-file", str(self.key_file), "--params", json.dumps(params),
-                       "--frame-memory", str(frame_memory), "--max-pixels", str(max_pixels)]  # fmt: skip
+                       *(f"--{name.replace('_', '-')}={count}" for name, count in frames.items()),
+                       "--max-pixels", str(max_pixels)]  # fmt: skip
             job.process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE)
             job.state = "running"
         threading.Thread(target=self._follow, args=(job,), daemon=True).start()
@@ -155,6 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--key-file", type=Path, required=True, help="TorchServe's key_file.json")
     parser.add_argument("--params", type=json.loads, default={}, help="the pixelizer's parameters (JSON)")
     parser.add_argument("--frame-memory", type=int, default=FRAME_MEMORY)
+    parser.add_argument("--track-frames", type=int, default=TRACK_FRAMES)
     parser.add_argument("--max-pixels", type=int, default=None, help="the model's pixel limit per frame")
     return parser
 
@@ -169,7 +172,7 @@ def main(args: argparse.Namespace) -> int:
         client = ZooClient.from_config(args.config, args.key_file, retries=2)
         anonymise_video(client, args.source, args.target, {**args.params, "format": "image"},
                         progress=lambda done, total: report(done=done, total=total), frame_memory=args.frame_memory,
-                        max_pixels=args.max_pixels)  # fmt: skip
+                        track_frames=args.track_frames, max_pixels=args.max_pixels)  # fmt: skip
     except FrameRefused as err:
         report(state="failed", error=str(err))
     except (ConnectionFailed, AuthError) as err:

@@ -14,6 +14,7 @@ from scripts.client.cli import main
 from scripts.client.rest import Answer
 from scripts.client.video import (
     FRAME_MEMORY,
+    TRACK_FRAMES,
     FrameRefused,
     Orientation,
     anonymise_video,
@@ -25,7 +26,6 @@ from scripts.client.video import (
     orientation_of,
     padded_to_even,
     upright,
-    with_neighbours,
 )
 from scripts.samples.clips import panning_clip
 from scripts.samples.photos import photo
@@ -118,10 +118,12 @@ def frames_with_the_face_visible(path, original) -> tuple[int, int]:
 @pytest.mark.parametrize("memory, visible", [(0, 20), (2, 0), (FRAME_MEMORY, 0)])
 def test_frame_memory_hides_a_face_the_detector_misses_between_detections(tmp_path, memory, visible):
     """The detector finds the face in 1 frame of 3: without memory 20 of the 30 frames
-    show it; remembering the last 2 (or the default 5) frames' regions, none does."""
+    show it; remembering 2 (or the default 5) frames' regions, none does (tracks off, to
+    see the memory alone)."""
     clip, original = still_clip(tmp_path / "still.mp4")
     target = tmp_path / "out.mp4"
-    anonymise_video(MissingDetector(every=3), clip, target, {}, concurrency=1, progress=False, frame_memory=memory)
+    detector = MissingDetector(every=3)
+    anonymise_video(detector, clip, target, {}, concurrency=1, progress=False, frame_memory=memory, track_frames=0)
     assert frames_with_the_face_visible(target, original) == (visible, 30)
 
 
@@ -136,26 +138,15 @@ def test_frame_memory_hides_a_face_in_the_frames_before_its_detection_too(tmp_pa
     assert frames_with_the_face_visible(target, original) == (visible, 30)
 
 
-@pytest.mark.parametrize("memory", [0, 1, 2, 7])
-def test_with_neighbours_gives_each_frame_the_regions_of_the_frames_around_it(memory):
-    frames = [(number, [number] * (number % 3)) for number in range(6)]  # frame n found n % 3 regions
-    out = list(with_neighbours(iter(frames), memory))
-    assert [(frame, regions) for frame, regions, _ in out] == frames
-    for number, _regions, neighbours in out:
-        around = [n for n in range(max(0, number - memory), min(6, number + memory + 1)) if n != number]
-        assert neighbours == [n for n in around for _ in range(n % 3)], number
-
-
-def test_with_neighbours_holds_a_frame_back_until_the_frames_after_it_are_in():
-    seen = []
-
-    def frames():
-        for number in range(5):
-            seen.append(number)
-            yield number, [number]
-
-    for frame, _regions, _neighbours in with_neighbours(frames(), 2):
-        assert seen[-1] == min(4, frame + 2)
+@pytest.mark.parametrize("tracks, visible", [(0, 26), (TRACK_FRAMES, 0)])
+def test_a_face_found_at_both_ends_of_a_gap_is_hidden_along_it(tmp_path, tracks, visible):
+    """The detector finds the face in frames 0, 1, 28 and 29 only: its track hides it in the
+    26 frames between (frame memory off, to see the tracks alone)."""
+    clip, original = still_clip(tmp_path / "still.mp4")
+    target = tmp_path / "out.mp4"
+    detector = MissingDetector(only=frozenset({0, 1, 28, 29}))
+    anonymise_video(detector, clip, target, {}, concurrency=2, progress=False, frame_memory=0, track_frames=tracks)
+    assert frames_with_the_face_visible(target, original) == (visible, 30)
 
 
 class RefusingFrom(MissingDetector):
@@ -260,6 +251,7 @@ def test_frames_in_flight_are_bounded_by_their_bytes_not_only_their_count(monkey
             list(in_order(pool, client, frames, {}, window=16, max_pixels=1_000_000))
 
 
-def test_a_negative_frame_memory_is_a_usage_error_not_a_traceback(tmp_path, capsys):
-    assert main(["anonymise", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out.mp4"), "--frame-memory", "-1"]) == 2
-    assert "--frame-memory is a number of frames (0: off), got -1" in capsys.readouterr().err
+@pytest.mark.parametrize("option", ["--frame-memory", "--track-frames"])
+def test_a_negative_number_of_frames_is_a_usage_error_not_a_traceback(tmp_path, capsys, option):
+    assert main(["anonymise", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out.mp4"), option, "-1"]) == 2
+    assert f"{option} is a number of frames (0: off), got -1" in capsys.readouterr().err

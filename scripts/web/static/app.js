@@ -202,7 +202,8 @@ async function anonymiseClip() {
   const clip = $("#clip").files[0];
   const status = $("#video-status");
   if (!clip) return setStatus("Choose a clip first", true, status);
-  const params = new URLSearchParams({ frame_memory: $("#frame-memory").value, preset: $("#video-preset").value,
+  const params = new URLSearchParams({ frame_memory: $("#frame-memory").value,
+    track_frames: $("#track-frames").value, preset: $("#video-preset").value,
     shape: $("#video-shape").value, mode: $("#video-mode").value, blocks: $("#video-blocks").value,
     margin: $("#video-margin").value, enlarged_view: $("#video-enlarged_view").value });
   $("#video-download").hidden = true;
