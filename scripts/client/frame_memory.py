@@ -92,12 +92,12 @@ def link(expected: np.ndarray, boxes: np.ndarray) -> list[tuple[int, int]]:
     if not len(expected) or not len(boxes):
         return []
     overlap = iou(expected, boxes) * similar_size(expected, boxes)
+    faces_at, boxes_at = np.nonzero(overlap >= MATCH_IOU)  # the candidates only: a crowd's matrix is mostly 0
+    order = np.argsort(-overlap[faces_at, boxes_at], kind="stable")
     pairs, faces, found = [], set(), set()
-    for t, r in zip(*np.unravel_index(np.argsort(-overlap, axis=None, kind="stable"), overlap.shape), strict=True):
-        if overlap[t, r] < MATCH_IOU:
-            break
+    for t, r in zip(faces_at[order].tolist(), boxes_at[order].tolist(), strict=True):
         if t not in faces and r not in found:
-            pairs.append((int(t), int(r)))
+            pairs.append((t, r))
             faces.add(t)
             found.add(r)
     return pairs
