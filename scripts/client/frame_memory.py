@@ -2,11 +2,12 @@
 some frames must not show in them.
 
 - **Tracks**: a face found in two frames at most `track_frames` apart, and in none between,
-  is hidden in the frames between along the straight path joining its two boxes. Each
-  frame's regions are linked to the faces seen before (`FaceTracks`): a face is expected
-  where its last box, moved at its recent velocity, would be now, and a region is the same
-  face when it overlaps that expected box (IoU >= MATCH_IOU) and is about its size, best
-  overlap first, each region and face once.
+  is hidden in the frames between along the straight path joining its two boxes, and for
+  `memory` frames past either end of its track where its velocity puts it. Each frame's
+  regions are linked to the faces seen before (`FaceTracks`): a face is expected where its
+  last box, moved at its recent velocity, would be now, and a region is the same face when
+  it overlaps that expected box (IoU >= MATCH_IOU) and is about its size, best overlap
+  first, each region and face once.
 - **Memory**: the regions of the `memory` frames before and after each frame are hidden in it
   too, whatever the tracks say (a face found once, a face turning, a wrong link).
 
@@ -153,8 +154,9 @@ class Held:
         return self.found + self.filled
 
 
-def hidden_regions(frames: Iterable[tuple[object, list[Region]]], memory: int, track_frames: int
-               ) -> Iterator[tuple[object, list[Region]]]:  # fmt: skip
+def hidden_regions(
+    frames: Iterable[tuple[object, list[Region]]], memory: int, track_frames: int
+) -> Iterator[tuple[object, list[Region]]]:
     """(frame, the regions hidden in it), in order -> (frame, the regions to hide in it
     besides): its faces' boxes from tracks, and the regions (found or filled in) of the
     `memory` frames before and after it. A frame comes out once the `track_frames +
