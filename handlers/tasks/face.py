@@ -41,8 +41,13 @@ PRESETS = ("thorough", "fast")
 NETWORKS = {"thorough": "centerface", "fast": "retinaface_mobilenet0.25"}  # the architecture each preset runs
 # The per-request parameters besides confidence, iou and format, each named as its setting.
 FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin", "upscale_to",
-               "enlarged_view")  # fmt: skip
+               "enlarged_view", "reduced_view")  # fmt: skip
 MAX_UPSCALE = 2.0  # the thorough preset enlarges a small photo at most this much
+# CenterFace covers a face whole up to ~700 px tall in its view (measured on the astronaut's
+# face: whole at 300-700 px; at 800 px 83-91 %, at 1000 px 61-64 % -- its boxes then find
+# parts of the face): where a view's short side passes LARGEST_FACE, a face filling it
+# would be larger than that, and the reduced view shows the photo with its long side REDUCED_SIDE.
+LARGEST_FACE, REDUCED_SIDE = 700, 640
 TILE, TILE_OVERLAP = 1280, 256  # a photo too large for one view is cut into tiles of this size
 # Across views, a face box this much inside another at least 1 / SMALLER its size is the same
 # face, cut by a tile's edge (a box about as large is a second detection: NMS's to judge).
@@ -73,6 +78,9 @@ class FaceSettings(DetectionSettings):
     # first was enlarged less: CenterFace misses faces under ~24 px (its cells are 4 px), and an
     # enlarged blurred face looks like no face to it -- each view finds what the other misses.
     enlarged_view: bool = True
+    # thorough: the photo is also seen reduced to REDUCED_SIDE (640) px on its long side, where
+    # its first view could hold a face larger than CenterFace sees whole (LARGEST_FACE, 700 px).
+    reduced_view: bool = True
     # thorough: a larger photo is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
     max_view_pixels: int = 8_294_400
     max_tiles: int = 24  # thorough: tiles per photo at most; a larger photo is tiled at a reduced scale
@@ -416,21 +424,25 @@ def tile_scale(width: int, height: int, tile: int, overlap: int, upscale_to: int
 
 def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelInput, object] | Parts:
     """uint8 [3, H, W] -> what CenterFace sees of it: the photo enlarged (at most
-    MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32 -- one view,
-    with its geometry -- and, with enlarged_view, the photo at MAX_UPSCALE too where that
-    fits max_view_pixels (Parts: two views); a photo larger than max_view_pixels is cut
-    into tiles of TILE pixels at its own resolution (at most max_tiles, else at a reduced
-    scale)."""
+    MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32, with its
+    geometry -- or, larger than max_view_pixels, cut into tiles of TILE pixels at its own
+    resolution (at most max_tiles, else at a reduced scale); with enlarged_view, the photo at
+    MAX_UPSCALE too where that fits max_view_pixels; with reduced_view, the photo with its
+    long side REDUCED_SIDE too where the first view's short side passes LARGEST_FACE. One
+    view, or Parts: the first view, then the others."""
     height, width = image.shape[-2:]
     scale = min(MAX_UPSCALE, max(1.0, settings.upscale_to / max(height, width)))
     if height * width * scale * scale > settings.max_view_pixels:
         scale = tile_scale(width, height, TILE, TILE_OVERLAP, 0, settings.max_tiles)
-        return tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0))
-    view = padded(image, scale, STRIDE, (0, 0, 0))
-    enlarged = height * width * MAX_UPSCALE * MAX_UPSCALE <= settings.max_view_pixels and scale < MAX_UPSCALE
-    if not (settings.enlarged_view and enlarged):
-        return view
-    return Parts([view, padded(image, MAX_UPSCALE, STRIDE, (0, 0, 0))])
+        views = [tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0))]
+    else:
+        views = [padded(image, scale, STRIDE, (0, 0, 0))]
+        fits = height * width * MAX_UPSCALE * MAX_UPSCALE <= settings.max_view_pixels
+        if settings.enlarged_view and scale < MAX_UPSCALE and fits:
+            views.append(padded(image, MAX_UPSCALE, STRIDE, (0, 0, 0)))
+    if settings.reduced_view and min(height, width) * scale > LARGEST_FACE:
+        views.append(padded(image, REDUCED_SIDE / max(height, width), STRIDE, (0, 0, 0)))
+    return views[0] if len(views) == 1 else Parts(views)
 
 
 def decode_centerface_batch(

@@ -29,6 +29,10 @@ PARAMETERS = {
         "enlarged_view",
         "faces, thorough: also see the photo at 2x, for faces under ~24 px (true | false)",
     ),
+    "--reduced-view": (
+        "reduced_view",
+        "faces, thorough: also see a large photo at 640 px, for faces over ~600 px (true | false)",
+    ),
 }
 
 

@@ -207,6 +207,26 @@ def test_the_enlarged_view_finds_a_crowd_s_small_faces(pixelizer):
     assert found(boxes, both) >= found(boxes, one_view) + found(small, both) - found(small, one_view)
 
 
+def test_the_reduced_view_finds_a_face_larger_than_centerface_sees_whole(pixelizer):
+    """The astronaut's face 1000 px tall (a close-up from a phone): CenterFace at the photo's
+    resolution finds parts of it (its receptive field is smaller than the face), none
+    overlapping the face by half; the default also sees the photo at 640 px (reduced_view),
+    where the face is whole -- one box over the face, nothing else."""
+    handler, context = pixelizer
+    x1, y1, x2, y2 = ASTRONAUT_FACE
+    pad_x, pad_y = (x2 - x1) // 10, (y2 - y1) // 10
+    scale = 1000 / (y2 - y1)
+    close_up = photo("astronaut").crop((x1 - pad_x, y1 - pad_y, x2 + pad_x, y2 + pad_y))
+    close_up = close_up.resize((round(close_up.width * scale), round(close_up.height * scale)), Image.BICUBIC)
+    face = tuple(round(value * scale) for value in (pad_x, pad_y, pad_x + x2 - x1, pad_y + y2 - y1))
+    data = encode(close_up, "JPEG")
+    assert min(close_up.size) > 700
+    parts = faces_in(handler, context, data, reduced_view="false")
+    assert parts and max(box_iou(face, box) for box in parts) < 0.5
+    (whole,) = faces_in(handler, context, data)
+    assert box_iou(face, whole) > 0.6
+
+
 def test_a_face_cut_by_a_tile_border_is_found_once(face_model_dir):
     """A photo larger than max_view_pixels is seen in tiles of 1280 px overlapping by 256:
     a face across the first tile's right edge (x = 1280) is whole in the next one, and the

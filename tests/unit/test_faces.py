@@ -307,12 +307,14 @@ def test_a_face_seen_whole_in_one_view_and_cut_in_another_is_one_face():
     assert merged.boxes.tolist() == [[100.0, 100, 200, 220], [400.0, 100, 450, 160]]
 
 
-def test_a_photo_is_also_seen_enlarged_where_that_view_fits():
+def test_a_photo_is_also_seen_enlarged_where_that_view_fits_and_reduced_where_a_face_could_be_too_large():
     """thorough_views: a 1600x1000 or 1920x1080 photo is seen at its own size and at 2x
     (Parts); a 400x300 one at 1.6x (upscale_to 640) and at 2x; a 300x200 one at 2x only
     (upscale_to already enlarges it that much); with enlarged_view=false, or where the 2x
     view would pass max_view_pixels, once; a photo larger than max_view_pixels in tiles at
-    its own size."""
+    its own size. And where its first view's short side passes LARGEST_FACE (700), reduced
+    to 640 px on its long side as well (reduced_view), last: an 800x600 photo is not, nor a
+    512x512 one enlarged to 640."""
 
     def scales(width, height, **settings):
         prepared = thorough_views(torch.zeros(3, height, width, dtype=torch.uint8), FaceSettings(**settings))
@@ -320,13 +322,18 @@ def test_a_photo_is_also_seen_enlarged_where_that_view_fits():
         return [[round(g.scale_x, 2) for g in (geometry if isinstance(geometry, list) else [geometry])]
                 for _, geometry in views]  # fmt: skip
 
-    assert scales(1600, 1000) == [[1.0], [2.0]]
+    assert scales(1600, 1000) == [[1.0], [2.0], [0.4]]
     assert scales(400, 300) == [[1.6], [2.0]]
     assert scales(300, 200) == [[2.0]]  # upscale_to already enlarges it 2x
-    assert scales(1600, 1000, enlarged_view=False) == [[1.0]]
-    assert scales(1920, 1080) == [[1.0], [2.0]]  # 1080p: its 2x view fits exactly
-    assert scales(2000, 1500) == [[1.0]]  # its 2x view (12 MP) passes max_view_pixels
-    assert scales(4000, 2500) == [[1.0] * 12]  # 10 MP: one part, 12 tiles at its own size
+    assert scales(1600, 1000, enlarged_view=False) == [[1.0], [0.4]]
+    assert scales(1600, 1000, enlarged_view=False, reduced_view=False) == [[1.0]]
+    assert scales(1920, 1080) == [[1.0], [2.0], [0.33]]  # 1080p: its 2x view fits exactly
+    assert scales(2000, 1500) == [[1.0], [0.32]]  # its 2x view (12 MP) passes max_view_pixels
+    assert scales(4000, 2500) == [[1.0] * 12, [0.16]]  # 10 MP: 12 tiles at its own size, then reduced
+    assert scales(800, 600) == [[1.0], [2.0]]  # a face filling it is no more than 600 px
+    assert scales(512, 512) == [[1.25], [2.0]]  # 640x640: enlarged, its short side still under 700
+    assert scales(1024, 768) == [[1.0], [2.0], [0.62]]
+    assert scales(1280, 720) == [[1.0], [2.0], [0.5]]  # a 720p frame: a face filling it passes 700 px
 
 
 @pytest.mark.parametrize("mode", ["mosaic", "blur"])
