@@ -298,7 +298,8 @@ class BatchEngine:
         cannot process fails alone."""
         try:
             with self.observers.timed(FORWARD):
-                outputs, features = split_features(self.models[network](self._stacked(items)))
+                answer = in_chunks(self.models[network], self._stacked(items), self.settings.max_forward_pixels)
+                outputs, features = split_features(answer)
             if not network:  # the drift test watches the model's own network
                 requests, rows = first_parts(items, features)
                 if requests:
@@ -423,6 +424,18 @@ def guarded(index: int, step: Callable[..., T], *args) -> T | Failure:
     except Exception:  # a bug or resource failure on one request must not fail the batch
         logger.exception("request %d of the batch failed in %s", index, getattr(step, "__name__", step))
         return INTERNAL
+
+
+def in_chunks(model, batch: torch.Tensor, max_pixels: int) -> list[torch.Tensor]:
+    """A compiled model's answer for a batch [B, C, H, W], run on at most `max_pixels` of it
+    at a time (a batch of large views, a photo's tiles: the activations' memory grows with
+    the pixels of one pass), in chunks of whole rows -- at least one -- joined in order."""
+    rows = max(1, max_pixels // (batch.shape[-2] * batch.shape[-1]))
+    if len(batch) <= rows:
+        return model(batch)
+    count = -(-len(batch) // rows)  # chunks of about equal size
+    answers = [model(chunk) for chunk in batch.tensor_split(count)]
+    return [torch.cat(parts) for parts in zip(*answers, strict=True)]
 
 
 def split_features(answer: tuple[torch.Tensor, ...] | list[torch.Tensor]) -> tuple[Output, torch.Tensor]:

@@ -35,6 +35,10 @@ class ImageHandlerSettings:
     # in base64), below TorchServe's max_response_size (16 MiB in config.properties), above
     # which its frontend drops the worker. At least 16 KiB: an error answer takes ~5 KB at most.
     max_response_bytes: int = 16_000_000
+    # Pixels one forward pass sees at most: a batch with more (large views, a photo's tiles)
+    # runs in chunks of whole images (engine.in_chunks), so that its activations' memory is
+    # what one such pass needs, not the batch's; one image larger than this runs alone.
+    max_forward_pixels: int = 8_294_400
     # Intra-op threads per worker (on a GPU too, for its host work); 0 = CPU cores / busy workers
     # (never oversubscribed).
     num_threads: int = 0
@@ -74,6 +78,7 @@ class ImageHandlerSettings:
         check_range("max_image_pixels", self.max_image_pixels, 1, 1_000_000_000)
         check_range("max_image_bytes", self.max_image_bytes, 1, 2**31 - 1)
         check_range("max_response_bytes", self.max_response_bytes, 16_384, 2**31 - 1)
+        check_range("max_forward_pixels", self.max_forward_pixels, 1, 1_000_000_000)
         check_range("num_threads", self.num_threads, 0, os.cpu_count() or 1024)
         check_range("release_memory_after_s", self.release_memory_after_s, 0, 3600)
         check_choice("jpeg_decoder", self.jpeg_decoder, ("auto", "batched", "per_image"))

@@ -5,6 +5,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from PIL import Image, ImageFilter
@@ -230,16 +231,24 @@ def test_the_reduced_view_finds_a_face_larger_than_centerface_sees_whole(pixeliz
 def test_a_face_cut_by_a_tile_border_is_found_once(face_model_dir):
     """A photo larger than max_view_pixels is seen in tiles of 1280 px overlapping by 256:
     a face across the first tile's right edge (x = 1280) is whole in the next one, and the
-    two views' detections merge into one face, where the face is."""
-    config = yaml.safe_load(get_model("face_pixelizer").config_file.read_text())
-    config["handler"]["max_view_pixels"] = 1280 * 1280
-    context = FakeContext(face_model_dir, config)
-    handler = FacePixelizerHandler()
-    handler.initialize(context)
+    two views' detections merge into one face, where the face is. With max_forward_pixels
+    one tile's, the four tiles run in four passes: the same answer."""
+
+    def pixelizer_with(**settings):
+        config = yaml.safe_load(get_model("face_pixelizer").config_file.read_text())
+        config["handler"].update(settings)
+        context = FakeContext(face_model_dir, config)
+        handler = FacePixelizerHandler()
+        handler.initialize(context)
+        return handler, context
+
     canvas = photo("coffee").resize((2000, 1400)).filter(ImageFilter.GaussianBlur(8))
     x1, y1, x2, y2 = ASTRONAUT_FACE
     canvas.paste(photo("astronaut").crop(ASTRONAUT_FACE), (1220, 600))
     pasted = (1220, 600, 1220 + x2 - x1, 600 + y2 - y1)
     assert pasted[0] < 1280 < pasted[2]  # across the first tile's edge
-    (face,) = faces_in(handler, context, encode(canvas, "PNG"))
+    (face,) = faces_in(*pixelizer_with(max_view_pixels=1280 * 1280), encode(canvas, "PNG"))
     assert box_iou(face, pasted) > 0.3
+    chunked = pixelizer_with(max_view_pixels=1280 * 1280, max_forward_pixels=1280 * 1280)
+    (again,) = faces_in(*chunked, encode(canvas, "PNG"))
+    assert again == pytest.approx(face, abs=0.01)  # another batch size: the same up to rounding

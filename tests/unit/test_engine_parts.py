@@ -76,9 +76,9 @@ def run(task: Task, model, colours: list[str]):
     return engine.run(requests), recorder
 
 
-def task(**failing) -> TwoSizes:
+def task(settings: ImageHandlerSettings | None = None, **failing) -> TwoSizes:
     metadata = {"weights": {"name": "test-fixture", "sha256": None}}
-    made = TwoSizes(ImageHandlerSettings(), metadata, None, torch.device("cpu"))
+    made = TwoSizes(settings or ImageHandlerSettings(), metadata, None, torch.device("cpu"))
     for name, indices in failing.items():
         setattr(made, name, set(indices))
     return made
@@ -91,6 +91,21 @@ def test_each_size_is_one_forward_pass_and_each_request_gets_both_parts():
         [(8, 255), (16, 255)], [(8, 0), (16, 0)], [(8, 255), (16, 255)]]  # fmt: skip
     assert model.calls == [(3, 3, 8, 8), (3, 3, 16, 16)]
     assert recorder.forwards == [(3, 3)]  # the drift test and batch fill see each request once
+
+
+def test_a_forward_pass_sees_at_most_max_forward_pixels_and_the_answers_are_the_same():
+    """max_forward_pixels 512: the three 8x8 parts (192 px) in one pass; the three 16x16 ones
+    (768 px) in two, of 2 and 1 -- joined in order, the answers what one pass gives, the
+    drift test still seeing each request once."""
+    model = red_mean_model()
+    results, recorder = run(task(ImageHandlerSettings(max_forward_pixels=512)), model, ["red", "green", "blue"])
+    assert model.calls == [(3, 3, 8, 8), (2, 3, 16, 16), (1, 3, 16, 16)]
+    whole, _ = run(task(), red_mean_model(), ["red", "green", "blue"])
+    assert [result.fields for result in results] == [result.fields for result in whole]
+    assert recorder.forwards == [(3, 3)]
+    model = red_mean_model()
+    run(task(ImageHandlerSettings(max_forward_pixels=10)), model, ["red", "green"])  # each image over the limit
+    assert model.calls == [(1, 3, 8, 8), (1, 3, 8, 8), (1, 3, 16, 16), (1, 3, 16, 16)]
 
 
 def test_a_part_the_model_fails_on_fails_its_request_alone():

@@ -56,7 +56,7 @@ def test_a_model_s_gpu_block_overrides_the_shared_one_key_by_key():
     config = {"batchSize": 2, "handler": {"top_k": 5}, "gpu": {"batchSize": 8, "handler": {"channels_last": False}}}
     gpu = resolve_profile(config, "gpu")
     assert gpu["batchSize"] == 8 and gpu["jobQueueSize"] == gpu_defaults()["jobQueueSize"]
-    assert gpu["handler"] == {"top_k": 5, "channels_last": False}
+    assert gpu["handler"] == {**gpu_defaults()["handler"], "top_k": 5, "channels_last": False}
     assert resolve_profile(config, "cpu") == {"batchSize": 2, "handler": {"top_k": 5}}
 
 
