@@ -362,26 +362,38 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     return [round(index * (length - tile) / (count - 1)) for index in range(count)]
 
 
+def fitted_tile(length: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The tile length that cuts a side of `length` pixels into as many tiles as tiles of
+    `tile` pixels would (tile_origins), neighbours still sharing `overlap`, with as little
+    beyond the side as a multiple of `multiple` allows: a 3840-pixel side takes four tiles
+    of 1152 pixels rather than of 1280 (4608 pixels to see, not 5120); a side shorter than
+    `tile`, one tile its length."""
+    count = len(tile_origins(length, tile, overlap))
+    return min(tile, -(-(length + (count - 1) * overlap) // (count * multiple)) * multiple)
+
+
 def tiles(
-    image: torch.Tensor, scale: float, tile: int, overlap: int, fill: Sequence[int]
+    image: torch.Tensor, scale: float, tile: int, overlap: int, fill: Sequence[int], multiple: int = 1
 ) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
-    """uint8 [3, H, W] -> uint8 [V, 3, tile, tile]: the image resized by `scale`, cut into
-    tiles that overlap by `overlap` pixels (tile_origins), those at the right and bottom
-    edges padded with `fill`; with each tile's geometry, which maps its pixels back into
-    the image's (`unletterbox_boxes`). A face no larger than `overlap` at that scale lies
-    whole in at least one tile."""
+    """uint8 [3, H, W] -> uint8 [V, 3, h, w]: the image resized by `scale`, cut into tiles of
+    at most `tile` pixels a side, each side's tiles fitted to it (fitted_tile: multiples of
+    `multiple`), overlapping by at least `overlap` pixels (tile_origins), padded with `fill`
+    where a tile passes the image's edge; with each tile's geometry, which maps its pixels
+    back into the image's (`unletterbox_boxes`). A face no larger than `overlap` at that
+    scale lies whole in at least one tile."""
     height, width = image.shape[-2:]
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
     if size != (height, width):
         image = vision_ops.resize(image, size, antialias=size[0] < height)
+    tile_h, tile_w = (fitted_tile(side, tile, overlap, multiple) for side in size)
     origins = [
-        (top, left) for top in tile_origins(size[0], tile, overlap) for left in tile_origins(size[1], tile, overlap)
+        (top, left) for top in tile_origins(size[0], tile_h, overlap) for left in tile_origins(size[1], tile_w, overlap)
     ]
-    views = torch.empty((len(origins), image.shape[0], tile, tile), dtype=image.dtype, device=image.device)
+    views = torch.empty((len(origins), image.shape[0], tile_h, tile_w), dtype=image.dtype, device=image.device)
     paint(views, fill_values(fill, image.shape[0]))
     geometries = []
     for view, (top, left) in zip(views, origins, strict=True):
-        crop = image[:, top : top + tile, left : left + tile]
+        crop = image[:, top : top + tile_h, left : left + tile_w]
         view[:, : crop.shape[1], : crop.shape[2]] = crop
         geometries.append(LetterboxGeometry(width, height, size[1] / width, size[0] / height, -left, -top))
     return views, geometries

@@ -43,6 +43,9 @@ NETWORKS = {"thorough": "centerface", "fast": "retinaface_mobilenet0.25"}  # the
 FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin", "upscale_to",
                "enlarged_view", "reduced_view")  # fmt: skip
 MAX_UPSCALE = 2.0  # the thorough preset enlarges a small photo at most this much
+# The enlarged view is seen where it is at least this much larger than the first (a photo
+# whose 2x view takes more than max_tiles tiles is enlarged less; a smaller step finds little).
+MIN_ENLARGEMENT = 1.25
 # CenterFace covers a face whole up to ~700 px tall in its view (measured on the astronaut's
 # face: whole at 300-700 px; at 800 px 83-91 %, at 1000 px 61-64 % -- its boxes then find
 # parts of the face): where a view's short side passes LARGEST_FACE, a face filling it
@@ -74,14 +77,15 @@ class FaceSettings(DetectionSettings):
     margin: float = 0.15  # each box grows by this fraction of its size on every side
     preset: str = "thorough"  # PRESETS
     upscale_to: int = 640  # thorough: a smaller photo is enlarged (at most 2x) until its long side is this
-    # thorough: the photo is also seen enlarged 2x, where that view fits max_view_pixels and the
-    # first was enlarged less: CenterFace misses faces under ~24 px (its cells are 4 px), and an
-    # enlarged blurred face looks like no face to it -- each view finds what the other misses.
+    # thorough: the photo is also seen enlarged 2x (in tiles where that passes max_view_pixels,
+    # less where it takes more than max_tiles), where the first view was enlarged less:
+    # CenterFace misses faces under ~24 px (its cells are 4 px), and an enlarged blurred face
+    # looks like no face to it -- each view finds what the other misses.
     enlarged_view: bool = True
     # thorough: the photo is also seen reduced to REDUCED_SIDE (640) px on its long side, where
     # its first view could hold a face larger than CenterFace sees whole (LARGEST_FACE, 700 px).
     reduced_view: bool = True
-    # thorough: a larger photo is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
+    # thorough: a larger view is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
     max_view_pixels: int = 8_294_400
     max_tiles: int = 24  # thorough: tiles per photo at most; a larger photo is tiled at a reduced scale
 
@@ -427,22 +431,33 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
     MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32, with its
     geometry -- or, larger than max_view_pixels, cut into tiles of TILE pixels at its own
     resolution (at most max_tiles, else at a reduced scale); with enlarged_view, the photo at
-    MAX_UPSCALE too where that fits max_view_pixels; with reduced_view, the photo with its
-    long side REDUCED_SIDE too where the first view's short side passes LARGEST_FACE. One
-    view, or Parts: the first view, then the others."""
+    MAX_UPSCALE too (in tiles where that passes max_view_pixels, at most max_tiles of them,
+    else less enlarged), where that is MIN_ENLARGEMENT or more the first view's scale; with
+    reduced_view, the photo with its long side REDUCED_SIDE too where the first view's short
+    side passes LARGEST_FACE. One view, or Parts: the first view, then the others."""
     height, width = image.shape[-2:]
     scale = min(MAX_UPSCALE, max(1.0, settings.upscale_to / max(height, width)))
     if height * width * scale * scale > settings.max_view_pixels:
         scale = tile_scale(width, height, TILE, TILE_OVERLAP, 0, settings.max_tiles)
-        views = [tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0))]
-    else:
-        views = [padded(image, scale, STRIDE, (0, 0, 0))]
-        fits = height * width * MAX_UPSCALE * MAX_UPSCALE <= settings.max_view_pixels
-        if settings.enlarged_view and scale < MAX_UPSCALE and fits:
-            views.append(padded(image, MAX_UPSCALE, STRIDE, (0, 0, 0)))
+    views = [view_at(image, scale, settings)]
+    if settings.enlarged_view:
+        enlarged = tile_scale(width, height, TILE, TILE_OVERLAP, MAX_UPSCALE * max(height, width), settings.max_tiles)
+        if height * width * MAX_UPSCALE * MAX_UPSCALE <= settings.max_view_pixels:
+            enlarged = MAX_UPSCALE  # one view
+        if enlarged >= MIN_ENLARGEMENT * scale:
+            views.append(view_at(image, enlarged, settings))
     if settings.reduced_view and min(height, width) * scale > LARGEST_FACE:
         views.append(padded(image, REDUCED_SIDE / max(height, width), STRIDE, (0, 0, 0)))
     return views[0] if len(views) == 1 else Parts(views)
+
+
+def view_at(image: torch.Tensor, scale: float, settings: FaceSettings) -> tuple[ModelInput, object]:
+    """The photo at `scale`: one view padded to multiples of STRIDE where it fits
+    max_view_pixels, else tiles of TILE pixels."""
+    height, width = image.shape[-2:]
+    if height * width * scale * scale <= settings.max_view_pixels:
+        return padded(image, scale, STRIDE, (0, 0, 0))
+    return tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0), STRIDE)
 
 
 def decode_centerface_batch(

@@ -61,8 +61,9 @@ def face_sets(quick: bool) -> list:
     sets = [grid(size) for size in sizes]
     sets += [grid(CONDITION_SIZE, condition) for condition in (CONDITIONS[:2] if quick else CONDITIONS)]
     sets += [crowd(1600, 1000, 14, 120)]
-    if not quick:  # the crowd in black and white; at 2x; and large faces in a phone's 12 MP
-        sets += [crowd(1600, 1000, 14, 120, colour=False), crowd(3200, 2000, 28, 240), crowd(4000, 3000, 150, 1500)]
+    if not quick:  # the crowd in black and white; at 2x; its faces in a photo 2x larger; large faces in 12 MP
+        sets += [crowd(1600, 1000, 14, 120, colour=False), crowd(3200, 2000, 28, 240), crowd(3200, 2000, 14, 120),
+                 crowd(4000, 3000, 150, 1500)]  # fmt: skip
     sets += [grid(size, faces=False) for size in ((40,) if quick else (16, 25, 40, 64, 100))]
     sets += [faceless(name) for name in (FACELESS_PHOTOS[:1] if quick else FACELESS_PHOTOS)]
     return sets

@@ -16,7 +16,7 @@ from handlers.face_pixelizer_handler import FacePixelizerHandler
 from handlers.imaging import jpeg_bytes
 from handlers.tasks.face import expand_boxes
 from scripts.building.inprocess import FakeContext
-from scripts.samples.faces import box_iou, found, grid, walking_crowd
+from scripts.samples.faces import box_iou, crowd, found, grid, walking_crowd
 from scripts.samples.photos import encode, photo
 from scripts.zoo import get_model
 
@@ -206,6 +206,16 @@ def test_the_enlarged_view_finds_a_crowd_s_small_faces(pixelizer):
     both = faces_in(handler, context, data)
     assert found(small, both) >= 0.9 * len(small)
     assert found(boxes, both) >= found(boxes, one_view) + found(small, both) - found(small, one_view)
+
+
+def test_a_photo_over_1080p_is_enlarged_in_tiles(pixelizer):
+    """A 1920x1200 crowd of faces at 14-60 px: its 2x view (9.2 MP) passes max_view_pixels,
+    and is seen in tiles -- which find the small faces its own resolution misses."""
+    handler, context = pixelizer
+    crowded = crowd(1920, 1200, 14, 60)
+    one_view = found(crowded.boxes, faces_in(handler, context, crowded.data, enlarged_view="false"))
+    assert one_view < 0.6 * len(crowded.boxes)
+    assert found(crowded.boxes, faces_in(handler, context, crowded.data)) >= one_view + 0.25 * len(crowded.boxes)
 
 
 def test_the_reduced_view_finds_a_face_larger_than_centerface_sees_whole(pixelizer):

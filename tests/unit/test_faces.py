@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from handlers.engine import Parts
-from handlers.imaging import tile_origins, tiles, unletterbox_boxes
+from handlers.imaging import fitted_tile, tile_origins, tiles, unletterbox_boxes
 from handlers.tasks import face
 from handlers.tasks.face import (
     MAX_UPSCALE,
@@ -273,15 +273,29 @@ def test_tiles_cover_the_side_and_neighbours_share_the_overlap(length, tile, ove
     assert len(starts) == 1 or ends[-1] == length
 
 
+@pytest.mark.parametrize("length, tile, overlap, multiple", [(3840, 1280, 256, 32), (2400, 1280, 256, 32),
+                                                             (1200, 1280, 256, 32), (1281, 1280, 256, 32),
+                                                             (3000, 640, 160, 1), (100, 640, 160, 32)])  # fmt: skip
+def test_tiles_fitted_to_a_side_are_as_many_no_larger_and_see_less_beyond_it(length, tile, overlap, multiple):
+    fitted = fitted_tile(length, tile, overlap, multiple)
+    starts = tile_origins(length, fitted, overlap)
+    assert fitted <= tile and fitted % multiple == 0 and len(starts) == len(tile_origins(length, tile, overlap))
+    ends = [start + fitted for start in starts]
+    assert all(end - start >= overlap for start, end in zip(starts[1:], ends, strict=False))
+    assert ends[-1] - length < multiple  # what the tiles see past the side: the rounding only
+    assert fitted_tile(3840, 1280, 256, 32) == 1152
+
+
 def test_a_tile_s_geometry_maps_its_pixels_back_into_the_photo():
     image = torch.zeros(3, 900, 1500, dtype=torch.uint8)
     image[:, 400:450, 1000:1060] = 255  # a bright block, as a face would be
     views, geometries = tiles(image, 2.0, 640, 160, (0, 0, 0))
-    assert views.shape[1:] == (3, 640, 640) and len(views) == len(geometries) == 4 * 6
+    height, width = views.shape[2:]  # 1800 x 3000 in 4 x 6 tiles fitted to it
+    assert (height, width) == (570, 634) and len(views) == len(geometries) == 4 * 6
     whole = 0
     for view, geometry in zip(views, geometries, strict=True):
         ys, xs = (view[0] > 127).nonzero(as_tuple=True)
-        if len(xs) and xs.max() < 639 and ys.max() < 639 and xs.min() > 0 and ys.min() > 0:  # whole in this tile
+        if len(xs) and xs.max() < width - 1 and ys.max() < height - 1 and xs.min() > 0 and ys.min() > 0:  # whole
             box = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
             assert unletterbox_boxes(box, geometry).tolist() == [[1000, 400, 1060, 450]]
             whole += 1
@@ -307,14 +321,14 @@ def test_a_face_seen_whole_in_one_view_and_cut_in_another_is_one_face():
     assert merged.boxes.tolist() == [[100.0, 100, 200, 220], [400.0, 100, 450, 160]]
 
 
-def test_a_photo_is_also_seen_enlarged_where_that_view_fits_and_reduced_where_a_face_could_be_too_large():
+def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_small_or_too_large():
     """thorough_views: a 1600x1000 or 1920x1080 photo is seen at its own size and at 2x
     (Parts); a 400x300 one at 1.6x (upscale_to 640) and at 2x; a 300x200 one at 2x only
-    (upscale_to already enlarges it that much); with enlarged_view=false, or where the 2x
-    view would pass max_view_pixels, once; a photo larger than max_view_pixels in tiles at
-    its own size. And where its first view's short side passes LARGEST_FACE (700), reduced
-    to 640 px on its long side as well (reduced_view), last: an 800x600 photo is not, nor a
-    512x512 one enlarged to 640."""
+    (upscale_to already enlarges it that much). A larger photo's 2x view in tiles (at most
+    max_tiles, else less enlarged, and not at all where that is under 1.25x the first view);
+    a photo larger than max_view_pixels in tiles at its own size. And where its first view's
+    short side passes LARGEST_FACE (700), reduced to 640 px on its long side as well
+    (reduced_view), last: an 800x600 photo is not, nor a 512x512 one enlarged to 640."""
 
     def scales(width, height, **settings):
         prepared = thorough_views(torch.zeros(3, height, width, dtype=torch.uint8), FaceSettings(**settings))
@@ -328,8 +342,10 @@ def test_a_photo_is_also_seen_enlarged_where_that_view_fits_and_reduced_where_a_
     assert scales(1600, 1000, enlarged_view=False) == [[1.0], [0.4]]
     assert scales(1600, 1000, enlarged_view=False, reduced_view=False) == [[1.0]]
     assert scales(1920, 1080) == [[1.0], [2.0], [0.33]]  # 1080p: its 2x view fits exactly
-    assert scales(2000, 1500) == [[1.0], [0.32]]  # its 2x view (12 MP) passes max_view_pixels
-    assert scales(4000, 2500) == [[1.0] * 12, [0.16]]  # 10 MP: 12 tiles at its own size, then reduced
+    assert scales(2000, 1500) == [[1.0], [2.0] * 12, [0.32]]  # its 2x view (12 MP) in 12 tiles
+    assert scales(3200, 2000) == [[1.0], [2.0] * 24, [0.2]]
+    assert scales(4032, 3024) == [[1.0] * 12, [1.31] * 20, [0.16]]  # a phone's 12 MP: 2x would take 48 tiles
+    assert scales(7300, 5470) == [[0.73] * 20, [0.09]]  # 40 MP: tiled reduced, nothing to enlarge
     assert scales(800, 600) == [[1.0], [2.0]]  # a face filling it is no more than 600 px
     assert scales(512, 512) == [[1.25], [2.0]]  # 640x640: enlarged, its short side still under 700
     assert scales(1024, 768) == [[1.0], [2.0], [0.62]]
