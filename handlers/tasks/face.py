@@ -87,7 +87,7 @@ class FaceSettings(DetectionSettings):
     reduced_view: bool = True
     # thorough: a larger view is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
     max_view_pixels: int = 8_294_400
-    max_tiles: int = 24  # thorough: tiles per photo at most; a larger photo is tiled at a reduced scale
+    max_tiles: int = 24  # thorough: tiles per view at most; a larger view is tiled at a reduced scale
 
     def __post_init__(self):
         super().__post_init__()
@@ -441,9 +441,10 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
         scale = tile_scale(width, height, TILE, TILE_OVERLAP, 0, settings.max_tiles)
     views = [view_at(image, scale, settings)]
     if settings.enlarged_view:
-        enlarged = tile_scale(width, height, TILE, TILE_OVERLAP, MAX_UPSCALE * max(height, width), settings.max_tiles)
-        if height * width * MAX_UPSCALE * MAX_UPSCALE <= settings.max_view_pixels:
-            enlarged = MAX_UPSCALE  # one view
+        enlarged = MAX_UPSCALE  # one view where it fits, else as much as max_tiles allow
+        if height * width * MAX_UPSCALE * MAX_UPSCALE > settings.max_view_pixels:
+            longest = MAX_UPSCALE * max(height, width)
+            enlarged = tile_scale(width, height, TILE, TILE_OVERLAP, longest, settings.max_tiles)
         if enlarged >= MIN_ENLARGEMENT * scale:
             views.append(view_at(image, enlarged, settings))
     if settings.reduced_view and min(height, width) * scale > LARGEST_FACE:
@@ -453,7 +454,7 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
 
 def view_at(image: torch.Tensor, scale: float, settings: FaceSettings) -> tuple[ModelInput, object]:
     """The photo at `scale`: one view padded to multiples of STRIDE where it fits
-    max_view_pixels, else tiles of TILE pixels."""
+    max_view_pixels, else tiles of at most TILE pixels, fitted to it."""
     height, width = image.shape[-2:]
     if height * width * scale * scale <= settings.max_view_pixels:
         return padded(image, scale, STRIDE, (0, 0, 0))

@@ -31,7 +31,7 @@ PARAMETERS = {
     ),
     "--reduced-view": (
         "reduced_view",
-        "faces, thorough: also see a large photo at 640 px, for faces over ~600 px (true | false)",
+        "faces, thorough: also see a large photo at 640 px, for faces over ~700 px (true | false)",
     ),
 }
 
