@@ -41,7 +41,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from scripts.client.frame_memory import hidden_regions, inside
-from scripts.client.options import UsageError, add_connection_options, make_client, request_parameters
+from scripts.client.options import PARAMETERS, UsageError, add_connection_options, make_client, request_parameters
 from scripts.client.rest import Answer
 
 MODEL = "face_pixelizer"
@@ -349,11 +349,11 @@ def add_anonymise_parser(commands) -> None:
                         help="hide a face found twice at most N frames apart in the frames between")  # fmt: skip
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
-    for option, param in (("--preset", "preset"), ("--mode", "mode"), ("--shape", "shape"), ("--blocks", "blocks"),
-                          ("--margin", "margin"), ("--confidence", "confidence"),
-                          ("--upscale-to", "upscale_to"), ("--enlarged-view", "enlarged_view")):  # fmt: skip
-        parser.add_argument(option, dest=param)
-    for param in ("top_k", "iou", "max_detections", "classes", "input_size", "max_faces", "block_size", "format"):
-        parser.set_defaults(**{param: None})
+    offered = ("--preset", "--mode", "--shape", "--blocks", "--margin", "--confidence", "--upscale-to",
+               "--enlarged-view", "--reduced-view")  # fmt: skip
+    for option in offered:
+        parser.add_argument(option, dest=PARAMETERS[option][0], help=PARAMETERS[option][1])
+    # The model's other parameters are not the clip's to choose (format: every frame is an image).
+    parser.set_defaults(**{param: None for option, (param, _) in PARAMETERS.items() if option not in offered})
     add_connection_options(parser)
     parser.set_defaults(run=anonymise)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.client.cli import main
+from scripts.client.cli import get_args_parser, main
+from scripts.client.options import PARAMETERS, request_parameters
 from scripts.client.rest import Answer
 from scripts.client.video import (
     FRAME_MEMORY,
@@ -255,3 +256,12 @@ def test_frames_in_flight_are_bounded_by_their_bytes_not_only_their_count(monkey
 def test_a_negative_number_of_frames_is_a_usage_error_not_a_traceback(tmp_path, capsys, option):
     assert main(["anonymise", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out.mp4"), option, "-1"]) == 2
     assert f"{option} is a number of frames (0: off), got -1" in capsys.readouterr().err
+
+
+def test_every_parameter_of_the_model_has_a_value_for_a_clip(tmp_path):
+    """anonymise offers the pixelizer's parameters a clip may choose (--reduced-view among
+    them) and leaves every other one unset: none is missing when the request is built."""
+    args = get_args_parser().parse_args(["anonymise", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out.mp4"),
+                                         "--reduced-view", "false", "--enlarged-view", "false"])  # fmt: skip
+    assert request_parameters(args) == {"reduced_view": "false", "enlarged_view": "false"}
+    assert {param for param, _ in PARAMETERS.values()} <= set(vars(args))
