@@ -42,7 +42,10 @@ NETWORKS = {"thorough": "centerface", "fast": "retinaface_mobilenet0.25"}  # the
 # The per-request parameters besides confidence, iou and format, each named as its setting.
 FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "block_size", "margin", "upscale_to",
                "enlarged_view", "reduced_view")  # fmt: skip
-MAX_UPSCALE = 2.0  # the thorough preset enlarges a small photo at most this much
+# The thorough preset's first view enlarges a small photo at most this much; its enlarged
+# view is the photo at this scale -- or, for a photo the first view already enlarges more
+# than MAX_UPSCALE / MIN_ENLARGEMENT (under 400 px), the first view at this scale.
+MAX_UPSCALE = 2.0
 # The enlarged view is seen where it is at least this much larger than the first (a photo
 # whose 2x view takes more than max_tiles tiles is enlarged less; a smaller step finds little).
 MIN_ENLARGEMENT = 1.25
@@ -432,9 +435,11 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
     geometry -- or, larger than max_view_pixels, cut into tiles of TILE pixels at its own
     resolution (at most max_tiles, else at a reduced scale); with enlarged_view, the photo at
     MAX_UPSCALE too (in tiles where that passes max_view_pixels, at most max_tiles of them,
-    else less enlarged), where that is MIN_ENLARGEMENT or more the first view's scale; with
-    reduced_view, the photo with its long side REDUCED_SIDE too where the first view's short
-    side passes LARGEST_FACE. One view, or Parts: the first view, then the others."""
+    else less enlarged), where that is MIN_ENLARGEMENT or more the first view's scale -- and
+    for a small photo the first view already enlarges more than that allows, the first view
+    at MAX_UPSCALE (a 200 px thumbnail at 4x: its 12 px faces at 48 px); with reduced_view,
+    the photo with its long side REDUCED_SIDE too where the first view's short side passes
+    LARGEST_FACE. One view, or Parts: the first view, then the others."""
     height, width = image.shape[-2:]
     scale = min(MAX_UPSCALE, max(1.0, settings.upscale_to / max(height, width)))
     if height * width * scale * scale > settings.max_view_pixels:
@@ -442,7 +447,9 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
     views = [view_at(image, scale, settings)]
     if settings.enlarged_view:
         enlarged = MAX_UPSCALE  # one view where it fits, else as much as max_tiles allow
-        if height * width * MAX_UPSCALE * MAX_UPSCALE > settings.max_view_pixels:
+        if enlarged < MIN_ENLARGEMENT * scale:  # a photo under 400 px, already enlarged: twice its first view
+            enlarged = MAX_UPSCALE * scale
+        if height * width * enlarged * enlarged > settings.max_view_pixels:
             longest = MAX_UPSCALE * max(height, width)
             enlarged = tile_scale(width, height, TILE, TILE_OVERLAP, longest, settings.max_tiles)
         if enlarged >= MIN_ENLARGEMENT * scale:

@@ -60,6 +60,8 @@ def face_sets(quick: bool) -> list:
     sizes = (16, 40) if quick else SIZES
     sets = [grid(size) for size in sizes]
     sets += [grid(CONDITION_SIZE, condition) for condition in (CONDITIONS[:2] if quick else CONDITIONS)]
+    if not quick:  # a thumbnail's faces under the hardest conditions
+        sets += [grid(SIZES[1], condition) for condition in ("dark", "turned", "blurred")]
     sets += [crowd(1600, 1000, 14, 120)]
     if not quick:  # the crowd in black and white; at 2x; its faces in a photo 2x larger; large faces in 12 MP
         sets += [crowd(1600, 1000, 14, 120, colour=False), crowd(3200, 2000, 28, 240), crowd(3200, 2000, 14, 120),

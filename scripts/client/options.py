@@ -27,7 +27,8 @@ PARAMETERS = {
     "--upscale-to": ("upscale_to", "faces, thorough: enlarge a smaller photo (at most 2x) to this long side"),
     "--enlarged-view": (
         "enlarged_view",
-        "faces, thorough: also see the photo at 2x, for faces under ~24 px (true | false)",
+        "faces, thorough: also see the photo at 2x (under 400 px: its first view at 2x), for faces under ~24 px "
+        "(true | false)",
     ),
     "--reduced-view": (
         "reduced_view",

@@ -208,6 +208,18 @@ def test_the_enlarged_view_finds_a_crowd_s_small_faces(pixelizer):
     assert found(boxes, both) >= found(boxes, one_view) + found(small, both) - found(small, one_view)
 
 
+def test_a_thumbnail_s_faces_are_seen_at_twice_its_first_view(pixelizer):
+    """LFW's faces at 12 px in a 186x186 thumbnail: the first view enlarges it 2x (640 px at
+    most), where CenterFace finds about half of them; its enlarged view is that view at 2x
+    again, which finds them all -- and the same grid of non-faces gets no box."""
+    handler, context = pixelizer
+    thumbnail = grid(12)
+    one_view = found(thumbnail.boxes, faces_in(handler, context, thumbnail.data, enlarged_view="false"))
+    assert one_view < 80
+    assert found(thumbnail.boxes, faces_in(handler, context, thumbnail.data)) >= 95
+    assert faces_in(handler, context, grid(12, faces=False).data) == []
+
+
 def test_a_photo_over_1080p_is_enlarged_in_tiles(pixelizer):
     """A 1920x1200 crowd of faces at 14-60 px: its 2x view (9.2 MP) passes max_view_pixels,
     and is seen in tiles -- which find the small faces its own resolution misses."""

@@ -323,12 +323,13 @@ def test_a_face_seen_whole_in_one_view_and_cut_in_another_is_one_face():
 
 def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_small_or_too_large():
     """thorough_views: a 1600x1000 or 1920x1080 photo is seen at its own size and at 2x
-    (Parts); a 400x300 one at 1.6x (upscale_to 640) and at 2x; a 300x200 one at 2x only
-    (upscale_to already enlarges it that much). A larger photo's 2x view in tiles (at most
-    max_tiles, else less enlarged, and not at all where that is under 1.25x the first view);
-    a photo larger than max_view_pixels in tiles at its own size. And where its first view's
-    short side passes LARGEST_FACE (700), reduced to 640 px on its long side as well
-    (reduced_view), last: an 800x600 photo is not, nor a 512x512 one enlarged to 640."""
+    (Parts); a 400x300 one at 1.6x (upscale_to 640) and at 2x; a 300x200 one at 2x
+    (upscale_to already enlarges it that much) and at 4x, twice its first view. A larger
+    photo's 2x view in tiles (at most max_tiles, else less enlarged, and not at all where that
+    is under 1.25x the first view); a photo larger than max_view_pixels in tiles at its own
+    size. And where its first view's short side passes LARGEST_FACE (700), reduced to 640 px
+    on its long side as well (reduced_view), last: an 800x600 photo is not, nor a 512x512 one
+    enlarged to 640."""
 
     def scales(width, height, **settings):
         prepared = thorough_views(torch.zeros(3, height, width, dtype=torch.uint8), FaceSettings(**settings))
@@ -338,7 +339,9 @@ def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_sma
 
     assert scales(1600, 1000) == [[1.0], [2.0], [0.4]]
     assert scales(400, 300) == [[1.6], [2.0]]
-    assert scales(300, 200) == [[2.0]]  # upscale_to already enlarges it 2x
+    assert scales(300, 200) == [[2.0], [4.0]]  # upscale_to already enlarges it 2x: its 2x view is 4x
+    assert scales(380, 250) == [[1.68], [3.37]]  # under 400 px: 640 px, then twice that
+    assert scales(300, 200, enlarged_view=False) == [[2.0]]
     assert scales(1600, 1000, enlarged_view=False) == [[1.0], [0.4]]
     assert scales(1600, 1000, enlarged_view=False, reduced_view=False) == [[1.0]]
     assert scales(1920, 1080) == [[1.0], [2.0], [0.33]]  # 1080p: its 2x view fits exactly
