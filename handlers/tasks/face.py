@@ -47,14 +47,17 @@ FACE_PARAMS = ("preset", "input_size", "max_faces", "mode", "shape", "blocks", "
 # than MAX_UPSCALE / MIN_ENLARGEMENT (under 400 px), the first view at this scale.
 MAX_UPSCALE = 2.0
 # The enlarged view is seen where it is at least this much larger than the first (a photo
-# whose 2x view takes more than max_tiles tiles is enlarged less; a smaller step finds little).
+# whose 2x view takes more than max_tiles tiles of TILE px is enlarged less; a smaller step finds little).
 MIN_ENLARGEMENT = 1.25
 # CenterFace covers a face whole up to ~700 px tall in its view (measured on the astronaut's
 # face: whole at 300-700 px; at 800 px 83-91 %, at 1000 px 61-64 % -- its boxes then find
 # parts of the face): where a view's short side passes LARGEST_FACE, a face filling it
 # would be larger than that, and the reduced view shows the photo with its long side REDUCED_SIDE.
 LARGEST_FACE, REDUCED_SIDE = 700, 640
-TILE, TILE_OVERLAP = 1280, 256  # a photo too large for one view is cut into tiles of this size
+# A view larger than max_view_pixels is seen in tiles (tile_side: as large as one view may be,
+# overlapping by TILE_OVERLAP); its scale is chosen so that it would take at most max_tiles
+# tiles of TILE pixels (tile_scale): a bound on its pixels, not how it is cut.
+TILE, TILE_OVERLAP = 1280, 256
 # Across views, a face box this much inside another at least 1 / SMALLER its size is the same
 # face, cut by a tile's edge (a box about as large is a second detection: NMS's to judge).
 CONTAINED, SMALLER = 0.8, 0.7
@@ -90,7 +93,7 @@ class FaceSettings(DetectionSettings):
     reduced_view: bool = True
     # thorough: a larger view is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
     max_view_pixels: int = 8_294_400
-    max_tiles: int = 24  # thorough: tiles per view at most; a larger view is tiled at a reduced scale
+    max_tiles: int = 24  # thorough: a view at most what 24 tiles of TILE px hold; a larger one at a reduced scale
 
     def __post_init__(self):
         super().__post_init__()
@@ -432,14 +435,14 @@ def tile_scale(width: int, height: int, tile: int, overlap: int, upscale_to: int
 def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelInput, object] | Parts:
     """uint8 [3, H, W] -> what CenterFace sees of it: the photo enlarged (at most
     MAX_UPSCALE) until its long side is upscale_to, padded to multiples of 32, with its
-    geometry -- or, larger than max_view_pixels, cut into tiles of TILE pixels at its own
-    resolution (at most max_tiles, else at a reduced scale); with enlarged_view, the photo at
-    MAX_UPSCALE too (in tiles where that passes max_view_pixels, at most max_tiles of them,
-    else less enlarged), where that is MIN_ENLARGEMENT or more the first view's scale -- and
-    for a small photo the first view already enlarges more than that allows, the first view
-    at MAX_UPSCALE (a 200 px thumbnail at 4x: its 12 px faces at 48 px); with reduced_view,
-    the photo with its long side REDUCED_SIDE too where the first view's short side passes
-    LARGEST_FACE. One view, or Parts: the first view, then the others."""
+    geometry -- or, larger than max_view_pixels, cut into tiles (view_at) at its own
+    resolution (at most max_tiles of TILE pixels' worth, else at a reduced scale); with
+    enlarged_view, the photo at MAX_UPSCALE too (in tiles where that passes max_view_pixels,
+    at most max_tiles' worth, else less enlarged), where that is MIN_ENLARGEMENT or more the
+    first view's scale -- and for a small photo the first view already enlarges more than
+    that allows, the first view at MAX_UPSCALE (a 200 px thumbnail at 4x: its 12 px faces at
+    48 px); with reduced_view, the photo with its long side REDUCED_SIDE too where the first
+    view's short side passes LARGEST_FACE. One view, or Parts: the first view, then the others."""
     height, width = image.shape[-2:]
     scale = min(MAX_UPSCALE, max(1.0, settings.upscale_to / max(height, width)))
     if height * width * scale * scale > settings.max_view_pixels:
@@ -461,11 +464,19 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
 
 def view_at(image: torch.Tensor, scale: float, settings: FaceSettings) -> tuple[ModelInput, object]:
     """The photo at `scale`: one view padded to multiples of STRIDE where it fits
-    max_view_pixels, else tiles of at most TILE pixels, fitted to it."""
+    max_view_pixels, else tiles of at most tile_side pixels, fitted to it."""
     height, width = image.shape[-2:]
     if height * width * scale * scale <= settings.max_view_pixels:
         return padded(image, scale, STRIDE, (0, 0, 0))
-    return tiles(image, scale, TILE, TILE_OVERLAP, (0, 0, 0), STRIDE)
+    return tiles(image, scale, tile_side(settings.max_view_pixels), TILE_OVERLAP, (0, 0, 0), STRIDE)
+
+
+def tile_side(max_view_pixels: int) -> int:
+    """The longest side of a tile: the largest multiple of STRIDE whose square one view may
+    hold (2880 px at 8.3 MP). The fewer the tiles, the fewer pixels their overlaps see twice:
+    a 3200x2000 photo's 2x view takes 6 tiles of at most 2880 px, 29 MP, where tiles of
+    1280 px took 24, 37 MP."""
+    return max(STRIDE, math.isqrt(max_view_pixels) // STRIDE * STRIDE)
 
 
 def decode_centerface_batch(

@@ -251,7 +251,8 @@ def test_the_reduced_view_finds_a_face_larger_than_centerface_sees_whole(pixeliz
 
 
 def test_a_face_cut_by_a_tile_border_is_found_once(face_model_dir):
-    """A photo larger than max_view_pixels is seen in tiles of 1280 px overlapping by 256:
+    """A photo larger than max_view_pixels (here 1280x1280) is seen in tiles of 1280 px
+    (tile_side) overlapping by 256:
     a face across the first tile's right edge (x = 1280) is whole in the next one, and the
     two views' detections merge into one face, where the face is. With max_forward_pixels
     one tile's, the four tiles run in four passes: the same answer."""

@@ -26,6 +26,7 @@ from handlers.tasks.face import (
     spread_cells,
     thorough_views,
     tile_scale,
+    tile_side,
 )
 
 MIN_SIZES, STEPS, VARIANCES = [[16, 32], [64, 128], [256, 512]], [8, 16, 32], (0.1, 0.2)
@@ -327,9 +328,9 @@ def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_sma
     (upscale_to already enlarges it that much) and at 4x, twice its first view. A larger
     photo's 2x view in tiles (at most max_tiles, else less enlarged, and not at all where that
     is under 1.25x the first view); a photo larger than max_view_pixels in tiles at its own
-    size. And where its first view's short side passes LARGEST_FACE (700), reduced to 640 px
-    on its long side as well (reduced_view), last: an 800x600 photo is not, nor a 512x512 one
-    enlarged to 640."""
+    size -- as few as tiles of tile_side (2880 px) take. And where its first view's short
+    side passes LARGEST_FACE (700), reduced to 640 px on its long side as well (reduced_view),
+    last: an 800x600 photo is not, nor a 512x512 one enlarged to 640."""
 
     def scales(width, height, **settings):
         prepared = thorough_views(torch.zeros(3, height, width, dtype=torch.uint8), FaceSettings(**settings))
@@ -345,14 +346,21 @@ def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_sma
     assert scales(1600, 1000, enlarged_view=False) == [[1.0], [0.4]]
     assert scales(1600, 1000, enlarged_view=False, reduced_view=False) == [[1.0]]
     assert scales(1920, 1080) == [[1.0], [2.0], [0.33]]  # 1080p: its 2x view fits exactly
-    assert scales(2000, 1500) == [[1.0], [2.0] * 12, [0.32]]  # its 2x view (12 MP) in 12 tiles
-    assert scales(3200, 2000) == [[1.0], [2.0] * 24, [0.2]]
-    assert scales(4032, 3024) == [[1.0] * 12, [1.31] * 20, [0.16]]  # a phone's 12 MP: 2x would take 48 tiles
-    assert scales(7300, 5470) == [[0.73] * 20, [0.09]]  # 40 MP: tiled reduced, nothing to enlarge
+    assert scales(2000, 1500) == [[1.0], [2.0] * 4, [0.32]]  # its 2x view (12 MP) in 4 tiles of at most 2880 px
+    assert scales(3200, 2000) == [[1.0], [2.0] * 6, [0.2]]
+    assert scales(4032, 3024) == [[1.0] * 4, [1.31] * 4, [0.16]]  # a phone's 12 MP: 2x would take 48 tiles of 1280
+    assert scales(7300, 5470) == [[0.73] * 4, [0.09]]  # 40 MP: tiled reduced, nothing to enlarge
     assert scales(800, 600) == [[1.0], [2.0]]  # a face filling it is no more than 600 px
     assert scales(512, 512) == [[1.25], [2.0]]  # 640x640: enlarged, its short side still under 700
     assert scales(1024, 768) == [[1.0], [2.0], [0.62]]
     assert scales(1280, 720) == [[1.0], [2.0], [0.5]]  # a 720p frame: a face filling it passes 700 px
+
+
+@pytest.mark.parametrize("max_view_pixels", [1280 * 1280, 1280 * 1280 + 1, 4_000_000, 8_294_400, 33_554_432])
+def test_a_tile_is_the_largest_square_of_the_stride_that_one_view_may_hold(max_view_pixels):
+    side = tile_side(max_view_pixels)
+    assert side % 32 == 0 and side * side <= max_view_pixels < (side + 32) ** 2
+    assert tile_side(8_294_400) == 2880
 
 
 @pytest.mark.parametrize("mode", ["mosaic", "blur"])
