@@ -450,7 +450,7 @@ def thorough_views(image: torch.Tensor, settings: FaceSettings) -> tuple[ModelIn
     views = [view_at(image, scale, settings)]
     if settings.enlarged_view:
         enlarged = MAX_UPSCALE  # one view where it fits, else as much as max_tiles allow
-        if enlarged < MIN_ENLARGEMENT * scale:  # a photo under 400 px, already enlarged: twice its first view
+        if enlarged < MIN_ENLARGEMENT * scale:  # enlarged over 1.6x already (under 400 px at upscale_to 640): 2x that
             enlarged = MAX_UPSCALE * scale
         if height * width * enlarged * enlarged > settings.max_view_pixels:
             longest = MAX_UPSCALE * max(height, width)
