@@ -3,7 +3,9 @@ some frames must not show in them.
 
 - **Tracks**: a face found in two frames at most `track_frames` apart, and in none between,
   is hidden in the frames between along the straight path joining its two boxes, and for
-  `memory` frames past either end of its track where its velocity puts it. Each frame's
+  `track_frames` frames past either end of its track where its velocity puts it: a face may
+  go unfound that long anywhere on its path -- before its first detection (a clip's first
+  frames included) and after its last as between two. Each frame's
   regions are linked to the faces seen before (`FaceTracks`): a face is expected where its
   last box, moved at its recent velocity, would be now, and a region is the same face when
   it overlaps that expected box (IoU >= MATCH_IOU) and is about its size, best overlap
@@ -11,7 +13,8 @@ some frames must not show in them.
 - **Memory**: the regions of the `memory` frames before and after each frame are hidden in it
   too, whatever the tracks say (a face found once, a face turning, a wrong link).
 
-Both look ahead: a frame comes out once the `track_frames + memory` frames after it are in.
+Both look ahead: a frame comes out once the frames after it that can add to what it hides
+are in (`lookahead`: twice `track_frames`, or `memory` where that is more).
 Pure: regions in, regions out (x1, y1, x2, y2 in whole pixels).
 """
 
@@ -141,6 +144,14 @@ def inside(regions: list[Region], width: int, height: int) -> list[Region]:
     return list(dict.fromkeys((x1, y1, x2, y2) for x1, y1, x2, y2 in cut if x2 > x1 and y2 > y1))
 
 
+def lookahead(memory: int, track_frames: int) -> int:
+    """How many frames after a frame can add to what it hides: a face's frames before its
+    first detection, up to `track_frames` back from it, are filled in once its second
+    detection (at most `track_frames` later) gives it a velocity; and a frame hides the
+    regions of the `memory` frames after it."""
+    return max(2 * track_frames, memory)
+
+
 @dataclass
 class Held:
     """A frame waiting to be written: its regions found and those tracks filled in."""
@@ -159,9 +170,9 @@ def hidden_regions(
 ) -> Iterator[tuple[object, list[Region]]]:
     """(frame, the regions hidden in it), in order -> (frame, the regions to hide in it
     besides): its faces' boxes from tracks, and the regions (found or filled in) of the
-    `memory` frames before and after it. A frame comes out once the `track_frames +
-    memory` frames after it are in (or the clip ended)."""
-    tracks = FaceTracks(track_frames, memory)
+    `memory` frames before and after it. A frame comes out once the `lookahead` frames
+    after it are in (or the clip ended)."""
+    tracks = FaceTracks(track_frames, reach=track_frames)
     held: deque[Held] = deque()
     before: deque[list[Region]] = deque(maxlen=memory)
     first = 0  # the number of held[0]
@@ -178,9 +189,9 @@ def hidden_regions(
     for number, (frame, found) in enumerate(frames):
         held.append(Held(frame, list(found)))
         if track_frames:
-            for missed, box in tracks.add(number, found):  # missed >= number - track_frames - memory
+            for missed, box in tracks.add(number, found):  # missed >= number - 2 * track_frames
                 held[missed - first].filled.append(box)
-        if len(held) > track_frames + memory:
+        if len(held) > lookahead(memory, track_frames):
             yield oldest()
     while held:
         yield oldest()

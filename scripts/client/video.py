@@ -16,11 +16,11 @@ the frame as displayed (and, as "remembered", those hidden besides: frame memory
 Frame memory (scripts/client/frame_memory.py): a face the detector misses for some frames
 (motion blur, a turned head, a small face, a face entering) must not show in them. A face
 found in two frames at most --track-frames N apart (30) is hidden in the frames between, on
-the path joining its two boxes, and --frame-memory N frames (5) past either end of its track
-along the way it moved; and the regions of the --frame-memory frames before and after each
-frame are hidden in it too (a mosaic with the answer's own cell count). Frames are written
-that many frames (35) after their answers come: what waits is each answer's JPEG and its
-timestamp, not decoded pixels.
+the path joining its two boxes, and as many frames past either end of its track along the
+way it moved (a clip's first and last frames included); and the regions of the
+--frame-memory N frames (5) before and after each frame are hidden in it too (a mosaic with
+the answer's own cell count). Frames are written twice --track-frames frames (60) after
+their answers come: what waits is each answer's JPEG and its timestamp, not decoded pixels.
 """
 
 import argparse
@@ -346,7 +346,8 @@ def add_anonymise_parser(commands) -> None:
     parser.add_argument("--frame-memory", type=int, default=FRAME_MEMORY, metavar="N",
                         help="also pixelate the faces of the N frames before and after each (0: off)")  # fmt: skip
     parser.add_argument("--track-frames", type=int, default=TRACK_FRAMES, metavar="N",
-                        help="hide a face found twice at most N frames apart in the frames between")  # fmt: skip
+                        help="hide a face found twice at most N frames apart in the frames between, "
+                             "and N frames past either end of its track")  # fmt: skip
     parser.add_argument("--max-pixels", type=int, metavar="N",
                         help="refuse frames over N pixels before decoding them (the model's limit)")  # fmt: skip
     offered = ("--preset", "--mode", "--shape", "--blocks", "--margin", "--confidence", "--upscale-to",

@@ -61,8 +61,8 @@ MODELS_TTL_S = 5.0  # how long the model list (and each model's limits) is reuse
 VIDEO_PARAMS = ("preset", "shape", "confidence", "mode", "blocks", "block_size", "margin", "upscale_to",
                 "enlarged_view")  # fmt: skip
 # The clip's own parameters, in frames: (default, most). Frame memory's look-ahead holds
-# frame_memory + track_frames answers (JPEGs) in the child process.
-CLIP_FRAMES = {"frame_memory": (FRAME_MEMORY, 100), "track_frames": (TRACK_FRAMES, 300)}
+# up to max(2 x track_frames, frame_memory) answers (JPEGs) in the child process: 300 at most.
+CLIP_FRAMES = {"frame_memory": (FRAME_MEMORY, 100), "track_frames": (TRACK_FRAMES, 150)}
 BODY_IDLE_S = 20.0  # an upload that sends nothing for this long is refused (408)
 BODY_TOTAL_S = 600.0  # and one that takes longer than this in all
 MAX_CONNECTIONS = 16  # uvicorn answers 503 beyond: each may hold an upload of up to a model's max_image_bytes

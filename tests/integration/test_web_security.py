@@ -250,7 +250,7 @@ def test_video_parameters_are_checked_and_a_job_can_be_cancelled(page, tmp_path)
     assert repeated.status_code == 400 and repeated.json()["error"] == "repeated parameter"
     unknown = post(page, "/api/videos?colour=red", clip, token)
     assert unknown.status_code == 400 and "colour" in unknown.json()["detail"]
-    for query, detail in (("track_frames=301", "track_frames must be between 0 and 300 frames"),
+    for query, detail in (("track_frames=151", "track_frames must be between 0 and 150 frames"),
                           ("frame_memory=x", "frame_memory must be a whole number of frames")):  # fmt: skip
         refused = post(page, f"/api/videos?{query}", clip, token)
         assert refused.status_code == 400 and refused.json()["detail"] == detail

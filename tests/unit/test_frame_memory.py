@@ -4,7 +4,7 @@ faces' tracks between and past their detections, and the regions of the frames a
 import numpy as np
 import pytest
 
-from scripts.client.frame_memory import MATCH_IOU, FaceTracks, between, hidden_regions, inside, link
+from scripts.client.frame_memory import MATCH_IOU, FaceTracks, between, hidden_regions, inside, link, lookahead
 from scripts.samples.faces import covered
 
 
@@ -117,7 +117,9 @@ def test_a_frame_comes_out_once_the_frames_its_regions_depend_on_are_in():
             yield number, [walking(number)]
 
     for number, _hidden in hidden_regions(frames(), memory=2, track_frames=3):
-        assert seen[-1] == min(11, number + 5)
+        assert seen[-1] == min(11, number + 6)  # a face's frames before its first detection: 3 + 3 back
+    assert lookahead(memory=2, track_frames=3) == 6 and lookahead(memory=7, track_frames=3) == 7
+    assert lookahead(memory=5, track_frames=0) == 5
 
 
 def test_a_walking_face_missed_in_most_frames_is_hidden_in_every_one():
@@ -136,6 +138,30 @@ def test_a_walking_face_missed_in_most_frames_is_hidden_in_every_one():
             visible += covered(walking(number), mask) < 0.9
         mask_cover[tracks] = visible
     assert mask_cover[30] == 0 and mask_cover[0] > 20
+
+
+def visible_frames(regions: list[list], memory: int, track_frames: int) -> list[int]:
+    """The frames of a face walking as `walking` in which it shows (under 90 % of its box
+    hidden), given each frame's regions found."""
+    shown = []
+    for number, hidden in hidden_regions(iter(frames_of(regions)), memory, track_frames):
+        mask = np.zeros((120, 400), dtype=bool)
+        for x1, y1, x2, y2 in inside(regions[number] + hidden, 400, 120):
+            mask[y1:y2, x1:x2] = True
+        if covered(walking(number), mask) < 0.9:
+            shown.append(number)
+    return shown
+
+
+def test_a_face_found_late_in_a_clip_is_hidden_from_its_first_frame_and_as_long_past_its_last():
+    """Found only in frames 17, 18 and 28 of 60 -- a small face the detector sees now and
+    then: hidden from frame 0 (track_frames back from its first detection) to frame 58 (as
+    far past its last). With tracks of 10 frames, frames 0-6 and 39-59 show it; with memory
+    alone, every frame but those three (its boxes stay where it was, 3 px a frame behind)."""
+    regions = [[walking(n)] if n in (17, 18, 28) else [] for n in range(60)]
+    assert visible_frames(regions, memory=5, track_frames=30) == [59]
+    assert visible_frames(regions, memory=5, track_frames=10) == [*range(7), *range(39, 60)]
+    assert visible_frames(regions, memory=5, track_frames=0) == [n for n in range(60) if n not in (17, 18, 28)]
 
 
 def test_regions_are_cut_to_the_frame_each_once_and_those_outside_it_dropped():
