@@ -63,9 +63,10 @@ def face_sets(quick: bool) -> list:
     if not quick:  # a thumbnail's faces under the hardest conditions
         sets += [grid(SIZES[1], condition) for condition in ("dark", "turned", "blurred")]
     sets += [crowd(1600, 1000, 14, 120)]
-    if not quick:  # the crowd in black and white; at 2x; its faces in a photo 2x larger; large faces in 12 MP
+    if not quick:  # the crowd in black and white; at 2x; its faces in larger photos (3200x2000, a phone's 12 MP);
+        # large faces in 12 MP
         sets += [crowd(1600, 1000, 14, 120, colour=False), crowd(3200, 2000, 28, 240), crowd(3200, 2000, 14, 120),
-                 crowd(4000, 3000, 150, 1500)]  # fmt: skip
+                 crowd(4000, 3000, 14, 120), crowd(4000, 3000, 150, 1500)]  # fmt: skip
     sets += [grid(size, faces=False) for size in ((40,) if quick else (16, 25, 40, 64, 100))]
     sets += [faceless(name) for name in (FACELESS_PHOTOS[:1] if quick else FACELESS_PHOTOS)]
     return sets

@@ -348,8 +348,11 @@ def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_sma
     assert scales(1920, 1080) == [[1.0], [2.0], [0.33]]  # 1080p: its 2x view fits exactly
     assert scales(2000, 1500) == [[1.0], [2.0] * 4, [0.32]]  # its 2x view (12 MP) in 4 tiles of at most 2880 px
     assert scales(3200, 2000) == [[1.0], [2.0] * 6, [0.2]]
-    assert scales(4032, 3024) == [[1.0] * 4, [1.31] * 4, [0.16]]  # a phone's 12 MP: 2x would take 48 tiles of 1280
-    assert scales(7300, 5470) == [[0.73] * 4, [0.09]]  # 40 MP: tiled reduced, nothing to enlarge
+    assert scales(4032, 3024) == [[1.0] * 4, [2.0] * 9, [0.16]]  # a phone's 12 MP: 2x takes 48 tiles of 1280
+    assert scales(4032, 3024, max_tiles=24) == [[1.0] * 4, [1.31] * 4, [0.16]]  # 24 of them: 1.31x
+    assert scales(6000, 4000) == [[1.0] * 6, [1.31] * 6, [0.11]]  # 24 MP: 2x would take 96 tiles
+    assert scales(7300, 5470) == [[1.0] * 6, [0.09]]  # 40 MP: 42 tiles at its own size, nothing to enlarge
+    assert scales(7300, 5470, max_tiles=24) == [[0.73] * 4, [0.09]]  # 24 of them: reduced
     assert scales(800, 600) == [[1.0], [2.0]]  # a face filling it is no more than 600 px
     assert scales(512, 512) == [[1.25], [2.0]]  # 640x640: enlarged, its short side still under 700
     assert scales(1024, 768) == [[1.0], [2.0], [0.62]]
