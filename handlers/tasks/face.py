@@ -98,8 +98,7 @@ class FaceSettings(DetectionSettings):
     # thorough: a larger view is seen in tiles (memory: ~1 GB per view); 1080p at 2x (3840x2160) fits
     max_view_pixels: int = 8_294_400
     # thorough: a view holds at most what 48 tiles of TILE px hold -- a phone's 12 MP photo at
-    # 2x -- and a larger one is seen at a reduced scale (a bound on a photo's time: up to 40 MP,
-    # at most ~25 s on one core; docs/faces.md)
+    # 2x -- and a larger one is seen at a reduced scale (a bound on a photo's time: ~20 s on one core)
     max_tiles: int = 48
 
     def __post_init__(self):

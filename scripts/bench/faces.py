@@ -5,10 +5,11 @@ turned, blurred, as JPEG at quality 25, and in crowds of mixed sizes, up to face
 crops, and pictures per second one at a time -- for the face pixelizer's presets (its
 handler in this process, as a TorchServe worker runs it) and for deface 1.5.0 itself (its
 own venv, build/deface-venv, made here from PyPI; scripts/bench/deface_runner.py) on the
-same files. Then video: a clip of LFW's faces walking (scripts/samples/clips.py) through
-the zoo's video client (the handler in this process standing in for the server) and
-through deface's own video loop: the frames in which a face stays visible, and frames/s ->
-the faces section of docs/benchmarks.md.
+same files. Then video: a clip
+of LFW's faces walking (scripts/samples/clips.py) through the zoo's video client (the
+handler in this process standing in for the server) and through deface's own video loop:
+the frames in which a face stays visible, and frames/s -> the faces section of
+docs/benchmarks.md.
 
     python -m scripts.bench.faces            # make bench-faces
 """
