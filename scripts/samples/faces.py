@@ -1,8 +1,8 @@
 """Real faces laid out to measure an anonymiser's recall: the 100 face crops of Labeled
 Faces in the Wild that ship with scikit-image (`skimage.data.lfw_subset()`: 25x25
 grayscale, the first 100 faces, the next 100 not), in grids at one size under one
-condition, in crowds of mixed sizes, and cut by the picture's edge; with each face's box,
-so that a detector's answer can be scored. Deterministic for a seed."""
+condition, and in crowds of mixed sizes; with each face's box, so that a detector's
+answer can be scored. Deterministic for a seed."""
 
 import io
 import math
@@ -123,41 +123,6 @@ def crowd(width: int, height: int, smallest: int, largest: int, seed: int = 0, c
         boxes.append((x, y, x + size, y + size))
     name = f"crowd {width}x{height}{'' if colour else ' in black and white'}, faces {smallest}-{largest} px"
     return FaceSet(name, encoded(canvas), tuple(boxes), True)
-
-
-def at_border(width: int, height: int, smallest: int, largest: int, outside: tuple[float, float] = (0.1, 0.6),
-              faces: bool = True, seed: int = 0) -> FaceSet:  # fmt: skip
-    """The 100 crops at sizes spread between `smallest` and `largest` pixels along the four
-    edges of a width x height picture (skimage's coffee, blurred), each cut by the edge: a
-    share of it between `outside`'s bounds lies beyond the picture, as people at the edge of
-    a photo or entering a frame are. Their boxes are the parts inside; a crop that finds no
-    room (its box and a quarter of its size around it clear) is left out."""
-    rng = random.Random(seed)
-    background = photo("coffee").resize((width, height)).filter(ImageFilter.GaussianBlur(8))
-    canvas = np.asarray(background, dtype=np.float64) / 255
-    taken = np.zeros((height, width), dtype=bool)
-    boxes = []
-    for index, crop in enumerate(lfw_crops(faces)):
-        size = round(smallest * (largest / smallest) ** rng.random())
-        cut = round(size * rng.uniform(*outside))
-        for _ in range(1000):
-            along = rng.randrange(0, (width if index % 4 < 2 else height) - size)
-            if index % 4 < 2:  # the top and bottom edges
-                x, y = along, (-cut if index % 4 == 0 else height - size + cut)
-            else:  # the left and right edges
-                x, y = (-cut if index % 4 == 2 else width - size + cut), along
-            x1, y1, x2, y2 = max(0, x), max(0, y), min(width, x + size), min(height, y + size)
-            margin = size // 4
-            if not taken[max(0, y1 - margin) : y2 + margin, max(0, x1 - margin) : x2 + margin].any():
-                break
-        else:
-            continue  # no room left at this size
-        canvas[y1:y2, x1:x2] = _gray(resized(crop, size))[y1 - y : y2 - y, x1 - x : x2 - x]
-        taken[y1:y2, x1:x2] = True
-        boxes.append((x1, y1, x2, y2))
-    kind = "faces" if faces else "non-faces"
-    name = f"{kind} {smallest}-{largest} px cut by the picture's edge, {outside[0]:.0%}-{outside[1]:.0%} outside"
-    return FaceSet(name, encoded(canvas), tuple(boxes), faces)
 
 
 @dataclass(frozen=True)

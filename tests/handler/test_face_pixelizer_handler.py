@@ -16,7 +16,7 @@ from handlers.face_pixelizer_handler import FacePixelizerHandler
 from handlers.imaging import jpeg_bytes
 from handlers.tasks.face import expand_boxes
 from scripts.building.inprocess import FakeContext
-from scripts.samples.faces import at_border, box_iou, crowd, found, grid, walking_crowd
+from scripts.samples.faces import box_iou, crowd, found, grid, walking_crowd
 from scripts.samples.photos import encode, photo
 from scripts.zoo import get_model
 
@@ -218,18 +218,6 @@ def test_a_thumbnail_s_faces_are_seen_at_twice_its_first_view(pixelizer):
     assert one_view < 80
     assert found(thumbnail.boxes, faces_in(handler, context, thumbnail.data)) >= 95
     assert faces_in(handler, context, grid(12, faces=False).data) == []
-
-
-def test_faces_cut_by_the_photo_s_border_are_kept_at_half_the_confidence(pixelizer):
-    """LFW's faces at 20-120 px along a 1600x1000 picture's edges, 40-60 % of each beyond it:
-    CenterFace scores half a face lower, and at the confidence (0.2) 27 of the 67 are found;
-    a box at the border is kept at half of it, which finds 41 -- and the same layout of
-    non-faces gets no box."""
-    handler, context = pixelizer
-    cut = at_border(1600, 1000, 20, 120, outside=(0.4, 0.6))
-    assert len(cut.boxes) == 67
-    assert found(cut.boxes, faces_in(handler, context, cut.data)) >= 38
-    assert faces_in(handler, context, at_border(1600, 1000, 20, 120, outside=(0.4, 0.6), faces=False).data) == []
 
 
 def test_a_photo_over_1080p_is_enlarged_in_tiles(pixelizer):

@@ -10,11 +10,9 @@ from handlers.engine import Parts
 from handlers.imaging import fitted_tile, tile_origins, tiles, unletterbox_boxes
 from handlers.tasks import face
 from handlers.tasks.face import (
-    BORDER_CONFIDENCE,
     MAX_UPSCALE,
     Faces,
     FaceSettings,
-    confident,
     decode_faces,
     decode_faces_batch,
     ellipse_mask,
@@ -322,20 +320,6 @@ def test_a_face_seen_whole_in_one_view_and_cut_in_another_is_one_face():
     other = Faces(torch.tensor([[400.0, 100, 450, 160]]), torch.tensor([0.7]), torch.zeros(1, 5, 2))
     merged = merge_faces([whole, again, cut, other], FaceSettings())
     assert merged.boxes.tolist() == [[100.0, 100, 200, 220], [400.0, 100, 450, 160]]
-
-
-def test_under_the_confidence_only_a_box_the_photo_s_border_cuts_is_kept():
-    """confident, on a 100x80 photo at confidence 0.2: a box over it stays; one under it
-    stays where it lies within 2 px of an edge -- any of the four -- and goes elsewhere."""
-    boxes = torch.tensor([[40.0, 30, 60, 50], [40, 30, 60, 50], [0, 30, 20, 50], [40, 1.5, 60, 20],
-                          [80, 30, 98.5, 50], [40, 60, 60, 80], [3, 3, 20, 20]])  # fmt: skip
-    scores = torch.tensor([0.3, 0.15, 0.15, 0.12, 0.11, 0.19, 0.19])
-    faces = Faces(boxes, scores, torch.arange(70.0).view(7, 5, 2))
-    kept = confident(faces, FaceSettings(score_threshold=0.2), 100, 80)
-    assert kept.scores.tolist() == pytest.approx([0.3, 0.15, 0.12, 0.11, 0.19])
-    assert kept.boxes.tolist() == boxes[[0, 2, 3, 4, 5]].tolist()
-    assert kept.landmarks.tolist() == faces.landmarks[[0, 2, 3, 4, 5]].tolist()
-    assert BORDER_CONFIDENCE == 0.5  # the decoders keep boxes down to this times the confidence
 
 
 def test_a_photo_is_also_seen_enlarged_and_reduced_where_a_face_could_be_too_small_or_too_large():
